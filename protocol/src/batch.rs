@@ -1,0 +1,391 @@
+//! RecordBatch v2 headers: parsing, validation and the few in-place edits the broker makes.
+//!
+//! The broker never decodes records on the produce or fetch path. It reads the 61-byte batch
+//! header, checks magic, length and CRC-32C, then patches the base offset and partition leader
+//! epoch (neither is covered by the CRC) and stores the bytes as they came.
+
+use thiserror::Error;
+
+/// Size of the fixed RecordBatch v2 header.
+pub const HEADER_LEN: usize = 61;
+/// Bytes before `batchLength`'s coverage starts (base offset + length field).
+pub const LOG_OVERHEAD: usize = 12;
+
+const BASE_OFFSET: usize = 0;
+const BATCH_LENGTH: usize = 8;
+const LEADER_EPOCH: usize = 12;
+const MAGIC: usize = 16;
+const CRC: usize = 17;
+const ATTRIBUTES: usize = 21;
+const LAST_OFFSET_DELTA: usize = 23;
+const BASE_TIMESTAMP: usize = 27;
+const MAX_TIMESTAMP: usize = 35;
+const PRODUCER_ID: usize = 43;
+const PRODUCER_EPOCH: usize = 51;
+const BASE_SEQUENCE: usize = 53;
+const RECORD_COUNT: usize = 57;
+
+const COMPRESSION_MASK: i16 = 0x07;
+const TIMESTAMP_TYPE_LOG_APPEND: i16 = 0x08;
+const TRANSACTIONAL: i16 = 0x10;
+const CONTROL: i16 = 0x20;
+
+/// Why a record batch was refused. Mapped to Kafka error codes in one place (`error_code`).
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum BatchError {
+    #[error("record batch truncated: {0} bytes left, need {1}")]
+    Truncated(usize, usize),
+    #[error("record batch length {0} is invalid")]
+    BadLength(i32),
+    #[error("record batch magic {0} is not supported (only v2)")]
+    BadMagic(i8),
+    #[error("record batch CRC mismatch: stored {stored:#010x}, computed {computed:#010x}")]
+    BadCrc { stored: u32, computed: u32 },
+    #[error("record batch has inconsistent record count {count} / last offset delta {delta}")]
+    BadCount { count: i32, delta: i32 },
+    #[error("record batch of {size} bytes exceeds max.message.bytes {max}")]
+    TooLarge { size: usize, max: usize },
+    #[error("no record batch in request")]
+    Empty,
+}
+
+impl BatchError {
+    /// The Kafka error code a producer gets for this batch.
+    pub fn error_code(&self) -> i16 {
+        use kafka_protocol::ResponseError as E;
+        match self {
+            BatchError::TooLarge { .. } => E::MessageTooLarge.code(),
+            BatchError::Empty => E::InvalidRecord.code(),
+            _ => E::CorruptMessage.code(),
+        }
+    }
+}
+
+fn i16_at(b: &[u8], at: usize) -> i16 {
+    i16::from_be_bytes([b[at], b[at + 1]])
+}
+fn i32_at(b: &[u8], at: usize) -> i32 {
+    i32::from_be_bytes(b[at..at + 4].try_into().expect("4 bytes"))
+}
+fn i64_at(b: &[u8], at: usize) -> i64 {
+    i64::from_be_bytes(b[at..at + 8].try_into().expect("8 bytes"))
+}
+
+/// The fixed header of one RecordBatch v2.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchHeader {
+    pub base_offset: i64,
+    pub batch_length: i32,
+    pub partition_leader_epoch: i32,
+    pub magic: i8,
+    pub crc: u32,
+    pub attributes: i16,
+    pub last_offset_delta: i32,
+    pub base_timestamp: i64,
+    pub max_timestamp: i64,
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    pub base_sequence: i32,
+    pub record_count: i32,
+}
+
+impl BatchHeader {
+    /// Reads the header at the start of `buf` without checking the CRC.
+    /// Checks only what is needed to walk safely: enough bytes, a sane length, magic 2.
+    pub fn parse(buf: &[u8]) -> Result<BatchHeader, BatchError> {
+        if buf.len() < HEADER_LEN {
+            return Err(BatchError::Truncated(buf.len(), HEADER_LEN));
+        }
+        let batch_length = i32_at(buf, BATCH_LENGTH);
+        if batch_length < (HEADER_LEN - LOG_OVERHEAD) as i32 {
+            return Err(BatchError::BadLength(batch_length));
+        }
+        let magic = buf[MAGIC] as i8;
+        if magic != 2 {
+            return Err(BatchError::BadMagic(magic));
+        }
+        Ok(BatchHeader {
+            base_offset: i64_at(buf, BASE_OFFSET),
+            batch_length,
+            partition_leader_epoch: i32_at(buf, LEADER_EPOCH),
+            magic,
+            crc: u32::from_be_bytes(buf[CRC..CRC + 4].try_into().expect("4 bytes")),
+            attributes: i16_at(buf, ATTRIBUTES),
+            last_offset_delta: i32_at(buf, LAST_OFFSET_DELTA),
+            base_timestamp: i64_at(buf, BASE_TIMESTAMP),
+            max_timestamp: i64_at(buf, MAX_TIMESTAMP),
+            producer_id: i64_at(buf, PRODUCER_ID),
+            producer_epoch: i16_at(buf, PRODUCER_EPOCH),
+            base_sequence: i32_at(buf, BASE_SEQUENCE),
+            record_count: i32_at(buf, RECORD_COUNT),
+        })
+    }
+
+    /// Whole size of the batch on the wire and on disk.
+    pub fn total_len(&self) -> usize {
+        self.batch_length as usize + LOG_OVERHEAD
+    }
+    pub fn last_offset(&self) -> i64 {
+        self.base_offset + self.last_offset_delta as i64
+    }
+    /// Compression codec id (0 none, 1 gzip, 2 snappy, 3 lz4, 4 zstd).
+    pub fn compression(&self) -> i16 {
+        self.attributes & COMPRESSION_MASK
+    }
+    pub fn is_log_append_time(&self) -> bool {
+        self.attributes & TIMESTAMP_TYPE_LOG_APPEND != 0
+    }
+    pub fn is_transactional(&self) -> bool {
+        self.attributes & TRANSACTIONAL != 0
+    }
+    pub fn is_control(&self) -> bool {
+        self.attributes & CONTROL != 0
+    }
+}
+
+/// CRC-32C of a whole batch as stored in its header (covers attributes to the end).
+pub fn compute_crc(batch: &[u8]) -> u32 {
+    crc32c::crc32c(&batch[ATTRIBUTES..])
+}
+
+/// Parses and fully validates the batch at the start of `buf` (length, magic, CRC, counts).
+/// Returns the header; the batch occupies `header.total_len()` bytes of `buf`.
+pub fn validate(buf: &[u8]) -> Result<BatchHeader, BatchError> {
+    let header = BatchHeader::parse(buf)?;
+    let total = header.total_len();
+    if buf.len() < total {
+        return Err(BatchError::Truncated(buf.len(), total));
+    }
+    let computed = compute_crc(&buf[..total]);
+    if computed != header.crc {
+        return Err(BatchError::BadCrc {
+            stored: header.crc,
+            computed,
+        });
+    }
+    if header.record_count < 0
+        || header.last_offset_delta < 0
+        || (header.compression() == 0
+            && header.record_count > 0
+            && header.last_offset_delta != header.record_count - 1)
+    {
+        return Err(BatchError::BadCount {
+            count: header.record_count,
+            delta: header.last_offset_delta,
+        });
+    }
+    Ok(header)
+}
+
+/// Summary of the batches in one produce payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProducedBatches {
+    /// Number of batches.
+    pub count: usize,
+    /// Offsets the batches take in the log (sum of lastOffsetDelta + 1).
+    pub offset_span: i64,
+    pub max_timestamp: i64,
+}
+
+/// Validates every batch of a produce payload: each must be whole, v2, CRC-correct and at most
+/// `max_batch_bytes` long, and the batches must fill the payload exactly.
+pub fn validate_produce(records: &[u8], max_batch_bytes: usize) -> Result<ProducedBatches, BatchError> {
+    let mut at = 0;
+    let mut summary = ProducedBatches {
+        count: 0,
+        offset_span: 0,
+        max_timestamp: -1,
+    };
+    while at < records.len() {
+        let header = validate(&records[at..])?;
+        if header.total_len() > max_batch_bytes {
+            return Err(BatchError::TooLarge {
+                size: header.total_len(),
+                max: max_batch_bytes,
+            });
+        }
+        summary.count += 1;
+        summary.offset_span += header.last_offset_delta as i64 + 1;
+        summary.max_timestamp = summary.max_timestamp.max(header.max_timestamp);
+        at += header.total_len();
+    }
+    if summary.count == 0 {
+        return Err(BatchError::Empty);
+    }
+    Ok(summary)
+}
+
+/// Iterates the headers of well-formed batches laid end to end (stored log data), stopping at
+/// the first incomplete or malformed one. Yields `(position, header)`. CRCs are not checked.
+pub fn headers(buf: &[u8]) -> impl Iterator<Item = (usize, BatchHeader)> + '_ {
+    let mut at = 0;
+    std::iter::from_fn(move || {
+        let header = BatchHeader::parse(&buf[at..]).ok()?;
+        if buf.len() - at < header.total_len() {
+            return None;
+        }
+        let here = at;
+        at += header.total_len();
+        Some((here, header))
+    })
+}
+
+/// Sets the base offset of the batch at the start of `batch` (not covered by the CRC).
+pub fn set_base_offset(batch: &mut [u8], base_offset: i64) {
+    batch[BASE_OFFSET..BASE_OFFSET + 8].copy_from_slice(&base_offset.to_be_bytes());
+}
+
+/// Sets the partition leader epoch (not covered by the CRC).
+pub fn set_leader_epoch(batch: &mut [u8], epoch: i32) {
+    batch[LEADER_EPOCH..LEADER_EPOCH + 4].copy_from_slice(&epoch.to_be_bytes());
+}
+
+/// Marks the batch as LogAppendTime with `now_ms` as its max timestamp and rewrites the CRC.
+pub fn set_log_append_time(batch: &mut [u8], now_ms: i64) {
+    let attributes = i16_at(batch, ATTRIBUTES) | TIMESTAMP_TYPE_LOG_APPEND;
+    batch[ATTRIBUTES..ATTRIBUTES + 2].copy_from_slice(&attributes.to_be_bytes());
+    batch[MAX_TIMESTAMP..MAX_TIMESTAMP + 8].copy_from_slice(&now_ms.to_be_bytes());
+    let len = (i32_at(batch, BATCH_LENGTH) as usize + LOG_OVERHEAD).min(batch.len());
+    let crc = compute_crc(&batch[..len]);
+    batch[CRC..CRC + 4].copy_from_slice(&crc.to_be_bytes());
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use bytes::BytesMut;
+    use kafka_protocol::protocol::StrBytes;
+    use kafka_protocol::records::{
+        Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+    };
+    use proptest::prelude::*;
+
+    /// Encodes `n` records with the kafka-protocol crate, as a client would.
+    pub fn sample_batch(n: usize, compression: Compression, value_len: usize) -> Vec<u8> {
+        let records: Vec<Record> = (0..n)
+            .map(|i| Record {
+                transactional: false,
+                control: false,
+                delete_horizon: false,
+                partition_leader_epoch: -1,
+                producer_id: -1,
+                producer_epoch: -1,
+                timestamp_type: TimestampType::Creation,
+                offset: i as i64,
+                sequence: i as i32,
+                timestamp: 1_700_000_000_000 + i as i64,
+                key: Some(format!("key-{i}").into_bytes().into()),
+                value: Some(vec![b'v'; value_len].into()),
+                headers: [(StrBytes::from_static_str("h"), Some(b"x".to_vec().into()))]
+                    .into_iter()
+                    .collect(),
+            })
+            .collect();
+        let mut buf = BytesMut::new();
+        RecordBatchEncoder::encode(
+            &mut buf,
+            &records,
+            &RecordEncodeOptions {
+                version: 2,
+                compression,
+            },
+        )
+        .expect("encode");
+        buf.to_vec()
+    }
+
+    #[test]
+    fn parses_client_batches_for_every_codec() {
+        for codec in [
+            Compression::None,
+            Compression::Gzip,
+            Compression::Snappy,
+            Compression::Lz4,
+            Compression::Zstd,
+        ] {
+            let batch = sample_batch(10, codec, 100);
+            let summary = validate_produce(&batch, 1 << 20).expect("valid");
+            assert_eq!(summary.count, 1);
+            assert_eq!(summary.offset_span, 10);
+            assert_eq!(summary.max_timestamp, 1_700_000_000_009);
+            let header = BatchHeader::parse(&batch).unwrap();
+            assert_eq!(header.record_count, 10);
+            assert_eq!(header.compression(), codec as i16);
+        }
+    }
+
+    #[test]
+    fn rejects_bad_crc_magic_and_size() {
+        let batch = sample_batch(3, Compression::None, 10);
+        let mut flipped = batch.clone();
+        let last = flipped.len() - 1;
+        flipped[last] ^= 0x40;
+        assert!(matches!(
+            validate_produce(&flipped, 1 << 20),
+            Err(BatchError::BadCrc { .. })
+        ));
+        let mut old_magic = batch.clone();
+        old_magic[MAGIC] = 1;
+        assert_eq!(validate_produce(&old_magic, 1 << 20), Err(BatchError::BadMagic(1)));
+        assert!(matches!(
+            validate_produce(&batch, 20),
+            Err(BatchError::TooLarge { .. })
+        ));
+        assert!(matches!(
+            validate_produce(&batch[..batch.len() - 1], 1 << 20),
+            Err(BatchError::Truncated(..))
+        ));
+        assert_eq!(validate_produce(&[], 1 << 20), Err(BatchError::Empty));
+    }
+
+    #[test]
+    fn edits_keep_the_batch_valid() {
+        let mut batch = sample_batch(5, Compression::Lz4, 50);
+        set_base_offset(&mut batch, 1234);
+        set_leader_epoch(&mut batch, 7);
+        set_log_append_time(&mut batch, 42);
+        let header = validate(&batch).expect("still valid");
+        assert_eq!(header.base_offset, 1234);
+        assert_eq!(header.last_offset(), 1238);
+        assert_eq!(header.partition_leader_epoch, 7);
+        assert!(header.is_log_append_time());
+        assert_eq!(header.max_timestamp, 42);
+    }
+
+    #[test]
+    fn walks_concatenated_batches() {
+        let mut log = Vec::new();
+        for i in 0..4 {
+            let mut b = sample_batch(i + 1, Compression::None, 8);
+            set_base_offset(&mut b, (i * 10) as i64);
+            log.extend_from_slice(&b);
+        }
+        let tail = log.len();
+        log.extend_from_slice(&[0u8; 100]);
+        let found: Vec<_> = headers(&log).map(|(pos, h)| (pos, h.base_offset)).collect();
+        assert_eq!(found.len(), 4);
+        assert_eq!(found[3].1, 30);
+        let end = found.last().map(|(p, _)| *p).unwrap()
+            + BatchHeader::parse(&log[found[3].0..]).unwrap().total_len();
+        assert_eq!(end, tail);
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = validate_produce(&data, 1 << 20);
+            let _ = headers(&data).count();
+        }
+
+        #[test]
+        fn any_single_byte_corruption_is_caught(pos in 0usize..400, bit in 0u8..8) {
+            let batch = sample_batch(4, Compression::None, 60);
+            let pos = pos % batch.len();
+            // Base offset and leader epoch are outside the CRC by design.
+            prop_assume!(pos >= MAGIC);
+            let mut bad = batch.clone();
+            bad[pos] ^= 1 << bit;
+            prop_assert!(validate_produce(&bad, 1 << 20).is_err());
+        }
+    }
+}
