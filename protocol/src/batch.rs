@@ -189,7 +189,10 @@ pub struct ProducedBatches {
 
 /// Validates every batch of a produce payload: each must be whole, v2, CRC-correct and at most
 /// `max_batch_bytes` long, and the batches must fill the payload exactly.
-pub fn validate_produce(records: &[u8], max_batch_bytes: usize) -> Result<ProducedBatches, BatchError> {
+pub fn validate_produce(
+    records: &[u8],
+    max_batch_bytes: usize,
+) -> Result<ProducedBatches, BatchError> {
     let mut at = 0;
     let mut summary = ProducedBatches {
         count: 0,
@@ -326,7 +329,10 @@ pub(crate) mod tests {
         ));
         let mut old_magic = batch.clone();
         old_magic[MAGIC] = 1;
-        assert_eq!(validate_produce(&old_magic, 1 << 20), Err(BatchError::BadMagic(1)));
+        assert_eq!(
+            validate_produce(&old_magic, 1 << 20),
+            Err(BatchError::BadMagic(1))
+        );
         assert!(matches!(
             validate_produce(&batch, 20),
             Err(BatchError::TooLarge { .. })

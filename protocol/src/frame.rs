@@ -134,11 +134,16 @@ mod tests {
 
     #[test]
     fn decodes_flexible_and_classic_requests() {
-        let req = decode_request(frame_of(ApiKey::ApiVersions, 3, &ApiVersionsRequest::default()))
-            .unwrap();
+        let req = decode_request(frame_of(
+            ApiKey::ApiVersions,
+            3,
+            &ApiVersionsRequest::default(),
+        ))
+        .unwrap();
         assert_eq!(req.api, ApiKey::ApiVersions);
         assert_eq!(req.header.correlation_id, 77);
-        let req = decode_request(frame_of(ApiKey::Metadata, 1, &MetadataRequest::default())).unwrap();
+        let req =
+            decode_request(frame_of(ApiKey::Metadata, 1, &MetadataRequest::default())).unwrap();
         assert_eq!(req.version, 1);
         assert_eq!(req.header.client_id.as_deref(), Some("test"));
     }
@@ -156,7 +161,10 @@ mod tests {
         v99[2..4].copy_from_slice(&99i16.to_be_bytes());
         assert!(matches!(
             decode_request(v99.into()),
-            Err(FrameError::UnsupportedVersion { correlation_id: 77, .. })
+            Err(FrameError::UnsupportedVersion {
+                correlation_id: 77,
+                ..
+            })
         ));
         let mut trailing = frame_of(ApiKey::Metadata, 1, &MetadataRequest::default()).to_vec();
         trailing.push(1);

@@ -115,6 +115,9 @@ mod tests {
 
     #[test]
     fn garbage_is_refused() {
-        assert!(produce_unsupported_response(Bytes::from_static(&[0, 0, 0, 1, 0, 0, 0, 1, 0xff])).is_none());
+        assert!(
+            produce_unsupported_response(Bytes::from_static(&[0, 0, 0, 1, 0, 0, 0, 1, 0xff]))
+                .is_none()
+        );
     }
 }

@@ -1,0 +1,125 @@
+//! The batch cache: the most recently appended batches of a partition, as the `Bytes` that were
+//! written. Tail consumers are served from here without touching the disk.
+
+use bytes::{Bytes, BytesMut};
+use std::collections::VecDeque;
+
+/// Exists per partition, on the shard that owns it.
+#[derive(Debug, Default)]
+pub struct BatchCache {
+    /// (base offset, last offset, batch bytes), in offset order.
+    batches: VecDeque<(i64, i64, Bytes)>,
+    bytes: usize,
+}
+
+impl BatchCache {
+    pub fn push(&mut self, base: i64, last: i64, batch: Bytes) {
+        self.bytes += batch.len();
+        self.batches.push_back((base, last, batch));
+    }
+
+    /// Drops the oldest batches until at most `limit` bytes are held, but never a batch at or
+    /// after `keep_from` (batches not yet written to the segment must stay readable).
+    pub fn trim(&mut self, limit: usize, keep_from: i64) {
+        while self.bytes > limit {
+            match self.batches.front() {
+                Some(&(base, _, _)) if base < keep_from => {
+                    let (_, _, b) = self.batches.pop_front().expect("front exists");
+                    self.bytes -= b.len();
+                }
+                _ => break,
+            }
+        }
+    }
+
+    /// Removes every batch at or after `offset` (a failed write rolled them back).
+    pub fn truncate_from(&mut self, offset: i64) {
+        while self
+            .batches
+            .back()
+            .is_some_and(|&(base, _, _)| base >= offset)
+        {
+            let (_, _, b) = self.batches.pop_back().expect("back exists");
+            self.bytes -= b.len();
+        }
+    }
+
+    /// Whole batches from the one containing `offset`, up to `max_bytes` (the first batch is
+    /// returned even if larger when `min_one`). `None` if the cache does not reach back to
+    /// `offset`. A single batch is returned without copying.
+    pub fn read(&self, offset: i64, max_bytes: usize, min_one: bool) -> Option<Bytes> {
+        let first = self.batches.front()?;
+        if offset < first.0 {
+            return None;
+        }
+        let start = self.batches.partition_point(|&(_, last, _)| last < offset);
+        let mut taken = 0;
+        let mut total = 0;
+        for (_, _, b) in self.batches.range(start..) {
+            if total + b.len() > max_bytes && !(min_one && taken == 0) {
+                break;
+            }
+            total += b.len();
+            taken += 1;
+        }
+        Some(match taken {
+            0 => Bytes::new(),
+            1 => self.batches[start].2.clone(),
+            _ => {
+                let mut out = BytesMut::with_capacity(total);
+                for (_, _, b) in self.batches.range(start..start + taken) {
+                    out.extend_from_slice(b);
+                }
+                out.freeze()
+            }
+        })
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cache() -> BatchCache {
+        let mut c = BatchCache::default();
+        c.push(0, 4, Bytes::from(vec![0u8; 100]));
+        c.push(5, 9, Bytes::from(vec![1u8; 100]));
+        c.push(10, 10, Bytes::from(vec![2u8; 100]));
+        c
+    }
+
+    #[test]
+    fn reads_whole_batches_within_budget() {
+        let c = cache();
+        assert_eq!(c.read(0, 250, true).unwrap().len(), 200);
+        assert_eq!(c.read(7, 1000, true).unwrap()[0], 1);
+        assert_eq!(c.read(7, 1000, true).unwrap().len(), 200);
+        assert_eq!(
+            c.read(7, 10, true).unwrap().len(),
+            100,
+            "first batch always"
+        );
+        assert_eq!(c.read(7, 10, false).unwrap().len(), 0);
+        assert_eq!(c.read(11, 1000, true).unwrap().len(), 0);
+    }
+
+    #[test]
+    fn trims_only_written_batches() {
+        let mut c = cache();
+        c.trim(100, 5);
+        assert!(c.read(0, 1000, true).is_none());
+        assert_eq!(
+            c.bytes(),
+            200,
+            "batches from offset 5 are unwritten and stay"
+        );
+        c.trim(100, 100);
+        assert_eq!(c.bytes(), 100);
+        c.truncate_from(10);
+        assert_eq!(c.bytes(), 0);
+    }
+}

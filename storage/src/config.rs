@@ -1,0 +1,32 @@
+//! Per-partition log settings, derived from the topic's configs (Kafka names) and broker defaults.
+
+use std::time::Duration;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogConfig {
+    /// `segment.bytes`: roll the active segment once it is this large.
+    pub segment_bytes: u64,
+    /// `segment.ms`: roll a non-empty active segment once it is this old.
+    pub segment_ms: Duration,
+    /// `index.interval.bytes`: bytes between offset index entries.
+    pub index_interval_bytes: u64,
+    /// `max.message.bytes`: largest record batch accepted.
+    pub max_message_bytes: usize,
+    /// `message.timestamp.type=LogAppendTime`.
+    pub log_append_time: bool,
+    /// Bytes of recent batches kept in memory per partition for tail reads.
+    pub cache_bytes: usize,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            segment_bytes: 1 << 30,
+            segment_ms: Duration::from_secs(7 * 24 * 3600),
+            index_interval_bytes: 4096,
+            max_message_bytes: 1_048_588,
+            log_append_time: false,
+            cache_bytes: 8 << 20,
+        }
+    }
+}

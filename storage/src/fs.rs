@@ -1,0 +1,117 @@
+//! Small file helpers on top of glommio DMA files, for use on a shard (they never block it).
+
+use glommio::io::{DmaFile, OpenOptions};
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// Runs a blocking filesystem call on glommio's blocking thread pool.
+pub async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    glommio::executor().spawn_blocking(f).await
+}
+
+pub async fn create_dir_all(dir: &Path) -> io::Result<()> {
+    let dir = dir.to_path_buf();
+    blocking(move || std::fs::create_dir_all(dir)).await
+}
+
+pub async fn remove_dir_all(dir: &Path) -> io::Result<()> {
+    let dir = dir.to_path_buf();
+    blocking(move || match std::fs::remove_dir_all(&dir) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    })
+    .await
+}
+
+pub async fn list_dir(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let dir = dir.to_path_buf();
+    blocking(move || {
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(dir)? {
+            out.push(entry?.path());
+        }
+        out.sort();
+        Ok(out)
+    })
+    .await
+}
+
+pub async fn exists(path: &Path) -> bool {
+    let path = path.to_path_buf();
+    blocking(move || Ok(path.exists())).await.unwrap_or(false)
+}
+
+pub async fn remove_file(path: &Path) -> io::Result<()> {
+    match glommio::io::remove(path).await.map_err(io::Error::from) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}
+
+/// Opens (creating if needed) a file for direct I/O reads and writes, without truncating it.
+pub async fn open_rw(path: &Path) -> io::Result<DmaFile> {
+    Ok(OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .dma_open(path)
+        .await?)
+}
+
+/// Reads a whole (small) file; `None` if it does not exist.
+pub async fn read_file(path: &Path) -> io::Result<Option<Vec<u8>>> {
+    let file = match DmaFile::open(path).await {
+        Ok(f) => f,
+        Err(e) => {
+            let e: io::Error = e.into();
+            return if e.kind() == io::ErrorKind::NotFound {
+                Ok(None)
+            } else {
+                Err(e)
+            };
+        }
+    };
+    let size = file.file_size().await?;
+    let data = if size == 0 {
+        Vec::new()
+    } else {
+        file.read_at(0, size as usize).await?.to_vec()
+    };
+    file.close().await?;
+    Ok(Some(data))
+}
+
+/// Writes `data` as the whole content of `path` and syncs it.
+pub async fn write_file(path: &Path, data: &[u8]) -> io::Result<()> {
+    let file = DmaFile::create(path).await?;
+    if !data.is_empty() {
+        let aligned = file.align_up(data.len() as u64) as usize;
+        let mut buf = file.alloc_dma_buffer(aligned);
+        let slice = buf.as_bytes_mut();
+        slice[..data.len()].copy_from_slice(data);
+        slice[data.len()..].fill(0);
+        let written = file.write_at(buf, 0).await?;
+        if written < data.len() {
+            return Err(io::Error::new(io::ErrorKind::WriteZero, "short write"));
+        }
+        file.truncate(data.len() as u64).await?;
+    }
+    file.fdatasync().await?;
+    file.close().await?;
+    Ok(())
+}
+
+/// Replaces `path` atomically: write a temporary file, sync it, rename it over `path`.
+pub async fn write_file_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    write_file(&tmp, data).await?;
+    glommio::io::rename(&tmp, path).await?;
+    if let Some(dir) = path.parent() {
+        let dir = glommio::io::Directory::open(dir).await?;
+        dir.sync().await?;
+        dir.close().await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,15 @@
+//! Tern's partition logs: segment files written with direct I/O, sparse indexes, the batch
+//! cache for tail reads, and crash recovery. Runs on a glommio shard; never blocks it.
+
+pub mod cache;
+pub mod config;
+pub mod fs;
+pub mod index;
+pub mod log;
+pub mod segment;
+
+pub use config::LogConfig;
+pub use log::{Appended, Durability, LogError, PartitionLog};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,410 @@
+//! A partition log: its segments, the batch cache, offsets, and the write path.
+//!
+//! Appends are synchronous: a batch gets its offsets and lands in the cache (readable at once)
+//! and in the pending list. Writing pending batches to the active segment, and `fdatasync`, are
+//! done by whoever waits for them first, under one write lock: concurrent waiters share one
+//! write and one sync (group commit).
+
+use bytes::{Bytes, BytesMut};
+use event_listener::{Event, EventListener};
+use glommio::sync::Semaphore;
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use tern_protocol::batch::{self, BatchError};
+use thiserror::Error;
+
+use crate::cache::BatchCache;
+use crate::config::LogConfig;
+use crate::fs;
+use crate::segment::{parse_segment_name, OpenMode, Segment};
+
+/// Marker file saying the partition was closed cleanly, so its tail need not be scanned.
+const CLEAN_MARKER: &str = "clean-shutdown";
+
+#[derive(Debug, Error)]
+pub enum LogError {
+    #[error(transparent)]
+    Batch(#[from] BatchError),
+    #[error("offset {offset} is outside the log [{start}, {end}]")]
+    OffsetOutOfRange { offset: i64, start: i64, end: i64 },
+    #[error("storage error: {0}")]
+    Io(#[from] io::Error),
+    #[error("the write of this batch failed and was rolled back")]
+    WriteFailed,
+}
+
+/// Where an append landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    pub base_offset: i64,
+    pub last_offset: i64,
+    /// Broker timestamp when the topic uses LogAppendTime, else -1.
+    pub log_append_time: i64,
+    /// Number of rollbacks that had happened when the append was made.
+    generation: usize,
+}
+
+/// How far an append must have gone before its producer is answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Written to the segment file (acks=1).
+    Written,
+    /// Written and fdatasync'ed (acks=all).
+    Synced,
+}
+
+/// One partition's log. Exists per partition replica, on the shard that owns it.
+pub struct PartitionLog {
+    dir: PathBuf,
+    config: RefCell<LogConfig>,
+    state: RefCell<State>,
+    write_lock: Semaphore,
+    appended: Event,
+}
+
+struct State {
+    segments: BTreeMap<i64, Rc<Segment>>,
+    log_start: i64,
+    next_offset: i64,
+    /// Offsets below this are in segment files.
+    written: i64,
+    /// Offsets below this are in segment files and synced.
+    synced: i64,
+    pending: Vec<Bytes>,
+    cache: BatchCache,
+    /// (max timestamp, offset of the batch holding it).
+    max_timestamp: (i64, i64),
+    /// Offsets from which each failed write rolled back, in order.
+    rollbacks: Vec<i64>,
+}
+
+impl PartitionLog {
+    /// Opens (or creates) the log in `dir`, recovering its tail unless it was closed cleanly.
+    pub async fn open(dir: &Path, config: LogConfig) -> io::Result<Rc<PartitionLog>> {
+        fs::create_dir_all(dir).await?;
+        let marker = dir.join(CLEAN_MARKER);
+        let clean = fs::exists(&marker).await;
+        let bases: Vec<i64> = fs::list_dir(dir)
+            .await?
+            .iter()
+            .filter_map(|p| parse_segment_name(p))
+            .collect();
+        let mut segments = BTreeMap::new();
+        for (i, &base) in bases.iter().enumerate() {
+            let last = i + 1 == bases.len();
+            let mode = if last && !clean {
+                OpenMode::Recover
+            } else {
+                OpenMode::Sealed
+            };
+            let (seg, cut) = Segment::open(dir, base, mode, config.index_interval_bytes).await?;
+            if cut > 0 {
+                tracing::warn!(dir = %dir.display(), base, cut, "truncated torn or corrupt tail of segment");
+            }
+            segments.insert(base, Rc::new(seg));
+        }
+        // The marker must go before any write: a crash after this point needs a scan.
+        if clean {
+            fs::remove_file(&marker).await?;
+        }
+        if segments.is_empty() {
+            segments.insert(0, Rc::new(Segment::create(dir, 0).await?));
+        }
+        let log_start = *segments.keys().next().expect("one segment");
+        let active = segments.values().next_back().expect("one segment");
+        let next_offset = active.next_offset();
+        let max_timestamp = segments
+            .values()
+            .map(|s| (s.max_timestamp(), s.base_offset))
+            .max_by_key(|&(ts, _)| ts)
+            .unwrap_or((-1, -1));
+        Ok(Rc::new(PartitionLog {
+            dir: dir.to_path_buf(),
+            config: RefCell::new(config),
+            state: RefCell::new(State {
+                segments,
+                log_start,
+                next_offset,
+                written: next_offset,
+                synced: next_offset,
+                pending: Vec::new(),
+                cache: BatchCache::default(),
+                max_timestamp,
+                rollbacks: Vec::new(),
+            }),
+            write_lock: Semaphore::new(1),
+            appended: Event::new(),
+        }))
+    }
+
+    pub fn set_config(&self, config: LogConfig) {
+        *self.config.borrow_mut() = config;
+    }
+
+    pub fn config(&self) -> LogConfig {
+        self.config.borrow().clone()
+    }
+
+    /// Validates the produce payload `records` (one or more batches), assigns offsets and
+    /// appends it. The data is readable at once; use `wait` for durability.
+    pub fn append(&self, records: &[u8], now_ms: i64) -> Result<Appended, LogError> {
+        let config = self.config.borrow();
+        let summary = batch::validate_produce(records, config.max_message_bytes)?;
+        let mut st = self.state.borrow_mut();
+        let base_offset = st.next_offset;
+        let log_append_time = if config.log_append_time { now_ms } else { -1 };
+        let mut copy = BytesMut::from(records);
+        let mut next = base_offset;
+        let mut at = 0;
+        for _ in 0..summary.count {
+            let header = batch::BatchHeader::parse(&copy[at..])?;
+            let len = header.total_len();
+            let one = &mut copy[at..at + len];
+            batch::set_base_offset(one, next);
+            batch::set_leader_epoch(one, 0);
+            if config.log_append_time {
+                batch::set_log_append_time(one, now_ms);
+            }
+            let max_ts = if config.log_append_time {
+                now_ms
+            } else {
+                header.max_timestamp
+            };
+            if max_ts > st.max_timestamp.0 {
+                st.max_timestamp = (max_ts, next);
+            }
+            next += header.last_offset_delta as i64 + 1;
+            at += len;
+        }
+        let data = copy.freeze();
+        st.cache.push(base_offset, next - 1, data.clone());
+        st.pending.push(data);
+        st.next_offset = next;
+        let written = st.written;
+        st.cache.trim(config.cache_bytes, written);
+        let generation = st.rollbacks.len();
+        drop(st);
+        self.appended.notify(usize::MAX);
+        Ok(Appended {
+            base_offset,
+            last_offset: next - 1,
+            log_append_time,
+            generation,
+        })
+    }
+
+    /// Waits until `appended` is written (or synced), writing pending batches itself if no one
+    /// else is. Fails if the write of these batches failed.
+    pub async fn wait(&self, appended: &Appended, durability: Durability) -> Result<(), LogError> {
+        let _permit = self
+            .write_lock
+            .acquire_permit(1)
+            .await
+            .map_err(|_| LogError::WriteFailed)?;
+        let done = |st: &State| match durability {
+            Durability::Written => st.written > appended.last_offset,
+            Durability::Synced => st.synced > appended.last_offset,
+        };
+        let lost = |st: &State| {
+            st.rollbacks[appended.generation..]
+                .iter()
+                .any(|&from| appended.base_offset >= from)
+        };
+        if lost(&self.state.borrow()) {
+            return Err(LogError::WriteFailed);
+        }
+        if done(&self.state.borrow()) {
+            return Ok(());
+        }
+        self.write_pending(durability == Durability::Synced).await?;
+        if lost(&self.state.borrow()) {
+            return Err(LogError::WriteFailed);
+        }
+        Ok(())
+    }
+
+    /// Writes pending batches to the active segment (rolling first if it is due) and syncs if
+    /// asked. Caller holds the write lock.
+    async fn write_pending(&self, sync: bool) -> Result<(), LogError> {
+        let (batches, end) = {
+            let mut st = self.state.borrow_mut();
+            (std::mem::take(&mut st.pending), st.next_offset)
+        };
+        if !batches.is_empty() {
+            let result = async {
+                self.roll_if_due().await?;
+                let active = self.active();
+                let interval = self.config.borrow().index_interval_bytes;
+                active.append(&batches, interval).await
+            }
+            .await;
+            let mut st = self.state.borrow_mut();
+            if let Err(e) = result {
+                // Nothing after `written` reached the file: forget it, so offsets stay dense
+                // and no reader sees data that was never stored.
+                let from = st.written;
+                tracing::error!(dir = %self.dir.display(), from, error = %e, "segment write failed; rolling back unwritten batches");
+                st.rollbacks.push(from);
+                st.next_offset = from;
+                st.pending.clear();
+                st.cache.truncate_from(from);
+                if st.max_timestamp.1 >= from {
+                    st.max_timestamp = (-1, -1);
+                }
+                return Err(e.into());
+            }
+            st.written = end;
+            let limit = self.config.borrow().cache_bytes;
+            st.cache.trim(limit, end);
+        }
+        if sync {
+            let target = self.state.borrow().written;
+            if self.state.borrow().synced < target {
+                self.active().sync().await?;
+                self.state.borrow_mut().synced = target;
+            }
+        }
+        Ok(())
+    }
+
+    fn active(&self) -> Rc<Segment> {
+        self.state
+            .borrow()
+            .segments
+            .values()
+            .next_back()
+            .expect("a log always has an active segment")
+            .clone()
+    }
+
+    async fn roll_if_due(&self) -> io::Result<()> {
+        let active = self.active();
+        let config = self.config.borrow().clone();
+        let due = active.size() >= config.segment_bytes
+            || (active.size() > 0 && active.age() >= config.segment_ms);
+        if !due {
+            return Ok(());
+        }
+        active.seal().await?;
+        let base = self.state.borrow().written;
+        let segment = Rc::new(Segment::create(&self.dir, base).await?);
+        let mut st = self.state.borrow_mut();
+        st.synced = st.synced.max(base);
+        st.segments.insert(base, segment);
+        Ok(())
+    }
+
+    /// Whole batches from the one holding `offset`, at most `max_bytes` (the first one even if
+    /// larger, when `min_one`, as KIP-74 asks). Empty at the log end.
+    pub async fn read(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+        min_one: bool,
+    ) -> Result<Bytes, LogError> {
+        let segment = {
+            let st = self.state.borrow();
+            if offset < st.log_start || offset > st.next_offset {
+                return Err(LogError::OffsetOutOfRange {
+                    offset,
+                    start: st.log_start,
+                    end: st.next_offset,
+                });
+            }
+            if offset == st.next_offset {
+                return Ok(Bytes::new());
+            }
+            if let Some(data) = st.cache.read(offset, max_bytes, min_one) {
+                return Ok(data);
+            }
+            st.segments
+                .range(..=offset)
+                .next_back()
+                .map(|(_, s)| s.clone())
+                .expect("offset >= log start has a segment")
+        };
+        let data = segment.read(offset, max_bytes, min_one).await?;
+        if !data.is_empty() || segment.next_offset() > offset {
+            return Ok(data);
+        }
+        // `offset` is past this segment's end: start of the next one.
+        let next = self
+            .state
+            .borrow()
+            .segments
+            .range(offset + 1..)
+            .next()
+            .map(|(_, s)| s.clone());
+        match next {
+            Some(s) => Ok(s.read(s.base_offset, max_bytes, min_one).await?),
+            None => Ok(data),
+        }
+    }
+
+    /// First record with timestamp >= `ts`: `(timestamp, offset)`, `None` if there is none.
+    pub async fn find_timestamp(&self, ts: i64) -> Result<Option<(i64, i64)>, LogError> {
+        let segments: Vec<Rc<Segment>> = self.state.borrow().segments.values().cloned().collect();
+        for segment in segments {
+            if let Some(found) = segment.find_timestamp(ts).await? {
+                return Ok(Some(found));
+            }
+        }
+        // Not on disk yet: look in pending batches through the cache (they are its newest).
+        let written = self.state.borrow().written;
+        let pending = self.state.borrow().cache.read(written, usize::MAX, true);
+        if let Some(data) = pending {
+            for (_, h) in batch::headers(&data) {
+                if h.max_timestamp >= ts {
+                    return Ok(Some((h.max_timestamp, h.base_offset)));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// (max timestamp, offset of the batch holding it), for ListOffsets MAX_TIMESTAMP.
+    pub fn max_timestamp(&self) -> (i64, i64) {
+        self.state.borrow().max_timestamp
+    }
+    pub fn log_start_offset(&self) -> i64 {
+        self.state.borrow().log_start
+    }
+    /// The log end offset (next offset to be assigned).
+    pub fn end_offset(&self) -> i64 {
+        self.state.borrow().next_offset
+    }
+
+    /// A listener that fires on the next append (for long-polling fetches).
+    pub fn listen(&self) -> EventListener {
+        self.appended.listen()
+    }
+
+    /// Writes everything pending, seals the active segment and leaves the clean-shutdown mark,
+    /// so the next open trusts the files without scanning.
+    pub async fn close(&self) -> Result<(), LogError> {
+        let _permit = self
+            .write_lock
+            .acquire_permit(1)
+            .await
+            .map_err(|_| LogError::WriteFailed)?;
+        self.write_pending(true).await?;
+        self.active().seal().await?;
+        fs::write_file(&self.dir.join(CLEAN_MARKER), b"").await?;
+        self.write_lock.close();
+        Ok(())
+    }
+
+    /// Deletes the log's files. The log must not be used afterwards.
+    pub async fn remove(&self) -> io::Result<()> {
+        let _permit = self.write_lock.acquire_permit(1).await.ok();
+        self.write_lock.close();
+        fs::remove_dir_all(&self.dir).await
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}

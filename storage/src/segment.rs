@@ -1,0 +1,396 @@
+//! One segment file of a partition log, written with O_DIRECT through a glommio DMA file.
+//!
+//! The file holds record batches exactly as served to consumers. Writes go in 4 KiB-aligned
+//! buffers; the partial last page is kept in memory (`tail`) and rewritten, with what follows
+//! it, on the next write. So the file may end in zero padding past the logical `size` until
+//! the segment is sealed (truncated to its exact size) or recovered (scanned and truncated).
+
+use bytes::Bytes;
+use glommio::io::DmaFile;
+use std::cell::{Cell, RefCell};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use tern_protocol::batch::{self, BatchError, BatchHeader};
+
+use crate::fs;
+use crate::index::{OffsetIndex, TimeIndex};
+
+const PAGE: u64 = 4096;
+const SCAN_CHUNK: usize = 1 << 20;
+
+/// A segment of one partition. Exists per partition on the shard that owns it.
+pub struct Segment {
+    pub base_offset: i64,
+    path: PathBuf,
+    file: DmaFile,
+    /// Logical size: bytes of whole batches.
+    size: Cell<u64>,
+    /// Bytes of the partial last page, `[size & !(PAGE-1), size)`.
+    tail: RefCell<Vec<u8>>,
+    /// Offset after the last batch in this segment.
+    next_offset: Cell<i64>,
+    max_timestamp: Cell<i64>,
+    index: RefCell<OffsetIndex>,
+    time_index: RefCell<TimeIndex>,
+    bytes_since_index: Cell<u64>,
+    created: Instant,
+}
+
+/// How a segment's tail is trusted when it is opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenMode {
+    /// Sealed earlier (closed segment or clean shutdown): the file size is exact.
+    Sealed,
+    /// May end in a torn or corrupt batch: verify every batch, truncate at the first bad one.
+    Recover,
+}
+
+fn path_with(dir: &Path, base: i64, ext: &str) -> PathBuf {
+    dir.join(format!("{base:020}.{ext}"))
+}
+
+/// Base offset of a segment file name (`00000000000000000042.log`), if it is one.
+pub fn parse_segment_name(path: &Path) -> Option<i64> {
+    if path.extension()? != "log" {
+        return None;
+    }
+    path.file_stem()?.to_str()?.parse().ok()
+}
+
+impl Segment {
+    /// Creates a new empty segment starting at `base_offset`.
+    pub async fn create(dir: &Path, base_offset: i64) -> io::Result<Segment> {
+        let path = path_with(dir, base_offset, "log");
+        let file = DmaFile::create(&path).await?;
+        file.close().await?;
+        let file = fs::open_rw(&path).await?;
+        Ok(Segment::new(base_offset, path, file, 0))
+    }
+
+    fn new(base_offset: i64, path: PathBuf, file: DmaFile, size: u64) -> Segment {
+        Segment {
+            base_offset,
+            path,
+            file,
+            size: Cell::new(size),
+            tail: RefCell::new(Vec::new()),
+            next_offset: Cell::new(base_offset),
+            max_timestamp: Cell::new(-1),
+            index: RefCell::new(OffsetIndex::default()),
+            time_index: RefCell::new(TimeIndex::default()),
+            bytes_since_index: Cell::new(0),
+            created: Instant::now(),
+        }
+    }
+
+    /// Opens an existing segment. Its indexes are loaded, or rebuilt when missing or damaged;
+    /// with `OpenMode::Recover` every batch is verified and the file truncated after the last
+    /// good one. Returns the segment and how many bytes recovery cut off.
+    pub async fn open(
+        dir: &Path,
+        base_offset: i64,
+        mode: OpenMode,
+        index_interval: u64,
+    ) -> io::Result<(Segment, u64)> {
+        let path = path_with(dir, base_offset, "log");
+        let file = fs::open_rw(&path).await?;
+        let file_size = file.file_size().await?;
+        let seg = Segment::new(base_offset, path, file, file_size);
+        let mut cut = 0;
+        match mode {
+            OpenMode::Recover => {
+                let end = seg.rebuild(0, file_size, true, index_interval).await?;
+                if end < file_size {
+                    cut = file_size - end;
+                    seg.file.truncate(end).await?;
+                    seg.file.fdatasync().await?;
+                }
+                seg.size.set(end);
+            }
+            OpenMode::Sealed => {
+                let index = fs::read_file(&seg.index_path())
+                    .await?
+                    .and_then(|d| OffsetIndex::from_bytes(&d, file_size.max(1)));
+                let time_index = fs::read_file(&seg.time_index_path())
+                    .await?
+                    .and_then(|d| TimeIndex::from_bytes(&d));
+                match (index, time_index) {
+                    (Some(index), Some(time_index)) => {
+                        let from = index.last_position() as u64;
+                        *seg.index.borrow_mut() = index;
+                        if let Some(ts) = time_index.max_timestamp() {
+                            seg.max_timestamp.set(ts);
+                        }
+                        *seg.time_index.borrow_mut() = time_index;
+                        // Walk the batches after the last index entry to learn the end offset.
+                        let end = seg.scan(from, file_size, false, |_, h| {
+                            seg.next_offset.set(h.last_offset() + 1);
+                            seg.max_timestamp
+                                .set(seg.max_timestamp.get().max(h.max_timestamp));
+                            true
+                        });
+                        end.await?;
+                    }
+                    _ => {
+                        seg.rebuild(0, file_size, false, index_interval).await?;
+                    }
+                }
+            }
+        }
+        seg.load_tail().await?;
+        Ok((seg, cut))
+    }
+
+    /// Re-reads every batch in `[from, to)`, rebuilding indexes and end offset; returns where
+    /// the valid batches end.
+    async fn rebuild(
+        &self,
+        from: u64,
+        to: u64,
+        verify: bool,
+        index_interval: u64,
+    ) -> io::Result<u64> {
+        *self.index.borrow_mut() = OffsetIndex::default();
+        *self.time_index.borrow_mut() = TimeIndex::default();
+        self.bytes_since_index.set(index_interval);
+        let mut expected = self.base_offset;
+        self.scan(from, to, verify, |pos, h| {
+            if h.base_offset < expected {
+                return false; // offsets never go backwards in a sound segment
+            }
+            expected = h.last_offset() + 1;
+            self.note_batch(pos, h, index_interval);
+            true
+        })
+        .await
+    }
+
+    async fn load_tail(&self) -> io::Result<()> {
+        let size = self.size.get();
+        let page_start = size & !(PAGE - 1);
+        let tail = if size > page_start {
+            self.file
+                .read_at(page_start, (size - page_start) as usize)
+                .await?
+                .to_vec()
+        } else {
+            Vec::new()
+        };
+        *self.tail.borrow_mut() = tail;
+        Ok(())
+    }
+
+    /// Records a batch written at `pos` in the end offset, timestamps and sparse indexes.
+    fn note_batch(&self, pos: u64, h: &BatchHeader, index_interval: u64) {
+        let relative = (h.base_offset - self.base_offset) as u32;
+        if self.bytes_since_index.get() >= index_interval {
+            self.index.borrow_mut().push(relative, pos as u32);
+            self.bytes_since_index.set(0);
+        }
+        self.bytes_since_index
+            .set(self.bytes_since_index.get() + h.total_len() as u64);
+        if h.max_timestamp > self.max_timestamp.get() {
+            self.max_timestamp.set(h.max_timestamp);
+            self.time_index.borrow_mut().push(h.max_timestamp, relative);
+        }
+        self.next_offset.set(h.last_offset() + 1);
+    }
+
+    /// Walks the batches in `[from, to)`, calling `visit(position, header)` until it returns
+    /// false. With `verify`, each batch's CRC is checked. Returns the position after the last
+    /// good batch visited (a torn, corrupt or zero-padded region ends the walk).
+    async fn scan(
+        &self,
+        mut pos: u64,
+        to: u64,
+        verify: bool,
+        mut visit: impl FnMut(u64, &BatchHeader) -> bool,
+    ) -> io::Result<u64> {
+        let mut want = SCAN_CHUNK;
+        while pos < to {
+            let len = want.min((to - pos) as usize);
+            let data = self.file.read_at(pos, len).await?;
+            let mut at = 0;
+            while at < data.len() {
+                let rest = &data[at..];
+                let header = match BatchHeader::parse(rest) {
+                    Ok(h) => h,
+                    Err(BatchError::Truncated(..)) => break,
+                    Err(_) => return Ok(pos + at as u64),
+                };
+                if header.total_len() > rest.len() {
+                    break;
+                }
+                if verify && batch::validate(rest).is_err() {
+                    return Ok(pos + at as u64);
+                }
+                if !visit(pos + at as u64, &header) {
+                    return Ok(pos + at as u64);
+                }
+                at += header.total_len();
+            }
+            if at == 0 {
+                // The next batch does not fit in what was read: read it whole, unless the file
+                // ends first (a torn write).
+                let header = match BatchHeader::parse(&data) {
+                    Ok(h) if pos + (h.total_len() as u64) <= to => h,
+                    _ => return Ok(pos),
+                };
+                want = header.total_len().max(SCAN_CHUNK);
+                continue;
+            }
+            pos += at as u64;
+            want = SCAN_CHUNK;
+        }
+        Ok(pos)
+    }
+
+    /// Appends whole batches (already offset-assigned) at the end of the segment.
+    pub async fn append(&self, batches: &[Bytes], index_interval: u64) -> io::Result<()> {
+        let size = self.size.get();
+        let page_start = size & !(PAGE - 1);
+        let new_bytes: usize = batches.iter().map(|b| b.len()).sum();
+        let (buf, end, new_tail) = {
+            let tail = self.tail.borrow();
+            let len = tail.len() + new_bytes;
+            let aligned = self.file.align_up(len as u64) as usize;
+            let mut buf = self.file.alloc_dma_buffer(aligned);
+            let out = buf.as_bytes_mut();
+            out[..tail.len()].copy_from_slice(&tail);
+            let mut at = tail.len();
+            for b in batches {
+                out[at..at + b.len()].copy_from_slice(b);
+                at += b.len();
+            }
+            out[len..].fill(0);
+            let end = size + new_bytes as u64;
+            let new_tail_start = ((end & !(PAGE - 1)) - page_start) as usize;
+            let new_tail = out[new_tail_start..len].to_vec();
+            (buf, end, new_tail)
+        };
+        let expected = buf.len();
+        let written = self.file.write_at(buf, page_start).await?;
+        if written < expected {
+            return Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                "short segment write",
+            ));
+        }
+        let mut pos = size;
+        for b in batches {
+            let header = BatchHeader::parse(b).map_err(io::Error::other)?;
+            self.note_batch(pos, &header, index_interval);
+            pos += b.len() as u64;
+        }
+        *self.tail.borrow_mut() = new_tail;
+        self.size.set(end);
+        Ok(())
+    }
+
+    pub async fn sync(&self) -> io::Result<()> {
+        Ok(self.file.fdatasync().await?)
+    }
+
+    /// Makes the segment exact on disk: synced, truncated to its logical size, indexes saved.
+    pub async fn seal(&self) -> io::Result<()> {
+        self.file.truncate(self.size.get()).await?;
+        self.file.fdatasync().await?;
+        let index = self.index.borrow().to_bytes();
+        let time_index = self.time_index.borrow().to_bytes();
+        fs::write_file(&self.index_path(), &index).await?;
+        fs::write_file(&self.time_index_path(), &time_index).await?;
+        Ok(())
+    }
+
+    /// Whole batches starting with the one that contains `offset`, up to `max_bytes` (the
+    /// first batch even if larger, when `min_one`). Empty if `offset` is past this segment.
+    pub async fn read(&self, offset: i64, max_bytes: usize, min_one: bool) -> io::Result<Bytes> {
+        let size = self.size.get();
+        let relative = (offset - self.base_offset).max(0) as u32;
+        let from = self.index.borrow().lookup(relative) as u64;
+        let mut start = None;
+        self.scan(from, size, false, |pos, h| {
+            if h.last_offset() >= offset {
+                start = Some((pos, h.total_len()));
+                return false;
+            }
+            true
+        })
+        .await?;
+        let Some((start, first_len)) = start else {
+            return Ok(Bytes::new());
+        };
+        let budget = if min_one {
+            max_bytes.max(first_len)
+        } else {
+            max_bytes
+        };
+        let len = budget.min((size - start) as usize);
+        if len == 0 {
+            return Ok(Bytes::new());
+        }
+        let data = self.file.read_at(start, len).await?;
+        let whole: usize = batch::headers(&data).map(|(_, h)| h.total_len()).sum();
+        Ok(Bytes::copy_from_slice(&data[..whole]))
+    }
+
+    /// First record with timestamp >= `ts` in this segment: `(timestamp, offset)`.
+    pub async fn find_timestamp(&self, ts: i64) -> io::Result<Option<(i64, i64)>> {
+        if self.max_timestamp.get() < ts {
+            return Ok(None);
+        }
+        let relative = self.time_index.borrow().scan_start(ts);
+        let from = self.index.borrow().lookup(relative) as u64;
+        let mut found = None;
+        self.scan(from, self.size.get(), false, |pos, h| {
+            if h.max_timestamp >= ts {
+                found = Some((pos, *h));
+                return false;
+            }
+            true
+        })
+        .await?;
+        let Some((pos, header)) = found else {
+            return Ok(None);
+        };
+        if header.is_log_append_time() {
+            return Ok(Some((header.max_timestamp, header.base_offset)));
+        }
+        let data = self.file.read_at(pos, header.total_len()).await?;
+        let mut bytes = Bytes::copy_from_slice(&data);
+        let set = kafka_protocol::records::RecordBatchDecoder::decode(&mut bytes)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{e:#}")))?;
+        Ok(set
+            .records
+            .iter()
+            .find(|r| r.timestamp >= ts)
+            .map(|r| (r.timestamp, r.offset)))
+    }
+
+    /// Removes the segment's files.
+    pub async fn remove(&self) -> io::Result<()> {
+        fs::remove_file(&self.path).await?;
+        fs::remove_file(&self.index_path()).await?;
+        fs::remove_file(&self.time_index_path()).await
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size.get()
+    }
+    pub fn next_offset(&self) -> i64 {
+        self.next_offset.get()
+    }
+    pub fn max_timestamp(&self) -> i64 {
+        self.max_timestamp.get()
+    }
+    pub fn age(&self) -> std::time::Duration {
+        self.created.elapsed()
+    }
+    fn index_path(&self) -> PathBuf {
+        self.path.with_extension("index")
+    }
+    fn time_index_path(&self) -> PathBuf {
+        self.path.with_extension("timeindex")
+    }
+}

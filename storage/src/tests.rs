@@ -1,0 +1,242 @@
+//! Partition log tests on a real glommio executor and real files.
+
+use crate::log::{Durability, LogError, PartitionLog};
+use crate::LogConfig;
+use bytes::BytesMut;
+use kafka_protocol::records::{
+    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+};
+use std::path::Path;
+use tern_protocol::batch;
+
+fn run<F: std::future::Future<Output = ()> + 'static>(f: impl FnOnce() -> F + Send + 'static) {
+    glommio::LocalExecutorBuilder::default()
+        .spawn(move || async move { f().await })
+        .expect("executor")
+        .join()
+        .expect("join");
+}
+
+/// A client-encoded batch of `n` records with timestamps `ts0 + i`.
+fn client_batch(n: usize, ts0: i64, value_len: usize) -> Vec<u8> {
+    let records: Vec<Record> = (0..n)
+        .map(|i| Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: -1,
+            producer_id: -1,
+            producer_epoch: -1,
+            timestamp_type: TimestampType::Creation,
+            offset: i as i64,
+            sequence: i as i32,
+            timestamp: ts0 + i as i64,
+            key: Some(format!("k{i}").into_bytes().into()),
+            value: Some(vec![b'x'; value_len].into()),
+            headers: Default::default(),
+        })
+        .collect();
+    let mut buf = BytesMut::new();
+    RecordBatchEncoder::encode(
+        &mut buf,
+        &records,
+        &RecordEncodeOptions {
+            version: 2,
+            compression: Compression::None,
+        },
+    )
+    .unwrap();
+    buf.to_vec()
+}
+
+fn small_segments() -> LogConfig {
+    LogConfig {
+        segment_bytes: 8192,
+        index_interval_bytes: 1024,
+        cache_bytes: 0,
+        ..LogConfig::default()
+    }
+}
+
+/// Appends `batches` batches of 5 records of ~100 bytes each; timestamps 1000 + offset.
+async fn fill(log: &PartitionLog, batches: usize) {
+    for _ in 0..batches {
+        let next = log.end_offset();
+        let a = log.append(&client_batch(5, 1000 + next, 100), 0).unwrap();
+        assert_eq!(a.base_offset, next);
+        log.wait(&a, Durability::Synced).await.unwrap();
+    }
+}
+
+/// Reads every batch from offset 0 and returns the record offsets covered, in order.
+async fn read_all(log: &PartitionLog) -> Vec<i64> {
+    let mut offsets = Vec::new();
+    let mut next = log.log_start_offset();
+    loop {
+        let data = log.read(next, 3000, true).await.unwrap();
+        if data.is_empty() {
+            break;
+        }
+        for (_, h) in batch::headers(&data) {
+            batch::validate(&data[..]).ok();
+            offsets.extend(h.base_offset..=h.last_offset());
+            next = h.last_offset() + 1;
+        }
+    }
+    offsets
+}
+
+fn dir_files(dir: &Path, ext: &str) -> Vec<std::path::PathBuf> {
+    let mut v: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == ext))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn appends_roll_and_read_back_across_segments() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("t-0");
+    run(move || async move {
+        let log = PartitionLog::open(&dir, small_segments()).await.unwrap();
+        fill(&log, 60).await;
+        assert_eq!(log.end_offset(), 300);
+        assert!(dir_files(&dir, "log").len() > 3, "rolled at segment.bytes");
+        assert_eq!(read_all(&log).await, (0..300).collect::<Vec<_>>());
+        // A read in the middle of a batch returns that whole batch.
+        let data = log.read(102, 10, true).await.unwrap();
+        let (_, h) = batch::headers(&data).next().unwrap();
+        assert_eq!(h.base_offset, 100);
+        assert!(matches!(
+            log.read(301, 10, true).await,
+            Err(LogError::OffsetOutOfRange { .. })
+        ));
+        assert!(log.read(300, 10, true).await.unwrap().is_empty());
+        assert_eq!(
+            log.find_timestamp(1000 + 123).await.unwrap(),
+            Some((1123, 123))
+        );
+        assert_eq!(log.find_timestamp(99_999).await.unwrap(), None);
+        log.close().await.unwrap();
+        let log = PartitionLog::open(&dir, small_segments()).await.unwrap();
+        assert_eq!(log.end_offset(), 300);
+        assert_eq!(read_all(&log).await, (0..300).collect::<Vec<_>>());
+        assert_eq!(
+            log.append(&client_batch(1, 5000, 10), 0)
+                .unwrap()
+                .base_offset,
+            300
+        );
+    });
+}
+
+#[test]
+fn recovery_truncates_torn_and_corrupt_tails() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("t-0");
+    let d = dir.clone();
+    run(move || async move {
+        let log = PartitionLog::open(&d, LogConfig::default()).await.unwrap();
+        fill(&log, 10).await; // 50 records, no clean close: simulates a crash
+    });
+    let seg = dir_files(&dir, "log").pop().unwrap();
+    // Flip a byte inside the 8th batch: recovery keeps the first 7 batches (35 records).
+    let mut data = std::fs::read(&seg).unwrap();
+    let positions: Vec<usize> = batch::headers(&data).map(|(p, _)| p).collect();
+    assert_eq!(positions.len(), 10);
+    data[positions[7] + 70] ^= 0xff;
+    std::fs::write(&seg, &data).unwrap();
+    let d = dir.clone();
+    run(move || async move {
+        let log = PartitionLog::open(&d, LogConfig::default()).await.unwrap();
+        assert_eq!(log.end_offset(), 35);
+        assert_eq!(read_all(&log).await, (0..35).collect::<Vec<_>>());
+        // Appends continue right after the last good batch.
+        let a = log.append(&client_batch(5, 1, 100), 0).unwrap();
+        assert_eq!(a.base_offset, 35);
+        log.wait(&a, Durability::Written).await.unwrap();
+    });
+    // Half-written last batch.
+    let data = std::fs::read(&seg).unwrap();
+    let positions: Vec<usize> = batch::headers(&data).map(|(p, _)| p).collect();
+    let last = *positions.last().unwrap();
+    std::fs::write(&seg, &data[..last + 30]).unwrap();
+    let d = dir.clone();
+    run(move || async move {
+        let log = PartitionLog::open(&d, LogConfig::default()).await.unwrap();
+        assert_eq!(log.end_offset(), 35);
+        assert_eq!(read_all(&log).await, (0..35).collect::<Vec<_>>());
+    });
+}
+
+#[test]
+fn damaged_or_missing_indexes_are_rebuilt() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("t-0");
+    let d = dir.clone();
+    run(move || async move {
+        let log = PartitionLog::open(&d, small_segments()).await.unwrap();
+        fill(&log, 40).await;
+        log.close().await.unwrap();
+    });
+    let indexes = dir_files(&dir, "index");
+    assert!(indexes.len() > 2);
+    std::fs::remove_file(&indexes[0]).unwrap();
+    std::fs::write(&indexes[1], b"garbage").unwrap();
+    std::fs::write(dir_files(&dir, "timeindex")[2].clone(), [0xffu8; 24]).unwrap();
+    run(move || async move {
+        let log = PartitionLog::open(&dir, small_segments()).await.unwrap();
+        assert_eq!(log.end_offset(), 200);
+        assert_eq!(read_all(&log).await, (0..200).collect::<Vec<_>>());
+        assert_eq!(
+            log.find_timestamp(1000 + 77).await.unwrap(),
+            Some((1077, 77))
+        );
+    });
+}
+
+#[test]
+fn rejects_bad_batches_without_touching_the_log() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("t-0");
+    run(move || async move {
+        let config = LogConfig {
+            max_message_bytes: 2000,
+            ..LogConfig::default()
+        };
+        let log = PartitionLog::open(&dir, config).await.unwrap();
+        let mut bad = client_batch(3, 0, 10);
+        let n = bad.len();
+        bad[n - 1] ^= 1;
+        assert!(matches!(log.append(&bad, 0), Err(LogError::Batch(_))));
+        assert!(matches!(
+            log.append(&client_batch(30, 0, 100), 0),
+            Err(LogError::Batch(_))
+        ));
+        assert_eq!(log.end_offset(), 0);
+        let a = log.append(&client_batch(3, 0, 10), 0).unwrap();
+        assert_eq!((a.base_offset, a.last_offset), (0, 2));
+    });
+}
+
+#[test]
+fn log_append_time_is_stamped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("t-0");
+    run(move || async move {
+        let config = LogConfig {
+            log_append_time: true,
+            ..LogConfig::default()
+        };
+        let log = PartitionLog::open(&dir, config).await.unwrap();
+        let a = log.append(&client_batch(3, 5, 10), 777).unwrap();
+        assert_eq!(a.log_append_time, 777);
+        let data = log.read(0, 1 << 20, true).await.unwrap();
+        let h = batch::validate(&data).unwrap();
+        assert!(h.is_log_append_time());
+        assert_eq!(h.max_timestamp, 777);
+    });
+}
