@@ -60,6 +60,17 @@ pub async fn open_rw(path: &Path) -> io::Result<DmaFile> {
         .await?)
 }
 
+/// Creates (or empties) a file for direct I/O reads and writes.
+pub async fn create_rw(path: &Path) -> io::Result<DmaFile> {
+    Ok(OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .dma_open(path)
+        .await?)
+}
+
 /// Reads a whole (small) file; `None` if it does not exist.
 pub async fn read_file(path: &Path) -> io::Result<Option<Vec<u8>>> {
     let file = match DmaFile::open(path).await {
@@ -85,7 +96,8 @@ pub async fn read_file(path: &Path) -> io::Result<Option<Vec<u8>>> {
 
 /// Writes `data` as the whole content of `path` and syncs it.
 pub async fn write_file(path: &Path, data: &[u8]) -> io::Result<()> {
-    let file = DmaFile::create(path).await?;
+    // Opened read-write: glommio probes each new device with a read.
+    let file = create_rw(path).await?;
     if !data.is_empty() {
         let aligned = file.align_up(data.len() as u64) as usize;
         let mut buf = file.alloc_dma_buffer(aligned);

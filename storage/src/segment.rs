@@ -62,9 +62,7 @@ impl Segment {
     /// Creates a new empty segment starting at `base_offset`.
     pub async fn create(dir: &Path, base_offset: i64) -> io::Result<Segment> {
         let path = path_with(dir, base_offset, "log");
-        let file = DmaFile::create(&path).await?;
-        file.close().await?;
-        let file = fs::open_rw(&path).await?;
+        let file = fs::create_rw(&path).await?;
         Ok(Segment::new(base_offset, path, file, 0))
     }
 

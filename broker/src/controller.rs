@@ -1,0 +1,208 @@
+//! The controller: the one writer of cluster metadata. It runs on shard 0; other shards send
+//! their topic changes here (`Shard::run_on(0, ..)`).
+
+use kafka_protocol::ResponseError;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use uuid::Uuid;
+
+use crate::shard::Shard;
+use crate::topic_config;
+
+pub const CONTROLLER_SHARD: usize = 0;
+
+/// A Kafka error code with a message for the client.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiError {
+    pub code: i16,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(e: ResponseError, message: impl Into<String>) -> ApiError {
+        ApiError {
+            code: e.code(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Kafka's rule for topic names.
+pub fn validate_topic_name(name: &str) -> Result<(), ApiError> {
+    let legal = name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-');
+    if name.is_empty() || name == "." || name == ".." || name.len() > 249 || !legal {
+        return Err(ApiError::new(
+            ResponseError::InvalidTopicException,
+            format!("topic name {name:?} is illegal: use 1-249 of [a-zA-Z0-9._-], not . or .."),
+        ));
+    }
+    Ok(())
+}
+
+/// What a new topic should look like.
+#[derive(Debug, Clone)]
+pub struct NewTopic {
+    pub name: String,
+    pub partitions: i32,
+    pub configs: BTreeMap<String, String>,
+}
+
+/// Checks a topic request without creating anything.
+pub fn validate_new_topic(topic: &NewTopic) -> Result<(), ApiError> {
+    validate_topic_name(&topic.name)?;
+    if topic.partitions < 1 || topic.partitions > 100_000 {
+        return Err(ApiError::new(
+            ResponseError::InvalidPartitions,
+            format!("partition count {} must be 1..=100000", topic.partitions),
+        ));
+    }
+    for (name, value) in &topic.configs {
+        topic_config::validate(name, value)
+            .map_err(|m| ApiError::new(ResponseError::InvalidConfig, m))?;
+    }
+    Ok(())
+}
+
+/// Creates a topic: persist the metadata, open its partitions on their shards, publish.
+/// Must run on the controller shard.
+pub async fn create_topic(shard: &Rc<Shard>, topic: NewTopic) -> Result<Uuid, ApiError> {
+    assert_eq!(
+        shard.id, CONTROLLER_SHARD,
+        "metadata changes run on the controller shard"
+    );
+    validate_new_topic(&topic)?;
+    let _lock = shard.controller_lock.acquire_permit(1).await.map_err(|_| {
+        ApiError::new(
+            ResponseError::UnknownServerError,
+            "controller is shutting down",
+        )
+    })?;
+    let mut meta = (*shard.meta.snapshot()).clone();
+    if meta.topics.contains_key(&topic.name) {
+        return Err(ApiError::new(
+            ResponseError::TopicAlreadyExists,
+            format!("topic {} already exists", topic.name),
+        ));
+    }
+    let id = Uuid::new_v4();
+    let shards = meta.place(topic.partitions as usize, shard.shard_count());
+    meta.topics.insert(
+        topic.name.clone(),
+        crate::metadata::TopicMeta {
+            id,
+            shards: shards.clone(),
+            configs: topic.configs.clone(),
+        },
+    );
+    meta.version += 1;
+    shard.meta.persist(&meta).await.map_err(storage_error)?;
+    let opens = shards.iter().enumerate().map(|(p, &owner)| {
+        let name = topic.name.clone();
+        let configs = topic.configs.clone();
+        shard.run_on(owner, move |s| async move {
+            s.open_partition(&name, p as i32, &configs)
+                .await
+                .map_err(|e| format!("{e:#}"))
+        })
+    });
+    for result in futures::future::join_all(opens).await {
+        result.map_err(|e| ApiError::new(ResponseError::KafkaStorageError, e))?;
+    }
+    shard.meta.publish(meta);
+    tracing::info!(topic = %topic.name, partitions = topic.partitions, "created topic");
+    Ok(id)
+}
+
+/// Deletes a topic: persist and publish the metadata without it, then remove its partitions.
+/// Must run on the controller shard.
+pub async fn delete_topic(shard: &Rc<Shard>, name: String) -> Result<Uuid, ApiError> {
+    assert_eq!(
+        shard.id, CONTROLLER_SHARD,
+        "metadata changes run on the controller shard"
+    );
+    let _lock = shard.controller_lock.acquire_permit(1).await.map_err(|_| {
+        ApiError::new(
+            ResponseError::UnknownServerError,
+            "controller is shutting down",
+        )
+    })?;
+    let mut meta = (*shard.meta.snapshot()).clone();
+    let Some(topic) = meta.topics.remove(&name) else {
+        return Err(ApiError::new(
+            ResponseError::UnknownTopicOrPartition,
+            format!("topic {name} does not exist"),
+        ));
+    };
+    meta.version += 1;
+    shard.meta.persist(&meta).await.map_err(storage_error)?;
+    shard.meta.publish(meta);
+    let removals = topic.shards.iter().enumerate().map(|(p, &owner)| {
+        let name = name.clone();
+        shard.run_on(owner, move |s| async move {
+            s.remove_partition(&name, p as i32)
+                .await
+                .map_err(|e| format!("{e:#}"))
+        })
+    });
+    for result in futures::future::join_all(removals).await {
+        if let Err(e) = result {
+            tracing::error!(topic = %name, error = %e, "remove deleted topic's files");
+        }
+    }
+    tracing::info!(topic = %name, "deleted topic");
+    Ok(topic.id)
+}
+
+fn storage_error(e: anyhow::Error) -> ApiError {
+    tracing::error!(error = %format!("{e:#}"), "persist cluster metadata");
+    ApiError::new(ResponseError::KafkaStorageError, format!("{e:#}"))
+}
+
+/// Makes sure `name` exists, creating it with the default partition count if auto-creation is
+/// on. Returns an error code when the topic does not exist and cannot be created.
+pub async fn ensure_topic(
+    shard: &Rc<Shard>,
+    name: &str,
+    allow_auto_create: bool,
+) -> Result<(), ApiError> {
+    if shard.meta.snapshot().topics.contains_key(name) {
+        return Ok(());
+    }
+    validate_topic_name(name)?;
+    if !(allow_auto_create && shard.config.auto_create_topics) {
+        return Err(ApiError::new(
+            ResponseError::UnknownTopicOrPartition,
+            format!("topic {name} does not exist"),
+        ));
+    }
+    let topic = NewTopic {
+        name: name.to_string(),
+        partitions: shard.config.default_partitions,
+        configs: BTreeMap::new(),
+    };
+    match shard
+        .run_on(CONTROLLER_SHARD, move |s| async move {
+            create_topic(&s, topic).await
+        })
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.code == ResponseError::TopicAlreadyExists.code() => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_names_follow_kafka_rules() {
+        assert!(validate_topic_name("orders.v1_eu-west").is_ok());
+        for bad in ["", ".", "..", "a b", "x/y", &"a".repeat(250)] {
+            assert!(validate_topic_name(bad).is_err(), "{bad:?}");
+        }
+    }
+}

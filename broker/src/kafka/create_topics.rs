@@ -1,0 +1,145 @@
+//! CreateTopics: validated here, created by the controller.
+
+use kafka_protocol::messages::create_topics_response::{
+    CreatableTopicConfigs, CreatableTopicResult,
+};
+use kafka_protocol::messages::{CreateTopicsRequest, CreateTopicsResponse, ResponseKind};
+use kafka_protocol::ResponseError;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+
+use super::str_bytes;
+use crate::controller::{self, ApiError, NewTopic, CONTROLLER_SHARD};
+use crate::shard::Shard;
+use crate::topic_config::{self, TOPIC_CONFIGS};
+
+/// Config source codes (DescribeConfigs / CreateTopics v5+).
+pub const SOURCE_TOPIC: i8 = 1;
+pub const SOURCE_DEFAULT: i8 = 5;
+
+fn new_topic(
+    shard: &Shard,
+    t: &kafka_protocol::messages::create_topics_request::CreatableTopic,
+) -> Result<NewTopic, ApiError> {
+    let node = shard.config.node_id;
+    if t.replication_factor > 1 {
+        return Err(ApiError::new(
+            ResponseError::InvalidReplicationFactor,
+            format!(
+                "replication factor {} is larger than the 1 available broker",
+                t.replication_factor
+            ),
+        ));
+    }
+    if t.replication_factor == 0 || t.replication_factor < -1 {
+        return Err(ApiError::new(
+            ResponseError::InvalidReplicationFactor,
+            "replication factor must be positive",
+        ));
+    }
+    let partitions = if !t.assignments.is_empty() {
+        if t.num_partitions != -1 || t.replication_factor != -1 {
+            return Err(ApiError::new(
+                ResponseError::InvalidRequest,
+                "give either assignments or partitions/replication factor",
+            ));
+        }
+        let mut indexes: Vec<i32> = t.assignments.iter().map(|a| a.partition_index).collect();
+        indexes.sort();
+        if indexes != (0..indexes.len() as i32).collect::<Vec<_>>()
+            || t.assignments
+                .iter()
+                .any(|a| a.broker_ids.len() != 1 || a.broker_ids[0].0 != node)
+        {
+            return Err(ApiError::new(
+                ResponseError::InvalidReplicaAssignment,
+                format!("every partition must be assigned to broker {node} only"),
+            ));
+        }
+        indexes.len() as i32
+    } else if t.num_partitions == -1 {
+        shard.config.default_partitions
+    } else {
+        t.num_partitions
+    };
+    let mut configs = BTreeMap::new();
+    for c in &t.configs {
+        if let Some(v) = &c.value {
+            configs.insert(c.name.to_string(), v.to_string());
+        }
+    }
+    let topic = NewTopic {
+        name: t.name.0.to_string(),
+        partitions,
+        configs,
+    };
+    controller::validate_new_topic(&topic)?;
+    Ok(topic)
+}
+
+pub async fn handle(shard: &Rc<Shard>, req: CreateTopicsRequest, version: i16) -> ResponseKind {
+    let mut results = Vec::new();
+    for t in &req.topics {
+        let mut result = CreatableTopicResult::default().with_name(t.name.clone());
+        let outcome = match new_topic(shard, t) {
+            Ok(topic) if req.validate_only => {
+                if shard.meta.snapshot().topics.contains_key(&topic.name) {
+                    Err(ApiError::new(
+                        ResponseError::TopicAlreadyExists,
+                        format!("topic {} already exists", topic.name),
+                    ))
+                } else {
+                    Ok((topic, uuid::Uuid::nil()))
+                }
+            }
+            Ok(topic) => {
+                let request = topic.clone();
+                shard
+                    .run_on(CONTROLLER_SHARD, move |s| async move {
+                        controller::create_topic(&s, request).await
+                    })
+                    .await
+                    .map(|id| (topic, id))
+            }
+            Err(e) => Err(e),
+        };
+        match outcome {
+            Ok((topic, id)) => {
+                result = result
+                    .with_topic_id(id)
+                    .with_num_partitions(topic.partitions)
+                    .with_replication_factor(1);
+                if version >= 5 {
+                    result = result.with_configs(Some(
+                        TOPIC_CONFIGS
+                            .iter()
+                            .map(|d| {
+                                let explicit = topic.configs.contains_key(d.name);
+                                CreatableTopicConfigs::default()
+                                    .with_name(str_bytes(d.name))
+                                    .with_value(Some(str_bytes(topic_config::value(
+                                        &topic.configs,
+                                        d.name,
+                                    ))))
+                                    .with_config_source(if explicit {
+                                        SOURCE_TOPIC
+                                    } else {
+                                        SOURCE_DEFAULT
+                                    })
+                            })
+                            .collect(),
+                    ));
+                }
+            }
+            Err(e) => {
+                result = result
+                    .with_error_code(e.code)
+                    .with_error_message(Some(str_bytes(&e.message)))
+                    .with_num_partitions(-1)
+                    .with_replication_factor(-1);
+            }
+        }
+        results.push(result);
+    }
+    ResponseKind::CreateTopics(CreateTopicsResponse::default().with_topics(results))
+}

@@ -1,0 +1,241 @@
+//! Fetch: reads on each partition's owner shard, long-polls until `min_bytes` or `max_wait_ms`,
+//! and honours the response's and each partition's byte limits (KIP-74).
+
+use bytes::Bytes;
+use futures::future::{select, select_all};
+use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::{FetchRequest, FetchResponse, ResponseKind, TopicName};
+use kafka_protocol::ResponseError;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+use super::produce::log_error_code;
+use crate::shard::Shard;
+
+/// One partition to read, as resolved from the request.
+struct Wanted {
+    topic: String,
+    partition: i32,
+    offset: i64,
+    max_bytes: usize,
+    owner: Option<usize>,
+    /// Set when the topic or partition is unknown.
+    error: Option<i16>,
+}
+
+/// What the owner shard read.
+#[derive(Default)]
+struct Read {
+    error: i16,
+    high_watermark: i64,
+    log_start: i64,
+    records: Bytes,
+}
+
+async fn read_local(
+    shard: Rc<Shard>,
+    topic: String,
+    partition: i32,
+    offset: i64,
+    max_bytes: usize,
+) -> Read {
+    let Some(log) = shard.partition(&topic, partition) else {
+        return Read {
+            error: ResponseError::NotLeaderOrFollower.code(),
+            high_watermark: -1,
+            log_start: -1,
+            ..Read::default()
+        };
+    };
+    let high_watermark = log.end_offset();
+    let log_start = log.log_start_offset();
+    match log.read(offset, max_bytes, true).await {
+        Ok(records) => Read {
+            error: 0,
+            high_watermark,
+            log_start,
+            records,
+        },
+        Err(e) => Read {
+            error: log_error_code(&e),
+            high_watermark,
+            log_start,
+            records: Bytes::new(),
+        },
+    }
+}
+
+/// Waits on the owner shard until one of `parts` has data past its fetch offset, or `deadline`.
+async fn wait_local(shard: Rc<Shard>, parts: Vec<(String, i32, i64)>, deadline: Instant) {
+    let mut listeners = Vec::new();
+    for (topic, partition, offset) in &parts {
+        if let Some(log) = shard.partition(topic, *partition) {
+            // Listen before checking, so an append in between is not missed.
+            listeners.push(log.listen());
+            if log.end_offset() > *offset {
+                return;
+            }
+        }
+    }
+    let timeout = Box::pin(glommio::timer::sleep(
+        deadline.saturating_duration_since(Instant::now()),
+    ));
+    if listeners.is_empty() {
+        timeout.await;
+        return;
+    }
+    let _ = select(select_all(listeners), timeout).await;
+}
+
+fn resolve(shard: &Shard, req: &FetchRequest, version: i16) -> Vec<(TopicName, Uuid, Vec<Wanted>)> {
+    let meta = shard.meta.snapshot();
+    req.topics
+        .iter()
+        .map(|t| {
+            let (name, id, topic_error) = if version >= 13 {
+                match meta.topic_by_id(t.topic_id) {
+                    Some((n, _)) => (n.clone(), t.topic_id, None),
+                    None => (
+                        String::new(),
+                        t.topic_id,
+                        Some(ResponseError::UnknownTopicId.code()),
+                    ),
+                }
+            } else {
+                let name = t.topic.0.to_string();
+                let id = meta.topics.get(&name).map_or(Uuid::nil(), |m| m.id);
+                (name, id, None)
+            };
+            let wanted = t
+                .partitions
+                .iter()
+                .map(|p| {
+                    let owner = meta.owner(&name, p.partition);
+                    let error = topic_error.or(match owner {
+                        None => Some(ResponseError::UnknownTopicOrPartition.code()),
+                        Some(_) => None,
+                    });
+                    Wanted {
+                        topic: name.clone(),
+                        partition: p.partition,
+                        offset: p.fetch_offset,
+                        max_bytes: p.partition_max_bytes.max(0) as usize,
+                        owner,
+                        error,
+                    }
+                })
+                .collect();
+            (t.topic.clone(), id, wanted)
+        })
+        .collect()
+}
+
+async fn read_all(shard: &Rc<Shard>, topics: &[(TopicName, Uuid, Vec<Wanted>)]) -> Vec<Read> {
+    let reads = topics.iter().flat_map(|(_, _, parts)| parts).map(|w| {
+        let (topic, partition, offset, max_bytes) =
+            (w.topic.clone(), w.partition, w.offset, w.max_bytes);
+        let (owner, error) = (w.owner, w.error);
+        async move {
+            match (owner, error) {
+                (Some(owner), None) => {
+                    shard
+                        .run_on(owner, move |s| {
+                            read_local(s, topic, partition, offset, max_bytes)
+                        })
+                        .await
+                }
+                (_, error) => Read {
+                    error: error.unwrap_or(ResponseError::UnknownTopicOrPartition.code()),
+                    high_watermark: -1,
+                    log_start: -1,
+                    ..Read::default()
+                },
+            }
+        }
+    });
+    futures::future::join_all(reads).await
+}
+
+pub async fn handle(shard: &Rc<Shard>, req: FetchRequest, version: i16) -> ResponseKind {
+    let topics = resolve(shard, &req, version);
+    let deadline = Instant::now() + Duration::from_millis(req.max_wait_ms.max(0) as u64);
+    let min_bytes = req.min_bytes.max(0) as usize;
+    let reads = loop {
+        let reads = read_all(shard, &topics).await;
+        let total: usize = reads.iter().map(|r| r.records.len()).sum();
+        let any_error = reads.iter().any(|r| r.error != 0);
+        if total >= min_bytes.max(1) || any_error || Instant::now() >= deadline {
+            break reads;
+        }
+        // Long-poll: wait on each owner shard for an append to one of its partitions.
+        let mut by_owner: BTreeMap<usize, Vec<(String, i32, i64)>> = BTreeMap::new();
+        for w in topics.iter().flat_map(|(_, _, parts)| parts) {
+            if let Some(owner) = w.owner {
+                by_owner
+                    .entry(owner)
+                    .or_default()
+                    .push((w.topic.clone(), w.partition, w.offset));
+            }
+        }
+        if by_owner.is_empty() {
+            break reads;
+        }
+        let waits = by_owner.into_iter().map(|(owner, parts)| {
+            Box::pin(shard.run_on(owner, move |s| wait_local(s, parts, deadline)))
+        });
+        select_all(waits).await;
+    };
+    ResponseKind::Fetch(build_response(
+        topics,
+        reads,
+        req.max_bytes.max(0) as usize,
+        req.isolation_level,
+    ))
+}
+
+fn build_response(
+    topics: Vec<(TopicName, Uuid, Vec<Wanted>)>,
+    reads: Vec<Read>,
+    max_bytes: usize,
+    isolation: i8,
+) -> FetchResponse {
+    let mut reads = reads.into_iter();
+    let mut budget = max_bytes;
+    let mut first = true;
+    let responses = topics
+        .into_iter()
+        .map(|(name, id, parts)| {
+            let partitions = parts
+                .iter()
+                .map(|w| {
+                    let mut r = reads.next().expect("one read per partition");
+                    // The first non-empty partition is sent whole even past the budget, so a
+                    // consumer always progresses; later ones only if they fit.
+                    if !r.records.is_empty() {
+                        if first || r.records.len() <= budget {
+                            budget = budget.saturating_sub(r.records.len());
+                            first = false;
+                        } else {
+                            r.records = Bytes::new();
+                        }
+                    }
+                    PartitionData::default()
+                        .with_partition_index(w.partition)
+                        .with_error_code(r.error)
+                        .with_high_watermark(r.high_watermark)
+                        .with_last_stable_offset(r.high_watermark)
+                        .with_log_start_offset(r.log_start)
+                        .with_aborted_transactions((isolation == 1).then(Vec::new))
+                        .with_records(Some(r.records))
+                })
+                .collect();
+            FetchableTopicResponse::default()
+                .with_topic(name)
+                .with_topic_id(id)
+                .with_partitions(partitions)
+        })
+        .collect();
+    FetchResponse::default().with_responses(responses)
+}

@@ -1,0 +1,84 @@
+//! ListOffsets: earliest, latest, max timestamp, or the first offset at or after a timestamp.
+
+use kafka_protocol::messages::list_offsets_response::{
+    ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
+};
+use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse, ResponseKind};
+use kafka_protocol::ResponseError;
+use std::rc::Rc;
+
+use super::produce::log_error_code;
+use crate::shard::Shard;
+
+const LATEST: i64 = -1;
+const EARLIEST: i64 = -2;
+const MAX_TIMESTAMP: i64 = -3;
+const EARLIEST_LOCAL: i64 = -4;
+
+/// `(error, timestamp, offset)` computed on the owner shard.
+async fn lookup(
+    shard: Rc<Shard>,
+    topic: String,
+    partition: i32,
+    timestamp: i64,
+) -> (i16, i64, i64) {
+    let Some(log) = shard.partition(&topic, partition) else {
+        return (ResponseError::NotLeaderOrFollower.code(), -1, -1);
+    };
+    match timestamp {
+        LATEST => (0, -1, log.end_offset()),
+        EARLIEST | EARLIEST_LOCAL => (0, -1, log.log_start_offset()),
+        MAX_TIMESTAMP => {
+            let (ts, offset) = log.max_timestamp();
+            (0, ts, offset)
+        }
+        ts if ts < 0 => (ResponseError::InvalidRequest.code(), -1, -1),
+        ts => match log.find_timestamp(ts).await {
+            Ok(Some((ts, offset))) => (0, ts, offset),
+            Ok(None) => (0, -1, -1),
+            Err(e) => (log_error_code(&e), -1, -1),
+        },
+    }
+}
+
+pub async fn handle(shard: &Rc<Shard>, req: ListOffsetsRequest, version: i16) -> ResponseKind {
+    let meta = shard.meta.snapshot();
+    let mut topics = Vec::new();
+    for t in req.topics {
+        let name = t.name.0.to_string();
+        let lookups = t.partitions.iter().map(|p| {
+            let (topic, partition, timestamp) = (name.clone(), p.partition_index, p.timestamp);
+            let owner = meta.owner(&name, partition);
+            async move {
+                match owner {
+                    Some(owner) => {
+                        shard
+                            .run_on(owner, move |s| lookup(s, topic, partition, timestamp))
+                            .await
+                    }
+                    None => (ResponseError::UnknownTopicOrPartition.code(), -1, -1),
+                }
+            }
+        });
+        let results = futures::future::join_all(lookups).await;
+        let partitions = t
+            .partitions
+            .iter()
+            .zip(results)
+            .map(|(p, (error, timestamp, offset))| {
+                ListOffsetsPartitionResponse::default()
+                    .with_partition_index(p.partition_index)
+                    .with_error_code(error)
+                    .with_timestamp(timestamp)
+                    .with_offset(offset)
+                    .with_leader_epoch(if error == 0 && version >= 4 { 0 } else { -1 })
+            })
+            .collect();
+        topics.push(
+            ListOffsetsTopicResponse::default()
+                .with_name(t.name)
+                .with_partitions(partitions),
+        );
+    }
+    ResponseKind::ListOffsets(ListOffsetsResponse::default().with_topics(topics))
+}

@@ -1,0 +1,102 @@
+//! Metadata: brokers (this node), topics and partitions, auto-creating requested topics.
+
+use kafka_protocol::messages::metadata_response::{
+    MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
+};
+use kafka_protocol::messages::{BrokerId, MetadataRequest, MetadataResponse, ResponseKind};
+use kafka_protocol::ResponseError;
+use std::rc::Rc;
+use uuid::Uuid;
+
+use super::{str_bytes, topic_name};
+use crate::controller;
+use crate::metadata::TopicMeta;
+use crate::shard::Shard;
+
+/// Topics starting with `__` are internal, as in Kafka.
+pub fn is_internal(name: &str) -> bool {
+    name.starts_with("__")
+}
+
+pub fn describe_topic(node: i32, name: &str, topic: &TopicMeta) -> MetadataResponseTopic {
+    let partitions = (0..topic.shards.len() as i32)
+        .map(|p| {
+            MetadataResponsePartition::default()
+                .with_partition_index(p)
+                .with_leader_id(BrokerId(node))
+                .with_leader_epoch(0)
+                .with_replica_nodes(vec![BrokerId(node)])
+                .with_isr_nodes(vec![BrokerId(node)])
+        })
+        .collect();
+    MetadataResponseTopic::default()
+        .with_name(Some(topic_name(name)))
+        .with_topic_id(topic.id)
+        .with_is_internal(is_internal(name))
+        .with_partitions(partitions)
+}
+
+fn missing_topic(name: Option<&str>, id: Uuid, code: i16) -> MetadataResponseTopic {
+    MetadataResponseTopic::default()
+        .with_error_code(code)
+        .with_name(name.map(topic_name))
+        .with_topic_id(id)
+}
+
+pub async fn handle(shard: &Rc<Shard>, req: MetadataRequest, version: i16) -> ResponseKind {
+    let node = shard.config.node_id;
+    // v0: an empty list means all topics; v1+: null means all, empty means none.
+    let requested = match req.topics {
+        Some(t) if !(version == 0 && t.is_empty()) => Some(t),
+        _ => None,
+    };
+    let allow_auto_create = version < 4 || req.allow_auto_topic_creation;
+    let mut topics = Vec::new();
+    match requested {
+        None => {
+            let meta = shard.meta.snapshot();
+            topics.extend(meta.topics.iter().map(|(n, t)| describe_topic(node, n, t)));
+        }
+        Some(requested) => {
+            for t in requested {
+                let name = match t.name {
+                    Some(n) => n.0.to_string(),
+                    None => match shard.meta.snapshot().topic_by_id(t.topic_id) {
+                        Some((n, _)) => n.clone(),
+                        None => {
+                            topics.push(missing_topic(
+                                None,
+                                t.topic_id,
+                                ResponseError::UnknownTopicId.code(),
+                            ));
+                            continue;
+                        }
+                    },
+                };
+                if let Err(e) = controller::ensure_topic(shard, &name, allow_auto_create).await {
+                    topics.push(missing_topic(Some(&name), Uuid::nil(), e.code));
+                    continue;
+                }
+                match shard.meta.snapshot().topics.get(&name) {
+                    Some(topic) => topics.push(describe_topic(node, &name, topic)),
+                    None => topics.push(missing_topic(
+                        Some(&name),
+                        Uuid::nil(),
+                        ResponseError::UnknownTopicOrPartition.code(),
+                    )),
+                }
+            }
+        }
+    }
+    let meta = shard.meta.snapshot();
+    ResponseKind::Metadata(
+        MetadataResponse::default()
+            .with_brokers(vec![MetadataResponseBroker::default()
+                .with_node_id(BrokerId(node))
+                .with_host(str_bytes(&shard.config.advertised_host))
+                .with_port(shard.config.advertised_port)])
+            .with_cluster_id(Some(str_bytes(&meta.cluster_id)))
+            .with_controller_id(BrokerId(node))
+            .with_topics(topics),
+    )
+}

@@ -1,0 +1,98 @@
+//! Kafka API handlers, one file per API. `handle` dispatches a decoded request and encodes the
+//! response; handlers return response bodies.
+
+use bytes::Bytes;
+use kafka_protocol::messages::{ApiKey, RequestKind, ResponseKind, TopicName};
+use kafka_protocol::protocol::StrBytes;
+use std::rc::Rc;
+use tern_protocol::frame::{self, Request};
+
+use crate::server::Reply;
+use crate::shard::Shard;
+
+mod api_versions;
+mod create_topics;
+mod delete_topics;
+mod describe_configs;
+mod fetch;
+mod list_offsets;
+mod metadata;
+mod produce;
+
+pub async fn handle(shard: Rc<Shard>, request: Request) -> Reply {
+    let Request {
+        api,
+        version,
+        header,
+        body,
+    } = request;
+    let response = match body {
+        RequestKind::ApiVersions(req) => api_versions::handle(req, version),
+        RequestKind::Metadata(req) => metadata::handle(&shard, req, version).await,
+        RequestKind::Produce(req) => match produce::handle(&shard, req).await {
+            Some(resp) => ResponseKind::Produce(resp),
+            None => return Reply::Nothing,
+        },
+        RequestKind::Fetch(req) => fetch::handle(&shard, req, version).await,
+        RequestKind::ListOffsets(req) => list_offsets::handle(&shard, req, version).await,
+        RequestKind::CreateTopics(req) => create_topics::handle(&shard, req, version).await,
+        RequestKind::DeleteTopics(req) => delete_topics::handle(&shard, req, version).await,
+        RequestKind::DescribeConfigs(req) => describe_configs::handle(&shard, req, version),
+        _ => {
+            tracing::warn!(
+                ?api,
+                version,
+                "request for an API that is not advertised; closing connection"
+            );
+            return Reply::Close;
+        }
+    };
+    match frame::encode_response(header.correlation_id, version, &response) {
+        Ok(bytes) => Reply::Frame(bytes),
+        Err(e) => {
+            tracing::error!(?api, version, error = %format!("{e:#}"), "encode response; closing connection");
+            Reply::Close
+        }
+    }
+}
+
+/// The answer to a request whose version Tern does not decode: ApiVersions gets the v0
+/// error response clients expect (KIP-511), Produce v0-v2 get UNSUPPORTED_VERSION per
+/// partition. Anything else has no answer.
+pub fn unsupported_version_reply(
+    api: ApiKey,
+    version: i16,
+    correlation_id: i32,
+    frame: Bytes,
+) -> Option<Reply> {
+    match api {
+        ApiKey::ApiVersions => {
+            let body = api_versions::unsupported(version);
+            frame::encode_response(correlation_id, 0, &body)
+                .ok()
+                .map(Reply::Frame)
+        }
+        ApiKey::Produce if version < 3 => Some(
+            match tern_protocol::legacy::produce_unsupported_response(frame) {
+                Some(bytes) => Reply::Frame(bytes),
+                None => Reply::Nothing,
+            },
+        ),
+        _ => None,
+    }
+}
+
+pub fn str_bytes(s: &str) -> StrBytes {
+    StrBytes::from_string(s.to_string())
+}
+
+pub fn topic_name(s: &str) -> TopicName {
+    TopicName(str_bytes(s))
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,190 @@
+//! Produce: split per owner shard, append, wait per acks, answer in request order.
+
+use bytes::Bytes;
+use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
+use kafka_protocol::ResponseError;
+use std::rc::Rc;
+use tern_storage::{Durability, LogError};
+
+use super::{now_ms, str_bytes};
+use crate::controller;
+use crate::shard::Shard;
+
+/// What a partition's owner shard reports back.
+struct Outcome {
+    error: i16,
+    message: Option<String>,
+    base_offset: i64,
+    log_append_time: i64,
+    log_start: i64,
+}
+
+impl Outcome {
+    fn error(code: i16, message: impl Into<String>) -> Outcome {
+        Outcome {
+            error: code,
+            message: Some(message.into()),
+            base_offset: -1,
+            log_append_time: -1,
+            log_start: -1,
+        }
+    }
+}
+
+/// The Kafka error for a failed append or write.
+pub fn log_error_code(e: &LogError) -> i16 {
+    match e {
+        LogError::Batch(b) => b.error_code(),
+        LogError::OffsetOutOfRange { .. } => ResponseError::OffsetOutOfRange.code(),
+        LogError::Io(_) | LogError::WriteFailed => ResponseError::KafkaStorageError.code(),
+    }
+}
+
+/// Appends on the owner shard and waits as `acks` asks.
+async fn produce_local(
+    shard: Rc<Shard>,
+    topic: String,
+    partition: i32,
+    records: Bytes,
+    acks: i16,
+) -> Outcome {
+    let Some(log) = shard.partition(&topic, partition) else {
+        return Outcome::error(
+            ResponseError::NotLeaderOrFollower.code(),
+            format!("{topic}-{partition} is not on this shard"),
+        );
+    };
+    let appended = match log.append(&records, now_ms()) {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::debug!(%topic, partition, error = %e, "produce refused");
+            return Outcome::error(log_error_code(&e), e.to_string());
+        }
+    };
+    let waited = match acks {
+        0 => {
+            // Nobody waits for the answer; still write the batch out promptly.
+            let log = log.clone();
+            glommio::spawn_local(async move {
+                let _ = log.wait(&appended, Durability::Written).await;
+            })
+            .detach();
+            Ok(())
+        }
+        1 => log.wait(&appended, Durability::Written).await,
+        _ => log.wait(&appended, Durability::Synced).await,
+    };
+    if let Err(e) = waited {
+        return Outcome::error(log_error_code(&e), e.to_string());
+    }
+    Outcome {
+        error: 0,
+        message: None,
+        base_offset: appended.base_offset,
+        log_append_time: appended.log_append_time,
+        log_start: log.log_start_offset(),
+    }
+}
+
+async fn produce_partition(
+    shard: &Rc<Shard>,
+    topic: String,
+    partition: i32,
+    records: Option<Bytes>,
+    acks: i16,
+) -> Outcome {
+    if let Err(e) = controller::ensure_topic(shard, &topic, true).await {
+        return Outcome::error(e.code, e.message);
+    }
+    let Some(owner) = shard.meta.snapshot().owner(&topic, partition) else {
+        return Outcome::error(
+            ResponseError::UnknownTopicOrPartition.code(),
+            format!("{topic} has no partition {partition}"),
+        );
+    };
+    let Some(records) = records else {
+        return Outcome::error(ResponseError::InvalidRecord.code(), "no records");
+    };
+    shard
+        .run_on(owner, move |s| {
+            produce_local(s, topic, partition, records, acks)
+        })
+        .await
+}
+
+/// Returns `None` for acks=0 (no response is sent).
+pub async fn handle(shard: &Rc<Shard>, req: ProduceRequest) -> Option<ProduceResponse> {
+    let acks = req.acks;
+    if !(-1..=1).contains(&acks) || req.transactional_id.is_some() {
+        let code = if req.transactional_id.is_some() {
+            ResponseError::TransactionalIdAuthorizationFailed
+        } else {
+            ResponseError::InvalidRequiredAcks
+        };
+        return (acks != 0).then(|| error_response(&req, code));
+    }
+    let mut work = Vec::new();
+    for topic in &req.topic_data {
+        for p in &topic.partition_data {
+            work.push(produce_partition(
+                shard,
+                topic.name.0.to_string(),
+                p.index,
+                p.records.clone(),
+                acks,
+            ));
+        }
+    }
+    let mut outcomes = futures::future::join_all(work).await.into_iter();
+    if acks == 0 {
+        return None;
+    }
+    let responses = req
+        .topic_data
+        .iter()
+        .map(|topic| {
+            let partitions = topic
+                .partition_data
+                .iter()
+                .map(|p| {
+                    let o = outcomes.next().expect("one outcome per partition");
+                    PartitionProduceResponse::default()
+                        .with_index(p.index)
+                        .with_error_code(o.error)
+                        .with_error_message(o.message.as_deref().map(str_bytes))
+                        .with_base_offset(o.base_offset)
+                        .with_log_append_time_ms(o.log_append_time)
+                        .with_log_start_offset(o.log_start)
+                })
+                .collect();
+            TopicProduceResponse::default()
+                .with_name(topic.name.clone())
+                .with_partition_responses(partitions)
+        })
+        .collect();
+    Some(ProduceResponse::default().with_responses(responses))
+}
+
+fn error_response(req: &ProduceRequest, e: ResponseError) -> ProduceResponse {
+    let responses = req
+        .topic_data
+        .iter()
+        .map(|topic| {
+            TopicProduceResponse::default()
+                .with_name(topic.name.clone())
+                .with_partition_responses(
+                    topic
+                        .partition_data
+                        .iter()
+                        .map(|p| {
+                            PartitionProduceResponse::default()
+                                .with_index(p.index)
+                                .with_error_code(e.code())
+                        })
+                        .collect(),
+                )
+        })
+        .collect();
+    ProduceResponse::default().with_responses(responses)
+}

@@ -1,0 +1,195 @@
+//! `tern`: a Kafka-compatible event streaming broker.
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use futures::channel::mpsc;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+mod config;
+mod controller;
+mod cpus;
+mod kafka;
+mod metadata;
+mod server;
+mod shard;
+mod topic_config;
+
+use config::BrokerConfig;
+use metadata::MetaStore;
+use shard::{Job, ShardSeed};
+
+#[derive(Parser)]
+#[command(
+    name = "tern",
+    version,
+    about = "Tern: a Kafka-compatible event streaming broker"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a broker node.
+    Start(StartArgs),
+}
+
+#[derive(Args)]
+struct StartArgs {
+    /// Directory for partition logs and cluster metadata (created if missing).
+    #[arg(long, default_value = "./tern-data")]
+    data_dir: PathBuf,
+    /// Kafka listener address. Every shard accepts connections on it (SO_REUSEPORT).
+    #[arg(long, default_value = "127.0.0.1:9092")]
+    listen: String,
+    /// Address given to clients in Metadata responses [default: the --listen address].
+    #[arg(long)]
+    advertised: Option<String>,
+    /// Number of shards: one pinned thread per CPU, taken from the usable CPUs in order
+    /// [default: all usable CPUs, or all of --numa-node's].
+    #[arg(long)]
+    cores: Option<usize>,
+    /// Run shards only on this NUMA node's CPUs (production pinning).
+    #[arg(long)]
+    numa_node: Option<usize>,
+    /// This node's broker id.
+    #[arg(long, default_value_t = 0)]
+    node_id: i32,
+    /// Create unknown topics on Metadata and Produce requests (auto.create.topics.enable).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    auto_create_topics: bool,
+    /// Partitions of auto-created topics, and of CreateTopics asking for the default (num.partitions).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(i32).range(1..=100_000))]
+    default_partitions: i32,
+    /// Largest request frame accepted; larger ones close the connection (socket.request.max.bytes).
+    #[arg(long, default_value_t = 100 * 1024 * 1024)]
+    max_request_bytes: usize,
+    /// Bytes of recently written batches kept in memory per partition for tail consumers.
+    #[arg(long, default_value_t = 8 * 1024 * 1024)]
+    cache_bytes_per_partition: usize,
+}
+
+fn resolve(addr: &str) -> Result<SocketAddr> {
+    addr.to_socket_addrs()
+        .with_context(|| format!("resolve {addr}"))?
+        .next()
+        .with_context(|| format!("{addr} resolves to no address"))
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Start(args) => start(args),
+    }
+}
+
+fn start(args: StartArgs) -> Result<()> {
+    let listen = resolve(&args.listen)?;
+    let advertised = args
+        .advertised
+        .clone()
+        .unwrap_or_else(|| args.listen.clone());
+    let (host, port) = advertised
+        .rsplit_once(':')
+        .with_context(|| format!("--advertised {advertised} must be HOST:PORT"))?;
+    let config = Arc::new(BrokerConfig {
+        node_id: args.node_id,
+        data_dir: args.data_dir.clone(),
+        listen,
+        advertised_host: host.trim_matches(|c| c == '[' || c == ']').to_string(),
+        advertised_port: port
+            .parse()
+            .with_context(|| format!("port of {advertised}"))?,
+        auto_create_topics: args.auto_create_topics,
+        default_partitions: args.default_partitions,
+        max_request_bytes: args.max_request_bytes,
+        cache_bytes_per_partition: args.cache_bytes_per_partition,
+    });
+    let cpus = cpus::select(args.cores, args.numa_node)?;
+    // Installed before any shard starts, so a signal is never missed.
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+    ])
+    .context("install signal handlers")?;
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("create data dir {}", config.data_dir.display()))?;
+    let meta = Arc::new(MetaStore::load(&config.data_dir, cpus.len())?);
+
+    let (senders, inboxes): (Vec<_>, Vec<_>) =
+        cpus.iter().map(|_| mpsc::unbounded::<Job>()).unzip();
+    let peers = Arc::new(senders);
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<()>>();
+    let mut executors = Vec::new();
+    for (id, (cpu, inbox)) in cpus.iter().copied().zip(inboxes).enumerate() {
+        let seed = ShardSeed {
+            id,
+            config: config.clone(),
+            meta: meta.clone(),
+            peers: peers.clone(),
+            inbox,
+        };
+        let ready = ready_tx.clone();
+        let executor = glommio::LocalExecutorBuilder::new(glommio::Placement::Fixed(cpu))
+            .name(&format!("shard-{id}"))
+            .spawn(move || async move {
+                let started = async {
+                    let shard = seed.start().await?;
+                    let listener = server::bind(&shard)?;
+                    Ok::<_, anyhow::Error>((shard, listener))
+                }
+                .await;
+                match started {
+                    Ok((shard, listener)) => {
+                        let _ = ready.send(Ok(()));
+                        server::accept_loop(shard, listener).await;
+                    }
+                    Err(e) => {
+                        let _ = ready.send(Err(e));
+                    }
+                }
+            })
+            .map_err(|e| anyhow::anyhow!("start shard {id} on CPU {cpu}: {e}"))?;
+        executors.push(executor);
+    }
+    drop(ready_tx);
+    for _ in 0..cpus.len() {
+        ready_rx.recv().context("a shard exited during startup")??;
+    }
+    tracing::info!(
+        listen = %config.listen,
+        advertised = %advertised,
+        shards = cpus.len(),
+        cpus = ?cpus,
+        data_dir = %config.data_dir.display(),
+        "tern ready"
+    );
+
+    signals.forever().next();
+    tracing::info!("shutting down: closing partitions");
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    for sender in peers.iter() {
+        let done = done_tx.clone();
+        let job: Job = Box::new(move |shard| {
+            Box::pin(async move {
+                shard.close_all().await;
+                let _ = done.send(());
+            })
+        });
+        let _ = sender.unbounded_send(job);
+    }
+    for _ in 0..cpus.len() {
+        let _ = done_rx.recv();
+    }
+    tracing::info!("stopped");
+    std::process::exit(0);
+}

@@ -1,0 +1,154 @@
+//! The shard runtime: one glommio executor per CPU, each owning its partitions, and the
+//! message mesh shards use to run work on each other.
+
+use anyhow::{Context, Result};
+use futures::channel::{mpsc, oneshot};
+use futures::StreamExt;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use tern_storage::PartitionLog;
+
+use crate::config::BrokerConfig;
+use crate::metadata::MetaStore;
+use crate::topic_config;
+
+/// Work sent to another shard: a closure run there with that shard's state.
+pub type Job = Box<dyn FnOnce(Rc<Shard>) -> Pin<Box<dyn Future<Output = ()>>> + Send>;
+
+/// Per-shard state. One exists on each shard's executor thread; it never leaves that thread.
+pub struct Shard {
+    pub id: usize,
+    pub config: Arc<BrokerConfig>,
+    pub meta: Arc<MetaStore>,
+    peers: Arc<Vec<mpsc::UnboundedSender<Job>>>,
+    /// Partitions this shard owns, by (topic, partition).
+    partitions: RefCell<HashMap<(String, i32), Rc<PartitionLog>>>,
+    /// Serializes metadata changes; used on shard 0 (the controller) only.
+    pub controller_lock: glommio::sync::Semaphore,
+}
+
+impl Shard {
+    pub fn shard_count(&self) -> usize {
+        self.peers.len()
+    }
+
+    /// Runs `f` on shard `target` and returns its result. Local calls run inline.
+    pub async fn run_on<F, Fut, T>(self: &Rc<Self>, target: usize, f: F) -> T
+    where
+        F: FnOnce(Rc<Shard>) -> Fut + Send + 'static,
+        Fut: Future<Output = T> + 'static,
+        T: Send + 'static,
+    {
+        if target == self.id {
+            return f(self.clone()).await;
+        }
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move |shard| {
+            Box::pin(async move {
+                let _ = tx.send(f(shard).await);
+            })
+        });
+        self.peers[target]
+            .unbounded_send(job)
+            .expect("shards live as long as the process");
+        rx.await.expect("shards never drop a job")
+    }
+
+    pub fn partition(&self, topic: &str, partition: i32) -> Option<Rc<PartitionLog>> {
+        self.partitions
+            .borrow()
+            .get(&(topic.to_string(), partition))
+            .cloned()
+    }
+
+    pub fn partition_dir(&self, topic: &str, partition: i32) -> std::path::PathBuf {
+        self.config.data_dir.join(format!("{topic}-{partition}"))
+    }
+
+    /// Opens (creating if new) a partition this shard owns.
+    pub async fn open_partition(
+        &self,
+        topic: &str,
+        partition: i32,
+        configs: &std::collections::BTreeMap<String, String>,
+    ) -> Result<()> {
+        let log_config = topic_config::log_config(configs, self.config.cache_bytes_per_partition);
+        let log = PartitionLog::open(&self.partition_dir(topic, partition), log_config)
+            .await
+            .with_context(|| format!("open partition {topic}-{partition}"))?;
+        self.partitions
+            .borrow_mut()
+            .insert((topic.to_string(), partition), log);
+        Ok(())
+    }
+
+    /// Removes a partition this shard owns, with its files.
+    pub async fn remove_partition(&self, topic: &str, partition: i32) -> Result<()> {
+        let log = self
+            .partitions
+            .borrow_mut()
+            .remove(&(topic.to_string(), partition));
+        match log {
+            Some(log) => log
+                .remove()
+                .await
+                .with_context(|| format!("remove partition {topic}-{partition}")),
+            None => Ok(()),
+        }
+    }
+
+    /// Closes every partition cleanly (shutdown).
+    pub async fn close_all(&self) {
+        let logs: Vec<_> = self.partitions.borrow().values().cloned().collect();
+        for log in logs {
+            if let Err(e) = log.close().await {
+                tracing::error!(dir = %log.dir().display(), error = %e, "close partition");
+            }
+        }
+    }
+}
+
+/// Everything a shard needs to start.
+pub struct ShardSeed {
+    pub id: usize,
+    pub config: Arc<BrokerConfig>,
+    pub meta: Arc<MetaStore>,
+    pub peers: Arc<Vec<mpsc::UnboundedSender<Job>>>,
+    pub inbox: mpsc::UnboundedReceiver<Job>,
+}
+
+impl ShardSeed {
+    /// Builds the shard on its own executor, opens the partitions it owns, and starts serving
+    /// jobs from other shards.
+    pub async fn start(self) -> Result<Rc<Shard>> {
+        let shard = Rc::new(Shard {
+            id: self.id,
+            config: self.config,
+            meta: self.meta,
+            peers: self.peers,
+            partitions: RefCell::new(HashMap::new()),
+            controller_lock: glommio::sync::Semaphore::new(1),
+        });
+        let snapshot = shard.meta.snapshot();
+        for (name, topic) in &snapshot.topics {
+            for (p, &owner) in topic.shards.iter().enumerate() {
+                if owner == shard.id {
+                    shard.open_partition(name, p as i32, &topic.configs).await?;
+                }
+            }
+        }
+        let runner = shard.clone();
+        let mut inbox = self.inbox;
+        glommio::spawn_local(async move {
+            while let Some(job) = inbox.next().await {
+                glommio::spawn_local(job(runner.clone())).detach();
+            }
+        })
+        .detach();
+        Ok(shard)
+    }
+}

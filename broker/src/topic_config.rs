@@ -1,0 +1,208 @@
+//! Topic configs: Kafka's names, defaults, types and validation, and how they map onto the
+//! storage settings of a partition log.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+use tern_storage::LogConfig;
+
+/// Kafka's config value types, as DescribeConfigs v3+ reports them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfigType {
+    Int = 3,
+    Long = 5,
+    String = 2,
+    List = 7,
+}
+
+pub struct ConfigDef {
+    pub name: &'static str,
+    pub default: &'static str,
+    pub kind: ConfigType,
+    /// Allowed values for enumerated strings; empty means any.
+    pub allowed: &'static [&'static str],
+    pub doc: &'static str,
+}
+
+/// Every topic config Tern accepts.
+pub const TOPIC_CONFIGS: &[ConfigDef] = &[
+    ConfigDef {
+        name: "cleanup.policy",
+        default: "delete",
+        kind: ConfigType::List,
+        allowed: &["delete", "compact", "compact,delete", "delete,compact"],
+        doc: "What to do with old segments: delete or compact.",
+    },
+    ConfigDef {
+        name: "compression.type",
+        default: "producer",
+        kind: ConfigType::String,
+        allowed: &["producer", "uncompressed", "gzip", "snappy", "lz4", "zstd"],
+        doc: "Batches are stored as the producer compressed them.",
+    },
+    ConfigDef {
+        name: "delete.retention.ms",
+        default: "86400000",
+        kind: ConfigType::Long,
+        allowed: &[],
+        doc: "How long tombstones are kept on compacted topics.",
+    },
+    ConfigDef {
+        name: "flush.messages",
+        default: "9223372036854775807",
+        kind: ConfigType::Long,
+        allowed: &[],
+        doc: "Messages between forced fsyncs.",
+    },
+    ConfigDef {
+        name: "flush.ms",
+        default: "9223372036854775807",
+        kind: ConfigType::Long,
+        allowed: &[],
+        doc: "Milliseconds between forced fsyncs.",
+    },
+    ConfigDef {
+        name: "index.interval.bytes",
+        default: "4096",
+        kind: ConfigType::Int,
+        allowed: &[],
+        doc: "Bytes between offset index entries.",
+    },
+    ConfigDef {
+        name: "max.message.bytes",
+        default: "1048588",
+        kind: ConfigType::Int,
+        allowed: &[],
+        doc: "Largest record batch accepted.",
+    },
+    ConfigDef {
+        name: "message.timestamp.type",
+        default: "CreateTime",
+        kind: ConfigType::String,
+        allowed: &["CreateTime", "LogAppendTime"],
+        doc: "Keep the producer's timestamps or stamp the broker's time.",
+    },
+    ConfigDef {
+        name: "min.insync.replicas",
+        default: "1",
+        kind: ConfigType::Int,
+        allowed: &[],
+        doc: "Replicas that must have a batch before acks=all is answered.",
+    },
+    ConfigDef {
+        name: "retention.bytes",
+        default: "-1",
+        kind: ConfigType::Long,
+        allowed: &[],
+        doc: "Partition size above which old segments are deleted (-1: no limit).",
+    },
+    ConfigDef {
+        name: "retention.ms",
+        default: "604800000",
+        kind: ConfigType::Long,
+        allowed: &[],
+        doc: "Age after which old segments are deleted (-1: no limit).",
+    },
+    ConfigDef {
+        name: "segment.bytes",
+        default: "1073741824",
+        kind: ConfigType::Int,
+        allowed: &[],
+        doc: "Segment size at which the log rolls.",
+    },
+    ConfigDef {
+        name: "segment.ms",
+        default: "604800000",
+        kind: ConfigType::Long,
+        allowed: &[],
+        doc: "Segment age at which the log rolls.",
+    },
+];
+
+pub fn def(name: &str) -> Option<&'static ConfigDef> {
+    TOPIC_CONFIGS.iter().find(|d| d.name == name)
+}
+
+/// Checks one `name=value`; the error text goes to the client with INVALID_CONFIG.
+pub fn validate(name: &str, value: &str) -> Result<(), String> {
+    let d = def(name).ok_or_else(|| format!("unknown topic config {name}"))?;
+    let ok = match d.kind {
+        ConfigType::Int => value.parse::<i32>().is_ok(),
+        ConfigType::Long => value.parse::<i64>().is_ok(),
+        ConfigType::String | ConfigType::List => d.allowed.is_empty() || d.allowed.contains(&value),
+    };
+    if !ok {
+        return Err(format!("invalid value {value:?} for {name}"));
+    }
+    let positive = [
+        "segment.bytes",
+        "max.message.bytes",
+        "index.interval.bytes",
+        "min.insync.replicas",
+        "segment.ms",
+    ];
+    if positive.contains(&name) && value.parse::<i64>().is_ok_and(|v| v <= 0) {
+        return Err(format!("{name} must be positive"));
+    }
+    if name == "segment.bytes" && value.parse::<i64>().is_ok_and(|v| v < 14) {
+        return Err("segment.bytes must be at least 14".into());
+    }
+    Ok(())
+}
+
+/// The effective value of `name` for a topic whose explicit configs are `set`.
+pub fn value<'a>(set: &'a BTreeMap<String, String>, name: &str) -> &'a str {
+    match set.get(name) {
+        Some(v) => v,
+        None => def(name).map_or("", |d| d.default),
+    }
+}
+
+fn number(set: &BTreeMap<String, String>, name: &str) -> i64 {
+    value(set, name)
+        .parse()
+        .unwrap_or_else(|_| def(name).and_then(|d| d.default.parse().ok()).unwrap_or(0))
+}
+
+/// Storage settings of a partition of a topic with these explicit configs.
+pub fn log_config(set: &BTreeMap<String, String>, cache_bytes: usize) -> LogConfig {
+    LogConfig {
+        segment_bytes: number(set, "segment.bytes") as u64,
+        segment_ms: Duration::from_millis(number(set, "segment.ms").max(1) as u64),
+        index_interval_bytes: number(set, "index.interval.bytes").max(1) as u64,
+        max_message_bytes: number(set, "max.message.bytes").max(0) as usize,
+        log_append_time: value(set, "message.timestamp.type") == "LogAppendTime",
+        cache_bytes,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validates_names_types_and_enums() {
+        assert!(validate("retention.ms", "1000").is_ok());
+        assert!(validate("retention.ms", "soon").is_err());
+        assert!(validate("segment.bytes", "0").is_err());
+        assert!(validate("cleanup.policy", "compact").is_ok());
+        assert!(validate("cleanup.policy", "shred").is_err());
+        assert!(validate("no.such.config", "1").is_err());
+        let mut set = BTreeMap::new();
+        set.insert("max.message.bytes".to_string(), "2000".to_string());
+        set.insert(
+            "message.timestamp.type".to_string(),
+            "LogAppendTime".to_string(),
+        );
+        let log = log_config(&set, 0);
+        assert_eq!(log.max_message_bytes, 2000);
+        assert!(log.log_append_time);
+        assert_eq!(log.segment_bytes, 1 << 30);
+        for d in TOPIC_CONFIGS {
+            assert!(
+                validate(d.name, d.default).is_ok(),
+                "{} default must validate",
+                d.name
+            );
+        }
+    }
+}
