@@ -133,6 +133,9 @@ impl ShardSeed {
             partitions: RefCell::new(HashMap::new()),
             controller_lock: glommio::sync::Semaphore::new(1),
         });
+        tern_storage::fs::probe_direct_io(&shard.config.data_dir)
+            .await
+            .context("probe direct I/O on the data dir")?;
         let snapshot = shard.meta.snapshot();
         for (name, topic) in &snapshot.topics {
             for (p, &owner) in topic.shards.iter().enumerate() {

@@ -50,6 +50,33 @@ pub async fn remove_file(path: &Path) -> io::Result<()> {
     }
 }
 
+thread_local! {
+    static PROBED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Makes glommio learn correctly whether the device under `dir` supports polled I/O.
+///
+/// glommio probes a device with a read on the first DMA file opened on it; on an empty file
+/// that read succeeds even where polled I/O does not work, and every later read then fails
+/// (EOPNOTSUPP). So, once per shard thread, open a file that has data first.
+pub async fn probe_direct_io(dir: &Path) -> io::Result<()> {
+    if PROBED.with(|p| p.get()) {
+        return Ok(());
+    }
+    let path = dir.join(".direct-io-probe");
+    let probe = path.clone();
+    blocking(move || {
+        if std::fs::metadata(&probe).map(|m| m.len()).unwrap_or(0) < 4096 {
+            std::fs::write(&probe, [0u8; 4096])?;
+        }
+        Ok(())
+    })
+    .await?;
+    DmaFile::open(&path).await?.close().await?;
+    PROBED.with(|p| p.set(true));
+    Ok(())
+}
+
 /// Opens (creating if needed) a file for direct I/O reads and writes, without truncating it.
 pub async fn open_rw(path: &Path) -> io::Result<DmaFile> {
     Ok(OpenOptions::new()

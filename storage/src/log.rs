@@ -85,6 +85,9 @@ impl PartitionLog {
     /// Opens (or creates) the log in `dir`, recovering its tail unless it was closed cleanly.
     pub async fn open(dir: &Path, config: LogConfig) -> io::Result<Rc<PartitionLog>> {
         fs::create_dir_all(dir).await?;
+        if let Some(parent) = dir.parent() {
+            fs::probe_direct_io(parent).await?;
+        }
         let marker = dir.join(CLEAN_MARKER);
         let clean = fs::exists(&marker).await;
         let bases: Vec<i64> = fs::list_dir(dir)
