@@ -359,18 +359,23 @@ impl PartitionLog {
         let written = self.state.borrow().written;
         let pending = self.state.borrow().cache.read(written, usize::MAX, true);
         if let Some(data) = pending {
-            for (_, h) in batch::headers(&data) {
+            for (pos, h) in batch::headers(&data) {
                 if h.max_timestamp >= ts {
-                    return Ok(Some((h.max_timestamp, h.base_offset)));
+                    return Ok(crate::segment::first_record_at_or_after(&data[pos..], ts)?);
                 }
             }
         }
         Ok(None)
     }
 
-    /// (max timestamp, offset of the batch holding it), for ListOffsets MAX_TIMESTAMP.
-    pub fn max_timestamp(&self) -> (i64, i64) {
-        self.state.borrow().max_timestamp
+    /// `(max timestamp, offset of the first record with it)`, for ListOffsets
+    /// MAX_TIMESTAMP; `None` for an empty log.
+    pub async fn max_timestamp(&self) -> Result<Option<(i64, i64)>, LogError> {
+        let (ts, _) = self.state.borrow().max_timestamp;
+        if ts < 0 {
+            return Ok(None);
+        }
+        self.find_timestamp(ts).await
     }
     pub fn log_start_offset(&self) -> i64 {
         self.state.borrow().log_start

@@ -50,6 +50,24 @@ fn path_with(dir: &Path, base: i64, ext: &str) -> PathBuf {
     dir.join(format!("{base:020}.{ext}"))
 }
 
+/// `(timestamp, offset)` of the first record with timestamp >= `ts` in the batch `batch`.
+pub fn first_record_at_or_after(batch: &[u8], ts: i64) -> io::Result<Option<(i64, i64)>> {
+    let header = BatchHeader::parse(batch).map_err(io::Error::other)?;
+    if header.is_log_append_time() {
+        return Ok(
+            (header.max_timestamp >= ts).then_some((header.max_timestamp, header.base_offset))
+        );
+    }
+    let mut bytes = Bytes::copy_from_slice(&batch[..header.total_len().min(batch.len())]);
+    let set = kafka_protocol::records::RecordBatchDecoder::decode(&mut bytes)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{e:#}")))?;
+    Ok(set
+        .records
+        .iter()
+        .find(|r| r.timestamp >= ts)
+        .map(|r| (r.timestamp, r.offset)))
+}
+
 /// Base offset of a segment file name (`00000000000000000042.log`), if it is one.
 pub fn parse_segment_name(path: &Path) -> Option<i64> {
     if path.extension()? != "log" {
@@ -352,18 +370,8 @@ impl Segment {
         let Some((pos, header)) = found else {
             return Ok(None);
         };
-        if header.is_log_append_time() {
-            return Ok(Some((header.max_timestamp, header.base_offset)));
-        }
         let data = self.file.read_at(pos, header.total_len()).await?;
-        let mut bytes = Bytes::copy_from_slice(&data);
-        let set = kafka_protocol::records::RecordBatchDecoder::decode(&mut bytes)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{e:#}")))?;
-        Ok(set
-            .records
-            .iter()
-            .find(|r| r.timestamp >= ts)
-            .map(|r| (r.timestamp, r.offset)))
+        first_record_at_or_after(&data, ts)
     }
 
     /// Removes the segment's files.

@@ -28,10 +28,11 @@ async fn lookup(
     match timestamp {
         LATEST => (0, -1, log.end_offset()),
         EARLIEST | EARLIEST_LOCAL => (0, -1, log.log_start_offset()),
-        MAX_TIMESTAMP => {
-            let (ts, offset) = log.max_timestamp();
-            (0, ts, offset)
-        }
+        MAX_TIMESTAMP => match log.max_timestamp().await {
+            Ok(Some((ts, offset))) => (0, ts, offset),
+            Ok(None) => (0, -1, -1),
+            Err(e) => (log_error_code(&e), -1, -1),
+        },
         ts if ts < 0 => (ResponseError::InvalidRequest.code(), -1, -1),
         ts => match log.find_timestamp(ts).await {
             Ok(Some((ts, offset))) => (0, ts, offset),

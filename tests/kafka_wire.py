@@ -1,0 +1,127 @@
+"""A few hand-made Kafka frames, for sending what no well-behaved client would."""
+
+import socket
+import struct
+
+import crc32c
+
+
+def string(s):
+    b = s.encode()
+    return struct.pack(">h", len(b)) + b
+
+
+def request(api_key, version, body, correlation_id=1, client_id="wire-test"):
+    """A v1 request header (non-flexible) followed by `body`, with its size prefix."""
+    payload = struct.pack(">hhi", api_key, version, correlation_id) + string(client_id) + body
+    return struct.pack(">i", len(payload)) + payload
+
+
+def varint(n):
+    n = (n << 1) ^ (n >> 63)  # zigzag
+    out = b""
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out += bytes([b | 0x80])
+        else:
+            return out + bytes([b])
+
+
+def record_batch(value, key=b"k", magic=2, corrupt_crc=False, timestamp=1_700_000_000_000):
+    """A one-record RecordBatch v2, as a client would encode it."""
+    record = (
+        b"\x00"  # attributes
+        + varint(0)  # timestamp delta
+        + varint(0)  # offset delta
+        + varint(len(key))
+        + key
+        + varint(len(value))
+        + value
+        + varint(0)  # headers
+    )
+    record = varint(len(record)) + record
+    after_crc = (
+        struct.pack(">hiqqqhii", 0, 0, timestamp, timestamp, -1, -1, -1, 1)  # attrs .. record count
+        + record
+    )
+    crc = crc32c.crc32c(after_crc)
+    if corrupt_crc:
+        crc ^= 0xDEADBEEF
+    body = struct.pack(">ibI", -1, magic, crc) + after_crc  # leader epoch, magic, crc
+    return struct.pack(">qi", 0, len(body)) + body
+
+
+def produce_v3(topic, partition, records, acks=1):
+    body = (
+        struct.pack(">h", -1)  # transactional id: null
+        + struct.pack(">hi", acks, 5000)
+        + struct.pack(">i", 1)
+        + string(topic)
+        + struct.pack(">i", 1)
+        + struct.pack(">i", partition)
+        + struct.pack(">i", len(records))
+        + records
+    )
+    return request(0, 3, body)
+
+
+def fetch_v4(topic, partition, offset, max_wait_ms=0):
+    body = (
+        struct.pack(">iiiib", -1, max_wait_ms, 1, 1 << 20, 0)  # replica, wait, min, max bytes, isolation
+        + struct.pack(">i", 1)
+        + string(topic)
+        + struct.pack(">i", 1)
+        + struct.pack(">iqi", partition, offset, 1 << 20)
+    )
+    return request(1, 4, body)
+
+
+def connect(bootstrap):
+    host, port = bootstrap.rsplit(":", 1)
+    s = socket.create_connection((host, int(port)), timeout=10)
+    return s
+
+
+def recv_exact(sock, n):
+    buf = b""
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            raise ConnectionError("connection closed")
+        buf += chunk
+    return buf
+
+
+def roundtrip(sock, frame):
+    """Sends a frame and returns the response body after the correlation id."""
+    sock.sendall(frame)
+    size = struct.unpack(">i", recv_exact(sock, 4))[0]
+    data = recv_exact(sock, size)
+    return data[4:]
+
+
+def closed_by_peer(sock):
+    """True if the broker closed the connection (EOF or reset) within the socket timeout."""
+    try:
+        return sock.recv(1) == b""
+    except (ConnectionResetError, BrokenPipeError):
+        return True
+
+
+def single_partition_error(resp, after_partition_header=0):
+    """Error code of the single partition in a Produce v3 or Fetch v4 response body."""
+    pos = 0
+    if after_partition_header:  # fetch: throttle time first
+        pos += 4
+    n_topics = struct.unpack_from(">i", resp, pos)[0]
+    assert n_topics == 1
+    pos += 4
+    name_len = struct.unpack_from(">h", resp, pos)[0]
+    pos += 2 + name_len
+    n_parts = struct.unpack_from(">i", resp, pos)[0]
+    assert n_parts == 1
+    pos += 4
+    partition, error = struct.unpack_from(">ih", resp, pos)
+    return error
