@@ -216,3 +216,11 @@ def test_900kb_record(broker, topic_name):
     assert reports[0][0] is None
     msgs = read_partition(broker, topic_name, 0, expect=1)
     assert msgs[0].value() == big
+
+
+def test_idempotent_producer(broker, topic_name):
+    records = [(b"k%d" % (i % 7), b"v%d" % i, None, 0) for i in range(2000)]
+    reports = produce(broker, topic_name, records, **{"enable.idempotence": True, "linger.ms": 1, "batch.num.messages": 50})
+    assert all(err is None for err, *_ in reports)
+    msgs = read_partition(broker, topic_name, 0, expect=2000)
+    assert [m.value() for m in msgs] == [b"v%d" % i for i in range(2000)], "each record once, in order"

@@ -155,6 +155,28 @@ pub async fn delete_topic(shard: &Rc<Shard>, name: String) -> Result<Uuid, ApiEr
     Ok(topic.id)
 }
 
+/// Hands out a new producer id, persisted first so it is never given out twice.
+/// Must run on the controller shard.
+pub async fn allocate_producer_id(shard: &Rc<Shard>) -> Result<i64, ApiError> {
+    assert_eq!(
+        shard.id, CONTROLLER_SHARD,
+        "metadata changes run on the controller shard"
+    );
+    let _lock = shard.controller_lock.acquire_permit(1).await.map_err(|_| {
+        ApiError::new(
+            ResponseError::UnknownServerError,
+            "controller is shutting down",
+        )
+    })?;
+    let mut meta = (*shard.meta.snapshot()).clone();
+    let id = meta.next_producer_id;
+    meta.next_producer_id += 1;
+    meta.version += 1;
+    shard.meta.persist(&meta).await.map_err(storage_error)?;
+    shard.meta.publish(meta);
+    Ok(id)
+}
+
 fn storage_error(e: anyhow::Error) -> ApiError {
     tracing::error!(error = %format!("{e:#}"), "persist cluster metadata");
     ApiError::new(ResponseError::KafkaStorageError, format!("{e:#}"))

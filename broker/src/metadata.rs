@@ -26,6 +26,9 @@ pub struct ClusterMeta {
     pub version: u64,
     pub cluster_id: String,
     pub topics: BTreeMap<String, TopicMeta>,
+    /// Next producer id to hand out (InitProducerId); ids are never reused.
+    #[serde(default)]
+    pub next_producer_id: i64,
 }
 
 impl ClusterMeta {

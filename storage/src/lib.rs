@@ -6,6 +6,7 @@ pub mod config;
 pub mod fs;
 pub mod index;
 pub mod log;
+pub mod producers;
 pub mod segment;
 
 pub use config::LogConfig;

@@ -19,10 +19,13 @@ use thiserror::Error;
 use crate::cache::BatchCache;
 use crate::config::LogConfig;
 use crate::fs;
+use crate::producers::{ProducerError, ProducerStates, SequenceCheck};
 use crate::segment::{parse_segment_name, OpenMode, Segment};
 
 /// Marker file saying the partition was closed cleanly, so its tail need not be scanned.
 const CLEAN_MARKER: &str = "clean-shutdown";
+/// Idempotent-producer state saved at a clean shutdown.
+const PRODUCER_SNAPSHOT: &str = "producer-state";
 
 #[derive(Debug, Error)]
 pub enum LogError {
@@ -34,6 +37,10 @@ pub enum LogError {
     Io(#[from] io::Error),
     #[error("the write of this batch failed and was rolled back")]
     WriteFailed,
+    #[error(transparent)]
+    Producer(#[from] ProducerError),
+    #[error("a produce request must carry exactly one record batch per partition, not {0}")]
+    BatchCount(usize),
 }
 
 /// Where an append landed.
@@ -79,6 +86,7 @@ struct State {
     max_timestamp: (i64, i64),
     /// Offsets from which each failed write rolled back, in order.
     rollbacks: Vec<i64>,
+    producers: ProducerStates,
 }
 
 impl PartitionLog {
@@ -109,12 +117,31 @@ impl PartitionLog {
             }
             segments.insert(base, Rc::new(seg));
         }
-        // The marker must go before any write: a crash after this point needs a scan.
-        if clean {
-            fs::remove_file(&marker).await?;
-        }
         if segments.is_empty() {
             segments.insert(0, Rc::new(Segment::create(dir, 0).await?));
+        }
+        let snapshot_path = dir.join(PRODUCER_SNAPSHOT);
+        let snapshot = match clean {
+            true => fs::read_file(&snapshot_path)
+                .await?
+                .and_then(|d| ProducerStates::from_bytes(&d)),
+            false => None,
+        };
+        let producers = match snapshot {
+            Some(p) => p,
+            None => {
+                // Rebuild from the active segment's batches (older producers are forgotten and
+                // their next batches accepted as they come).
+                let mut producers = ProducerStates::default();
+                let active = segments.values().next_back().expect("one segment");
+                active.visit_headers(|h| producers.record(h)).await?;
+                producers
+            }
+        };
+        // The marker and snapshot must go before any write: after this, a crash needs a scan.
+        if clean {
+            fs::remove_file(&marker).await?;
+            fs::remove_file(&snapshot_path).await?;
         }
         let log_start = *segments.keys().next().expect("one segment");
         let active = segments.values().next_back().expect("one segment");
@@ -137,6 +164,7 @@ impl PartitionLog {
                 cache: BatchCache::default(),
                 max_timestamp,
                 rollbacks: Vec::new(),
+                producers,
             }),
             write_lock: Semaphore::new(1),
             appended: Event::new(),
@@ -151,49 +179,60 @@ impl PartitionLog {
         self.config.borrow().clone()
     }
 
-    /// Validates the produce payload `records` (one or more batches), assigns offsets and
-    /// appends it. The data is readable at once; use `wait` for durability.
+    /// Validates the produce payload `records` (exactly one batch, as Kafka requires),
+    /// assigns offsets and appends it. A retried batch of an idempotent producer is recognised
+    /// and answered with its original offsets. The data is readable at once; use `wait` for
+    /// durability.
     pub fn append(&self, records: &[u8], now_ms: i64) -> Result<Appended, LogError> {
         let config = self.config.borrow();
         let summary = batch::validate_produce(records, config.max_message_bytes)?;
-        let mut st = self.state.borrow_mut();
-        let base_offset = st.next_offset;
-        let log_append_time = if config.log_append_time { now_ms } else { -1 };
-        let mut copy = BytesMut::from(records);
-        let mut next = base_offset;
-        let mut at = 0;
-        for _ in 0..summary.count {
-            let header = batch::BatchHeader::parse(&copy[at..])?;
-            let len = header.total_len();
-            let one = &mut copy[at..at + len];
-            batch::set_base_offset(one, next);
-            batch::set_leader_epoch(one, 0);
-            if config.log_append_time {
-                batch::set_log_append_time(one, now_ms);
-            }
-            let max_ts = if config.log_append_time {
-                now_ms
-            } else {
-                header.max_timestamp
-            };
-            if max_ts > st.max_timestamp.0 {
-                st.max_timestamp = (max_ts, next);
-            }
-            next += header.last_offset_delta as i64 + 1;
-            at += len;
+        if summary.count != 1 {
+            return Err(LogError::BatchCount(summary.count));
         }
+        let header = batch::BatchHeader::parse(records)?;
+        let mut st = self.state.borrow_mut();
+        let generation = st.rollbacks.len();
+        if let SequenceCheck::Duplicate {
+            base_offset,
+            last_offset,
+        } = st.producers.check(&header)?
+        {
+            return Ok(Appended {
+                base_offset,
+                last_offset,
+                log_append_time: -1,
+                generation,
+            });
+        }
+        let base_offset = st.next_offset;
+        let mut copy = BytesMut::from(records);
+        batch::set_base_offset(&mut copy, base_offset);
+        batch::set_leader_epoch(&mut copy, 0);
+        let (log_append_time, max_ts) = if config.log_append_time {
+            batch::set_log_append_time(&mut copy, now_ms);
+            (now_ms, now_ms)
+        } else {
+            (-1, header.max_timestamp)
+        };
+        if max_ts > st.max_timestamp.0 {
+            st.max_timestamp = (max_ts, base_offset);
+        }
+        let last_offset = base_offset + header.last_offset_delta as i64;
+        st.producers.record(&batch::BatchHeader {
+            base_offset,
+            ..header
+        });
         let data = copy.freeze();
-        st.cache.push(base_offset, next - 1, data.clone());
+        st.cache.push(base_offset, last_offset, data.clone());
         st.pending.push(data);
-        st.next_offset = next;
+        st.next_offset = last_offset + 1;
         let written = st.written;
         st.cache.trim(config.cache_bytes, written);
-        let generation = st.rollbacks.len();
         drop(st);
         self.appended.notify(usize::MAX);
         Ok(Appended {
             base_offset,
-            last_offset: next - 1,
+            last_offset,
             log_append_time,
             generation,
         })
@@ -254,6 +293,7 @@ impl PartitionLog {
                 st.next_offset = from;
                 st.pending.clear();
                 st.cache.truncate_from(from);
+                st.producers.truncate_from(from);
                 if st.max_timestamp.1 >= from {
                     st.max_timestamp = (-1, -1);
                 }
@@ -400,6 +440,8 @@ impl PartitionLog {
             .map_err(|_| LogError::WriteFailed)?;
         self.write_pending(true).await?;
         self.active().seal().await?;
+        let snapshot = self.state.borrow().producers.to_bytes();
+        fs::write_file(&self.dir.join(PRODUCER_SNAPSHOT), &snapshot).await?;
         fs::write_file(&self.dir.join(CLEAN_MARKER), b"").await?;
         self.write_lock.close();
         Ok(())

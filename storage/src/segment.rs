@@ -304,6 +304,16 @@ impl Segment {
         Ok(())
     }
 
+    /// Calls `f` with the header of every batch in the segment, in order.
+    pub async fn visit_headers(&self, mut f: impl FnMut(&BatchHeader)) -> io::Result<()> {
+        self.scan(0, self.size.get(), false, |_, h| {
+            f(h);
+            true
+        })
+        .await?;
+        Ok(())
+    }
+
     pub async fn sync(&self) -> io::Result<()> {
         Ok(self.file.fdatasync().await?)
     }

@@ -15,6 +15,7 @@ mod create_topics;
 mod delete_topics;
 mod describe_configs;
 mod fetch;
+mod init_producer_id;
 mod list_offsets;
 mod metadata;
 mod produce;
@@ -38,6 +39,7 @@ pub async fn handle(shard: Rc<Shard>, request: Request) -> Reply {
         RequestKind::CreateTopics(req) => create_topics::handle(&shard, req, version).await,
         RequestKind::DeleteTopics(req) => delete_topics::handle(&shard, req, version).await,
         RequestKind::DescribeConfigs(req) => describe_configs::handle(&shard, req, version),
+        RequestKind::InitProducerId(req) => init_producer_id::handle(&shard, req).await,
         _ => {
             tracing::warn!(
                 ?api,

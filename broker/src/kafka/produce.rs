@@ -5,6 +5,7 @@ use kafka_protocol::messages::produce_response::{PartitionProduceResponse, Topic
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
 use kafka_protocol::ResponseError;
 use std::rc::Rc;
+use tern_storage::producers::ProducerError;
 use tern_storage::{Durability, LogError};
 
 use super::{now_ms, str_bytes};
@@ -38,6 +39,13 @@ pub fn log_error_code(e: &LogError) -> i16 {
         LogError::Batch(b) => b.error_code(),
         LogError::OffsetOutOfRange { .. } => ResponseError::OffsetOutOfRange.code(),
         LogError::Io(_) | LogError::WriteFailed => ResponseError::KafkaStorageError.code(),
+        LogError::BatchCount(_) => ResponseError::InvalidRecord.code(),
+        LogError::Producer(ProducerError::InvalidEpoch { .. }) => {
+            ResponseError::InvalidProducerEpoch.code()
+        }
+        LogError::Producer(ProducerError::OutOfOrder { .. }) => {
+            ResponseError::OutOfOrderSequenceNumber.code()
+        }
     }
 }
 
