@@ -166,3 +166,18 @@ def test_help_explains_every_flag():
     out = subprocess.run([TERN_BIN, "start", "--help"], capture_output=True, check=True).stdout.decode()
     for flag in ["--data-dir", "--listen", "--advertised", "--cores", "--numa-node", "--auto-create-topics", "--default-partitions", "--max-request-bytes"]:
         assert flag in out
+
+
+def test_fetch_byte_limits(broker, topic_name):
+    """partition_max_bytes below one batch still returns that whole batch (KIP-74), and only it."""
+    make_topic(broker, topic_name)
+    for i in range(3):
+        assert produce_raw(broker, topic_name, wire.record_batch(b"%d" % i * 1000)) == 0
+    with wire.connect(broker.bootstrap) as s:
+        body = (
+            struct.pack(">iiiib", -1, 0, 1, 1 << 20, 0)
+            + struct.pack(">i", 1) + wire.string(topic_name)
+            + struct.pack(">i", 1) + struct.pack(">iqi", 0, 0, 10)  # partition max 10 bytes
+        )
+        resp = wire.roundtrip(s, wire.request(1, 4, body))
+    assert resp.count(b"0" * 1000) == 1 and b"1" * 1000 not in resp

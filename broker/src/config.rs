@@ -20,4 +20,8 @@ pub struct BrokerConfig {
     pub max_request_bytes: usize,
     /// Recent batches kept in memory per partition for tail consumers.
     pub cache_bytes_per_partition: usize,
+    /// Consumer group session limits and initial rebalance delay.
+    pub group: crate::group::state::GroupConfig,
+    /// `offsets.topic.num.partitions`.
+    pub offsets_partitions: i32,
 }

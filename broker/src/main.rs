@@ -10,6 +10,7 @@ use std::sync::Arc;
 mod config;
 mod controller;
 mod cpus;
+mod group;
 mod kafka;
 mod metadata;
 mod server;
@@ -70,6 +71,19 @@ struct StartArgs {
     /// Bytes of recently written batches kept in memory per partition for tail consumers.
     #[arg(long, default_value_t = 8 * 1024 * 1024)]
     cache_bytes_per_partition: usize,
+    /// Partitions of __consumer_offsets, created on first start (offsets.topic.num.partitions).
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(i32).range(1..=1000))]
+    offsets_partitions: i32,
+    /// How long a group forming from empty waits for more members before its first
+    /// rebalance completes (group.initial.rebalance.delay.ms).
+    #[arg(long, default_value_t = 3000)]
+    group_initial_rebalance_delay_ms: u64,
+    /// Smallest session timeout a group member may ask for (group.min.session.timeout.ms).
+    #[arg(long, default_value_t = 6000)]
+    group_min_session_timeout_ms: u64,
+    /// Largest session timeout a group member may ask for (group.max.session.timeout.ms).
+    #[arg(long, default_value_t = 1_800_000)]
+    group_max_session_timeout_ms: u64,
 }
 
 fn resolve(addr: &str) -> Result<SocketAddr> {
@@ -113,6 +127,18 @@ fn start(args: StartArgs) -> Result<()> {
         default_partitions: args.default_partitions,
         max_request_bytes: args.max_request_bytes,
         cache_bytes_per_partition: args.cache_bytes_per_partition,
+        group: group::state::GroupConfig {
+            min_session_timeout: std::time::Duration::from_millis(
+                args.group_min_session_timeout_ms,
+            ),
+            max_session_timeout: std::time::Duration::from_millis(
+                args.group_max_session_timeout_ms,
+            ),
+            initial_rebalance_delay: std::time::Duration::from_millis(
+                args.group_initial_rebalance_delay_ms,
+            ),
+        },
+        offsets_partitions: args.offsets_partitions,
     });
     let cpus = cpus::select(args.cores, args.numa_node)?;
     // Installed before any shard starts, so a signal is never missed.
@@ -124,6 +150,15 @@ fn start(args: StartArgs) -> Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("create data dir {}", config.data_dir.display()))?;
     let meta = Arc::new(MetaStore::load(&config.data_dir, cpus.len())?);
+    meta.ensure_internal_topic(
+        group::OFFSETS_TOPIC,
+        config.offsets_partitions,
+        &[
+            ("cleanup.policy", "compact"),
+            ("segment.bytes", "104857600"),
+        ],
+        cpus.len(),
+    )?;
 
     let (senders, inboxes): (Vec<_>, Vec<_>) =
         cpus.iter().map(|_| mpsc::unbounded::<Job>()).unzip();

@@ -95,6 +95,42 @@ impl MetaStore {
         })
     }
 
+    /// Creates an internal topic at startup (before any shard runs) if it does not exist.
+    pub fn ensure_internal_topic(
+        &self,
+        name: &str,
+        partitions: i32,
+        configs: &[(&str, &str)],
+        shards: usize,
+    ) -> Result<()> {
+        let current = self.snapshot();
+        if current.topics.contains_key(name) {
+            return Ok(());
+        }
+        let mut meta = (*current).clone();
+        let placed = meta.place(partitions as usize, shards);
+        meta.topics.insert(
+            name.to_string(),
+            TopicMeta {
+                id: Uuid::new_v4(),
+                shards: placed,
+                configs: configs
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            },
+        );
+        meta.version += 1;
+        let tmp = self.path.with_extension("tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(&meta)?)
+            .with_context(|| format!("write {}", tmp.display()))?;
+        std::fs::File::open(&tmp)?.sync_all()?;
+        std::fs::rename(&tmp, &self.path)
+            .with_context(|| format!("rename to {}", self.path.display()))?;
+        self.publish(meta);
+        Ok(())
+    }
+
     pub fn snapshot(&self) -> Arc<ClusterMeta> {
         self.current.load_full()
     }

@@ -44,10 +44,11 @@ pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
 }
 
 async fn serve(shard: Rc<Shard>, stream: TcpStream) {
-    let peer = stream
+    let peer: Rc<str> = stream
         .peer_addr()
         .map(|a| a.to_string())
-        .unwrap_or_default();
+        .unwrap_or_default()
+        .into();
     let _ = stream.set_nodelay(true);
     let (mut reader, mut writer) = stream.split();
     let (tx, rx) = local_channel::new_bounded::<glommio::task::JoinHandle<Reply>>(MAX_IN_FLIGHT);
@@ -74,7 +75,7 @@ async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         {
             Ok(size) => size,
             Err(e) => {
-                tracing::warn!(%peer, error = %e, "closing connection");
+                tracing::warn!(peer = %peer, error = %e, "closing connection");
                 break;
             }
         };
@@ -103,12 +104,13 @@ enum Handled {
     Close,
 }
 
-fn handle_frame(shard: &Rc<Shard>, peer: &str, frame: Bytes) -> Handled {
+fn handle_frame(shard: &Rc<Shard>, peer: &Rc<str>, frame: Bytes) -> Handled {
     match frame::decode_request(frame.clone()) {
         Ok(request) => {
-            let shard = shard.clone();
+            let (shard, peer) = (shard.clone(), peer.clone());
             Handled::Task(
-                glommio::spawn_local(async move { kafka::handle(shard, request).await }).detach(),
+                glommio::spawn_local(async move { kafka::handle(shard, request, peer).await })
+                    .detach(),
             )
         }
         Err(FrameError::UnsupportedVersion {
@@ -118,12 +120,12 @@ fn handle_frame(shard: &Rc<Shard>, peer: &str, frame: Bytes) -> Handled {
         }) => match kafka::unsupported_version_reply(api, version, correlation_id, frame) {
             Some(reply) => Handled::Now(reply),
             None => {
-                tracing::warn!(%peer, ?api, version, "unsupported API version; closing connection");
+                tracing::warn!(peer = %peer, ?api, version, "unsupported API version; closing connection");
                 Handled::Close
             }
         },
         Err(e) => {
-            tracing::warn!(%peer, error = %e, "bad request; closing connection");
+            tracing::warn!(peer = %peer, error = %e, "bad request; closing connection");
             Handled::Close
         }
     }

@@ -29,6 +29,8 @@ pub struct Shard {
     partitions: RefCell<HashMap<(String, i32), Rc<PartitionLog>>>,
     /// Serializes metadata changes; used on shard 0 (the controller) only.
     pub controller_lock: glommio::sync::Semaphore,
+    /// Consumer groups this shard coordinates.
+    pub groups: crate::group::Coordinator,
 }
 
 impl Shard {
@@ -127,11 +129,12 @@ impl ShardSeed {
     pub async fn start(self) -> Result<Rc<Shard>> {
         let shard = Rc::new(Shard {
             id: self.id,
-            config: self.config,
+            config: self.config.clone(),
             meta: self.meta,
             peers: self.peers,
             partitions: RefCell::new(HashMap::new()),
             controller_lock: glommio::sync::Semaphore::new(1),
+            groups: crate::group::Coordinator::new(self.config.group),
         });
         tern_storage::fs::probe_direct_io(&shard.config.data_dir)
             .await
@@ -144,6 +147,10 @@ impl ShardSeed {
                 }
             }
         }
+        crate::group::load(&shard)
+            .await
+            .context("load consumer groups")?;
+        glommio::spawn_local(crate::group::tick_loop(shard.clone())).detach();
         let runner = shard.clone();
         let mut inbox = self.inbox;
         glommio::spawn_local(async move {

@@ -113,6 +113,13 @@ mod tests {
         assert_eq!(r.get_i16(), UNSUPPORTED_VERSION);
     }
 
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_requests_never_panic(data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300)) {
+            let _ = produce_unsupported_response(Bytes::from(data));
+        }
+    }
+
     #[test]
     fn garbage_is_refused() {
         assert!(

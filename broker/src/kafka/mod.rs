@@ -12,15 +12,26 @@ use crate::shard::Shard;
 
 mod api_versions;
 mod create_topics;
+mod delete_groups;
 mod delete_topics;
 mod describe_configs;
+mod describe_groups;
 mod fetch;
+mod find_coordinator;
+mod heartbeat;
 mod init_producer_id;
+mod join_group;
+mod leave_group;
+pub mod list_groups;
 mod list_offsets;
 mod metadata;
+mod offset_commit;
+mod offset_delete;
+mod offset_fetch;
 mod produce;
+mod sync_group;
 
-pub async fn handle(shard: Rc<Shard>, request: Request) -> Reply {
+pub async fn handle(shard: Rc<Shard>, request: Request, peer: Rc<str>) -> Reply {
     let Request {
         api,
         version,
@@ -40,6 +51,21 @@ pub async fn handle(shard: Rc<Shard>, request: Request) -> Reply {
         RequestKind::DeleteTopics(req) => delete_topics::handle(&shard, req, version).await,
         RequestKind::DescribeConfigs(req) => describe_configs::handle(&shard, req, version),
         RequestKind::InitProducerId(req) => init_producer_id::handle(&shard, req).await,
+        RequestKind::FindCoordinator(req) => find_coordinator::handle(&shard, req, version),
+        RequestKind::JoinGroup(req) => {
+            let client_id = header.client_id.as_deref().unwrap_or("").to_string();
+            let host = format!("/{}", peer.rsplit_once(':').map_or(&*peer, |(h, _)| h));
+            join_group::handle(&shard, req, version, client_id, host).await
+        }
+        RequestKind::SyncGroup(req) => sync_group::handle(&shard, req, version).await,
+        RequestKind::Heartbeat(req) => heartbeat::handle(&shard, req).await,
+        RequestKind::LeaveGroup(req) => leave_group::handle(&shard, req, version).await,
+        RequestKind::OffsetCommit(req) => offset_commit::handle(&shard, req).await,
+        RequestKind::OffsetFetch(req) => offset_fetch::handle(&shard, req, version).await,
+        RequestKind::ListGroups(req) => list_groups::handle(&shard, req, version).await,
+        RequestKind::DescribeGroups(req) => describe_groups::handle(&shard, req, version).await,
+        RequestKind::DeleteGroups(req) => delete_groups::handle(&shard, req).await,
+        RequestKind::OffsetDelete(req) => offset_delete::handle(&shard, req).await,
         _ => {
             tracing::warn!(
                 ?api,

@@ -1,0 +1,328 @@
+//! Group coordination: which shard coordinates a group, the per-shard coordinator state, and
+//! persisting groups and committed offsets as records in `__consumer_offsets`.
+
+pub mod records;
+pub mod state;
+
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::records::{
+    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+};
+use kafka_protocol::ResponseError;
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+use tern_storage::Durability;
+
+use crate::kafka::now_ms;
+use crate::shard::Shard;
+use records::{Committed, GroupRecord, StoredGroup};
+use state::{Group, GroupConfig, StoredMember};
+
+pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
+
+/// Java's `String.hashCode`, so a group maps to the same `__consumer_offsets` partition as
+/// in Kafka.
+fn java_hash(s: &str) -> i32 {
+    s.encode_utf16()
+        .fold(0i32, |h, c| h.wrapping_mul(31).wrapping_add(c as i32))
+}
+
+/// The `__consumer_offsets` partition holding `group`.
+pub fn partition_for(group: &str, partitions: usize) -> i32 {
+    (java_hash(group) & 0x7fff_ffff) % partitions.max(1) as i32
+}
+
+/// The shard coordinating `group`, and its partition, or COORDINATOR_NOT_AVAILABLE.
+pub fn coordinator_of(shard: &Shard, group: &str) -> Result<(usize, i32), i16> {
+    let meta = shard.meta.snapshot();
+    let topic = meta
+        .topics
+        .get(OFFSETS_TOPIC)
+        .ok_or(ResponseError::CoordinatorNotAvailable.code())?;
+    let partition = partition_for(group, topic.shards.len());
+    Ok((topic.shards[partition as usize], partition))
+}
+
+/// A group's committed offsets by (topic, partition).
+pub type GroupOffsets = BTreeMap<(String, i32), Committed>;
+
+/// The groups and committed offsets a shard coordinates. Exists per shard; holds the groups
+/// whose `__consumer_offsets` partition the shard owns.
+pub struct Coordinator {
+    pub config: GroupConfig,
+    groups: RefCell<HashMap<String, Group>>,
+    offsets: RefCell<HashMap<String, GroupOffsets>>,
+    loaded: Cell<bool>,
+}
+
+impl Coordinator {
+    pub fn new(config: GroupConfig) -> Coordinator {
+        Coordinator {
+            config,
+            groups: RefCell::new(HashMap::new()),
+            offsets: RefCell::new(HashMap::new()),
+            loaded: Cell::new(false),
+        }
+    }
+
+    /// COORDINATOR_LOAD_IN_PROGRESS until this shard has read its groups back.
+    pub fn check_loaded(&self) -> Result<(), i16> {
+        if self.loaded.get() {
+            Ok(())
+        } else {
+            Err(ResponseError::CoordinatorLoadInProgress.code())
+        }
+    }
+
+    /// Runs `f` on the group, creating it (empty) if needed. Never hold this across an await.
+    pub fn with_group<T>(&self, id: &str, f: impl FnOnce(&mut Group) -> T) -> T {
+        let mut groups = self.groups.borrow_mut();
+        let group = groups
+            .entry(id.to_string())
+            .or_insert_with(|| Group::new(id));
+        f(group)
+    }
+
+    /// Runs `f` on the group if it exists.
+    pub fn with_existing<T>(&self, id: &str, f: impl FnOnce(&mut Group) -> T) -> Option<T> {
+        self.groups.borrow_mut().get_mut(id).map(f)
+    }
+
+    pub fn group_ids(&self) -> Vec<String> {
+        let groups = self.groups.borrow();
+        let offsets = self.offsets.borrow();
+        let mut ids: Vec<String> = groups.keys().chain(offsets.keys()).cloned().collect();
+        ids.sort();
+        ids.dedup();
+        ids
+    }
+
+    pub fn committed(&self, group: &str) -> GroupOffsets {
+        self.offsets
+            .borrow()
+            .get(group)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    pub fn has_offsets(&self, group: &str) -> bool {
+        self.offsets
+            .borrow()
+            .get(group)
+            .is_some_and(|o| !o.is_empty())
+    }
+
+    fn apply(&self, record: GroupRecord, now: Instant) {
+        match record {
+            GroupRecord::Offset {
+                group,
+                topic,
+                partition,
+                value,
+            } => {
+                let mut offsets = self.offsets.borrow_mut();
+                let entry = offsets.entry(group.clone()).or_default();
+                match value {
+                    Some(c) => {
+                        entry.insert((topic, partition), c);
+                    }
+                    None => {
+                        entry.remove(&(topic, partition));
+                        if entry.is_empty() {
+                            offsets.remove(&group);
+                        }
+                    }
+                }
+            }
+            GroupRecord::Group { group, value } => {
+                let mut groups = self.groups.borrow_mut();
+                match value {
+                    Some(g) => {
+                        let restored = Group::restore(
+                            &group,
+                            g.generation,
+                            Some(g.protocol_type).filter(|p| !p.is_empty()),
+                            g.protocol,
+                            g.leader,
+                            g.members,
+                            now,
+                        );
+                        groups.insert(group, restored);
+                    }
+                    None => {
+                        groups.remove(&group);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Forgets a group and its offsets (DeleteGroups).
+    pub fn forget(&self, group: &str) {
+        self.groups.borrow_mut().remove(group);
+        self.offsets.borrow_mut().remove(group);
+    }
+}
+
+/// The metadata record of a group as it stands.
+pub fn group_record(group: &Group) -> GroupRecord {
+    let protocol = group.protocol.clone().unwrap_or_default();
+    GroupRecord::Group {
+        group: group.id.clone(),
+        value: Some(StoredGroup {
+            protocol_type: group.protocol_type.clone().unwrap_or_default(),
+            generation: group.generation,
+            protocol: group.protocol.clone(),
+            leader: group.leader.clone(),
+            timestamp: now_ms(),
+            members: group
+                .members
+                .values()
+                .map(|m| StoredMember {
+                    id: m.id.clone(),
+                    instance_id: m.instance_id.clone(),
+                    client_id: m.client_id.clone(),
+                    client_host: m.client_host.clone(),
+                    rebalance_timeout: m.rebalance_timeout,
+                    session_timeout: m.session_timeout,
+                    subscription: m.metadata(&protocol),
+                    assignment: m.assignment.clone(),
+                })
+                .collect(),
+        }),
+    }
+}
+
+/// Appends records to a `__consumer_offsets` partition this shard owns, synced. Offset
+/// records take effect once stored; group records only persist the live group's state.
+pub async fn store(
+    shard: &Rc<Shard>,
+    partition: i32,
+    records: Vec<GroupRecord>,
+) -> Result<(), i16> {
+    if records.is_empty() {
+        return Ok(());
+    }
+    let log = shard
+        .partition(OFFSETS_TOPIC, partition)
+        .ok_or(ResponseError::NotCoordinator.code())?;
+    let now = now_ms();
+    let encoded: Vec<Record> = records
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let (key, value) = r.encode();
+            Record {
+                transactional: false,
+                control: false,
+                delete_horizon: false,
+                partition_leader_epoch: -1,
+                producer_id: -1,
+                producer_epoch: -1,
+                timestamp_type: TimestampType::Creation,
+                offset: i as i64,
+                // The encoder starts a new batch when offset - sequence changes; keep one batch.
+                sequence: i as i32,
+                timestamp: now,
+                key: Some(key),
+                value,
+                headers: Default::default(),
+            }
+        })
+        .collect();
+    let mut batch = BytesMut::new();
+    RecordBatchEncoder::encode(
+        &mut batch,
+        &encoded,
+        &RecordEncodeOptions {
+            version: 2,
+            compression: Compression::None,
+        },
+    )
+    .map_err(|_| ResponseError::UnknownServerError.code())?;
+    let storage_error = |e: tern_storage::LogError| {
+        tracing::error!(error = %e, "store group records");
+        ResponseError::KafkaStorageError.code()
+    };
+    let appended = log.append(&batch, now).map_err(storage_error)?;
+    log.wait(&appended, Durability::Synced)
+        .await
+        .map_err(storage_error)?;
+    let at = Instant::now();
+    for r in records {
+        if matches!(r, GroupRecord::Offset { .. }) {
+            shard.groups.apply(r, at);
+        }
+    }
+    Ok(())
+}
+
+/// Reads this shard's `__consumer_offsets` partitions back into its coordinator.
+pub async fn load(shard: &Rc<Shard>) -> anyhow::Result<()> {
+    let meta = shard.meta.snapshot();
+    let owned: Vec<i32> = meta
+        .topics
+        .get(OFFSETS_TOPIC)
+        .map(|t| {
+            (0..t.shards.len() as i32)
+                .filter(|&p| t.shards[p as usize] == shard.id)
+                .collect()
+        })
+        .unwrap_or_default();
+    let now = Instant::now();
+    let mut count = 0usize;
+    for p in owned {
+        let Some(log) = shard.partition(OFFSETS_TOPIC, p) else {
+            continue;
+        };
+        let mut offset = log.log_start_offset();
+        while offset < log.end_offset() {
+            let data = log.read(offset, 1 << 20, true).await?;
+            if data.is_empty() {
+                break;
+            }
+            let mut buf: Bytes = data;
+            while !buf.is_empty() {
+                let set = RecordBatchDecoder::decode(&mut buf)
+                    .map_err(|e| anyhow::anyhow!("decode {OFFSETS_TOPIC}-{p}: {e:#}"))?;
+                for r in set.records {
+                    offset = r.offset + 1;
+                    if let Some(record) = r.key.and_then(|k| GroupRecord::decode(k, r.value)) {
+                        shard.groups.apply(record, now);
+                        count += 1;
+                    }
+                }
+            }
+        }
+    }
+    shard.groups.loaded.set(true);
+    if count > 0 {
+        tracing::info!(shard = shard.id, records = count, "loaded consumer groups");
+    }
+    Ok(())
+}
+
+/// Expires sessions and completes due rebalances every 100 ms, storing changed groups.
+pub async fn tick_loop(shard: Rc<Shard>) {
+    loop {
+        glommio::timer::sleep(Duration::from_millis(100)).await;
+        let now = Instant::now();
+        let changed: Vec<GroupRecord> = {
+            let mut groups = shard.groups.groups.borrow_mut();
+            groups
+                .values_mut()
+                .filter_map(|g| g.tick(&shard.groups.config, now).then(|| group_record(g)))
+                .collect()
+        };
+        for record in changed {
+            let GroupRecord::Group { group, .. } = &record else {
+                continue;
+            };
+            if let Ok((_, partition)) = coordinator_of(&shard, group) {
+                let _ = store(&shard, partition, vec![record]).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,64 @@
+//! DeleteGroups: removes empty groups and their committed offsets (tombstones in
+//! `__consumer_offsets`).
+
+use kafka_protocol::messages::delete_groups_response::DeletableGroupResult;
+use kafka_protocol::messages::{DeleteGroupsRequest, DeleteGroupsResponse, ResponseKind};
+use kafka_protocol::ResponseError;
+use std::rc::Rc;
+
+use crate::group::records::GroupRecord;
+use crate::group::{self};
+use crate::shard::Shard;
+
+pub async fn handle(shard: &Rc<Shard>, req: DeleteGroupsRequest) -> ResponseKind {
+    let mut results = Vec::new();
+    for id in req.groups_names {
+        let group_id = id.0.to_string();
+        let error = match group::coordinator_of(shard, &group_id) {
+            Err(code) => code,
+            Ok((owner, partition)) => {
+                shard
+                    .run_on(owner, move |s| async move {
+                        if let Err(code) = s.groups.check_loaded() {
+                            return code;
+                        }
+                        let members = s.groups.with_existing(&group_id, |g| g.members.len());
+                        let offsets = s.groups.committed(&group_id);
+                        if members.is_none() && offsets.is_empty() {
+                            return ResponseError::GroupIdNotFound.code();
+                        }
+                        if members.unwrap_or(0) > 0 {
+                            return ResponseError::NonEmptyGroup.code();
+                        }
+                        let mut tombstones: Vec<GroupRecord> = offsets
+                            .into_keys()
+                            .map(|(topic, partition)| GroupRecord::Offset {
+                                group: group_id.clone(),
+                                topic,
+                                partition,
+                                value: None,
+                            })
+                            .collect();
+                        tombstones.push(GroupRecord::Group {
+                            group: group_id.clone(),
+                            value: None,
+                        });
+                        match group::store(&s, partition, tombstones).await {
+                            Ok(()) => {
+                                s.groups.forget(&group_id);
+                                0
+                            }
+                            Err(code) => code,
+                        }
+                    })
+                    .await
+            }
+        };
+        results.push(
+            DeletableGroupResult::default()
+                .with_group_id(id)
+                .with_error_code(error),
+        );
+    }
+    ResponseKind::DeleteGroups(DeleteGroupsResponse::default().with_results(results))
+}

@@ -1,0 +1,72 @@
+//! DescribeGroups: state, protocol and members (with assignments) of each group.
+
+use kafka_protocol::messages::describe_groups_response::{DescribedGroup, DescribedGroupMember};
+use kafka_protocol::messages::{DescribeGroupsRequest, DescribeGroupsResponse, ResponseKind};
+use kafka_protocol::ResponseError;
+use std::rc::Rc;
+
+use super::str_bytes;
+use crate::group;
+use crate::shard::Shard;
+
+pub async fn handle(shard: &Rc<Shard>, req: DescribeGroupsRequest, version: i16) -> ResponseKind {
+    let mut groups = Vec::new();
+    for id in req.groups {
+        let group_id = id.0.to_string();
+        let described = match group::coordinator_of(shard, &group_id) {
+            Err(code) => DescribedGroup::default().with_error_code(code),
+            Ok((owner, _)) => {
+                shard
+                    .run_on(owner, move |s| async move {
+                        if let Err(code) = s.groups.check_loaded() {
+                            return DescribedGroup::default().with_error_code(code);
+                        }
+                        let has_offsets = s.groups.has_offsets(&group_id);
+                        s.groups
+                            .with_existing(&group_id, |g| {
+                                let protocol = g.protocol.clone().unwrap_or_default();
+                                DescribedGroup::default()
+                                    .with_group_state(str_bytes(g.state.name()))
+                                    .with_protocol_type(str_bytes(
+                                        g.protocol_type.as_deref().unwrap_or(""),
+                                    ))
+                                    .with_protocol_data(str_bytes(&protocol))
+                                    .with_members(
+                                        g.members
+                                            .values()
+                                            .map(|m| {
+                                                let d = DescribedGroupMember::default()
+                                                    .with_member_id(str_bytes(&m.id))
+                                                    .with_client_id(str_bytes(&m.client_id))
+                                                    .with_client_host(str_bytes(&m.client_host))
+                                                    .with_member_metadata(m.metadata(&protocol))
+                                                    .with_member_assignment(m.assignment.clone());
+                                                if version >= 4 {
+                                                    d.with_group_instance_id(
+                                                        m.instance_id.as_deref().map(str_bytes),
+                                                    )
+                                                } else {
+                                                    d
+                                                }
+                                            })
+                                            .collect(),
+                                    )
+                            })
+                            .unwrap_or_else(|| {
+                                let state = if has_offsets { "Empty" } else { "Dead" };
+                                let d =
+                                    DescribedGroup::default().with_group_state(str_bytes(state));
+                                if version >= 6 && !has_offsets {
+                                    d.with_error_code(ResponseError::GroupIdNotFound.code())
+                                } else {
+                                    d
+                                }
+                            })
+                    })
+                    .await
+            }
+        };
+        groups.push(described.with_group_id(id));
+    }
+    ResponseKind::DescribeGroups(DescribeGroupsResponse::default().with_groups(groups))
+}

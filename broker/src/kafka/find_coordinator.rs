@@ -1,0 +1,69 @@
+//! FindCoordinator: this node coordinates every group (single node). Transaction
+//! coordinators do not exist yet.
+
+use kafka_protocol::messages::find_coordinator_response::Coordinator;
+use kafka_protocol::messages::{
+    BrokerId, FindCoordinatorRequest, FindCoordinatorResponse, ResponseKind,
+};
+use kafka_protocol::ResponseError;
+use std::rc::Rc;
+
+use super::str_bytes;
+use crate::group;
+use crate::shard::Shard;
+
+const KEY_GROUP: i8 = 0;
+
+pub fn handle(shard: &Rc<Shard>, req: FindCoordinatorRequest, version: i16) -> ResponseKind {
+    let keys = if version >= 4 {
+        req.coordinator_keys.clone()
+    } else {
+        vec![req.key.clone()]
+    };
+    let cfg = &shard.config;
+    let coordinators: Vec<Coordinator> = keys
+        .into_iter()
+        .map(|key| {
+            let c = Coordinator::default()
+                .with_key(key.clone())
+                .with_node_id(BrokerId(-1))
+                .with_port(-1);
+            let error = if req.key_type != KEY_GROUP {
+                Some((
+                    ResponseError::CoordinatorNotAvailable,
+                    "transactions are not supported yet",
+                ))
+            } else if group::coordinator_of(shard, &key).is_err() {
+                Some((
+                    ResponseError::CoordinatorNotAvailable,
+                    "the offsets topic does not exist",
+                ))
+            } else {
+                None
+            };
+            match error {
+                Some((e, message)) => c
+                    .with_error_code(e.code())
+                    .with_error_message(Some(str_bytes(message))),
+                None => c
+                    .with_node_id(BrokerId(cfg.node_id))
+                    .with_host(str_bytes(&cfg.advertised_host))
+                    .with_port(cfg.advertised_port),
+            }
+        })
+        .collect();
+    let mut resp = FindCoordinatorResponse::default();
+    if version >= 4 {
+        resp = resp.with_coordinators(coordinators);
+    } else if let Some(c) = coordinators.into_iter().next() {
+        resp = resp
+            .with_error_code(c.error_code)
+            .with_node_id(c.node_id)
+            .with_host(c.host)
+            .with_port(c.port);
+        if version >= 1 {
+            resp = resp.with_error_message(c.error_message);
+        }
+    }
+    ResponseKind::FindCoordinator(resp)
+}

@@ -1,0 +1,139 @@
+//! OffsetCommit: validated against the group's generation, stored durably in
+//! `__consumer_offsets` before it is acknowledged.
+
+use kafka_protocol::messages::offset_commit_response::{
+    OffsetCommitResponsePartition, OffsetCommitResponseTopic,
+};
+use kafka_protocol::messages::{OffsetCommitRequest, OffsetCommitResponse, ResponseKind};
+use kafka_protocol::ResponseError;
+use std::rc::Rc;
+
+use super::now_ms;
+use crate::group::records::{Committed, GroupRecord};
+use crate::group::state::GroupState;
+use crate::group::{self};
+use crate::shard::Shard;
+
+/// `offset.metadata.max.bytes`.
+const MAX_METADATA: usize = 4096;
+
+/// Whether this member may commit now: simple (no generation) commits only to groups without
+/// members, group members only in the current generation.
+fn check_generation(
+    shard: &Shard,
+    group: &str,
+    member: &str,
+    instance: Option<&str>,
+    generation: i32,
+) -> Result<(), i16> {
+    let check = shard.groups.with_existing(group, |g| {
+        if generation < 0 && member.is_empty() {
+            return if g.members.is_empty() {
+                Ok(())
+            } else {
+                Err(ResponseError::IllegalGeneration.code())
+            };
+        }
+        g.check_member(member, instance).map_err(|e| e.code())?;
+        if generation != g.generation {
+            return Err(ResponseError::IllegalGeneration.code());
+        }
+        // Members may still commit while a rebalance is being prepared (on revocation),
+        // not between the join and the new assignment.
+        if g.state == GroupState::CompletingRebalance {
+            return Err(ResponseError::RebalanceInProgress.code());
+        }
+        Ok(())
+    });
+    match check {
+        Some(result) => result,
+        None if generation < 0 => Ok(()),
+        None => Err(ResponseError::IllegalGeneration.code()),
+    }
+}
+
+pub async fn handle(shard: &Rc<Shard>, req: OffsetCommitRequest) -> ResponseKind {
+    let group_id = req.group_id.0.to_string();
+    let meta = shard.meta.snapshot();
+    // Per partition: Ok(record) to store, or an error code.
+    let mut planned: Vec<Vec<Result<GroupRecord, i16>>> = Vec::new();
+    for t in &req.topics {
+        let topic = t.name.0.to_string();
+        planned.push(
+            t.partitions
+                .iter()
+                .map(|p| {
+                    if meta.owner(&topic, p.partition_index).is_none() {
+                        return Err(ResponseError::UnknownTopicOrPartition.code());
+                    }
+                    let metadata = p
+                        .committed_metadata
+                        .as_ref()
+                        .map(|m| m.to_string())
+                        .unwrap_or_default();
+                    if metadata.len() > MAX_METADATA {
+                        return Err(ResponseError::OffsetMetadataTooLarge.code());
+                    }
+                    Ok(GroupRecord::Offset {
+                        group: group_id.clone(),
+                        topic: topic.clone(),
+                        partition: p.partition_index,
+                        value: Some(Committed {
+                            offset: p.committed_offset,
+                            leader_epoch: p.committed_leader_epoch,
+                            metadata,
+                            commit_timestamp: now_ms(),
+                        }),
+                    })
+                })
+                .collect(),
+        );
+    }
+    let records: Vec<GroupRecord> = planned
+        .iter()
+        .flatten()
+        .filter_map(|r| r.as_ref().ok().cloned())
+        .collect();
+    let member = req.member_id.to_string();
+    let instance = req.group_instance_id.as_ref().map(|s| s.to_string());
+    let generation = req.generation_id_or_member_epoch;
+    let group = group_id.clone();
+    let stored: Result<(), i16> = match group::coordinator_of(shard, &group_id) {
+        Err(code) => Err(code),
+        Ok((owner, partition)) => {
+            shard
+                .run_on(owner, move |s| async move {
+                    s.groups.check_loaded()?;
+                    check_generation(&s, &group, &member, instance.as_deref(), generation)?;
+                    group::store(&s, partition, records).await
+                })
+                .await
+        }
+    };
+    let topics = req
+        .topics
+        .iter()
+        .zip(planned)
+        .map(|(t, results)| {
+            OffsetCommitResponseTopic::default()
+                .with_name(t.name.clone())
+                .with_partitions(
+                    t.partitions
+                        .iter()
+                        .zip(results)
+                        .map(|(p, r)| {
+                            let code = match (&r, &stored) {
+                                (Err(code), _) => *code,
+                                (Ok(_), Err(code)) => *code,
+                                (Ok(_), Ok(())) => 0,
+                            };
+                            OffsetCommitResponsePartition::default()
+                                .with_partition_index(p.partition_index)
+                                .with_error_code(code)
+                        })
+                        .collect(),
+                )
+        })
+        .collect();
+    ResponseKind::OffsetCommit(OffsetCommitResponse::default().with_topics(topics))
+}

@@ -1,0 +1,128 @@
+//! OffsetDelete: drops committed offsets of partitions the group no longer consumes.
+
+use bytes::Buf;
+use kafka_protocol::messages::offset_delete_response::{
+    OffsetDeleteResponsePartition, OffsetDeleteResponseTopic,
+};
+use kafka_protocol::messages::{OffsetDeleteRequest, OffsetDeleteResponse, ResponseKind};
+use kafka_protocol::ResponseError;
+use std::rc::Rc;
+
+use crate::group::records::GroupRecord;
+use crate::group::{self};
+use crate::shard::Shard;
+
+/// Topics named in a consumer-protocol subscription (version, [topic], ...).
+fn subscribed_topics(mut metadata: bytes::Bytes) -> Vec<String> {
+    let mut topics = Vec::new();
+    if metadata.remaining() < 6 {
+        return topics;
+    }
+    metadata.advance(2);
+    let count = metadata.get_i32();
+    for _ in 0..count.max(0) {
+        if metadata.remaining() < 2 {
+            break;
+        }
+        let len = metadata.get_i16().max(0) as usize;
+        if metadata.remaining() < len {
+            break;
+        }
+        topics.push(String::from_utf8_lossy(&metadata.split_to(len)).into_owned());
+    }
+    topics
+}
+
+pub async fn handle(shard: &Rc<Shard>, req: OffsetDeleteRequest) -> ResponseKind {
+    let group_id = req.group_id.0.to_string();
+    let wanted: Vec<(String, Vec<i32>)> = req
+        .topics
+        .iter()
+        .map(|t| {
+            (
+                t.name.0.to_string(),
+                t.partitions.iter().map(|p| p.partition_index).collect(),
+            )
+        })
+        .collect();
+    let request = wanted.clone();
+    let outcome: Result<Vec<Vec<i16>>, i16> = match group::coordinator_of(shard, &group_id) {
+        Err(code) => Err(code),
+        Ok((owner, partition)) => {
+            shard
+                .run_on(owner, move |s| async move {
+                    s.groups.check_loaded()?;
+                    let committed = s.groups.committed(&group_id);
+                    let group = s.groups.with_existing(&group_id, |g| {
+                        let protocol = g.protocol.clone().unwrap_or_default();
+                        let topics: Vec<String> = g
+                            .members
+                            .values()
+                            .flat_map(|m| subscribed_topics(m.metadata(&protocol)))
+                            .collect();
+                        (g.members.is_empty(), g.protocol_type.clone(), topics)
+                    });
+                    if group.is_none() && committed.is_empty() {
+                        return Err(ResponseError::GroupIdNotFound.code());
+                    }
+                    if let Some((false, Some(t), _)) = &group {
+                        if t != "consumer" {
+                            return Err(ResponseError::NonEmptyGroup.code());
+                        }
+                    }
+                    let subscribed = group.map(|(_, _, topics)| topics).unwrap_or_default();
+                    let mut tombstones = Vec::new();
+                    let errors = request
+                        .iter()
+                        .map(|(topic, partitions)| {
+                            partitions
+                                .iter()
+                                .map(|&p| {
+                                    if subscribed.contains(topic) {
+                                        return ResponseError::GroupSubscribedToTopic.code();
+                                    }
+                                    if committed.contains_key(&(topic.clone(), p)) {
+                                        tombstones.push(GroupRecord::Offset {
+                                            group: group_id.clone(),
+                                            topic: topic.clone(),
+                                            partition: p,
+                                            value: None,
+                                        });
+                                    }
+                                    0
+                                })
+                                .collect()
+                        })
+                        .collect();
+                    group::store(&s, partition, tombstones).await?;
+                    Ok(errors)
+                })
+                .await
+        }
+    };
+    let resp = match outcome {
+        Err(code) => OffsetDeleteResponse::default().with_error_code(code),
+        Ok(errors) => OffsetDeleteResponse::default().with_topics(
+            req.topics
+                .iter()
+                .zip(errors)
+                .map(|(t, errs)| {
+                    OffsetDeleteResponseTopic::default()
+                        .with_name(t.name.clone())
+                        .with_partitions(
+                            t.partitions
+                                .iter()
+                                .zip(errs)
+                                .map(|(p, e)| {
+                                    OffsetDeleteResponsePartition::default()
+                                        .with_partition_index(p.partition_index)
+                                        .with_error_code(e)
+                                })
+                                .collect(),
+                        )
+                })
+                .collect(),
+        ),
+    };
+    ResponseKind::OffsetDelete(resp)
+}

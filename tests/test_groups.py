@@ -1,0 +1,242 @@
+"""Consumer groups with confluent-kafka and kafka-python against Tern."""
+
+import threading
+import time
+import uuid
+
+import pytest
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+GROUP_ARGS = ("--group-initial-rebalance-delay-ms", "300")
+
+
+@pytest.fixture(scope="module")
+def gbroker(workdir):
+    from conftest import new_broker
+
+    b = new_broker(workdir, *GROUP_ARGS).start()
+    yield b
+    assert b.alive(), b.read_log()
+    b.stop()
+
+
+def make_topic(broker, name, partitions=6, records=600):
+    a = AdminClient({"bootstrap.servers": broker.bootstrap})
+    a.create_topics([NewTopic(name, partitions, 1)])[name].result(30)
+    p = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 5})
+    for i in range(records):
+        p.produce(name, key=b"k%d" % i, value=b"%d" % i, partition=i % partitions)
+    assert p.flush(30) == 0
+
+
+class Member:
+    """A confluent-kafka group member polling in its own thread, recording what it owns."""
+
+    def __init__(self, broker, group, topic, **extra):
+        conf = {
+            "bootstrap.servers": broker.bootstrap,
+            "group.id": group,
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+            "session.timeout.ms": 6000,
+            "heartbeat.interval.ms": 500,
+        }
+        conf.update(extra)
+        self.cooperative = conf.get("partition.assignment.strategy") == "cooperative-sticky"
+        self.assigned = set()
+        self.revoked_ever = []
+        self.received = []
+        self.events = []
+        self.stop = threading.Event()
+        self.consumer = Consumer(conf)
+        self.consumer.subscribe([topic], on_assign=self._on_assign, on_revoke=self._on_revoke)
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _on_assign(self, consumer, partitions):
+        if self.cooperative:
+            consumer.incremental_assign(partitions)
+        self.assigned |= {p.partition for p in partitions}
+        self.events.append(("assign", sorted(p.partition for p in partitions)))
+
+    def _on_revoke(self, consumer, partitions):
+        if self.cooperative:
+            consumer.incremental_unassign(partitions)
+        elif self.received:
+            try:
+                self.consumer.commit(asynchronous=False)
+            except Exception as e:  # noqa: BLE001 - a failed commit only means re-delivery
+                self.events.append(("commit-failed", str(e)))
+        self.assigned -= {p.partition for p in partitions}
+        self.revoked_ever.extend(p.partition for p in partitions)
+        self.events.append(("revoke", sorted(p.partition for p in partitions)))
+
+    def _run(self):
+        while not self.stop.is_set():
+            m = self.consumer.poll(0.2)
+            if m is None or m.error():
+                continue
+            self.received.append((m.partition(), m.offset(), m.value()))
+            self.consumer.commit(message=m, asynchronous=True)
+
+    def close(self):
+        self.stop.set()
+        self.thread.join(10)
+        self.consumer.close()
+
+
+def wait_for(cond, timeout=40, what="condition"):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if cond():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def split_ok(members, partitions=6):
+    owned = [m.assigned for m in members]
+    union = set().union(*owned)
+    return union == set(range(partitions)) and sum(len(o) for o in owned) == partitions
+
+
+def test_members_split_partitions_and_consume_everything(gbroker, topic_name):
+    make_topic(gbroker, topic_name)
+    group = f"g-{uuid.uuid4().hex[:6]}"
+    a = Member(gbroker, group, topic_name)
+    b = Member(gbroker, group, topic_name)
+    wait_for(lambda: split_ok([a, b]) and a.assigned and b.assigned, what="two-way split")
+    c = Member(gbroker, group, topic_name)
+    wait_for(lambda: split_ok([a, b, c]) and all(m.assigned for m in (a, b, c)), what="three-way split")
+    wait_for(lambda: len({v for m in (a, b, c) for _, _, v in m.received}) == 600, what="all records")
+    for m in (a, b, c):
+        m.close()
+    admin = AdminClient({"bootstrap.servers": gbroker.bootstrap})
+    desc = admin.describe_consumer_groups([group])[group].result(10)
+    assert desc.state.name in ("EMPTY", "DEAD") or len(desc.members) == 0
+
+
+def test_killed_member_is_evicted_after_session_timeout(gbroker, topic_name, tmp_path):
+    import subprocess
+    import sys
+
+    make_topic(gbroker, topic_name)
+    group = f"g-{uuid.uuid4().hex[:6]}"
+    script = tmp_path / "member.py"
+    script.write_text(
+        "import sys\n"
+        "from confluent_kafka import Consumer\n"
+        f"c = Consumer({{'bootstrap.servers': '{gbroker.bootstrap}', 'group.id': '{group}',"
+        " 'session.timeout.ms': 6000, 'heartbeat.interval.ms': 500, 'auto.offset.reset': 'earliest'})\n"
+        f"c.subscribe(['{topic_name}'], on_assign=lambda c, ps: print('assigned', len(ps), flush=True))\n"
+        "while True:\n"
+        "    c.poll(0.2)\n"
+    )
+    other = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE)
+    stays = Member(gbroker, group, topic_name)
+    wait_for(lambda: stays.assigned and len(stays.assigned) < 6, what="split with the other process")
+    other.kill()
+    other.wait()
+    wait_for(lambda: stays.assigned == set(range(6)), timeout=60, what="eviction and takeover")
+    stays.close()
+
+
+def test_committed_offsets_survive_restart(fresh_broker, topic_name):
+    broker = fresh_broker(*GROUP_ARGS)
+    make_topic(broker, topic_name, partitions=2, records=100)
+    group = f"g-{uuid.uuid4().hex[:6]}"
+    c = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": group, "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    c.subscribe([topic_name])
+    got = []
+    while len(got) < 60:
+        m = c.poll(1.0)
+        if m is not None and not m.error():
+            got.append(m)
+    c.commit(asynchronous=False)
+    positions = {tp.partition: tp.offset for tp in c.position(c.assignment())}
+    c.close()
+    broker.restart()
+    c = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": group, "auto.offset.reset": "earliest"})
+    committed = c.committed([TopicPartition(topic_name, 0), TopicPartition(topic_name, 1)], timeout=10)
+    assert {tp.partition: tp.offset for tp in committed} == positions
+    c.subscribe([topic_name])
+    rest = []
+    deadline = time.time() + 30
+    while len(rest) < 40 and time.time() < deadline:
+        m = c.poll(1.0)
+        if m is not None and not m.error():
+            rest.append(m)
+    c.close()
+    seen = {(m.partition(), m.offset()) for m in got}
+    assert len(rest) == 40
+    assert not seen & {(m.partition(), m.offset()) for m in rest}, "nothing before the commit is read again"
+
+
+def test_cooperative_sticky_never_revokes_kept_partitions(gbroker, topic_name):
+    make_topic(gbroker, topic_name)
+    group = f"g-{uuid.uuid4().hex[:6]}"
+    strategy = {"partition.assignment.strategy": "cooperative-sticky"}
+    a = Member(gbroker, group, topic_name, **strategy)
+    wait_for(lambda: a.assigned == set(range(6)), what="first member owns all")
+    before = set(a.assigned)
+    b = Member(gbroker, group, topic_name, **strategy)
+    wait_for(lambda: split_ok([a, b]) and b.assigned, what="cooperative split")
+    kept = before & a.assigned
+    assert kept and not (set(a.revoked_ever) & kept), "partitions that stayed were never revoked"
+    assert set(a.revoked_ever) == b.assigned
+    a.close()
+    b.close()
+
+
+def test_static_member_restart_keeps_assignment_without_rebalance(gbroker, topic_name):
+    make_topic(gbroker, topic_name)
+    group = f"g-{uuid.uuid4().hex[:6]}"
+    a = Member(gbroker, group, topic_name, **{"group.instance.id": "a-1", "session.timeout.ms": 20000})
+    b = Member(gbroker, group, topic_name, **{"group.instance.id": "b-1", "session.timeout.ms": 20000})
+    wait_for(lambda: split_ok([a, b]) and a.assigned and b.assigned, what="static split")
+    admin = AdminClient({"bootstrap.servers": gbroker.bootstrap})
+    before_b = set(b.assigned)
+    a_events = len(a.events)
+    b.stop.set()
+    b.thread.join(10)
+    b.consumer.close()  # static members do not leave the group on close
+    b2 = Member(gbroker, group, topic_name, **{"group.instance.id": "b-1", "session.timeout.ms": 20000})
+    wait_for(lambda: b2.assigned, what="restarted static member assigned")
+    assert b2.assigned == before_b
+    time.sleep(2)
+    assert len(a.events) == a_events, "the other member saw no rebalance"
+    desc = admin.describe_consumer_groups([group])[group].result(10)
+    assert sorted(m.group_instance_id for m in desc.members) == ["a-1", "b-1"]
+    a.close()
+    b2.close()
+
+
+def test_kafka_python_group(gbroker, topic_name):
+    from kafka import KafkaConsumer
+
+    make_topic(gbroker, topic_name, partitions=3, records=300)
+    group = f"g-{uuid.uuid4().hex[:6]}"
+    c = KafkaConsumer(topic_name, bootstrap_servers=gbroker.bootstrap, group_id=group, auto_offset_reset="earliest",
+                      enable_auto_commit=False, consumer_timeout_ms=5000)
+    values = [m.value for m in c]
+    c.commit()
+    c.close()
+    assert sorted(int(v) for v in values) == list(range(300))
+    c = KafkaConsumer(topic_name, bootstrap_servers=gbroker.bootstrap, group_id=group, auto_offset_reset="earliest",
+                      consumer_timeout_ms=3000)
+    assert list(c) == [], "resumes from the committed offsets"
+    c.close()
+    from kafka import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=gbroker.bootstrap)
+    def group_ids():
+        return [g["group_id"] if isinstance(g, dict) else g[0] for g in admin.list_groups()]
+
+    assert group in group_ids()
+    offsets = admin.list_group_offsets({group: None})[group]
+    assert sum(o.offset for o in offsets.values()) == 300
+    described = admin.describe_groups([group])
+    assert described
+    admin.delete_groups([group])
+    assert group not in group_ids()
