@@ -7,6 +7,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::sync::Arc;
 
+mod admin;
 mod config;
 mod controller;
 mod cpus;
@@ -36,6 +37,8 @@ struct Cli {
 enum Command {
     /// Run a broker node.
     Start(StartArgs),
+    /// Administer consumer groups: list, describe, delete, reset offsets.
+    Group(admin::group::GroupArgs),
 }
 
 #[derive(Args)]
@@ -103,6 +106,10 @@ fn main() -> Result<()> {
         .init();
     match Cli::parse().command {
         Command::Start(args) => start(args),
+        Command::Group(args) => admin::group::run(args).or_else(|e| {
+            eprintln!("error: {e:#}");
+            std::process::exit(1)
+        }),
     }
 }
 

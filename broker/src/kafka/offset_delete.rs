@@ -4,7 +4,9 @@ use bytes::Buf;
 use kafka_protocol::messages::offset_delete_response::{
     OffsetDeleteResponsePartition, OffsetDeleteResponseTopic,
 };
+use kafka_protocol::messages::ConsumerProtocolSubscription;
 use kafka_protocol::messages::{OffsetDeleteRequest, OffsetDeleteResponse, ResponseKind};
+use kafka_protocol::protocol::Decodable;
 use kafka_protocol::ResponseError;
 use std::rc::Rc;
 
@@ -12,25 +14,15 @@ use crate::group::records::GroupRecord;
 use crate::group::{self};
 use crate::shard::Shard;
 
-/// Topics named in a consumer-protocol subscription (version, [topic], ...).
+/// Topics named in a consumer-protocol subscription (a version, then the message).
 fn subscribed_topics(mut metadata: bytes::Bytes) -> Vec<String> {
-    let mut topics = Vec::new();
-    if metadata.remaining() < 6 {
-        return topics;
+    if metadata.remaining() < 2 {
+        return Vec::new();
     }
-    metadata.advance(2);
-    let count = metadata.get_i32();
-    for _ in 0..count.max(0) {
-        if metadata.remaining() < 2 {
-            break;
-        }
-        let len = metadata.get_i16().max(0) as usize;
-        if metadata.remaining() < len {
-            break;
-        }
-        topics.push(String::from_utf8_lossy(&metadata.split_to(len)).into_owned());
-    }
-    topics
+    let version = metadata.get_i16();
+    ConsumerProtocolSubscription::decode(&mut metadata, version.clamp(0, 3))
+        .map(|s| s.topics.iter().map(|t| t.to_string()).collect())
+        .unwrap_or_default()
 }
 
 pub async fn handle(shard: &Rc<Shard>, req: OffsetDeleteRequest) -> ResponseKind {

@@ -1,0 +1,93 @@
+//! A small blocking Kafka client for the admin CLI (`tern group ...`). It runs in the CLI
+//! process, never on a shard, so plain blocking sockets are right here.
+
+use anyhow::{bail, Context, Result};
+use bytes::{Buf, BufMut, BytesMut};
+use kafka_protocol::messages::{ApiVersionsRequest, RequestHeader, ResponseHeader};
+use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Request, StrBytes};
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+pub struct Client {
+    stream: TcpStream,
+    correlation_id: i32,
+    /// The broker's supported range per API key.
+    versions: HashMap<i16, (i16, i16)>,
+}
+
+impl Client {
+    pub fn connect(addr: &str) -> Result<Client> {
+        let stream = TcpStream::connect(addr).with_context(|| format!("connect to {addr}"))?;
+        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+        let mut client = Client {
+            stream,
+            correlation_id: 0,
+            versions: HashMap::new(),
+        };
+        let resp = client.send_at(ApiVersionsRequest::default(), 3)?;
+        if resp.error_code != 0 {
+            bail!("ApiVersions failed with error {}", resp.error_code);
+        }
+        client.versions = resp
+            .api_keys
+            .iter()
+            .map(|k| (k.api_key, (k.min_version, k.max_version)))
+            .collect();
+        Ok(client)
+    }
+
+    /// The highest version of `R` both sides support.
+    pub fn version<R: Request>(&self) -> Result<i16> {
+        let (min, max) = *self
+            .versions
+            .get(&R::KEY)
+            .with_context(|| format!("the broker does not support API {}", R::KEY))?;
+        let version = max.min(R::VERSIONS.max);
+        if version < min.max(R::VERSIONS.min) {
+            bail!("no common version for API {}", R::KEY);
+        }
+        Ok(version)
+    }
+
+    /// Sends `req` at the highest version both sides support.
+    pub fn send<R: Request>(&mut self, req: R) -> Result<R::Response> {
+        let version = self.version::<R>()?;
+        self.send_at(req, version)
+    }
+
+    fn send_at<R: Request>(&mut self, req: R, version: i16) -> Result<R::Response> {
+        self.correlation_id += 1;
+        let header = RequestHeader::default()
+            .with_request_api_key(R::KEY)
+            .with_request_api_version(version)
+            .with_correlation_id(self.correlation_id)
+            .with_client_id(Some(StrBytes::from_static_str("tern-cli")));
+        let mut buf = BytesMut::new();
+        buf.put_i32(0);
+        header.encode(&mut buf, R::header_version(version))?;
+        req.encode(&mut buf, version)?;
+        let size = (buf.len() - 4) as i32;
+        buf[..4].copy_from_slice(&size.to_be_bytes());
+        self.stream.write_all(&buf).context("send request")?;
+        let mut size = [0u8; 4];
+        self.stream.read_exact(&mut size).context("read response")?;
+        let mut body = vec![0u8; i32::from_be_bytes(size).max(0) as usize];
+        self.stream.read_exact(&mut body).context("read response")?;
+        let mut body = bytes::Bytes::from(body);
+        let header = ResponseHeader::decode(&mut body, R::Response::header_version(version))?;
+        if header.correlation_id != self.correlation_id {
+            bail!(
+                "response to request {} arrived for {}",
+                header.correlation_id,
+                self.correlation_id
+            );
+        }
+        let resp = R::Response::decode(&mut body, version)?;
+        if body.has_remaining() {
+            tracing::debug!(remaining = body.remaining(), "trailing bytes in response");
+        }
+        Ok(resp)
+    }
+}
