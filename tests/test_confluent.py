@@ -24,6 +24,7 @@ def consumer(broker, **extra):
         "group.id": f"unused-{uuid.uuid4().hex[:6]}",
         "enable.auto.commit": False,
         "enable.partition.eof": True,
+        "auto.offset.reset": "earliest",
     }
     conf.update(extra)
     return Consumer(conf)

@@ -24,4 +24,6 @@ pub struct BrokerConfig {
     pub group: crate::group::state::GroupConfig,
     /// `offsets.topic.num.partitions`.
     pub offsets_partitions: i32,
+    /// `log.retention.check.interval.ms`.
+    pub retention_check_interval: std::time::Duration,
 }

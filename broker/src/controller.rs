@@ -155,6 +155,49 @@ pub async fn delete_topic(shard: &Rc<Shard>, name: String) -> Result<Uuid, ApiEr
     Ok(topic.id)
 }
 
+/// Replaces a topic's explicit configs: persist, publish, and apply on the owner shards
+/// (effective at once, no restart). Must run on the controller shard.
+pub async fn set_topic_configs(
+    shard: &Rc<Shard>,
+    name: String,
+    configs: BTreeMap<String, String>,
+) -> Result<(), ApiError> {
+    assert_eq!(
+        shard.id, CONTROLLER_SHARD,
+        "metadata changes run on the controller shard"
+    );
+    let _lock = shard.controller_lock.acquire_permit(1).await.map_err(|_| {
+        ApiError::new(
+            ResponseError::UnknownServerError,
+            "controller is shutting down",
+        )
+    })?;
+    let mut meta = (*shard.meta.snapshot()).clone();
+    let Some(topic) = meta.topics.get_mut(&name) else {
+        return Err(ApiError::new(
+            ResponseError::UnknownTopicOrPartition,
+            format!("topic {name} does not exist"),
+        ));
+    };
+    topic.configs = configs.clone();
+    let mut owners: Vec<usize> = topic.shards.clone();
+    owners.sort();
+    owners.dedup();
+    meta.version += 1;
+    shard.meta.persist(&meta).await.map_err(storage_error)?;
+    shard.meta.publish(meta);
+    for owner in owners {
+        let (name, configs) = (name.clone(), configs.clone());
+        shard
+            .run_on(owner, move |s| async move {
+                s.reconfigure_topic(&name, &configs)
+            })
+            .await;
+    }
+    tracing::info!(topic = %name, ?configs, "changed topic configs");
+    Ok(())
+}
+
 /// Hands out a new producer id, persisted first so it is never given out twice.
 /// Must run on the controller shard.
 pub async fn allocate_producer_id(shard: &Rc<Shard>) -> Result<i64, ApiError> {

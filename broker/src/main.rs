@@ -87,6 +87,9 @@ struct StartArgs {
     /// Largest session timeout a group member may ask for (group.max.session.timeout.ms).
     #[arg(long, default_value_t = 1_800_000)]
     group_max_session_timeout_ms: u64,
+    /// How often retention.ms / retention.bytes are applied (log.retention.check.interval.ms).
+    #[arg(long, default_value_t = 30_000)]
+    retention_check_interval_ms: u64,
 }
 
 fn resolve(addr: &str) -> Result<SocketAddr> {
@@ -146,6 +149,9 @@ fn start(args: StartArgs) -> Result<()> {
             ),
         },
         offsets_partitions: args.offsets_partitions,
+        retention_check_interval: std::time::Duration::from_millis(
+            args.retention_check_interval_ms,
+        ),
     });
     let cpus = cpus::select(args.cores, args.numa_node)?;
     // Installed before any shard starts, so a signal is never missed.

@@ -103,6 +103,47 @@ impl Shard {
         }
     }
 
+    /// Applies a topic's changed configs to the partitions of it this shard owns.
+    pub fn reconfigure_topic(
+        &self,
+        topic: &str,
+        configs: &std::collections::BTreeMap<String, String>,
+    ) {
+        let log_config = topic_config::log_config(configs, self.config.cache_bytes_per_partition);
+        for ((t, _), log) in self.partitions.borrow().iter() {
+            if t == topic {
+                log.set_config(log_config.clone());
+            }
+        }
+    }
+
+    fn logs(&self) -> Vec<Rc<PartitionLog>> {
+        self.partitions.borrow().values().cloned().collect()
+    }
+
+    /// Background upkeep of this shard's logs: `flush.ms` syncs every 100 ms, retention at
+    /// the configured interval.
+    pub async fn maintenance_loop(self: Rc<Self>) {
+        let mut last_retention = std::time::Instant::now();
+        loop {
+            glommio::timer::sleep(std::time::Duration::from_millis(100)).await;
+            for log in self.logs() {
+                if let Err(e) = log.flush_if_due().await {
+                    tracing::error!(dir = %log.dir().display(), error = %e, "periodic flush");
+                }
+            }
+            if last_retention.elapsed() >= self.config.retention_check_interval {
+                last_retention = std::time::Instant::now();
+                let now = crate::kafka::now_ms();
+                for log in self.logs() {
+                    if let Err(e) = log.enforce_retention(now).await {
+                        tracing::error!(dir = %log.dir().display(), error = %e, "retention");
+                    }
+                }
+            }
+        }
+    }
+
     /// Closes every partition cleanly (shutdown).
     pub async fn close_all(&self) {
         let logs: Vec<_> = self.partitions.borrow().values().cloned().collect();
@@ -151,6 +192,7 @@ impl ShardSeed {
             .await
             .context("load consumer groups")?;
         glommio::spawn_local(crate::group::tick_loop(shard.clone())).detach();
+        glommio::spawn_local(shard.clone().maintenance_loop()).detach();
         let runner = shard.clone();
         let mut inbox = self.inbox;
         glommio::spawn_local(async move {

@@ -172,6 +172,19 @@ pub fn log_config(set: &BTreeMap<String, String>, cache_bytes: usize) -> LogConf
         max_message_bytes: number(set, "max.message.bytes").max(0) as usize,
         log_append_time: value(set, "message.timestamp.type") == "LogAppendTime",
         cache_bytes,
+        retention_ms: u64::try_from(number(set, "retention.ms"))
+            .ok()
+            .map(Duration::from_millis),
+        retention_bytes: u64::try_from(number(set, "retention.bytes")).ok(),
+        delete_enabled: value(set, "cleanup.policy")
+            .split(',')
+            .any(|p| p == "delete"),
+        flush_ms: Some(number(set, "flush.ms"))
+            .filter(|&v| (0..i64::MAX).contains(&v))
+            .map(|v| Duration::from_millis(v as u64)),
+        flush_messages: Some(number(set, "flush.messages"))
+            .filter(|&v| v > 0 && v < i64::MAX)
+            .map(|v| v as u64),
     }
 }
 
@@ -197,6 +210,17 @@ mod tests {
         assert_eq!(log.max_message_bytes, 2000);
         assert!(log.log_append_time);
         assert_eq!(log.segment_bytes, 1 << 30);
+        assert_eq!(log.retention_ms, Some(Duration::from_millis(604_800_000)));
+        assert_eq!(log.retention_bytes, None);
+        assert!(log.delete_enabled);
+        assert_eq!((log.flush_ms, log.flush_messages), (None, None));
+        set.insert("retention.ms".into(), "-1".into());
+        set.insert("cleanup.policy".into(), "compact".into());
+        set.insert("flush.messages".into(), "100".into());
+        let log = log_config(&set, 0);
+        assert_eq!(log.retention_ms, None);
+        assert!(!log.delete_enabled);
+        assert_eq!(log.flush_messages, Some(100));
         for d in TOPIC_CONFIGS {
             assert!(
                 validate(d.name, d.default).is_ok(),

@@ -16,6 +16,16 @@ pub struct LogConfig {
     pub log_append_time: bool,
     /// Bytes of recent batches kept in memory per partition for tail reads.
     pub cache_bytes: usize,
+    /// `retention.ms`: delete closed segments whose newest record is older (None: keep).
+    pub retention_ms: Option<Duration>,
+    /// `retention.bytes`: delete the oldest closed segments beyond this size (None: keep).
+    pub retention_bytes: Option<u64>,
+    /// `cleanup.policy` includes `delete` (retention applies).
+    pub delete_enabled: bool,
+    /// `flush.ms`: fdatasync written data at least this often (None: only as acks ask).
+    pub flush_ms: Option<Duration>,
+    /// `flush.messages`: fdatasync after this many unsynced records (None: only as acks ask).
+    pub flush_messages: Option<u64>,
 }
 
 impl Default for LogConfig {
@@ -27,6 +37,11 @@ impl Default for LogConfig {
             max_message_bytes: 1_048_588,
             log_append_time: false,
             cache_bytes: 8 << 20,
+            retention_ms: Some(Duration::from_secs(7 * 24 * 3600)),
+            retention_bytes: None,
+            delete_enabled: true,
+            flush_ms: None,
+            flush_messages: None,
         }
     }
 }

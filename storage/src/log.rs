@@ -26,6 +26,8 @@ use crate::segment::{parse_segment_name, OpenMode, Segment};
 const CLEAN_MARKER: &str = "clean-shutdown";
 /// Idempotent-producer state saved at a clean shutdown.
 const PRODUCER_SNAPSHOT: &str = "producer-state";
+/// The log start offset, when DeleteRecords moved it inside a segment.
+const LOG_START: &str = "log-start-offset";
 
 #[derive(Debug, Error)]
 pub enum LogError {
@@ -80,6 +82,9 @@ struct State {
     written: i64,
     /// Offsets below this are in segment files and synced.
     synced: i64,
+    /// When data was last synced, and records written since (flush.ms / flush.messages).
+    last_sync: std::time::Instant,
+    unsynced_records: u64,
     pending: Vec<Bytes>,
     cache: BatchCache,
     /// (max timestamp, offset of the batch holding it).
@@ -143,9 +148,16 @@ impl PartitionLog {
             fs::remove_file(&marker).await?;
             fs::remove_file(&snapshot_path).await?;
         }
-        let log_start = *segments.keys().next().expect("one segment");
+        let first_base = *segments.keys().next().expect("one segment");
+        let stored_start = fs::read_file(&dir.join(LOG_START))
+            .await?
+            .and_then(|d| String::from_utf8(d).ok())
+            .and_then(|s| s.trim().parse::<i64>().ok());
         let active = segments.values().next_back().expect("one segment");
         let next_offset = active.next_offset();
+        let log_start = stored_start
+            .unwrap_or(first_base)
+            .clamp(first_base, next_offset);
         let max_timestamp = segments
             .values()
             .map(|s| (s.max_timestamp(), s.base_offset))
@@ -160,6 +172,8 @@ impl PartitionLog {
                 next_offset,
                 written: next_offset,
                 synced: next_offset,
+                last_sync: std::time::Instant::now(),
+                unsynced_records: 0,
                 pending: Vec::new(),
                 cache: BatchCache::default(),
                 max_timestamp,
@@ -299,15 +313,22 @@ impl PartitionLog {
                 }
                 return Err(e.into());
             }
+            st.unsynced_records += (end - st.written) as u64;
             st.written = end;
             let limit = self.config.borrow().cache_bytes;
             st.cache.trim(limit, end);
         }
+        let flush_messages = self.config.borrow().flush_messages;
+        let sync =
+            sync || flush_messages.is_some_and(|n| self.state.borrow().unsynced_records >= n);
         if sync {
             let target = self.state.borrow().written;
             if self.state.borrow().synced < target {
                 self.active().sync().await?;
-                self.state.borrow_mut().synced = target;
+                let mut st = self.state.borrow_mut();
+                st.synced = target;
+                st.last_sync = std::time::Instant::now();
+                st.unsynced_records = 0;
             }
         }
         Ok(())
@@ -331,13 +352,123 @@ impl PartitionLog {
         if !due {
             return Ok(());
         }
-        active.seal().await?;
+        self.roll().await
+    }
+
+    /// Seals the active segment and starts a new one at the written end (pending batches go
+    /// to the new one). Caller holds the write lock.
+    async fn roll(&self) -> io::Result<()> {
+        self.active().seal().await?;
         let base = self.state.borrow().written;
         let segment = Rc::new(Segment::create(&self.dir, base).await?);
         let mut st = self.state.borrow_mut();
         st.synced = st.synced.max(base);
         st.segments.insert(base, segment);
         Ok(())
+    }
+
+    /// Syncs written data if `flush.ms` has passed since the last sync (called periodically).
+    pub async fn flush_if_due(&self) -> Result<(), LogError> {
+        let due = {
+            let st = self.state.borrow();
+            let flush_ms = self.config.borrow().flush_ms;
+            st.next_offset > st.synced && flush_ms.is_some_and(|ms| st.last_sync.elapsed() >= ms)
+        };
+        if !due {
+            return Ok(());
+        }
+        let _permit = self
+            .write_lock
+            .acquire_permit(1)
+            .await
+            .map_err(|_| LogError::WriteFailed)?;
+        self.write_pending(true).await
+    }
+
+    /// Moves the log start offset to `offset` (DeleteRecords; -1: the high watermark) and
+    /// deletes segments that hold only older records. Returns the new log start offset.
+    pub async fn delete_records(&self, offset: i64) -> Result<i64, LogError> {
+        let (start, end) = {
+            let st = self.state.borrow();
+            (st.log_start, st.next_offset)
+        };
+        let offset = if offset == -1 { end } else { offset };
+        if offset < 0 || offset > end {
+            return Err(LogError::OffsetOutOfRange { offset, start, end });
+        }
+        if offset > start {
+            fs::write_file_atomic(&self.dir.join(LOG_START), offset.to_string().as_bytes()).await?;
+            self.state.borrow_mut().log_start = offset;
+        }
+        self.delete_segments_below_start().await?;
+        Ok(self.state.borrow().log_start)
+    }
+
+    /// Applies `retention.ms` and `retention.bytes` to closed segments (rolling the active
+    /// segment first when all of it has expired). Returns how many segments were deleted.
+    pub async fn enforce_retention(&self, now_ms: i64) -> Result<usize, LogError> {
+        let config = self.config.borrow().clone();
+        if !config.delete_enabled
+            || (config.retention_ms.is_none() && config.retention_bytes.is_none())
+        {
+            return Ok(0);
+        }
+        let expired = |max_ts: i64| {
+            config
+                .retention_ms
+                .is_some_and(|ms| max_ts >= 0 && max_ts < now_ms - ms.as_millis() as i64)
+        };
+        let active = self.active();
+        if active.size() > 0 && expired(active.max_timestamp()) {
+            let _permit = self
+                .write_lock
+                .acquire_permit(1)
+                .await
+                .map_err(|_| LogError::WriteFailed)?;
+            self.write_pending(false).await?;
+            self.roll().await?;
+        }
+        let segments: Vec<Rc<Segment>> = self.state.borrow().segments.values().cloned().collect();
+        let closed = &segments[..segments.len() - 1];
+        let mut total: u64 = segments.iter().map(|s| s.size()).sum();
+        let mut new_start = None;
+        for (i, segment) in closed.iter().enumerate() {
+            let over_size = config.retention_bytes.is_some_and(|limit| total > limit);
+            if !(expired(segment.max_timestamp()) || over_size) {
+                break;
+            }
+            total -= segment.size();
+            new_start = Some(segments[i + 1].base_offset);
+        }
+        let Some(new_start) = new_start else {
+            return Ok(0);
+        };
+        {
+            let mut st = self.state.borrow_mut();
+            st.log_start = st.log_start.max(new_start);
+        }
+        self.delete_segments_below_start().await
+    }
+
+    /// Deletes closed segments whose records are all below the log start offset.
+    async fn delete_segments_below_start(&self) -> Result<usize, LogError> {
+        let doomed: Vec<Rc<Segment>> = {
+            let mut st = self.state.borrow_mut();
+            let start = st.log_start;
+            let bases: Vec<i64> = st.segments.keys().copied().collect();
+            let mut doomed = Vec::new();
+            for pair in bases.windows(2) {
+                if pair[1] <= start {
+                    doomed.extend(st.segments.remove(&pair[0]));
+                }
+            }
+            doomed
+        };
+        for segment in &doomed {
+            segment.remove().await?;
+            tracing::info!(dir = %self.dir.display(), base = segment.base_offset, "deleted segment");
+        }
+        Ok(doomed.len())
     }
 
     /// Whole batches from the one holding `offset`, at most `max_bytes` (the first one even if
@@ -420,6 +551,11 @@ impl PartitionLog {
     pub fn log_start_offset(&self) -> i64 {
         self.state.borrow().log_start
     }
+    /// Offsets below this are durable (written and fdatasync'ed).
+    pub fn synced_offset(&self) -> i64 {
+        self.state.borrow().synced
+    }
+
     /// The log end offset (next offset to be assigned).
     pub fn end_offset(&self) -> i64 {
         self.state.borrow().next_offset

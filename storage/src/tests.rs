@@ -240,3 +240,112 @@ fn log_append_time_is_stamped() {
         assert_eq!(h.max_timestamp, 777);
     });
 }
+
+#[test]
+fn retention_by_bytes_and_time_deletes_whole_closed_segments() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("t-0");
+    run(move || async move {
+        let config = LogConfig {
+            retention_ms: None,
+            retention_bytes: Some(20_000),
+            ..small_segments()
+        };
+        let log = PartitionLog::open(&dir, config.clone()).await.unwrap();
+        fill(&log, 100).await; // ~60 KB in ~8 KB segments; timestamps 1000 + offset
+        let before = dir_files(&dir, "log").len();
+        let deleted = log.enforce_retention(0).await.unwrap();
+        assert!(deleted > 0 && dir_files(&dir, "log").len() == before - deleted);
+        let start = log.log_start_offset();
+        assert!(start > 0 && start < 500);
+        assert!(matches!(
+            log.read(0, 100, true).await,
+            Err(LogError::OffsetOutOfRange { .. })
+        ));
+        let remaining = read_all(&log).await;
+        assert_eq!(remaining.first(), Some(&start));
+        assert_eq!(remaining.last(), Some(&499));
+        // By time: everything with timestamps below 1000 + 400 is older than 1 ms at now=1400.
+        log.set_config(LogConfig {
+            retention_ms: Some(std::time::Duration::from_millis(1)),
+            retention_bytes: None,
+            ..config.clone()
+        });
+        log.enforce_retention(1000 + 400).await.unwrap();
+        let start = log.log_start_offset();
+        assert!((300..=400).contains(&start), "start {start}");
+        // When everything expired, the active segment is rolled and deleted too.
+        log.enforce_retention(i64::MAX / 2).await.unwrap();
+        assert_eq!(log.log_start_offset(), 500);
+        assert!(read_all(&log).await.is_empty());
+        assert_eq!(
+            log.append(&client_batch(1, 1, 10), 0).unwrap().base_offset,
+            500
+        );
+    });
+}
+
+#[test]
+fn delete_records_moves_the_start_and_survives_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("t-0");
+    let d = dir.clone();
+    run(move || async move {
+        let log = PartitionLog::open(&d, small_segments()).await.unwrap();
+        fill(&log, 40).await;
+        assert_eq!(log.delete_records(123).await.unwrap(), 123);
+        assert!(matches!(
+            log.delete_records(1000).await,
+            Err(LogError::OffsetOutOfRange { .. })
+        ));
+        assert_eq!(
+            log.delete_records(10).await.unwrap(),
+            123,
+            "never moves back"
+        );
+        let data = log.read(123, 100, true).await.unwrap();
+        assert!(!data.is_empty());
+        assert!(matches!(
+            log.read(122, 100, true).await,
+            Err(LogError::OffsetOutOfRange { .. })
+        ));
+    });
+    let d = dir.clone();
+    run(move || async move {
+        let log = PartitionLog::open(&d, small_segments()).await.unwrap();
+        assert_eq!(log.log_start_offset(), 123);
+        assert_eq!(log.delete_records(-1).await.unwrap(), 200);
+        assert!(read_all(&log).await.is_empty());
+    });
+}
+
+#[test]
+fn flush_messages_syncs_without_acks_all() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("t-0");
+    run(move || async move {
+        let config = LogConfig {
+            flush_messages: Some(10),
+            flush_ms: Some(std::time::Duration::from_millis(0)),
+            ..LogConfig::default()
+        };
+        let log = PartitionLog::open(&dir, config).await.unwrap();
+        let a = log.append(&client_batch(5, 0, 10), 0).unwrap();
+        log.wait(&a, Durability::Written).await.unwrap();
+        assert_eq!(
+            log.synced_offset(),
+            0,
+            "5 records < flush.messages: written, not synced"
+        );
+        // flush.ms = 0: the periodic check syncs at once.
+        log.flush_if_due().await.unwrap();
+        assert_eq!(log.synced_offset(), 5);
+        let b = log.append(&client_batch(12, 0, 10), 0).unwrap();
+        log.wait(&b, Durability::Written).await.unwrap();
+        assert_eq!(
+            log.synced_offset(),
+            17,
+            "12 unsynced records >= flush.messages: synced with the write"
+        );
+    });
+}

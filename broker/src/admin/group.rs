@@ -323,12 +323,10 @@ fn reset(client: &mut Client, args: &ResetArgs) -> Result<Vec<OffsetRow>> {
             d.members.len()
         );
     }
-    let meta = client.send(
-        MetadataRequest::default().with_topics(Some(vec![
+    let meta = client.send(MetadataRequest::default().with_topics(Some(vec![
             kafka_protocol::messages::metadata_request::MetadataRequestTopic::default()
                 .with_name(Some(TopicName(StrBytes::from_string(args.topic.clone())))),
-        ])),
-    )?;
+        ])))?;
     let topic = meta
         .topics
         .into_iter()

@@ -10,9 +10,11 @@ use tern_protocol::frame::{self, Request};
 use crate::server::Reply;
 use crate::shard::Shard;
 
+mod alter_configs;
 mod api_versions;
 mod create_topics;
 mod delete_groups;
+mod delete_records;
 mod delete_topics;
 mod describe_configs;
 mod describe_groups;
@@ -66,6 +68,11 @@ pub async fn handle(shard: Rc<Shard>, request: Request, peer: Rc<str>) -> Reply 
         RequestKind::DescribeGroups(req) => describe_groups::handle(&shard, req, version).await,
         RequestKind::DeleteGroups(req) => delete_groups::handle(&shard, req).await,
         RequestKind::OffsetDelete(req) => offset_delete::handle(&shard, req).await,
+        RequestKind::DeleteRecords(req) => delete_records::handle(&shard, req).await,
+        RequestKind::AlterConfigs(req) => alter_configs::handle_alter(&shard, req).await,
+        RequestKind::IncrementalAlterConfigs(req) => {
+            alter_configs::handle_incremental(&shard, req).await
+        }
         _ => {
             tracing::warn!(
                 ?api,

@@ -1,0 +1,113 @@
+"""Retention, DeleteRecords and config changes applied without a restart."""
+
+import time
+
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, NewTopic
+
+from test_confluent import read_partition
+
+
+def wait_for(cond, timeout=30, what="condition"):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if cond():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def earliest(broker, topic):
+    c = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "wm"})
+    lo, hi = c.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)
+    c.close()
+    return lo, hi
+
+
+def produce(broker, topic, n, size=1000):
+    p = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 5, "batch.size": 4096})
+    for i in range(n):
+        p.produce(topic, value=b"%06d" % i + b"x" * size, partition=0)
+    assert p.flush(30) == 0
+
+
+def test_retention_bytes_deletes_old_segments(fresh_broker, topic_name):
+    broker = fresh_broker("--retention-check-interval-ms", "200")
+    a = AdminClient({"bootstrap.servers": broker.bootstrap})
+    a.create_topics([NewTopic(topic_name, 1, 1, config={"segment.bytes": "65536", "retention.bytes": "200000"})])[topic_name].result(30)
+    produce(broker, topic_name, 1000)  # ~1 MB
+    wait_for(lambda: earliest(broker, topic_name)[0] > 0, what="retention to delete segments")
+    lo, hi = earliest(broker, topic_name)
+    assert hi == 1000 and 500 < lo < 1000
+    # A consumer asking for a deleted offset gets OFFSET_OUT_OF_RANGE and resets to earliest.
+    msgs = read_partition(broker, topic_name, 0, start=0)
+    assert msgs[0].offset() == lo and msgs[-1].offset() == 999
+
+
+def test_retention_ms_changed_at_runtime(fresh_broker, topic_name):
+    broker = fresh_broker("--retention-check-interval-ms", "200")
+    a = AdminClient({"bootstrap.servers": broker.bootstrap})
+    a.create_topics([NewTopic(topic_name, 1, 1, config={"segment.bytes": "65536"})])[topic_name].result(30)
+    produce(broker, topic_name, 300)
+    time.sleep(0.5)
+    assert earliest(broker, topic_name)[0] == 0, "the default retention keeps a week"
+    res = ConfigResource(ConfigResource.Type.TOPIC, topic_name, incremental_configs=[
+        ConfigEntry("retention.ms", "1", incremental_operation=AlterConfigOpType.SET)])
+    a.incremental_alter_configs([res])[res].result(10)
+    described = a.describe_configs([ConfigResource(ConfigResource.Type.TOPIC, topic_name)])
+    assert list(described.values())[0].result(10)["retention.ms"].value == "1"
+    wait_for(lambda: earliest(broker, topic_name)[0] == 300, what="everything to expire")
+    # The topic keeps working: new records get the next offsets.
+    produce(broker, topic_name, 1)
+    assert earliest(broker, topic_name) == (300, 301)
+
+
+def test_delete_records(broker, topic_name):
+    a = AdminClient({"bootstrap.servers": broker.bootstrap})
+    a.create_topics([NewTopic(topic_name, 1, 1)])[topic_name].result(30)
+    produce(broker, topic_name, 100, size=10)
+    tp = TopicPartition(topic_name, 0, 40)
+    result = a.delete_records([tp])[tp].result(10)
+    assert result.low_watermark == 40
+    assert earliest(broker, topic_name) == (40, 100)
+    msgs = read_partition(broker, topic_name, 0, start=0)
+    assert [m.offset() for m in msgs] == list(range(40, 100))
+    bad = TopicPartition(topic_name, 0, 1000)
+    err = a.delete_records([bad])[bad].exception(10)
+    assert err is not None and err.args[0].code() == KafkaError.OFFSET_OUT_OF_RANGE
+
+
+def test_alter_configs_validates_and_applies(broker, topic_name):
+    a = AdminClient({"bootstrap.servers": broker.bootstrap})
+    a.create_topics([NewTopic(topic_name, 1, 1)])[topic_name].result(30)
+    bad = ConfigResource(ConfigResource.Type.TOPIC, topic_name, incremental_configs=[
+        ConfigEntry("max.message.bytes", "lots", incremental_operation=AlterConfigOpType.SET)])
+    err = a.incremental_alter_configs([bad])[bad].exception(10)
+    assert err is not None and err.args[0].code() == KafkaError.INVALID_CONFIG
+    # max.message.bytes lowered at runtime: a large record is now refused.
+    res = ConfigResource(ConfigResource.Type.TOPIC, topic_name, incremental_configs=[
+        ConfigEntry("max.message.bytes", "1000", incremental_operation=AlterConfigOpType.SET)])
+    a.incremental_alter_configs([res])[res].result(10)
+    p = Producer({"bootstrap.servers": broker.bootstrap})
+    errors = []
+    p.produce(topic_name, value=b"z" * 5000, partition=0, on_delivery=lambda e, m: errors.append(e))
+    p.flush(30)
+    assert errors[0] is not None and errors[0].code() == KafkaError.MSG_SIZE_TOO_LARGE
+    # kafka-python's alter_configs keeps the other modified configs.
+    from kafka import KafkaAdminClient
+    from kafka.admin import ConfigResource as KPResource, ConfigResourceType
+
+    kp = KafkaAdminClient(bootstrap_servers=broker.bootstrap)
+    kp.alter_configs([KPResource(ConfigResourceType.TOPIC, topic_name, configs={"retention.ms": "3600000"})])
+    kp.close()
+    described = a.describe_configs([ConfigResource(ConfigResource.Type.TOPIC, topic_name)])
+    configs = list(described.values())[0].result(10)
+    assert configs["retention.ms"].value == "3600000"
+    assert configs["max.message.bytes"].value == "1000"
+    # The legacy AlterConfigs replaces the whole set: the size limit is gone again.
+    res = ConfigResource(ConfigResource.Type.TOPIC, topic_name, set_config={"retention.ms": "7200000"})
+    list(a.alter_configs([res]).values())[0].result(10)
+    described = a.describe_configs([ConfigResource(ConfigResource.Type.TOPIC, topic_name)])
+    configs = list(described.values())[0].result(10)
+    assert configs["retention.ms"].value == "7200000"
+    assert configs["max.message.bytes"].is_default
