@@ -1,0 +1,140 @@
+//! `tern-bench`: a Kafka load generator. Speaks the Kafka protocol itself and runs
+//! thread-per-core on glommio, so it can load any Kafka-compatible broker without becoming
+//! the bottleneck. Rate-limited runs are open-loop: a record's latency counts from when it was
+//! due, so a stalled broker cannot hide its stalls.
+
+mod batch;
+mod client;
+mod run;
+
+use anyhow::{bail, Result};
+use clap::{Parser, ValueEnum};
+use std::time::Duration;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Workload {
+    /// Producers only.
+    Produce,
+    /// Consumers only (from earliest or from the tail).
+    Consume,
+    /// Producers and consumers together; end-to-end latency.
+    Both,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Payload {
+    Random,
+    Compressible,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Codec {
+    None,
+    Gzip,
+    Snappy,
+    Lz4,
+    Zstd,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum StartAt {
+    Earliest,
+    Tail,
+}
+
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "tern-bench",
+    version,
+    about = "Kafka load generator (thread-per-core, open-loop)"
+)]
+pub struct Args {
+    /// Broker to connect to (HOST:PORT).
+    #[arg(long, default_value = "127.0.0.1:9092")]
+    pub brokers: String,
+    #[arg(long, value_enum, default_value = "produce")]
+    pub workload: Workload,
+    #[arg(long, default_value = "tern-bench")]
+    pub topic: String,
+    /// Partitions; the topic is created with this many if missing.
+    #[arg(long, default_value_t = 6)]
+    pub partitions: i32,
+    /// Value size in bytes.
+    #[arg(long, default_value_t = 1024)]
+    pub record_size: usize,
+    #[arg(long, value_enum, default_value = "random")]
+    pub payload: Payload,
+    /// Distinct keys (0: no keys).
+    #[arg(long, default_value_t = 0)]
+    pub keys: u64,
+    /// Bytes of records per batch (one batch per produce request per partition).
+    #[arg(long, default_value_t = 64 * 1024)]
+    pub batch_bytes: usize,
+    /// Longest a record waits for its batch to fill, in ms.
+    #[arg(long, default_value_t = 5)]
+    pub linger_ms: u64,
+    /// 0, 1 or -1 (all).
+    #[arg(long, default_value_t = 1, allow_hyphen_values = true)]
+    pub acks: i16,
+    #[arg(long, value_enum, default_value = "none")]
+    pub compression: Codec,
+    #[arg(long, default_value_t = 1)]
+    pub producers: usize,
+    #[arg(long, default_value_t = 1)]
+    pub consumers: usize,
+    /// Produce requests in flight per producer.
+    #[arg(long, default_value_t = 5)]
+    pub inflight: usize,
+    /// Target rate in records/s over all producers (0: as fast as possible).
+    #[arg(long, default_value_t = 0)]
+    pub rate: u64,
+    /// Target rate in MB/s over all producers (overrides --rate).
+    #[arg(long)]
+    pub mb_rate: Option<f64>,
+    /// Seconds before measuring starts.
+    #[arg(long, default_value_t = 2)]
+    pub warmup: u64,
+    /// Seconds measured.
+    #[arg(long, default_value_t = 10)]
+    pub duration: u64,
+    /// Where consumers start [default: earliest for consume, tail for both].
+    #[arg(long, value_enum)]
+    pub start_at: Option<StartAt>,
+    /// CPUs to run on, one thread each (e.g. 1 or 2,3); default: CPU 0.
+    #[arg(long, default_value = "0", value_delimiter = ',')]
+    pub cpus: Vec<usize>,
+    /// Write a machine-readable summary to this file ("-": stdout).
+    #[arg(long)]
+    pub json: Option<String>,
+    /// Consume-only runs stop when consumers have read this many records (0: run for --duration).
+    #[arg(long, default_value_t = 0)]
+    pub records: u64,
+}
+
+impl Args {
+    /// Records per second over all producers, if limited.
+    pub fn records_per_sec(&self) -> Option<f64> {
+        match (self.mb_rate, self.rate) {
+            (Some(mb), _) => Some(mb * 1_000_000.0 / self.record_size.max(1) as f64),
+            (None, 0) => None,
+            (None, r) => Some(r as f64),
+        }
+    }
+    pub fn warmup(&self) -> Duration {
+        Duration::from_secs(self.warmup)
+    }
+    pub fn duration(&self) -> Duration {
+        Duration::from_secs(self.duration)
+    }
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    if !matches!(args.acks, -1..=1) {
+        bail!("--acks must be 0, 1 or -1");
+    }
+    if args.cpus.is_empty() {
+        bail!("--cpus needs at least one CPU");
+    }
+    run::run(args)
+}

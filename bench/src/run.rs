@@ -1,0 +1,585 @@
+//! Runs a workload: sets up the topic, starts producer and consumer tasks on one glommio
+//! executor per CPU, prints progress each second, and reports throughput and latency.
+
+use anyhow::{bail, Context, Result};
+use bytes::Bytes;
+use glommio::sync::Semaphore;
+use hdrhistogram::Histogram;
+use kafka_protocol::messages::create_topics_request::CreatableTopic;
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::{
+    BrokerId, CreateTopicsRequest, FetchRequest, ListOffsetsRequest, MetadataRequest,
+    ProduceRequest, TopicName,
+};
+use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::records::Compression;
+use serde::Serialize;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, VecDeque};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::batch::{self, Pending};
+use crate::client::{self, Reader, Writer};
+use crate::{Args, Codec, Payload, StartAt, Workload};
+
+/// Counters and histograms shared by every task of a run.
+struct Stats {
+    measuring: AtomicBool,
+    stop: AtomicBool,
+    produced: AtomicU64,
+    produced_bytes: AtomicU64,
+    consumed: AtomicU64,
+    consumed_bytes: AtomicU64,
+    errors: AtomicU64,
+    /// Produce latency (due to acknowledged), microseconds.
+    produce_latency: Mutex<Histogram<u64>>,
+    /// End to end latency (record timestamp to consumed), microseconds.
+    e2e_latency: Mutex<Histogram<u64>>,
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds")
+}
+
+fn wall_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+fn topic_name(s: &str) -> TopicName {
+    TopicName(StrBytes::from_string(s.to_string()))
+}
+
+fn compression(c: Codec) -> Compression {
+    match c {
+        Codec::None => Compression::None,
+        Codec::Gzip => Compression::Gzip,
+        Codec::Snappy => Compression::Snappy,
+        Codec::Lz4 => Compression::Lz4,
+        Codec::Zstd => Compression::Zstd,
+    }
+}
+
+/// Finds the topic's partition count, creating the topic if it is missing.
+async fn setup(args: &Args) -> Result<i32> {
+    let (mut w, mut r) = client::connect(&args.brokers).await?;
+    let req = MetadataRequest::default().with_topics(Some(vec![
+        MetadataRequestTopic::default().with_name(Some(topic_name(&args.topic)))
+    ]));
+    let md = client::call(&mut w, &mut r, &req, 9).await?;
+    if let Some(t) = md
+        .topics
+        .iter()
+        .find(|t| t.error_code == 0 && !t.partitions.is_empty())
+    {
+        return Ok(t.partitions.len() as i32);
+    }
+    let create = CreateTopicsRequest::default()
+        .with_timeout_ms(30_000)
+        .with_topics(vec![CreatableTopic::default()
+            .with_name(topic_name(&args.topic))
+            .with_num_partitions(args.partitions)
+            .with_replication_factor(1)]);
+    let resp = client::call(&mut w, &mut r, &create, 5).await?;
+    let code = resp.topics.first().map_or(0, |t| t.error_code);
+    if code != 0 && code != 36 {
+        bail!("create topic {}: error {code}", args.topic);
+    }
+    Ok(args.partitions)
+}
+
+/// What the reader of a producer connection needs to account for one produce request.
+struct InFlight {
+    first_due: Instant,
+    interval: Duration,
+    records: u64,
+    bytes: u64,
+    _permit: Option<glommio::sync::StaticPermit>,
+}
+
+/// Payload source: values are slices of one pre-generated buffer.
+fn payload_pool(kind: Payload, record_size: usize) -> Bytes {
+    let len = (record_size * 64).max(1 << 20);
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    (0..len)
+        .map(|i| match kind {
+            Payload::Random => {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state as u8
+            }
+            Payload::Compressible => b"tern-compressible-payload "[i % 26],
+        })
+        .collect::<Vec<u8>>()
+        .into()
+}
+
+async fn producer(
+    args: Arc<Args>,
+    stats: Arc<Stats>,
+    partitions: Vec<i32>,
+    rate: Option<f64>,
+    start: Instant,
+    wall_start_ms: i64,
+) -> Result<()> {
+    let (mut w, mut r) = client::connect(&args.brokers).await?;
+    let version = w.version::<ProduceRequest>(9)?;
+    let queue: Rc<RefCell<VecDeque<InFlight>>> = Rc::new(RefCell::new(VecDeque::new()));
+    let permits = Rc::new(Semaphore::new(args.inflight.max(1) as u64));
+    let hist = Rc::new(RefCell::new(histogram()));
+    let reader = if args.acks != 0 {
+        let (queue, stats, hist) = (queue.clone(), stats.clone(), hist.clone());
+        Some(glommio::spawn_local(async move {
+            loop {
+                let resp = match r.recv::<ProduceRequest>(version).await {
+                    Ok(resp) => resp,
+                    Err(_) => break,
+                };
+                let acked = Instant::now();
+                let Some(f) = queue.borrow_mut().pop_front() else {
+                    break;
+                };
+                let failed = resp
+                    .responses
+                    .iter()
+                    .flat_map(|t| &t.partition_responses)
+                    .any(|p| p.error_code != 0);
+                if failed {
+                    stats.errors.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                if stats.measuring.load(Ordering::Relaxed) {
+                    stats.produced.fetch_add(f.records, Ordering::Relaxed);
+                    stats.produced_bytes.fetch_add(f.bytes, Ordering::Relaxed);
+                    let mut hist = hist.borrow_mut();
+                    for i in 0..f.records {
+                        let due = f.first_due + f.interval * i as u32;
+                        let _ = hist
+                            .record(acked.saturating_duration_since(due).as_micros().max(1) as u64);
+                    }
+                }
+            }
+        }))
+    } else {
+        None
+    };
+    let pool = payload_pool(args.payload, args.record_size);
+    let keys: Vec<Vec<u8>> = (0..args.keys)
+        .map(|k| format!("key-{k:08}").into_bytes())
+        .collect();
+    let per_batch = (args.batch_bytes / args.record_size.max(1)).max(1) as u64;
+    let linger = Duration::from_millis(args.linger_ms);
+    let codec = compression(args.compression);
+    let mut seq: u64 = 0;
+    let mut turn = 0usize;
+    while !stats.stop.load(Ordering::Relaxed) {
+        let partition = partitions[turn % partitions.len()];
+        turn += 1;
+        // Which records this batch carries, and when each was due.
+        let (count, first_due, interval) = match rate {
+            None => (per_batch, Instant::now(), Duration::ZERO),
+            Some(rate) => {
+                let interval = Duration::from_secs_f64(1.0 / rate);
+                let first_due = start + interval * seq as u32;
+                let last_due = first_due + interval * (per_batch - 1) as u32;
+                let send_at = last_due.min(first_due + linger);
+                let now = Instant::now();
+                if send_at > now {
+                    glommio::timer::sleep(send_at - now).await;
+                }
+                let due_by_now = ((Instant::now().saturating_duration_since(first_due))
+                    .as_secs_f64()
+                    * rate) as u64
+                    + 1;
+                (due_by_now.clamp(1, per_batch), first_due, interval)
+            }
+        };
+        let records: Vec<Pending> = (0..count)
+            .map(|i| {
+                let n = seq + i;
+                let due_ms = wall_start_ms
+                    + (first_due + interval * i as u32)
+                        .saturating_duration_since(start)
+                        .as_millis() as i64;
+                let at = (n as usize * 7919) % (pool.len() - args.record_size);
+                Pending {
+                    key: (!keys.is_empty())
+                        .then(|| keys[(n % keys.len() as u64) as usize].as_slice()),
+                    value: &pool[at..at + args.record_size],
+                    timestamp: due_ms,
+                }
+            })
+            .collect();
+        let encoded = batch::encode(&records, codec)?;
+        let permit = permits
+            .acquire_static_permit(1)
+            .await
+            .map_err(|_| anyhow::anyhow!("permits closed"))?;
+        let req = ProduceRequest::default()
+            .with_acks(args.acks)
+            .with_timeout_ms(30_000)
+            .with_topic_data(vec![TopicProduceData::default()
+                .with_name(topic_name(&args.topic))
+                .with_partition_data(vec![PartitionProduceData::default()
+                    .with_index(partition)
+                    .with_records(Some(encoded))])]);
+        let bytes = count * args.record_size as u64;
+        if args.acks == 0 {
+            w.send(&req, version).await?;
+            if stats.measuring.load(Ordering::Relaxed) {
+                stats.produced.fetch_add(count, Ordering::Relaxed);
+                stats.produced_bytes.fetch_add(bytes, Ordering::Relaxed);
+            }
+            drop(permit);
+        } else {
+            queue.borrow_mut().push_back(InFlight {
+                first_due,
+                interval,
+                records: count,
+                bytes,
+                _permit: Some(permit),
+            });
+            w.send(&req, version).await?;
+        }
+        seq += count;
+    }
+    // Let the in-flight requests finish; then the reader has nothing left to read.
+    let _ = permits.acquire_permit(args.inflight.max(1) as u64).await;
+    drop(reader);
+    stats
+        .produce_latency
+        .lock()
+        .expect("not poisoned")
+        .add(&*hist.borrow())
+        .ok();
+    Ok(())
+}
+
+async fn list_offsets(
+    w: &mut Writer,
+    r: &mut Reader,
+    topic: &str,
+    partitions: &[i32],
+    at: i64,
+) -> Result<BTreeMap<i32, i64>> {
+    let req = ListOffsetsRequest::default()
+        .with_replica_id(BrokerId(-1))
+        .with_topics(vec![ListOffsetsTopic::default()
+            .with_name(topic_name(topic))
+            .with_partitions(
+                partitions
+                    .iter()
+                    .map(|&p| {
+                        ListOffsetsPartition::default()
+                            .with_partition_index(p)
+                            .with_timestamp(at)
+                    })
+                    .collect(),
+            )]);
+    let resp = client::call(w, r, &req, 7).await?;
+    Ok(resp
+        .topics
+        .iter()
+        .flat_map(|t| &t.partitions)
+        .map(|p| (p.partition_index, p.offset))
+        .collect())
+}
+
+async fn consumer(args: Arc<Args>, stats: Arc<Stats>, partitions: Vec<i32>) -> Result<()> {
+    let (mut w, mut r) = client::connect(&args.brokers).await?;
+    let start_at = args.start_at.unwrap_or(if args.workload == Workload::Both {
+        StartAt::Tail
+    } else {
+        StartAt::Earliest
+    });
+    let at = if start_at == StartAt::Earliest {
+        -2
+    } else {
+        -1
+    };
+    let mut offsets = list_offsets(&mut w, &mut r, &args.topic, &partitions, at).await?;
+    let version = w.version::<FetchRequest>(12)?;
+    let mut hist = histogram();
+    while !stats.stop.load(Ordering::Relaxed) {
+        let req = FetchRequest::default()
+            .with_replica_id(BrokerId(-1))
+            .with_max_wait_ms(200)
+            .with_min_bytes(1)
+            .with_max_bytes(64 << 20)
+            .with_session_epoch(-1)
+            .with_topics(vec![FetchTopic::default()
+                .with_topic(topic_name(&args.topic))
+                .with_partitions(
+                    partitions
+                        .iter()
+                        .map(|&p| {
+                            FetchPartition::default()
+                                .with_partition(p)
+                                .with_fetch_offset(offsets[&p])
+                                .with_partition_max_bytes(8 << 20)
+                        })
+                        .collect(),
+                )]);
+        w.send(&req, version).await?;
+        let resp = r.recv::<FetchRequest>(version).await?;
+        let measuring = stats.measuring.load(Ordering::Relaxed);
+        let now = wall_us();
+        for p in resp.responses.iter().flat_map(|t| &t.partitions) {
+            if p.error_code != 0 {
+                stats.errors.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            let Some(data) = &p.records else { continue };
+            if data.is_empty() {
+                continue;
+            }
+            let next = tern_protocol::batch::headers(data)
+                .map(|(_, h)| h.last_offset() + 1)
+                .max();
+            let n = batch::for_each_timestamp(data.clone(), |ts| {
+                if measuring {
+                    let _ = hist.record(now.saturating_sub(ts as u64 * 1000).max(1));
+                }
+            })?;
+            if let Some(next) = next {
+                offsets.insert(p.partition_index, next);
+            }
+            if measuring {
+                stats.consumed.fetch_add(n as u64, Ordering::Relaxed);
+                stats
+                    .consumed_bytes
+                    .fetch_add(data.len() as u64, Ordering::Relaxed);
+            }
+        }
+        if args.records > 0 && stats.consumed.load(Ordering::Relaxed) >= args.records {
+            stats.stop.store(true, Ordering::Relaxed);
+        }
+    }
+    stats
+        .e2e_latency
+        .lock()
+        .expect("not poisoned")
+        .add(&hist)
+        .ok();
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct Percentiles {
+    p50_ms: f64,
+    p90_ms: f64,
+    p99_ms: f64,
+    p999_ms: f64,
+    p9999_ms: f64,
+    max_ms: f64,
+    count: u64,
+}
+
+fn percentiles(h: &Histogram<u64>) -> Option<Percentiles> {
+    if h.is_empty() {
+        return None;
+    }
+    let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    Some(Percentiles {
+        p50_ms: ms(0.5),
+        p90_ms: ms(0.9),
+        p99_ms: ms(0.99),
+        p999_ms: ms(0.999),
+        p9999_ms: ms(0.9999),
+        max_ms: h.max() as f64 / 1000.0,
+        count: h.len(),
+    })
+}
+
+#[derive(Serialize)]
+struct Summary {
+    workload: String,
+    seconds: f64,
+    produced_records_per_sec: f64,
+    produced_mb_per_sec: f64,
+    consumed_records_per_sec: f64,
+    consumed_mb_per_sec: f64,
+    errors: u64,
+    produce_latency: Option<Percentiles>,
+    end_to_end_latency: Option<Percentiles>,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let args = Arc::new(args);
+    let setup_args = args.clone();
+    let partitions = glommio::LocalExecutorBuilder::new(glommio::Placement::Fixed(args.cpus[0]))
+        .spawn(move || async move { setup(&setup_args).await })
+        .map_err(|e| anyhow::anyhow!("start executor: {e}"))?
+        .join()
+        .map_err(|e| anyhow::anyhow!("setup thread: {e:?}"))??;
+    let stats = Arc::new(Stats {
+        measuring: AtomicBool::new(args.warmup == 0),
+        stop: AtomicBool::new(false),
+        produced: AtomicU64::new(0),
+        produced_bytes: AtomicU64::new(0),
+        consumed: AtomicU64::new(0),
+        consumed_bytes: AtomicU64::new(0),
+        errors: AtomicU64::new(0),
+        produce_latency: Mutex::new(histogram()),
+        e2e_latency: Mutex::new(histogram()),
+    });
+    let producers = if args.workload == crate::Workload::Consume {
+        0
+    } else {
+        args.producers.max(1)
+    };
+    let consumers = if args.workload == Workload::Produce {
+        0
+    } else {
+        args.consumers.max(1)
+    };
+    let share = |n: usize, i: usize| -> Vec<i32> {
+        let mine: Vec<i32> = (0..partitions)
+            .filter(|p| *p as usize % n == i % n)
+            .collect();
+        if mine.is_empty() {
+            vec![(i % partitions as usize) as i32]
+        } else {
+            mine
+        }
+    };
+    let rate = args.records_per_sec().map(|r| r / producers.max(1) as f64);
+    let start = Instant::now() + Duration::from_millis(200);
+    let wall_start_ms = (wall_us() / 1000) as i64 + 200;
+    let mut executors = Vec::new();
+    for (e, &cpu) in args.cpus.iter().enumerate() {
+        let n = args.cpus.len();
+        let mine_p: Vec<usize> = (0..producers).filter(|i| i % n == e).collect();
+        let mine_c: Vec<usize> = (0..consumers).filter(|i| i % n == e).collect();
+        if mine_p.is_empty() && mine_c.is_empty() {
+            continue;
+        }
+        let (args, stats) = (args.clone(), stats.clone());
+        let parts_p: Vec<Vec<i32>> = mine_p.iter().map(|&i| share(producers, i)).collect();
+        let parts_c: Vec<Vec<i32>> = mine_c.iter().map(|&i| share(consumers, i)).collect();
+        let handle = glommio::LocalExecutorBuilder::new(glommio::Placement::Fixed(cpu))
+            .name(&format!("bench-{e}"))
+            .spawn(move || async move {
+                let mut tasks = Vec::new();
+                for parts in parts_c {
+                    tasks.push(glommio::spawn_local(consumer(
+                        args.clone(),
+                        stats.clone(),
+                        parts,
+                    )));
+                }
+                for parts in parts_p {
+                    tasks.push(glommio::spawn_local(producer(
+                        args.clone(),
+                        stats.clone(),
+                        parts,
+                        rate,
+                        start,
+                        wall_start_ms,
+                    )));
+                }
+                let mut result = Ok(());
+                for t in tasks {
+                    if let Err(e) = t.await {
+                        stats.stop.store(true, Ordering::Relaxed);
+                        result = Err(e);
+                    }
+                }
+                result
+            })
+            .map_err(|e| anyhow::anyhow!("start executor on CPU {cpu}: {e}"))?;
+        executors.push(handle);
+    }
+    std::thread::sleep(args.warmup());
+    stats.measuring.store(true, Ordering::Relaxed);
+    let measure_start = Instant::now();
+    let mut last = (0u64, 0u64, 0u64, 0u64);
+    let mut second = 0;
+    while measure_start.elapsed() < args.duration() && !stats.stop.load(Ordering::Relaxed) {
+        std::thread::sleep(
+            Duration::from_secs(1).min(args.duration().saturating_sub(measure_start.elapsed())),
+        );
+        second += 1;
+        let now = (
+            stats.produced.load(Ordering::Relaxed),
+            stats.produced_bytes.load(Ordering::Relaxed),
+            stats.consumed.load(Ordering::Relaxed),
+            stats.consumed_bytes.load(Ordering::Relaxed),
+        );
+        eprintln!(
+            "[{second:>3}s] produced {:>9} rec/s {:>8.1} MB/s | consumed {:>9} rec/s {:>8.1} MB/s | errors {}",
+            now.0 - last.0,
+            (now.1 - last.1) as f64 / 1e6,
+            now.2 - last.2,
+            (now.3 - last.3) as f64 / 1e6,
+            stats.errors.load(Ordering::Relaxed)
+        );
+        last = now;
+    }
+    let seconds = measure_start.elapsed().as_secs_f64();
+    stats.measuring.store(false, Ordering::Relaxed);
+    stats.stop.store(true, Ordering::Relaxed);
+    for e in executors {
+        e.join()
+            .map_err(|e| anyhow::anyhow!("bench thread: {e:?}"))?
+            .context("bench task failed")?;
+    }
+    let summary = Summary {
+        workload: format!("{:?}", args.workload).to_lowercase(),
+        seconds,
+        produced_records_per_sec: stats.produced.load(Ordering::Relaxed) as f64 / seconds,
+        produced_mb_per_sec: stats.produced_bytes.load(Ordering::Relaxed) as f64 / seconds / 1e6,
+        consumed_records_per_sec: stats.consumed.load(Ordering::Relaxed) as f64 / seconds,
+        consumed_mb_per_sec: stats.consumed_bytes.load(Ordering::Relaxed) as f64 / seconds / 1e6,
+        errors: stats.errors.load(Ordering::Relaxed),
+        produce_latency: percentiles(&stats.produce_latency.lock().expect("not poisoned")),
+        end_to_end_latency: percentiles(&stats.e2e_latency.lock().expect("not poisoned")),
+    };
+    print_summary(&summary);
+    if let Some(path) = &args.json {
+        let json = serde_json::to_string_pretty(&summary)?;
+        if path == "-" {
+            println!("{json}");
+        } else {
+            std::fs::write(path, json).with_context(|| format!("write {path}"))?;
+        }
+    }
+    Ok(())
+}
+
+fn print_summary(s: &Summary) {
+    println!("workload {} over {:.1} s", s.workload, s.seconds);
+    if s.produced_records_per_sec > 0.0 {
+        println!(
+            "  produced: {:.0} records/s, {:.1} MB/s",
+            s.produced_records_per_sec, s.produced_mb_per_sec
+        );
+    }
+    if s.consumed_records_per_sec > 0.0 {
+        println!(
+            "  consumed: {:.0} records/s, {:.1} MB/s",
+            s.consumed_records_per_sec, s.consumed_mb_per_sec
+        );
+    }
+    println!("  errors: {}", s.errors);
+    for (name, p) in [
+        ("produce latency", &s.produce_latency),
+        ("end-to-end latency", &s.end_to_end_latency),
+    ] {
+        if let Some(p) = p {
+            println!(
+                "  {name} (ms): p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  p99.99 {:.3}  max {:.3}  ({} records)",
+                p.p50_ms, p.p90_ms, p.p99_ms, p.p999_ms, p.p9999_ms, p.max_ms, p.count
+            );
+        }
+    }
+}
