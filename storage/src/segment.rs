@@ -18,6 +18,10 @@ use crate::index::{OffsetIndex, TimeIndex};
 
 const PAGE: u64 = 4096;
 const SCAN_CHUNK: usize = 1 << 20;
+/// Segment files grow in preallocated steps: writes inside the file's size are not
+/// size-extending, so the kernel can complete them asynchronously instead of handing them
+/// to io_uring worker threads.
+const PREALLOCATE: u64 = 32 << 20;
 
 /// A segment of one partition. Exists per partition on the shard that owns it.
 pub struct Segment {
@@ -30,6 +34,8 @@ pub struct Segment {
     tail: RefCell<Vec<u8>>,
     /// Offset after the last batch in this segment.
     next_offset: Cell<i64>,
+    /// Bytes preallocated on disk (the file's size while the segment is active).
+    allocated: Cell<u64>,
     max_timestamp: Cell<i64>,
     index: RefCell<OffsetIndex>,
     time_index: RefCell<TimeIndex>,
@@ -92,6 +98,7 @@ impl Segment {
             size: Cell::new(size),
             tail: RefCell::new(Vec::new()),
             next_offset: Cell::new(base_offset),
+            allocated: Cell::new(size),
             max_timestamp: Cell::new(-1),
             index: RefCell::new(OffsetIndex::default()),
             time_index: RefCell::new(TimeIndex::default()),
@@ -286,6 +293,12 @@ impl Segment {
             (buf, end, new_tail)
         };
         let expected = buf.len();
+        let needed = page_start + expected as u64;
+        if needed > self.allocated.get() {
+            let target = needed.div_ceil(PREALLOCATE) * PREALLOCATE;
+            self.file.pre_allocate(target, false).await?;
+            self.allocated.set(target);
+        }
         let written = self.file.write_at(buf, page_start).await?;
         if written < expected {
             return Err(io::Error::new(
@@ -321,6 +334,7 @@ impl Segment {
     /// Makes the segment exact on disk: synced, truncated to its logical size, indexes saved.
     pub async fn seal(&self) -> io::Result<()> {
         self.file.truncate(self.size.get()).await?;
+        self.allocated.set(self.size.get());
         self.file.fdatasync().await?;
         let index = self.index.borrow().to_bytes();
         let time_index = self.time_index.borrow().to_bytes();
