@@ -295,9 +295,11 @@ impl Segment {
         let expected = buf.len();
         let needed = page_start + expected as u64;
         if needed > self.allocated.get() {
+            // Best effort: when the disk is nearly full, write without preallocating.
             let target = needed.div_ceil(PREALLOCATE) * PREALLOCATE;
-            self.file.pre_allocate(target, false).await?;
-            self.allocated.set(target);
+            if self.file.pre_allocate(target, false).await.is_ok() {
+                self.allocated.set(target);
+            }
         }
         let written = self.file.write_at(buf, page_start).await?;
         if written < expected {
