@@ -71,9 +71,12 @@ fn compression(c: Codec) -> Compression {
 /// Finds the topic's partition count, creating the topic if it is missing.
 async fn setup(args: &Args) -> Result<i32> {
     let (mut w, mut r) = client::connect(&args.brokers).await?;
-    let req = MetadataRequest::default().with_topics(Some(vec![
-        MetadataRequestTopic::default().with_name(Some(topic_name(&args.topic)))
-    ]));
+    // Never let the metadata lookup auto-create the topic with the broker's default size.
+    let req = MetadataRequest::default()
+        .with_allow_auto_topic_creation(false)
+        .with_topics(Some(vec![
+            MetadataRequestTopic::default().with_name(Some(topic_name(&args.topic)))
+        ]));
     let md = client::call(&mut w, &mut r, &req, 9).await?;
     if let Some(t) = md
         .topics

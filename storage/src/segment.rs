@@ -21,7 +21,7 @@ const SCAN_CHUNK: usize = 1 << 20;
 /// Segment files grow in preallocated steps: writes inside the file's size are not
 /// size-extending, so the kernel can complete them asynchronously instead of handing them
 /// to io_uring worker threads.
-const PREALLOCATE: u64 = 32 << 20;
+const PREALLOCATE: u64 = 4 << 20;
 
 /// A segment of one partition. Exists per partition on the shard that owns it.
 pub struct Segment {
