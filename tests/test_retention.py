@@ -111,3 +111,34 @@ def test_alter_configs_validates_and_applies(broker, topic_name):
     configs = list(described.values())[0].result(10)
     assert configs["retention.ms"].value == "7200000"
     assert configs["max.message.bytes"].is_default
+
+
+def test_compaction_keeps_latest_value_per_key(fresh_broker, topic_name):
+    broker = fresh_broker("--retention-check-interval-ms", "200")
+    a = AdminClient({"bootstrap.servers": broker.bootstrap})
+    a.create_topics([NewTopic(topic_name, 1, 1, config={"cleanup.policy": "compact", "segment.bytes": "1024",
+                                                          "delete.retention.ms": "0"})])[topic_name].result(30)
+    p = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 1, "compression.type": "lz4"})
+    latest = {}
+    for i in range(3000):
+        key = b"key-%d" % (i % 50)
+        value = None if (i % 50 == 7 and i > 2900) else b"value-%d" % i
+        p.produce(topic_name, key=key, value=value, partition=0)
+        if value is None:
+            latest.pop(key, None)
+        else:
+            latest[key] = value
+    # Distinct keys after the workload, so the last updates end up in closed segments.
+    for i in range(400):
+        p.produce(topic_name, key=b"filler-%d" % i, value=b"x" * 100, partition=0)
+    assert p.flush(30) == 0
+
+    def main_keys():
+        msgs = read_partition(broker, topic_name, 0)
+        return msgs, [(m.key(), m.value()) for m in msgs if m.key().startswith(b"key-")]
+
+    wait_for(lambda: len(main_keys()[1]) == len(latest), timeout=60, what="compaction")
+    msgs, kept = main_keys()
+    assert dict(kept) == latest, "exactly the latest value per key, tombstoned keys gone"
+    offsets = [m.offset() for m in msgs]
+    assert offsets == sorted(offsets) and offsets[-1] == 3399, "offsets unchanged and increasing"

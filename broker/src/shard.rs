@@ -121,8 +121,8 @@ impl Shard {
         self.partitions.borrow().values().cloned().collect()
     }
 
-    /// Background upkeep of this shard's logs: `flush.ms` syncs every 100 ms, retention at
-    /// the configured interval.
+    /// Background upkeep of this shard's logs: `flush.ms` syncs every 100 ms, retention and
+    /// compaction at the configured interval.
     pub async fn maintenance_loop(self: Rc<Self>) {
         let mut last_retention = std::time::Instant::now();
         loop {
@@ -138,6 +138,9 @@ impl Shard {
                 for log in self.logs() {
                     if let Err(e) = log.enforce_retention(now).await {
                         tracing::error!(dir = %log.dir().display(), error = %e, "retention");
+                    }
+                    if let Err(e) = log.compact(now).await {
+                        tracing::error!(dir = %log.dir().display(), error = %e, "compaction");
                     }
                 }
             }

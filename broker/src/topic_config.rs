@@ -179,6 +179,10 @@ pub fn log_config(set: &BTreeMap<String, String>, cache_bytes: usize) -> LogConf
         delete_enabled: value(set, "cleanup.policy")
             .split(',')
             .any(|p| p == "delete"),
+        compact_enabled: value(set, "cleanup.policy")
+            .split(',')
+            .any(|p| p == "compact"),
+        delete_retention_ms: Duration::from_millis(number(set, "delete.retention.ms").max(0) as u64),
         flush_ms: Some(number(set, "flush.ms"))
             .filter(|&v| (0..i64::MAX).contains(&v))
             .map(|v| Duration::from_millis(v as u64)),
@@ -220,6 +224,7 @@ mod tests {
         let log = log_config(&set, 0);
         assert_eq!(log.retention_ms, None);
         assert!(!log.delete_enabled);
+        assert!(log.compact_enabled);
         assert_eq!(log.flush_messages, Some(100));
         for d in TOPIC_CONFIGS {
             assert!(

@@ -243,14 +243,24 @@ pub fn set_leader_epoch(batch: &mut [u8], epoch: i32) {
     batch[LEADER_EPOCH..LEADER_EPOCH + 4].copy_from_slice(&epoch.to_be_bytes());
 }
 
+/// Sets the base sequence (covered by the CRC, which is rewritten).
+pub fn set_base_sequence(batch: &mut [u8], sequence: i32) {
+    batch[BASE_SEQUENCE..BASE_SEQUENCE + 4].copy_from_slice(&sequence.to_be_bytes());
+    rewrite_crc(batch);
+}
+
+fn rewrite_crc(batch: &mut [u8]) {
+    let len = (i32_at(batch, BATCH_LENGTH) as usize + LOG_OVERHEAD).min(batch.len());
+    let crc = compute_crc(&batch[..len]);
+    batch[CRC..CRC + 4].copy_from_slice(&crc.to_be_bytes());
+}
+
 /// Marks the batch as LogAppendTime with `now_ms` as its max timestamp and rewrites the CRC.
 pub fn set_log_append_time(batch: &mut [u8], now_ms: i64) {
     let attributes = i16_at(batch, ATTRIBUTES) | TIMESTAMP_TYPE_LOG_APPEND;
     batch[ATTRIBUTES..ATTRIBUTES + 2].copy_from_slice(&attributes.to_be_bytes());
     batch[MAX_TIMESTAMP..MAX_TIMESTAMP + 8].copy_from_slice(&now_ms.to_be_bytes());
-    let len = (i32_at(batch, BATCH_LENGTH) as usize + LOG_OVERHEAD).min(batch.len());
-    let crc = compute_crc(&batch[..len]);
-    batch[CRC..CRC + 4].copy_from_slice(&crc.to_be_bytes());
+    rewrite_crc(batch);
 }
 
 #[cfg(test)]

@@ -32,6 +32,18 @@ impl BatchCache {
         }
     }
 
+    /// Removes every batch that ends before `offset` (compaction rewrote them on disk).
+    pub fn drop_before(&mut self, offset: i64) {
+        while self
+            .batches
+            .front()
+            .is_some_and(|&(_, last, _)| last < offset)
+        {
+            let (_, _, b) = self.batches.pop_front().expect("front exists");
+            self.bytes -= b.len();
+        }
+    }
+
     /// Removes every batch at or after `offset` (a failed write rolled them back).
     pub fn truncate_from(&mut self, offset: i64) {
         while self
@@ -121,5 +133,9 @@ mod tests {
         assert_eq!(c.bytes(), 100);
         c.truncate_from(10);
         assert_eq!(c.bytes(), 0);
+        let mut c = cache();
+        c.drop_before(10);
+        assert_eq!(c.read(0, 1000, true), None);
+        assert_eq!(c.read(10, 1000, true).unwrap()[0], 2);
     }
 }

@@ -22,6 +22,10 @@ pub struct LogConfig {
     pub retention_bytes: Option<u64>,
     /// `cleanup.policy` includes `delete` (retention applies).
     pub delete_enabled: bool,
+    /// `cleanup.policy` includes `compact`.
+    pub compact_enabled: bool,
+    /// `delete.retention.ms`: how long tombstones survive compaction.
+    pub delete_retention_ms: Duration,
     /// `flush.ms`: fdatasync written data at least this often (None: only as acks ask).
     pub flush_ms: Option<Duration>,
     /// `flush.messages`: fdatasync after this many unsynced records (None: only as acks ask).
@@ -40,6 +44,8 @@ impl Default for LogConfig {
             retention_ms: Some(Duration::from_secs(7 * 24 * 3600)),
             retention_bytes: None,
             delete_enabled: true,
+            compact_enabled: false,
+            delete_retention_ms: Duration::from_secs(24 * 3600),
             flush_ms: None,
             flush_messages: None,
         }

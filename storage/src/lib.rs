@@ -2,6 +2,7 @@
 //! cache for tail reads, and crash recovery. Runs on a glommio shard; never blocks it.
 
 pub mod cache;
+pub mod compaction;
 pub mod config;
 pub mod fs;
 pub mod index;

@@ -92,6 +92,8 @@ struct State {
     /// Offsets from which each failed write rolled back, in order.
     rollbacks: Vec<i64>,
     producers: ProducerStates,
+    /// Closed segments below this offset were compacted with nothing newer to apply.
+    compacted_upto: i64,
 }
 
 impl PartitionLog {
@@ -103,11 +105,15 @@ impl PartitionLog {
         }
         let marker = dir.join(CLEAN_MARKER);
         let clean = fs::exists(&marker).await;
-        let bases: Vec<i64> = fs::list_dir(dir)
-            .await?
+        let files = fs::list_dir(dir).await?;
+        // A compaction that did not finish: the original segment is intact.
+        for leftover in files
             .iter()
-            .filter_map(|p| parse_segment_name(p))
-            .collect();
+            .filter(|p| p.extension().is_some_and(|e| e == crate::segment::CLEANED))
+        {
+            fs::remove_file(leftover).await?;
+        }
+        let bases: Vec<i64> = files.iter().filter_map(|p| parse_segment_name(p)).collect();
         let mut segments = BTreeMap::new();
         for (i, &base) in bases.iter().enumerate() {
             let last = i + 1 == bases.len();
@@ -179,6 +185,7 @@ impl PartitionLog {
                 max_timestamp,
                 rollbacks: Vec::new(),
                 producers,
+                compacted_upto: 0,
             }),
             write_lock: Semaphore::new(1),
             appended: Event::new(),
@@ -450,6 +457,52 @@ impl PartitionLog {
         self.delete_segments_below_start().await
     }
 
+    /// Compacts the closed segments (cleanup.policy=compact): keeps the newest record per
+    /// key, drops tombstones older than delete.retention.ms. Returns records removed.
+    pub async fn compact(&self, now_ms: i64) -> Result<usize, LogError> {
+        let config = self.config.borrow().clone();
+        if !config.compact_enabled {
+            return Ok(0);
+        }
+        let segments: Vec<Rc<Segment>> = self.state.borrow().segments.values().cloned().collect();
+        let closed = &segments[..segments.len() - 1];
+        let dirty_end = closed.last().map_or(0, |s| s.next_offset());
+        if closed.is_empty() || dirty_end <= self.state.borrow().compacted_upto {
+            return Ok(0);
+        }
+        let mut map = crate::compaction::OffsetMap::new();
+        for segment in closed {
+            crate::compaction::index_keys(&segment.read_all().await?, &mut map)?;
+        }
+        let horizon = now_ms - config.delete_retention_ms.as_millis() as i64;
+        let mut removed = 0;
+        for segment in closed {
+            let cleaned = crate::compaction::clean(&segment.read_all().await?, &map, horizon)?;
+            if cleaned.removed == 0 {
+                continue;
+            }
+            let replacement = segment
+                .replace(&self.dir, &cleaned.data, config.index_interval_bytes)
+                .await?;
+            let mut st = self.state.borrow_mut();
+            // Retention or DeleteRecords may have dropped the segment meanwhile.
+            if let Some(slot) = st.segments.get_mut(&segment.base_offset) {
+                *slot = Rc::new(replacement);
+                removed += cleaned.removed;
+            }
+        }
+        {
+            let mut st = self.state.borrow_mut();
+            st.compacted_upto = dirty_end;
+            // Readers must see the compacted segments, not the cached originals.
+            st.cache.drop_before(dirty_end);
+        }
+        if removed > 0 {
+            tracing::info!(dir = %self.dir.display(), removed, "compacted");
+        }
+        Ok(removed)
+    }
+
     /// Deletes closed segments whose records are all below the log start offset.
     async fn delete_segments_below_start(&self) -> Result<usize, LogError> {
         let doomed: Vec<Rc<Segment>> = {
@@ -500,21 +553,25 @@ impl PartitionLog {
                 .map(|(_, s)| s.clone())
                 .expect("offset >= log start has a segment")
         };
-        let data = segment.read(offset, max_bytes, min_one).await?;
-        if !data.is_empty() || segment.next_offset() > offset {
-            return Ok(data);
-        }
-        // `offset` is past this segment's end: start of the next one.
-        let next = self
-            .state
-            .borrow()
-            .segments
-            .range(offset + 1..)
-            .next()
-            .map(|(_, s)| s.clone());
-        match next {
-            Some(s) => Ok(s.read(s.base_offset, max_bytes, min_one).await?),
-            None => Ok(data),
+        let mut segment = segment;
+        loop {
+            let data = segment.read(offset, max_bytes, min_one).await?;
+            if !data.is_empty() {
+                return Ok(data);
+            }
+            // Nothing at or after `offset` here (compaction can empty whole segments): go on
+            // with the next segment, if any.
+            let next = self
+                .state
+                .borrow()
+                .segments
+                .range(segment.base_offset + 1..)
+                .next()
+                .map(|(_, s)| s.clone());
+            match next {
+                Some(s) => segment = s,
+                None => return Ok(data),
+            }
         }
     }
 

@@ -74,6 +74,9 @@ pub fn first_record_at_or_after(batch: &[u8], ts: i64) -> io::Result<Option<(i64
         .map(|r| (r.timestamp, r.offset)))
 }
 
+/// Extension of a compacted segment not yet swapped in.
+pub const CLEANED: &str = "cleaned";
+
 /// Base offset of a segment file name (`00000000000000000042.log`), if it is one.
 pub fn parse_segment_name(path: &Path) -> Option<i64> {
     if path.extension()? != "log" {
@@ -398,6 +401,36 @@ impl Segment {
         };
         let data = self.file.read_at(pos, header.total_len()).await?;
         first_record_at_or_after(&data, ts)
+    }
+
+    /// Reads the whole segment.
+    pub async fn read_all(&self) -> io::Result<Vec<u8>> {
+        let size = self.size.get() as usize;
+        if size == 0 {
+            return Ok(Vec::new());
+        }
+        Ok(self.file.read_at(0, size).await?.to_vec())
+    }
+
+    /// Replaces this (sealed) segment's content with `data` atomically: written to
+    /// `<base>.cleaned` and synced, the indexes removed (a crash before the rename keeps the
+    /// old, intact file; after it, indexes are rebuilt), then renamed over the log file.
+    /// Returns the new segment, sealed.
+    pub async fn replace(
+        &self,
+        dir: &Path,
+        data: &[u8],
+        index_interval: u64,
+    ) -> io::Result<Segment> {
+        let cleaned = path_with(dir, self.base_offset, CLEANED);
+        fs::write_file(&cleaned, data).await?;
+        fs::remove_file(&self.index_path()).await?;
+        fs::remove_file(&self.time_index_path()).await?;
+        glommio::io::rename(&cleaned, &self.path).await?;
+        let (segment, _) =
+            Segment::open(dir, self.base_offset, OpenMode::Sealed, index_interval).await?;
+        segment.seal().await?;
+        Ok(segment)
     }
 
     /// Removes the segment's files.
