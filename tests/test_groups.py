@@ -240,3 +240,61 @@ def test_kafka_python_group(gbroker, topic_name):
     assert described
     admin.delete_groups([group])
     assert group not in group_ids()
+
+
+@pytest.fixture(scope="module")
+def kbroker(workdir):
+    """A broker with a short KIP-848 heartbeat interval, so rebalances finish quickly."""
+    from conftest import new_broker
+
+    b = new_broker(workdir, *GROUP_ARGS, "--group-consumer-heartbeat-interval-ms", "300",
+                   "--group-consumer-session-timeout-ms", "6000").start()
+    yield b
+    assert b.alive(), b.read_log()
+    b.stop()
+
+
+@pytest.mark.parametrize("assignor", ["uniform", "range"])
+def test_kip848_consumer_protocol(kbroker, topic_name, assignor):
+    make_topic(kbroker, topic_name)
+    group = f"g848-{uuid.uuid4().hex[:6]}"
+    conf = {"group.protocol": "consumer", "group.remote.assignor": assignor}
+    members = [Member848(kbroker, group, topic_name, conf)]
+    wait_for(lambda: members[0].assigned == set(range(6)), what="first member owns all")
+    members.append(Member848(kbroker, group, topic_name, conf))
+    wait_for(lambda: split_ok(members) and all(m.assigned for m in members), what="two-way split")
+    members.append(Member848(kbroker, group, topic_name, conf))
+    wait_for(lambda: split_ok(members) and all(m.assigned for m in members), what="three-way split")
+    wait_for(lambda: len({v for m in members for _, _, v in m.received}) == 600, what="all records")
+    admin = AdminClient({"bootstrap.servers": kbroker.bootstrap})
+    desc = admin.describe_consumer_groups([group])[group].result(10)
+    assert len(desc.members) == 3
+    members[0].close()
+    wait_for(lambda: split_ok(members[1:]), what="the leaver's partitions move")
+    for m in members[1:]:
+        m.close()
+
+
+class Member848(Member):
+    """A member using group.protocol=consumer (no session/heartbeat settings: the broker's)."""
+
+    def __init__(self, broker, group, topic, conf):
+        self.cooperative = False
+        self.assigned = set()
+        self.revoked_ever = []
+        self.received = []
+        self.events = []
+        self.stop = threading.Event()
+        self.consumer = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": group,
+                                  "auto.offset.reset": "earliest", "enable.auto.commit": False, **conf})
+        self.consumer.subscribe([topic], on_assign=self._on_assign, on_revoke=self._on_revoke)
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _on_assign(self, consumer, partitions):
+        self.assigned |= {p.partition for p in partitions}
+        self.events.append(("assign", sorted(p.partition for p in partitions)))
+
+    def _on_revoke(self, consumer, partitions):
+        self.assigned -= {p.partition for p in partitions}
+        self.revoked_ever.extend(p.partition for p in partitions)

@@ -1,5 +1,6 @@
 """Retention, DeleteRecords and config changes applied without a restart."""
 
+import os
 import time
 
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
@@ -130,7 +131,7 @@ def test_compaction_keeps_latest_value_per_key(fresh_broker, topic_name):
             latest[key] = value
     # Distinct keys after the workload, so the last updates end up in closed segments.
     for i in range(400):
-        p.produce(topic_name, key=b"filler-%d" % i, value=b"x" * 100, partition=0)
+        p.produce(topic_name, key=b"filler-%d" % i, value=os.urandom(200), partition=0)
     assert p.flush(30) == 0
 
     def main_keys():

@@ -87,6 +87,14 @@ struct StartArgs {
     /// Largest session timeout a group member may ask for (group.max.session.timeout.ms).
     #[arg(long, default_value_t = 1_800_000)]
     group_max_session_timeout_ms: u64,
+    /// Session timeout of consumer-protocol (KIP-848) group members
+    /// (group.consumer.session.timeout.ms).
+    #[arg(long, default_value_t = 45_000)]
+    group_consumer_session_timeout_ms: u64,
+    /// Heartbeat interval given to consumer-protocol group members
+    /// (group.consumer.heartbeat.interval.ms).
+    #[arg(long, default_value_t = 5_000)]
+    group_consumer_heartbeat_interval_ms: u64,
     /// How often retention.ms / retention.bytes are applied (log.retention.check.interval.ms).
     #[arg(long, default_value_t = 30_000)]
     retention_check_interval_ms: u64,
@@ -146,6 +154,12 @@ fn start(args: StartArgs) -> Result<()> {
             ),
             initial_rebalance_delay: std::time::Duration::from_millis(
                 args.group_initial_rebalance_delay_ms,
+            ),
+            consumer_session_timeout: std::time::Duration::from_millis(
+                args.group_consumer_session_timeout_ms,
+            ),
+            consumer_heartbeat_interval: std::time::Duration::from_millis(
+                args.group_consumer_heartbeat_interval_ms,
             ),
         },
         offsets_partitions: args.offsets_partitions,

@@ -1,6 +1,7 @@
 //! Group coordination: which shard coordinates a group, the per-shard coordinator state, and
 //! persisting groups and committed offsets as records in `__consumer_offsets`.
 
+pub mod consumer;
 pub mod records;
 pub mod state;
 
@@ -54,6 +55,9 @@ pub struct Coordinator {
     pub config: GroupConfig,
     groups: RefCell<HashMap<String, Group>>,
     offsets: RefCell<HashMap<String, GroupOffsets>>,
+    /// KIP-848 groups (`group.protocol=consumer`). Their membership is not stored: after a
+    /// coordinator restart members rejoin (their committed offsets are stored as usual).
+    consumer_groups: RefCell<HashMap<String, consumer::ConsumerGroup>>,
     loaded: Cell<bool>,
 }
 
@@ -63,6 +67,7 @@ impl Coordinator {
             config,
             groups: RefCell::new(HashMap::new()),
             offsets: RefCell::new(HashMap::new()),
+            consumer_groups: RefCell::new(HashMap::new()),
             loaded: Cell::new(false),
         }
     }
@@ -90,10 +95,43 @@ impl Coordinator {
         self.groups.borrow_mut().get_mut(id).map(f)
     }
 
+    /// Runs `f` on a consumer-protocol group, creating it if needed.
+    pub fn with_consumer_group<T>(
+        &self,
+        id: &str,
+        f: impl FnOnce(&mut consumer::ConsumerGroup) -> T,
+    ) -> T {
+        let mut groups = self.consumer_groups.borrow_mut();
+        f(groups.entry(id.to_string()).or_default())
+    }
+
+    /// Runs `f` on a consumer-protocol group if it exists.
+    pub fn with_existing_consumer_group<T>(
+        &self,
+        id: &str,
+        f: impl FnOnce(&consumer::ConsumerGroup) -> T,
+    ) -> Option<T> {
+        self.consumer_groups.borrow().get(id).map(f)
+    }
+
+    /// Whether `id` is a classic group with members (a consumer group may not take its name).
+    pub fn is_active_classic(&self, id: &str) -> bool {
+        self.groups
+            .borrow()
+            .get(id)
+            .is_some_and(|g| !g.members.is_empty())
+    }
+
     pub fn group_ids(&self) -> Vec<String> {
         let groups = self.groups.borrow();
         let offsets = self.offsets.borrow();
-        let mut ids: Vec<String> = groups.keys().chain(offsets.keys()).cloned().collect();
+        let consumer_groups = self.consumer_groups.borrow();
+        let mut ids: Vec<String> = groups
+            .keys()
+            .chain(offsets.keys())
+            .chain(consumer_groups.keys())
+            .cloned()
+            .collect();
         ids.sort();
         ids.dedup();
         ids
@@ -162,6 +200,7 @@ impl Coordinator {
     /// Forgets a group and its offsets (DeleteGroups).
     pub fn forget(&self, group: &str) {
         self.groups.borrow_mut().remove(group);
+        self.consumer_groups.borrow_mut().remove(group);
         self.offsets.borrow_mut().remove(group);
     }
 }
@@ -304,6 +343,18 @@ pub async fn load(shard: &Rc<Shard>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Partition count of every topic, for consumer-protocol assignors.
+pub fn topic_partition_counts(shard: &Shard) -> BTreeMap<String, i32> {
+    shard
+        .meta
+        .snapshot()
+        .topics
+        .iter()
+        .filter(|(name, _)| !name.starts_with("__"))
+        .map(|(name, t)| (name.clone(), t.shards.len() as i32))
+        .collect()
+}
+
 /// Expires sessions and completes due rebalances every 100 ms, storing changed groups.
 pub async fn tick_loop(shard: Rc<Shard>) {
     loop {
@@ -316,6 +367,10 @@ pub async fn tick_loop(shard: Rc<Shard>) {
                 .filter_map(|g| g.tick(&shard.groups.config, now).then(|| group_record(g)))
                 .collect()
         };
+        let topics = topic_partition_counts(&shard);
+        for g in shard.groups.consumer_groups.borrow_mut().values_mut() {
+            g.tick(&topics, now);
+        }
         for record in changed {
             let GroupRecord::Group { group, .. } = &record else {
                 continue;

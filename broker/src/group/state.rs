@@ -130,6 +130,9 @@ pub struct GroupConfig {
     pub min_session_timeout: Duration,
     pub max_session_timeout: Duration,
     pub initial_rebalance_delay: Duration,
+    /// Consumer-protocol groups (KIP-848): the session and heartbeat interval the broker sets.
+    pub consumer_session_timeout: Duration,
+    pub consumer_heartbeat_interval: Duration,
 }
 
 impl Group {
@@ -646,6 +649,8 @@ mod tests {
         min_session_timeout: Duration::from_secs(1),
         max_session_timeout: Duration::from_secs(100),
         initial_rebalance_delay: Duration::from_secs(3),
+        consumer_session_timeout: Duration::from_secs(45),
+        consumer_heartbeat_interval: Duration::from_secs(5),
     };
 
     fn join(member_id: &str, instance: Option<&str>, protocols: &[&str]) -> Join {

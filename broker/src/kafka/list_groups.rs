@@ -8,13 +8,19 @@ use super::str_bytes;
 use crate::group::state::GroupState;
 use crate::shard::Shard;
 
-/// `(group, protocol type, state)` of every group a shard coordinates.
-pub async fn groups_on(shard: Rc<Shard>) -> Vec<(String, String, &'static str)> {
+/// `(group, protocol type, state, type)` of every group a shard coordinates.
+pub async fn groups_on(shard: Rc<Shard>) -> Vec<(String, String, &'static str, &'static str)> {
     shard
         .groups
         .group_ids()
         .into_iter()
         .map(|id| {
+            if let Some(state) = shard
+                .groups
+                .with_existing_consumer_group(&id, |g| g.state())
+            {
+                return (id, "consumer".to_string(), state, "consumer");
+            }
             let (protocol_type, state) = shard
                 .groups
                 .with_existing(&id, |g| {
@@ -26,7 +32,7 @@ pub async fn groups_on(shard: Rc<Shard>) -> Vec<(String, String, &'static str)> 
             } else {
                 state
             };
-            (id, protocol_type, state)
+            (id, protocol_type, state, "classic")
         })
         .collect()
 }
@@ -40,9 +46,9 @@ pub async fn handle(shard: &Rc<Shard>, req: ListGroupsRequest, version: i16) -> 
     let types: Vec<String> = req.types_filter.iter().map(|s| s.to_lowercase()).collect();
     let groups = all
         .into_iter()
-        .filter(|(_, _, state)| states.is_empty() || states.contains(&state.to_lowercase()))
-        .filter(|_| types.is_empty() || types.iter().any(|t| t == "classic"))
-        .map(|(id, protocol_type, state)| {
+        .filter(|(_, _, state, _)| states.is_empty() || states.contains(&state.to_lowercase()))
+        .filter(|(_, _, _, kind)| types.is_empty() || types.iter().any(|t| t == kind))
+        .map(|(id, protocol_type, state, kind)| {
             let mut g = ListedGroup::default()
                 .with_group_id(GroupId(str_bytes(&id)))
                 .with_protocol_type(str_bytes(&protocol_type));
@@ -50,7 +56,7 @@ pub async fn handle(shard: &Rc<Shard>, req: ListGroupsRequest, version: i16) -> 
                 g = g.with_group_state(str_bytes(state));
             }
             if version >= 5 {
-                g = g.with_group_type(str_bytes("classic"));
+                g = g.with_group_type(str_bytes(kind));
             }
             g
         })

@@ -12,6 +12,8 @@ use crate::shard::Shard;
 
 mod alter_configs;
 mod api_versions;
+mod consumer_group_describe;
+mod consumer_group_heartbeat;
 mod create_topics;
 mod delete_groups;
 mod delete_records;
@@ -58,6 +60,14 @@ pub async fn handle(shard: Rc<Shard>, request: Request, peer: Rc<str>) -> Reply 
             let client_id = header.client_id.as_deref().unwrap_or("").to_string();
             let host = format!("/{}", peer.rsplit_once(':').map_or(&*peer, |(h, _)| h));
             join_group::handle(&shard, req, version, client_id, host).await
+        }
+        RequestKind::ConsumerGroupHeartbeat(req) => {
+            let client_id = header.client_id.as_deref().unwrap_or("").to_string();
+            let host = format!("/{}", peer.rsplit_once(':').map_or(&*peer, |(h, _)| h));
+            consumer_group_heartbeat::handle(&shard, req, client_id, host).await
+        }
+        RequestKind::ConsumerGroupDescribe(req) => {
+            consumer_group_describe::handle(&shard, req).await
         }
         RequestKind::SyncGroup(req) => sync_group::handle(&shard, req, version).await,
         RequestKind::Heartbeat(req) => heartbeat::handle(&shard, req).await,

@@ -26,6 +26,20 @@ fn check_generation(
     instance: Option<&str>,
     generation: i32,
 ) -> Result<(), i16> {
+    // Consumer-protocol groups: the member's epoch stands for the generation.
+    let consumer = shard.groups.with_existing_consumer_group(group, |g| {
+        if generation < 0 && member.is_empty() {
+            return if g.members.is_empty() {
+                Ok(())
+            } else {
+                Err(ResponseError::UnknownMemberId.code())
+            };
+        }
+        g.check_commit(member, generation).map_err(|e| e.code())
+    });
+    if let Some(result) = consumer {
+        return result;
+    }
     let check = shard.groups.with_existing(group, |g| {
         if generation < 0 && member.is_empty() {
             return if g.members.is_empty() {

@@ -1,0 +1,561 @@
+//! The KIP-848 consumer group protocol (`group.protocol=consumer`): members heartbeat, the
+//! coordinator computes the target assignment with a server-side assignor (`uniform` or
+//! `range`) and reconciles each member towards it. A partition is given to a member only once
+//! no other member owns it, so no partition is ever owned by two members at once.
+//! State machine only: no I/O, callers pass `now`.
+
+use kafka_protocol::ResponseError;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+/// Partitions by topic name.
+pub type Assignment = BTreeMap<String, BTreeSet<i32>>;
+
+pub const ASSIGNORS: [&str; 2] = ["uniform", "range"];
+
+#[derive(Debug, Clone)]
+pub struct Member {
+    pub id: String,
+    pub instance_id: Option<String>,
+    pub rack_id: Option<String>,
+    pub client_id: String,
+    pub client_host: String,
+    pub epoch: i32,
+    pub subscribed: Vec<String>,
+    /// What the member owns: what it was last given, minus what it reported released.
+    pub owned: Assignment,
+    pub session_timeout: Duration,
+    pub last_heartbeat: Instant,
+}
+
+/// A ConsumerGroupHeartbeat as the coordinator sees it.
+pub struct Heartbeat {
+    pub member_id: String,
+    pub member_epoch: i32,
+    pub instance_id: Option<String>,
+    pub rack_id: Option<String>,
+    pub subscribed: Option<Vec<String>>,
+    pub assignor: Option<String>,
+    /// Partitions the member says it owns (None: unchanged).
+    pub owned: Option<Assignment>,
+    pub client_id: String,
+    pub client_host: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeartbeatResult {
+    pub error: i16,
+    pub message: Option<String>,
+    pub member_id: String,
+    pub member_epoch: i32,
+    /// The member's new assignment, or None when it has not changed.
+    pub assignment: Option<Assignment>,
+}
+
+impl HeartbeatResult {
+    fn error(e: ResponseError, member_id: &str, message: &str) -> HeartbeatResult {
+        HeartbeatResult {
+            error: e.code(),
+            message: Some(message.to_string()),
+            member_id: member_id.to_string(),
+            member_epoch: -1,
+            assignment: None,
+        }
+    }
+}
+
+/// One consumer-protocol group. Exists on the group's coordinator shard.
+#[derive(Debug)]
+pub struct ConsumerGroup {
+    pub group_epoch: i32,
+    pub assignment_epoch: i32,
+    pub assignor: String,
+    pub members: BTreeMap<String, Member>,
+    pub target: BTreeMap<String, Assignment>,
+    /// Topic -> partition count the target was computed with.
+    topics_seen: BTreeMap<String, i32>,
+}
+
+fn total(a: &Assignment) -> usize {
+    a.values().map(|p| p.len()).sum()
+}
+
+fn minus(a: &Assignment, b: &Assignment) -> Assignment {
+    a.iter()
+        .map(|(t, ps)| {
+            (
+                t.clone(),
+                ps.iter()
+                    .filter(|p| !b.get(t).is_some_and(|q| q.contains(p)))
+                    .copied()
+                    .collect::<BTreeSet<i32>>(),
+            )
+        })
+        .filter(|(_, ps)| !ps.is_empty())
+        .collect()
+}
+
+fn intersect(a: &Assignment, b: &Assignment) -> Assignment {
+    a.iter()
+        .map(|(t, ps)| {
+            (
+                t.clone(),
+                ps.iter()
+                    .filter(|p| b.get(t).is_some_and(|q| q.contains(p)))
+                    .copied()
+                    .collect::<BTreeSet<i32>>(),
+            )
+        })
+        .filter(|(_, ps)| !ps.is_empty())
+        .collect()
+}
+
+impl Default for ConsumerGroup {
+    fn default() -> ConsumerGroup {
+        ConsumerGroup {
+            group_epoch: 0,
+            assignment_epoch: 0,
+            assignor: ASSIGNORS[0].to_string(),
+            members: BTreeMap::new(),
+            target: BTreeMap::new(),
+            topics_seen: BTreeMap::new(),
+        }
+    }
+}
+
+impl ConsumerGroup {
+    /// Kafka's state names for consumer groups.
+    pub fn state(&self) -> &'static str {
+        if self.members.is_empty() {
+            "Empty"
+        } else if self.assignment_epoch < self.group_epoch {
+            "Assigning"
+        } else if self
+            .members
+            .values()
+            .any(|m| m.epoch != self.assignment_epoch)
+        {
+            "Reconciling"
+        } else {
+            "Stable"
+        }
+    }
+
+    /// Handles a heartbeat. `topics` gives the partition count of every existing topic.
+    pub fn heartbeat(
+        &mut self,
+        hb: Heartbeat,
+        topics: &BTreeMap<String, i32>,
+        session_timeout: Duration,
+        now: Instant,
+    ) -> HeartbeatResult {
+        if let Some(a) = &hb.assignor {
+            if !ASSIGNORS.contains(&a.as_str()) {
+                return HeartbeatResult::error(
+                    ResponseError::UnsupportedAssignor,
+                    &hb.member_id,
+                    "assignors: uniform, range",
+                );
+            }
+        }
+        if hb.member_epoch < 0 {
+            // -1: leaving; -2: a static member leaving for now (treated the same).
+            let id = match &hb.instance_id {
+                Some(instance) => self
+                    .members
+                    .values()
+                    .find(|m| m.instance_id.as_deref() == Some(instance.as_str()))
+                    .map(|m| m.id.clone()),
+                None => Some(hb.member_id.clone()),
+            };
+            if let Some(id) = id {
+                if self.members.remove(&id).is_some() {
+                    self.bump(topics);
+                }
+            }
+            return HeartbeatResult {
+                error: 0,
+                message: None,
+                member_id: hb.member_id,
+                member_epoch: hb.member_epoch,
+                assignment: None,
+            };
+        }
+        let mut changed = false;
+        let member_id = if hb.member_epoch == 0 {
+            let Some(subscribed) = hb.subscribed.clone() else {
+                return HeartbeatResult::error(
+                    ResponseError::InvalidRequest,
+                    &hb.member_id,
+                    "a joining member must give its subscription",
+                );
+            };
+            let id = if hb.member_id.is_empty() {
+                uuid::Uuid::new_v4().to_string()
+            } else {
+                hb.member_id.clone()
+            };
+            // A static member coming back replaces its previous incarnation.
+            let previous = hb.instance_id.as_ref().and_then(|i| {
+                self.members
+                    .values()
+                    .find(|m| m.instance_id.as_ref() == Some(i))
+                    .map(|m| m.id.clone())
+            });
+            let owned = match previous.and_then(|p| self.members.remove(&p)) {
+                Some(old) => {
+                    if let Some(t) = self.target.remove(&old.id) {
+                        self.target.insert(id.clone(), t);
+                    }
+                    old.owned
+                }
+                None => {
+                    changed = true;
+                    Assignment::new()
+                }
+            };
+            self.members.insert(
+                id.clone(),
+                Member {
+                    id: id.clone(),
+                    instance_id: hb.instance_id.clone(),
+                    rack_id: hb.rack_id.clone(),
+                    client_id: hb.client_id.clone(),
+                    client_host: hb.client_host.clone(),
+                    epoch: 0,
+                    subscribed,
+                    owned,
+                    session_timeout,
+                    last_heartbeat: now,
+                },
+            );
+            id
+        } else {
+            let Some(member) = self.members.get_mut(&hb.member_id) else {
+                return HeartbeatResult::error(
+                    ResponseError::UnknownMemberId,
+                    &hb.member_id,
+                    "unknown member",
+                );
+            };
+            if hb.member_epoch != member.epoch {
+                return HeartbeatResult::error(
+                    ResponseError::FencedMemberEpoch,
+                    &hb.member_id,
+                    "stale member epoch: rejoin",
+                );
+            }
+            if let Some(subscribed) = &hb.subscribed {
+                if *subscribed != member.subscribed {
+                    member.subscribed = subscribed.clone();
+                    changed = true;
+                }
+            }
+            hb.member_id.clone()
+        };
+        let member = self.members.get_mut(&member_id).expect("member present");
+        member.last_heartbeat = now;
+        if let Some(owned) = hb.owned {
+            // The member only ever releases partitions on its own; keep what it reports.
+            member.owned = intersect(&member.owned, &owned);
+        }
+        if let Some(a) = hb.assignor {
+            if a != self.assignor {
+                self.assignor = a;
+                changed = true;
+            }
+        }
+        if changed || self.topics_changed(topics) {
+            self.bump(topics);
+        }
+        self.reconcile(&member_id)
+    }
+
+    fn topics_changed(&self, topics: &BTreeMap<String, i32>) -> bool {
+        let subscribed: BTreeSet<&String> =
+            self.members.values().flat_map(|m| &m.subscribed).collect();
+        subscribed
+            .iter()
+            .any(|t| topics.get(*t) != self.topics_seen.get(*t))
+    }
+
+    /// Moves the group to a new epoch and recomputes the target assignment.
+    fn bump(&mut self, topics: &BTreeMap<String, i32>) {
+        self.group_epoch += 1;
+        let subscribed: BTreeSet<String> = self
+            .members
+            .values()
+            .flat_map(|m| m.subscribed.clone())
+            .collect();
+        self.topics_seen = subscribed
+            .iter()
+            .filter_map(|t| topics.get(t).map(|n| (t.clone(), *n)))
+            .collect();
+        self.target = if self.assignor == "range" {
+            self.assign_range()
+        } else {
+            self.assign_uniform()
+        };
+        self.assignment_epoch = self.group_epoch;
+    }
+
+    /// `range`: per topic, contiguous ranges of partitions to the subscribed members in order.
+    fn assign_range(&self) -> BTreeMap<String, Assignment> {
+        let mut target: BTreeMap<String, Assignment> = self
+            .members
+            .keys()
+            .map(|m| (m.clone(), Assignment::new()))
+            .collect();
+        for (topic, &count) in &self.topics_seen {
+            let members: Vec<&String> = self
+                .members
+                .values()
+                .filter(|m| m.subscribed.contains(topic))
+                .map(|m| &m.id)
+                .collect();
+            if members.is_empty() {
+                continue;
+            }
+            let (per, extra) = (
+                count as usize / members.len(),
+                count as usize % members.len(),
+            );
+            let mut next = 0;
+            for (i, m) in members.iter().enumerate() {
+                let n = per + usize::from(i < extra);
+                let parts: BTreeSet<i32> = (next..next + n).map(|p| p as i32).collect();
+                next += n;
+                if !parts.is_empty() {
+                    target
+                        .get_mut(*m)
+                        .expect("member")
+                        .insert(topic.clone(), parts);
+                }
+            }
+        }
+        target
+    }
+
+    /// `uniform`: balanced by partition count, keeping partitions where they are when it can.
+    fn assign_uniform(&self) -> BTreeMap<String, Assignment> {
+        let mut target: BTreeMap<String, Assignment> = self
+            .members
+            .keys()
+            .map(|m| (m.clone(), Assignment::new()))
+            .collect();
+        for (topic, &count) in &self.topics_seen {
+            let members: Vec<&String> = self
+                .members
+                .values()
+                .filter(|m| m.subscribed.contains(topic))
+                .map(|m| &m.id)
+                .collect();
+            if members.is_empty() {
+                continue;
+            }
+            let quota = (count as usize).div_ceil(members.len());
+            let mut unassigned = Vec::new();
+            for p in 0..count {
+                let keeper = members.iter().find(|m| {
+                    self.target
+                        .get(**m)
+                        .and_then(|a| a.get(topic))
+                        .is_some_and(|ps| ps.contains(&p))
+                });
+                match keeper {
+                    Some(m) if target[*m].get(topic).map_or(0, |s| s.len()) < quota => {
+                        target
+                            .get_mut(*m)
+                            .expect("member")
+                            .entry(topic.clone())
+                            .or_default()
+                            .insert(p);
+                    }
+                    _ => unassigned.push(p),
+                }
+            }
+            for p in unassigned {
+                let m = members
+                    .iter()
+                    .min_by_key(|m| {
+                        (
+                            total(&target[**m]),
+                            target[**m].get(topic).map_or(0, |s| s.len()),
+                        )
+                    })
+                    .expect("members");
+                target
+                    .get_mut(*m)
+                    .expect("member")
+                    .entry(topic.clone())
+                    .or_default()
+                    .insert(p);
+            }
+        }
+        target
+    }
+
+    /// Moves a member towards its target: first it must release what it should not own; then
+    /// it gets the target partitions no other member still owns.
+    fn reconcile(&mut self, member_id: &str) -> HeartbeatResult {
+        let target = self.target.get(member_id).cloned().unwrap_or_default();
+        let member = &self.members[member_id];
+        let owned = member.owned.clone();
+        let revoke = minus(&owned, &target);
+        let (assignment, epoch) = if !revoke.is_empty() {
+            (intersect(&owned, &target), member.epoch)
+        } else {
+            let others: Assignment = self.members.values().filter(|m| m.id != member_id).fold(
+                Assignment::new(),
+                |mut acc, m| {
+                    for (t, ps) in &m.owned {
+                        acc.entry(t.clone()).or_default().extend(ps);
+                    }
+                    acc
+                },
+            );
+            let free = minus(&target, &others);
+            (free, self.assignment_epoch)
+        };
+        let member = self.members.get_mut(member_id).expect("member present");
+        let changed = assignment != member.owned || epoch != member.epoch;
+        if revoke.is_empty() {
+            member.owned = assignment.clone();
+        }
+        member.epoch = epoch;
+        HeartbeatResult {
+            error: 0,
+            message: None,
+            member_id: member_id.to_string(),
+            member_epoch: epoch,
+            assignment: changed.then_some(assignment),
+        }
+    }
+
+    /// Drops members whose session ran out. Returns whether any did.
+    pub fn tick(&mut self, topics: &BTreeMap<String, i32>, now: Instant) -> bool {
+        let expired: Vec<String> = self
+            .members
+            .values()
+            .filter(|m| now >= m.last_heartbeat + m.session_timeout)
+            .map(|m| m.id.clone())
+            .collect();
+        for id in &expired {
+            self.members.remove(id);
+        }
+        if !expired.is_empty() {
+            self.bump(topics);
+        }
+        !expired.is_empty()
+    }
+
+    /// Whether `member_id` at `epoch` may commit offsets.
+    pub fn check_commit(&self, member_id: &str, epoch: i32) -> Result<(), ResponseError> {
+        match self.members.get(member_id) {
+            None => Err(ResponseError::UnknownMemberId),
+            Some(m) if epoch > m.epoch || epoch < 0 => Err(ResponseError::StaleMemberEpoch),
+            Some(_) => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hb(id: &str, epoch: i32, topics: Option<&[&str]>, owned: Option<Assignment>) -> Heartbeat {
+        Heartbeat {
+            member_id: id.into(),
+            member_epoch: epoch,
+            instance_id: None,
+            rack_id: None,
+            subscribed: topics.map(|t| t.iter().map(|s| s.to_string()).collect()),
+            assignor: None,
+            owned,
+            client_id: "c".into(),
+            client_host: "/h".into(),
+        }
+    }
+
+    fn parts(a: &Assignment) -> usize {
+        total(a)
+    }
+
+    #[test]
+    fn members_never_share_a_partition_while_rebalancing() {
+        let topics: BTreeMap<String, i32> = [("t".to_string(), 6)].into();
+        let now = Instant::now();
+        let s = Duration::from_secs(45);
+        let mut g = ConsumerGroup::default();
+        let a = g.heartbeat(hb("", 0, Some(&["t"]), None), &topics, s, now);
+        assert_eq!(a.error, 0);
+        assert_eq!(parts(a.assignment.as_ref().unwrap()), 6);
+        let a_id = a.member_id.clone();
+        // b joins: a must first give up three partitions before b gets them.
+        let b = g.heartbeat(hb("", 0, Some(&["t"]), None), &topics, s, now);
+        let b_id = b.member_id.clone();
+        assert_eq!(
+            b.assignment.as_ref().map_or(0, parts),
+            0,
+            "nothing is free yet"
+        );
+        let a2 = g.heartbeat(hb(&a_id, a.member_epoch, None, None), &topics, s, now);
+        let kept = a2.assignment.clone().expect("a is told to shrink");
+        assert_eq!(parts(&kept), 3);
+        assert_eq!(
+            a2.member_epoch, a.member_epoch,
+            "epoch moves only after revocation"
+        );
+        // a confirms it released them; now it moves to the new epoch and b gets the rest.
+        let a3 = g.heartbeat(
+            hb(&a_id, a2.member_epoch, None, Some(kept.clone())),
+            &topics,
+            s,
+            now,
+        );
+        assert_eq!(a3.member_epoch, g.assignment_epoch);
+        let b2 = g.heartbeat(hb(&b_id, b.member_epoch, None, None), &topics, s, now);
+        let got = b2.assignment.expect("b gets the freed partitions");
+        assert_eq!(parts(&got), 3);
+        assert!(intersect(&got, &kept).is_empty());
+        assert_eq!(g.state(), "Stable");
+        // A stale epoch is fenced; a leave hands a's partitions to b.
+        assert_eq!(
+            g.heartbeat(hb(&a_id, 1000, None, None), &topics, s, now)
+                .error,
+            ResponseError::FencedMemberEpoch.code()
+        );
+        g.heartbeat(hb(&a_id, -1, None, None), &topics, s, now);
+        let b3 = g.heartbeat(hb(&b_id, b2.member_epoch, None, None), &topics, s, now);
+        assert_eq!(parts(&b3.assignment.unwrap()), 6);
+    }
+
+    #[test]
+    fn range_assignor_and_session_expiry() {
+        let topics: BTreeMap<String, i32> = [("t".to_string(), 5)].into();
+        let now = Instant::now();
+        let s = Duration::from_secs(10);
+        let mut g = ConsumerGroup::default();
+        let mut first = hb("", 0, Some(&["t"]), None);
+        first.assignor = Some("range".into());
+        let a = g.heartbeat(first, &topics, s, now);
+        let b = g.heartbeat(hb("", 0, Some(&["t"]), None), &topics, s, now);
+        assert_eq!(g.assignor, "range");
+        let mut sizes: Vec<usize> = g.target.values().map(parts).collect();
+        sizes.sort();
+        assert_eq!(sizes, vec![2, 3]);
+        // Ranges are contiguous: the first member in id order has 0..3.
+        let first_id = g.members.keys().next().unwrap().clone();
+        assert_eq!(g.target[&first_id]["t"], (0..3).collect::<BTreeSet<i32>>());
+        let _ = (a, b);
+        assert!(g.tick(&topics, now + Duration::from_secs(11)));
+        assert!(g.members.is_empty());
+        assert_eq!(g.state(), "Empty");
+        let mut bad = hb("", 0, Some(&["t"]), None);
+        bad.assignor = Some("sticky".into());
+        assert_eq!(
+            g.heartbeat(bad, &topics, s, now).error,
+            ResponseError::UnsupportedAssignor.code()
+        );
+    }
+}
