@@ -1,6 +1,7 @@
 """Data and topics survive restarts: clean ones and crashes (SIGKILL)."""
 
 import threading
+import time
 
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -39,7 +40,7 @@ def test_sigkill_loses_no_acknowledged_record(fresh_broker, topic_name):
     a = AdminClient({"bootstrap.servers": broker.bootstrap})
     a.create_topics([NewTopic(topic_name, 2, 1)])[topic_name].result(30)
     acked = {0: [], 1: []}
-    for round_ in range(3):
+    for round_ in range(6):
         p = Producer({
             "bootstrap.servers": broker.bootstrap,
             "acks": "all",
@@ -54,11 +55,23 @@ def test_sigkill_loses_no_acknowledged_record(fresh_broker, topic_name):
                 with lock:
                     acked[msg.partition()].append((msg.offset(), msg.value()))
 
+        # Kill while records are in flight, after a different number of acks each round.
+        kill_after = 100 * (round_ + 1)
+        before = sum(len(v) for v in acked.values())
+        killed = False
         for i in range(3000):
             p.produce(topic_name, value=b"r%d-%d" % (round_, i), partition=i % 2, on_delivery=on_delivery)
-            if i == 1500:
-                p.poll(0.05)
+            p.poll(0)
+            if not killed and sum(len(v) for v in acked.values()) - before >= kill_after:
                 broker.kill()
+                killed = True
+        deadline = time.time() + 10
+        while not killed and time.time() < deadline:
+            p.poll(0.01)
+            if sum(len(v) for v in acked.values()) - before >= kill_after:
+                broker.kill()
+                killed = True
+        assert killed, "the producer got acknowledgements before the kill"
         p.flush(10)
         broker.start()
     for part in (0, 1):
