@@ -89,7 +89,12 @@ pub fn encode_response(
     body: &ResponseKind,
 ) -> anyhow::Result<Bytes> {
     let header_version = body.header_version(version);
-    let mut buf = BytesMut::with_capacity(256);
+    // Fetch responses carry record data: size the buffer once instead of growing it.
+    let capacity = match body {
+        ResponseKind::Fetch(f) => f.compute_size(version).unwrap_or(0) + 16,
+        _ => 256,
+    };
+    let mut buf = BytesMut::with_capacity(capacity);
     buf.put_i32(0); // size, patched below
     buf.put_i32(correlation_id);
     if header_version >= 1 {
