@@ -101,13 +101,15 @@ def split_ok(members, partitions=6):
     return union == set(range(partitions)) and sum(len(o) for o in owned) == partitions
 
 
-def test_members_split_partitions_and_consume_everything(gbroker, topic_name):
+@pytest.mark.parametrize("strategy", ["range", "roundrobin"])
+def test_members_split_partitions_and_consume_everything(gbroker, topic_name, strategy):
     make_topic(gbroker, topic_name)
     group = f"g-{uuid.uuid4().hex[:6]}"
-    a = Member(gbroker, group, topic_name)
-    b = Member(gbroker, group, topic_name)
+    conf = {"partition.assignment.strategy": strategy}
+    a = Member(gbroker, group, topic_name, **conf)
+    b = Member(gbroker, group, topic_name, **conf)
     wait_for(lambda: split_ok([a, b]) and a.assigned and b.assigned, what="two-way split")
-    c = Member(gbroker, group, topic_name)
+    c = Member(gbroker, group, topic_name, **conf)
     wait_for(lambda: split_ok([a, b, c]) and all(m.assigned for m in (a, b, c)), what="three-way split")
     wait_for(lambda: len({v for m in (a, b, c) for _, _, v in m.received}) == 600, what="all records")
     for m in (a, b, c):
@@ -153,13 +155,17 @@ def test_committed_offsets_survive_restart(fresh_broker, topic_name):
         m = c.poll(1.0)
         if m is not None and not m.error():
             got.append(m)
-    c.commit(asynchronous=False)
     positions = {tp.partition: tp.offset for tp in c.position(c.assignment())}
+    # Commit with metadata strings and leader epochs: they must come back after the restart.
+    c.commit(offsets=[TopicPartition(topic_name, p, o, metadata=f"meta-{p}", leader_epoch=0) for p, o in positions.items()],
+             asynchronous=False)
     c.close()
     broker.restart()
     c = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": group, "auto.offset.reset": "earliest"})
     committed = c.committed([TopicPartition(topic_name, 0), TopicPartition(topic_name, 1)], timeout=10)
     assert {tp.partition: tp.offset for tp in committed} == positions
+    assert {tp.partition: tp.metadata for tp in committed} == {0: "meta-0", 1: "meta-1"}
+    assert all(tp.leader_epoch == 0 for tp in committed)
     c.subscribe([topic_name])
     rest = []
     deadline = time.time() + 30

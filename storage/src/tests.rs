@@ -409,3 +409,38 @@ fn compaction_keeps_the_newest_record_per_key_and_survives_a_crash_mid_swap() {
         );
     });
 }
+
+#[test]
+fn recovery_after_a_zeroed_tail_page() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("t-0");
+    let d = dir.clone();
+    run(move || async move {
+        let log = PartitionLog::open(&d, LogConfig::default()).await.unwrap();
+        fill(&log, 20).await; // ~12 KB, no clean close
+    });
+    let seg = dir_files(&dir, "log").pop().unwrap();
+    let mut data = std::fs::read(&seg).unwrap();
+    let headers: Vec<(usize, i64, usize)> = batch::headers(&data)
+        .map(|(p, h)| (p, h.base_offset, h.total_len()))
+        .collect();
+    let end = headers.last().map(|&(p, _, l)| p + l).unwrap();
+    // The page holding the end of the log was lost (power cut): it reads back as zeros.
+    let page = (end - 1) / 4096 * 4096;
+    data[page..end].fill(0);
+    std::fs::write(&seg, &data).unwrap();
+    // Recovery keeps every batch that ends before the zeroed page.
+    let expected = headers
+        .iter()
+        .filter(|&&(p, _, l)| p + l <= page)
+        .map(|&(_, base, _)| base + 5)
+        .max()
+        .unwrap_or(0);
+    run(move || async move {
+        let log = PartitionLog::open(&dir, LogConfig::default())
+            .await
+            .unwrap();
+        assert_eq!(log.end_offset(), expected);
+        assert_eq!(read_all(&log).await, (0..expected).collect::<Vec<_>>());
+    });
+}
