@@ -14,6 +14,16 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TERN_BIN = os.environ.get("TERN_BIN", os.path.join(ROOT, "target", "release", "tern"))
 
 
+def wait_for(cond, timeout=40, what="condition"):
+    """Polls `cond` until it holds; a liveness bound, not a timing assertion."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if cond():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

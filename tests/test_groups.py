@@ -8,6 +8,8 @@ import pytest
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from conftest import wait_for
+
 GROUP_ARGS = ("--group-initial-rebalance-delay-ms", "300")
 
 
@@ -85,14 +87,6 @@ class Member:
         self.thread.join(10)
         self.consumer.close()
 
-
-def wait_for(cond, timeout=40, what="condition"):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if cond():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def split_ok(members, partitions=6):

@@ -6,16 +6,9 @@ import time
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, NewTopic
 
+from conftest import wait_for
 from test_confluent import read_partition
 
-
-def wait_for(cond, timeout=30, what="condition"):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if cond():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def earliest(broker, topic):
@@ -129,10 +122,13 @@ def test_compaction_keeps_latest_value_per_key(fresh_broker, topic_name):
             latest.pop(key, None)
         else:
             latest[key] = value
-    # Distinct keys after the workload, so the last updates end up in closed segments.
-    for i in range(400):
-        p.produce(topic_name, key=b"filler-%d" % i, value=os.urandom(200), partition=0)
     assert p.flush(30) == 0
+    # Distinct keys after the workload, in separate requests, so the segment holding the last
+    # updates is closed (the active segment is never compacted).
+    for part in range(2):
+        for i in range(200):
+            p.produce(topic_name, key=b"filler-%d-%d" % (part, i), value=os.urandom(200), partition=0)
+        assert p.flush(30) == 0
 
     def main_keys():
         msgs = read_partition(broker, topic_name, 0)

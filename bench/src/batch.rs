@@ -3,9 +3,8 @@
 
 use anyhow::Result;
 use bytes::{BufMut, Bytes, BytesMut};
-use kafka_protocol::records::{
-    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-};
+use kafka_protocol::records::{Compression, RecordBatchDecoder};
+use tern_protocol::batch;
 
 fn put_varint(buf: &mut BytesMut, v: i64) {
     let mut n = ((v << 1) ^ (v >> 63)) as u64;
@@ -27,35 +26,19 @@ pub struct Pending<'a> {
 pub fn encode(records: &[Pending<'_>], compression: Compression) -> Result<Bytes> {
     let base_ts = records.first().map_or(0, |r| r.timestamp);
     if compression != Compression::None {
-        let encoded: Vec<Record> = records
+        let encoded: Vec<_> = records
             .iter()
             .enumerate()
-            .map(|(i, r)| Record {
-                transactional: false,
-                control: false,
-                delete_horizon: false,
-                partition_leader_epoch: -1,
-                producer_id: -1,
-                producer_epoch: -1,
-                timestamp_type: TimestampType::Creation,
-                offset: i as i64,
-                sequence: i as i32,
-                timestamp: r.timestamp,
-                key: r.key.map(Bytes::copy_from_slice),
-                value: Some(Bytes::copy_from_slice(r.value)),
-                headers: Default::default(),
+            .map(|(i, r)| {
+                batch::plain_record(
+                    i as i64,
+                    r.timestamp,
+                    r.key.map(Bytes::copy_from_slice),
+                    Some(Bytes::copy_from_slice(r.value)),
+                )
             })
             .collect();
-        let mut buf = BytesMut::new();
-        RecordBatchEncoder::encode(
-            &mut buf,
-            &encoded,
-            &RecordEncodeOptions {
-                version: 2,
-                compression,
-            },
-        )?;
-        return Ok(buf.freeze());
+        return batch::encode_plain(&encoded, compression);
     }
     let max_ts = records.iter().map(|r| r.timestamp).max().unwrap_or(base_ts);
     let mut buf =
@@ -103,9 +86,8 @@ pub fn encode(records: &[Pending<'_>], compression: Compression) -> Result<Bytes
 /// Calls `f(timestamp)` for every record in fetched record data (whole batches).
 pub fn for_each_timestamp(mut data: Bytes, mut f: impl FnMut(i64)) -> Result<usize> {
     let mut records = 0;
-    while data.len() >= tern_protocol::batch::HEADER_LEN {
-        let header =
-            tern_protocol::batch::BatchHeader::parse(&data).map_err(|e| anyhow::anyhow!(e))?;
+    while data.len() >= batch::HEADER_LEN {
+        let header = batch::BatchHeader::parse(&data).map_err(|e| anyhow::anyhow!(e))?;
         if header.total_len() > data.len() {
             break;
         }
@@ -115,7 +97,7 @@ pub fn for_each_timestamp(mut data: Bytes, mut f: impl FnMut(i64)) -> Result<usi
         }
         if header.compression() == 0 && !header.is_log_append_time() {
             // Uncompressed: read only the timestamp deltas.
-            let mut at = tern_protocol::batch::HEADER_LEN;
+            let mut at = batch::HEADER_LEN;
             for _ in 0..header.record_count {
                 let (len, n) = varint(&batch[at..]);
                 let (delta, _) = varint(&batch[at + n + 1..]);
@@ -164,7 +146,7 @@ mod tests {
             .collect();
         for compression in [Compression::None, Compression::Lz4] {
             let batch = encode(&records, compression).unwrap();
-            tern_protocol::batch::validate(&batch).expect("valid batch");
+            batch::validate(&batch).expect("valid batch");
             let decoded = RecordBatchDecoder::decode(&mut batch.clone())
                 .unwrap()
                 .records;

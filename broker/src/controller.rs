@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 use uuid::Uuid;
 
+use crate::metadata::ClusterMeta;
 use crate::shard::Shard;
 use crate::topic_config;
 
@@ -68,18 +69,8 @@ pub fn validate_new_topic(topic: &NewTopic) -> Result<(), ApiError> {
 /// Creates a topic: persist the metadata, open its partitions on their shards, publish.
 /// Must run on the controller shard.
 pub async fn create_topic(shard: &Rc<Shard>, topic: NewTopic) -> Result<Uuid, ApiError> {
-    assert_eq!(
-        shard.id, CONTROLLER_SHARD,
-        "metadata changes run on the controller shard"
-    );
     validate_new_topic(&topic)?;
-    let _lock = shard.controller_lock.acquire_permit(1).await.map_err(|_| {
-        ApiError::new(
-            ResponseError::UnknownServerError,
-            "controller is shutting down",
-        )
-    })?;
-    let mut meta = (*shard.meta.snapshot()).clone();
+    let (_lock, mut meta) = begin_change(shard).await?;
     if meta.topics.contains_key(&topic.name) {
         return Err(ApiError::new(
             ResponseError::TopicAlreadyExists,
@@ -96,8 +87,7 @@ pub async fn create_topic(shard: &Rc<Shard>, topic: NewTopic) -> Result<Uuid, Ap
             configs: topic.configs.clone(),
         },
     );
-    meta.version += 1;
-    shard.meta.persist(&meta).await.map_err(storage_error)?;
+    persist_change(shard, &mut meta).await?;
     let opens = shards.iter().enumerate().map(|(p, &owner)| {
         let name = topic.name.clone();
         let configs = topic.configs.clone();
@@ -118,25 +108,11 @@ pub async fn create_topic(shard: &Rc<Shard>, topic: NewTopic) -> Result<Uuid, Ap
 /// Deletes a topic: persist and publish the metadata without it, then remove its partitions.
 /// Must run on the controller shard.
 pub async fn delete_topic(shard: &Rc<Shard>, name: String) -> Result<Uuid, ApiError> {
-    assert_eq!(
-        shard.id, CONTROLLER_SHARD,
-        "metadata changes run on the controller shard"
-    );
-    let _lock = shard.controller_lock.acquire_permit(1).await.map_err(|_| {
-        ApiError::new(
-            ResponseError::UnknownServerError,
-            "controller is shutting down",
-        )
-    })?;
-    let mut meta = (*shard.meta.snapshot()).clone();
+    let (_lock, mut meta) = begin_change(shard).await?;
     let Some(topic) = meta.topics.remove(&name) else {
-        return Err(ApiError::new(
-            ResponseError::UnknownTopicOrPartition,
-            format!("topic {name} does not exist"),
-        ));
+        return Err(unknown_topic(&name));
     };
-    meta.version += 1;
-    shard.meta.persist(&meta).await.map_err(storage_error)?;
+    persist_change(shard, &mut meta).await?;
     shard.meta.publish(meta);
     let removals = topic.shards.iter().enumerate().map(|(p, &owner)| {
         let name = name.clone();
@@ -162,29 +138,15 @@ pub async fn set_topic_configs(
     name: String,
     configs: BTreeMap<String, String>,
 ) -> Result<(), ApiError> {
-    assert_eq!(
-        shard.id, CONTROLLER_SHARD,
-        "metadata changes run on the controller shard"
-    );
-    let _lock = shard.controller_lock.acquire_permit(1).await.map_err(|_| {
-        ApiError::new(
-            ResponseError::UnknownServerError,
-            "controller is shutting down",
-        )
-    })?;
-    let mut meta = (*shard.meta.snapshot()).clone();
+    let (_lock, mut meta) = begin_change(shard).await?;
     let Some(topic) = meta.topics.get_mut(&name) else {
-        return Err(ApiError::new(
-            ResponseError::UnknownTopicOrPartition,
-            format!("topic {name} does not exist"),
-        ));
+        return Err(unknown_topic(&name));
     };
     topic.configs = configs.clone();
     let mut owners: Vec<usize> = topic.shards.clone();
     owners.sort();
     owners.dedup();
-    meta.version += 1;
-    shard.meta.persist(&meta).await.map_err(storage_error)?;
+    persist_change(shard, &mut meta).await?;
     shard.meta.publish(meta);
     for owner in owners {
         let (name, configs) = (name.clone(), configs.clone());
@@ -201,23 +163,43 @@ pub async fn set_topic_configs(
 /// Hands out a new producer id, persisted first so it is never given out twice.
 /// Must run on the controller shard.
 pub async fn allocate_producer_id(shard: &Rc<Shard>) -> Result<i64, ApiError> {
+    let (_lock, mut meta) = begin_change(shard).await?;
+    let id = meta.next_producer_id;
+    meta.next_producer_id += 1;
+    persist_change(shard, &mut meta).await?;
+    shard.meta.publish(meta);
+    Ok(id)
+}
+
+/// Takes the controller lock (held by the returned permit) and a copy of the metadata to
+/// change. Must run on the controller shard.
+async fn begin_change(
+    shard: &Rc<Shard>,
+) -> Result<(glommio::sync::Permit<'_>, ClusterMeta), ApiError> {
     assert_eq!(
         shard.id, CONTROLLER_SHARD,
         "metadata changes run on the controller shard"
     );
-    let _lock = shard.controller_lock.acquire_permit(1).await.map_err(|_| {
+    let permit = shard.controller_lock.acquire_permit(1).await.map_err(|_| {
         ApiError::new(
             ResponseError::UnknownServerError,
             "controller is shutting down",
         )
     })?;
-    let mut meta = (*shard.meta.snapshot()).clone();
-    let id = meta.next_producer_id;
-    meta.next_producer_id += 1;
+    Ok((permit, (*shard.meta.snapshot()).clone()))
+}
+
+/// Gives the changed metadata a new version and stores it durably (not yet published).
+async fn persist_change(shard: &Rc<Shard>, meta: &mut ClusterMeta) -> Result<(), ApiError> {
     meta.version += 1;
-    shard.meta.persist(&meta).await.map_err(storage_error)?;
-    shard.meta.publish(meta);
-    Ok(id)
+    shard.meta.persist(meta).await.map_err(storage_error)
+}
+
+fn unknown_topic(name: &str) -> ApiError {
+    ApiError::new(
+        ResponseError::UnknownTopicOrPartition,
+        format!("topic {name} does not exist"),
+    )
 }
 
 fn storage_error(e: anyhow::Error) -> ApiError {
@@ -237,10 +219,7 @@ pub async fn ensure_topic(
     }
     validate_topic_name(name)?;
     if !(allow_auto_create && shard.config.auto_create_topics) {
-        return Err(ApiError::new(
-            ResponseError::UnknownTopicOrPartition,
-            format!("topic {name} does not exist"),
-        ));
+        return Err(unknown_topic(name));
     }
     let topic = NewTopic {
         name: name.to_string(),

@@ -4,6 +4,10 @@
 //! header, checks magic, length and CRC-32C, then patches the base offset and partition leader
 //! epoch (neither is covered by the CRC) and stores the bytes as they came.
 
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::records::{
+    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+};
 use thiserror::Error;
 
 /// Size of the fixed RecordBatch v2 header.
@@ -263,6 +267,57 @@ pub fn set_log_append_time(batch: &mut [u8], now_ms: i64) {
     rewrite_crc(batch);
 }
 
+/// A record of a plain batch (not idempotent, not transactional), for `encode_plain`.
+pub fn plain_record(
+    offset: i64,
+    timestamp: i64,
+    key: Option<Bytes>,
+    value: Option<Bytes>,
+) -> Record {
+    Record {
+        transactional: false,
+        control: false,
+        delete_horizon: false,
+        partition_leader_epoch: -1,
+        producer_id: -1,
+        producer_epoch: -1,
+        timestamp_type: TimestampType::Creation,
+        offset,
+        sequence: -1,
+        timestamp,
+        key,
+        value,
+        headers: Default::default(),
+    }
+}
+
+/// Encodes plain records (offsets ascending) as one RecordBatch v2, as a client would: the
+/// kafka-protocol encoder starts a new batch whenever offset - sequence changes, so records
+/// get sequences that keep them together, and the header's base sequence is then reset to -1.
+pub fn encode_plain(records: &[Record], compression: Compression) -> anyhow::Result<Bytes> {
+    let first = records.first().map_or(0, |r| r.offset);
+    let aligned: Vec<Record> = records
+        .iter()
+        .map(|r| Record {
+            sequence: (r.offset - first) as i32,
+            ..r.clone()
+        })
+        .collect();
+    let mut buf = BytesMut::new();
+    RecordBatchEncoder::encode(
+        &mut buf,
+        &aligned,
+        &RecordEncodeOptions {
+            version: 2,
+            compression,
+        },
+    )?;
+    if !buf.is_empty() {
+        set_base_sequence(&mut buf, -1);
+    }
+    Ok(buf.freeze())
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -366,6 +421,33 @@ pub(crate) mod tests {
         assert_eq!(header.partition_leader_epoch, 7);
         assert!(header.is_log_append_time());
         assert_eq!(header.max_timestamp, 42);
+    }
+
+    #[test]
+    fn plain_records_encode_as_one_batch() {
+        let records: Vec<Record> = (0..10)
+            .map(|i| {
+                plain_record(
+                    i,
+                    1000 + i,
+                    Some(Bytes::from(format!("k{i}"))),
+                    Some(Bytes::from_static(b"v")),
+                )
+            })
+            .collect();
+        for codec in [Compression::None, Compression::Zstd] {
+            let data = encode_plain(&records, codec).unwrap();
+            let header = validate(&data).expect("valid");
+            assert_eq!(header.total_len(), data.len(), "a single batch");
+            assert_eq!(
+                (
+                    header.record_count,
+                    header.base_sequence,
+                    header.producer_id
+                ),
+                (10, -1, -1)
+            );
+        }
     }
 
     #[test]

@@ -93,34 +93,26 @@ pub fn clean(data: &[u8], map: &OffsetMap, tombstone_horizon_ms: i64) -> io::Res
         if survivors.is_empty() {
             continue;
         }
-        // The encoder starts a new batch whenever offset - sequence changes: give records of
-        // non-idempotent batches sequences that keep them together, then restore -1 below.
-        let idempotent = header.producer_id >= 0;
-        let survivors: Vec<_> = survivors
-            .into_iter()
-            .map(|mut r| {
-                if !idempotent {
-                    r.sequence = (r.offset - header.base_offset) as i32;
-                }
-                r
-            })
-            .collect();
-        let mut encoded = BytesMut::new();
-        RecordBatchEncoder::encode(
-            &mut encoded,
-            &survivors,
-            &RecordEncodeOptions {
-                version: 2,
-                compression: codec(&header),
-            },
-        )
-        .map_err(invalid)?;
+        let mut encoded = if header.producer_id >= 0 {
+            let mut buf = BytesMut::new();
+            RecordBatchEncoder::encode(
+                &mut buf,
+                &survivors,
+                &RecordEncodeOptions {
+                    version: 2,
+                    compression: codec(&header),
+                },
+            )
+            .map_err(invalid)?;
+            buf
+        } else {
+            BytesMut::from(&batch::encode_plain(&survivors, codec(&header)).map_err(invalid)?[..])
+        };
         for (at, h) in batch::headers(&encoded.clone()) {
-            let one = &mut encoded[at..at + h.total_len()];
-            batch::set_leader_epoch(one, header.partition_leader_epoch);
-            if !idempotent {
-                batch::set_base_sequence(one, -1);
-            }
+            batch::set_leader_epoch(
+                &mut encoded[at..at + h.total_len()],
+                header.partition_leader_epoch,
+            );
         }
         out.extend_from_slice(&encoded);
     }

@@ -5,15 +5,14 @@ pub mod consumer;
 pub mod records;
 pub mod state;
 
-use bytes::{Bytes, BytesMut};
-use kafka_protocol::records::{
-    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-};
+use bytes::Bytes;
+use kafka_protocol::records::{Compression, Record, RecordBatchDecoder};
 use kafka_protocol::ResponseError;
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
+use tern_protocol::batch;
 use tern_storage::Durability;
 
 use crate::kafka::now_ms;
@@ -253,34 +252,11 @@ pub async fn store(
         .enumerate()
         .map(|(i, r)| {
             let (key, value) = r.encode();
-            Record {
-                transactional: false,
-                control: false,
-                delete_horizon: false,
-                partition_leader_epoch: -1,
-                producer_id: -1,
-                producer_epoch: -1,
-                timestamp_type: TimestampType::Creation,
-                offset: i as i64,
-                // The encoder starts a new batch when offset - sequence changes; keep one batch.
-                sequence: i as i32,
-                timestamp: now,
-                key: Some(key),
-                value,
-                headers: Default::default(),
-            }
+            batch::plain_record(i as i64, now, Some(key), value)
         })
         .collect();
-    let mut batch = BytesMut::new();
-    RecordBatchEncoder::encode(
-        &mut batch,
-        &encoded,
-        &RecordEncodeOptions {
-            version: 2,
-            compression: Compression::None,
-        },
-    )
-    .map_err(|_| ResponseError::UnknownServerError.code())?;
+    let batch = batch::encode_plain(&encoded, Compression::None)
+        .map_err(|_| ResponseError::UnknownServerError.code())?;
     let storage_error = |e: tern_storage::LogError| {
         tracing::error!(error = %e, "store group records");
         ResponseError::KafkaStorageError.code()
