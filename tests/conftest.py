@@ -47,13 +47,16 @@ class Broker:
     def start(self):
         args = [TERN_BIN, "start", "--data-dir", self.data_dir, "--listen", self.bootstrap, *self.extra_args]
         self.log = open(self.log_path, "ab")
+        start_at = self.log.tell()  # only this run's lines count
         self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.time() + 30
         while time.time() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"tern exited with {self.proc.returncode}:\n{self.read_log()}")
-            if b"tern ready" in open(self.log_path, "rb").read():
-                return self
+            with open(self.log_path, "rb") as f:
+                f.seek(start_at)
+                if b"tern ready" in f.read():
+                    return self
             time.sleep(0.05)
         raise RuntimeError(f"tern did not get ready:\n{self.read_log()}")
 

@@ -71,7 +71,11 @@ struct StartArgs {
     /// Largest request frame accepted; larger ones close the connection (socket.request.max.bytes).
     #[arg(long, default_value_t = 100 * 1024 * 1024)]
     max_request_bytes: usize,
-    /// Bytes of recently written batches kept in memory per partition for tail consumers.
+    /// Memory budget of the node, shared equally by its shards: half for each shard's batch
+    /// cache, half for requests in flight (reading stops, as backpressure, when it is used).
+    #[arg(long, default_value = "2G", value_parser = config::parse_size)]
+    memory: usize,
+    /// Most bytes of recently written batches kept in memory per partition for tail consumers.
     #[arg(long, default_value_t = 8 * 1024 * 1024)]
     cache_bytes_per_partition: usize,
     /// Partitions of __consumer_offsets, created on first start (offsets.topic.num.partitions).
@@ -133,6 +137,7 @@ fn start(args: StartArgs) -> Result<()> {
     let (host, port) = advertised
         .rsplit_once(':')
         .with_context(|| format!("--advertised {advertised} must be HOST:PORT"))?;
+    let cpus = cpus::select(args.cores, args.numa_node)?;
     let config = Arc::new(BrokerConfig {
         node_id: args.node_id,
         data_dir: args.data_dir.clone(),
@@ -145,6 +150,7 @@ fn start(args: StartArgs) -> Result<()> {
         default_partitions: args.default_partitions,
         max_request_bytes: args.max_request_bytes,
         cache_bytes_per_partition: args.cache_bytes_per_partition,
+        memory_per_shard: args.memory / cpus.len(),
         group: group::state::GroupConfig {
             min_session_timeout: std::time::Duration::from_millis(
                 args.group_min_session_timeout_ms,
@@ -167,7 +173,6 @@ fn start(args: StartArgs) -> Result<()> {
             args.retention_check_interval_ms,
         ),
     });
-    let cpus = cpus::select(args.cores, args.numa_node)?;
     // Installed before any shard starts, so a signal is never missed.
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGINT,
@@ -176,6 +181,7 @@ fn start(args: StartArgs) -> Result<()> {
     .context("install signal handlers")?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("create data dir {}", config.data_dir.display()))?;
+    let _data_lock = lock_data_dir(&config.data_dir)?;
     let meta = Arc::new(MetaStore::load(&config.data_dir, cpus.len())?);
     meta.ensure_internal_topic(
         group::OFFSETS_TOPIC,
@@ -232,6 +238,7 @@ fn start(args: StartArgs) -> Result<()> {
         advertised = %advertised,
         shards = cpus.len(),
         cpus = ?cpus,
+        memory_per_shard = config.memory_per_shard,
         data_dir = %config.data_dir.display(),
         "tern ready"
     );
@@ -254,4 +261,25 @@ fn start(args: StartArgs) -> Result<()> {
     }
     tracing::info!("stopped");
     std::process::exit(0);
+}
+
+/// Holds an exclusive lock on the data directory for the life of the process, so two brokers
+/// never share one.
+fn lock_data_dir(dir: &std::path::Path) -> Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    let path = dir.join(".lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("open {}", path.display()))?;
+    // SAFETY: flock on a file descriptor we own; no memory is involved.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        anyhow::bail!(
+            "data dir {} is in use by another tern process",
+            dir.display()
+        );
+    }
+    Ok(file)
 }

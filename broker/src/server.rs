@@ -5,6 +5,7 @@ use bytes::Bytes;
 use futures::io::{AsyncReadExt, AsyncWriteExt};
 use glommio::channels::local_channel;
 use glommio::net::{TcpListener, TcpStream};
+use glommio::sync::StaticPermit;
 use std::rc::Rc;
 use tern_protocol::frame::{self, FrameError};
 
@@ -51,9 +52,12 @@ async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         .into();
     let _ = stream.set_nodelay(true);
     let (mut reader, mut writer) = stream.split();
-    let (tx, rx) = local_channel::new_bounded::<glommio::task::JoinHandle<Reply>>(MAX_IN_FLIGHT);
+    // Each request travels with the memory it holds, released once its answer is written.
+    let (tx, rx) = local_channel::new_bounded::<(glommio::task::JoinHandle<Reply>, StaticPermit)>(
+        MAX_IN_FLIGHT,
+    );
     let writer_task = glommio::spawn_local(async move {
-        while let Some(handle) = rx.recv().await {
+        while let Some((handle, _memory)) = rx.recv().await {
             match handle.await {
                 Some(Reply::Frame(bytes)) => {
                     if writer.write_all(&bytes).await.is_err() {
@@ -79,6 +83,14 @@ async fn serve(shard: Rc<Shard>, stream: TcpStream) {
                 break;
             }
         };
+        let cap = shard.config.request_memory();
+        let Ok(memory) = shard
+            .request_memory
+            .acquire_static_permit(size.clamp(1, cap) as u64)
+            .await
+        else {
+            break;
+        };
         let mut body = vec![0u8; size];
         if reader.read_exact(&mut body).await.is_err() {
             break;
@@ -90,7 +102,7 @@ async fn serve(shard: Rc<Shard>, stream: TcpStream) {
             Handled::Now(reply) => glommio::spawn_local(async move { reply }).detach(),
             Handled::Close => glommio::spawn_local(async { Reply::Close }).detach(),
         };
-        if tx.send(handle).await.is_err() || close {
+        if tx.send((handle, memory)).await.is_err() || close {
             break;
         }
     }

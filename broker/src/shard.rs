@@ -31,6 +31,9 @@ pub struct Shard {
     pub controller_lock: glommio::sync::Semaphore,
     /// Consumer groups this shard coordinates.
     pub groups: crate::group::Coordinator,
+    /// Bytes of requests being read or handled; when used up the shard stops reading from
+    /// sockets until responses go out (backpressure).
+    pub request_memory: Rc<glommio::sync::Semaphore>,
 }
 
 impl Shard {
@@ -78,14 +81,29 @@ impl Shard {
         partition: i32,
         configs: &std::collections::BTreeMap<String, String>,
     ) -> Result<()> {
-        let log_config = topic_config::log_config(configs, self.config.cache_bytes_per_partition);
+        let log_config = topic_config::log_config(configs, self.cache_bytes());
         let log = PartitionLog::open(&self.partition_dir(topic, partition), log_config)
             .await
             .with_context(|| format!("open partition {topic}-{partition}"))?;
         self.partitions
             .borrow_mut()
             .insert((topic.to_string(), partition), log);
+        self.share_cache_budget();
         Ok(())
+    }
+
+    /// Bytes of batch cache each partition of this shard may keep.
+    fn cache_bytes(&self) -> usize {
+        let partitions = self.partitions.borrow().len().max(1);
+        (self.config.memory_per_shard / 2 / partitions).min(self.config.cache_bytes_per_partition)
+    }
+
+    /// Shares the shard's cache budget evenly among its partitions.
+    fn share_cache_budget(&self) {
+        let bytes = self.cache_bytes();
+        for log in self.partitions.borrow().values() {
+            log.set_cache_bytes(bytes);
+        }
     }
 
     /// Removes a partition this shard owns, with its files.
@@ -94,6 +112,7 @@ impl Shard {
             .partitions
             .borrow_mut()
             .remove(&(topic.to_string(), partition));
+        self.share_cache_budget();
         match log {
             Some(log) => log
                 .remove()
@@ -109,7 +128,7 @@ impl Shard {
         topic: &str,
         configs: &std::collections::BTreeMap<String, String>,
     ) {
-        let log_config = topic_config::log_config(configs, self.config.cache_bytes_per_partition);
+        let log_config = topic_config::log_config(configs, self.cache_bytes());
         for ((t, _), log) in self.partitions.borrow().iter() {
             if t == topic {
                 log.set_config(log_config.clone());
@@ -179,6 +198,9 @@ impl ShardSeed {
             partitions: RefCell::new(HashMap::new()),
             controller_lock: glommio::sync::Semaphore::new(1),
             groups: crate::group::Coordinator::new(self.config.group),
+            request_memory: Rc::new(glommio::sync::Semaphore::new(
+                self.config.request_memory() as u64
+            )),
         });
         tern_storage::fs::probe_direct_io(&shard.config.data_dir)
             .await

@@ -193,7 +193,18 @@ impl PartitionLog {
     }
 
     pub fn set_config(&self, config: LogConfig) {
+        let cache_bytes = config.cache_bytes;
         *self.config.borrow_mut() = config;
+        self.set_cache_bytes(cache_bytes);
+    }
+
+    /// Changes how many bytes of recent batches this partition keeps in memory (the shard's
+    /// memory budget shared among its partitions), trimming at once.
+    pub fn set_cache_bytes(&self, bytes: usize) {
+        self.config.borrow_mut().cache_bytes = bytes;
+        let mut st = self.state.borrow_mut();
+        let written = st.written;
+        st.cache.trim(bytes, written);
     }
 
     pub fn config(&self) -> LogConfig {

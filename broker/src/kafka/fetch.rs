@@ -159,7 +159,18 @@ async fn read_all(shard: &Rc<Shard>, topics: &[(TopicName, Uuid, Vec<Wanted>)]) 
 }
 
 pub async fn handle(shard: &Rc<Shard>, req: FetchRequest, version: i16) -> ResponseKind {
-    let topics = resolve(shard, &req, version);
+    let mut topics = resolve(shard, &req, version);
+    // The response is bounded by the client's max_bytes and by the shard's memory budget, and
+    // shared among the partitions so no more is read than can be sent.
+    let max_bytes = (req.max_bytes.max(0) as usize).min(shard.config.memory_per_shard / 8);
+    let partitions = topics
+        .iter()
+        .map(|(_, _, parts)| parts.len())
+        .sum::<usize>()
+        .max(1);
+    for w in topics.iter_mut().flat_map(|(_, _, parts)| parts.iter_mut()) {
+        w.max_bytes = w.max_bytes.min(max_bytes / partitions);
+    }
     let deadline = Instant::now() + Duration::from_millis(req.max_wait_ms.max(0) as u64);
     let min_bytes = req.min_bytes.max(0) as usize;
     let reads = loop {
@@ -190,7 +201,7 @@ pub async fn handle(shard: &Rc<Shard>, req: FetchRequest, version: i16) -> Respo
     ResponseKind::Fetch(build_response(
         topics,
         reads,
-        req.max_bytes.max(0) as usize,
+        max_bytes,
         req.isolation_level,
     ))
 }
