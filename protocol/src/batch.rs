@@ -321,45 +321,27 @@ pub fn encode_plain(records: &[Record], compression: Compression) -> anyhow::Res
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use bytes::BytesMut;
     use kafka_protocol::protocol::StrBytes;
-    use kafka_protocol::records::{
-        Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-    };
     use proptest::prelude::*;
 
     /// Encodes `n` records with the kafka-protocol crate, as a client would.
     pub fn sample_batch(n: usize, compression: Compression, value_len: usize) -> Vec<u8> {
         let records: Vec<Record> = (0..n)
             .map(|i| Record {
-                transactional: false,
-                control: false,
-                delete_horizon: false,
-                partition_leader_epoch: -1,
-                producer_id: -1,
-                producer_epoch: -1,
-                timestamp_type: TimestampType::Creation,
-                offset: i as i64,
-                sequence: i as i32,
-                timestamp: 1_700_000_000_000 + i as i64,
-                key: Some(format!("key-{i}").into_bytes().into()),
-                value: Some(vec![b'v'; value_len].into()),
                 headers: [(StrBytes::from_static_str("h"), Some(b"x".to_vec().into()))]
                     .into_iter()
                     .collect(),
+                ..plain_record(
+                    i as i64,
+                    1_700_000_000_000 + i as i64,
+                    Some(format!("key-{i}").into_bytes().into()),
+                    Some(vec![b'v'; value_len].into()),
+                )
             })
             .collect();
-        let mut buf = BytesMut::new();
-        RecordBatchEncoder::encode(
-            &mut buf,
-            &records,
-            &RecordEncodeOptions {
-                version: 2,
-                compression,
-            },
-        )
-        .expect("encode");
-        buf.to_vec()
+        encode_plain(&records, compression)
+            .expect("encode")
+            .to_vec()
     }
 
     #[test]

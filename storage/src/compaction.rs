@@ -126,7 +126,6 @@ pub fn clean(data: &[u8], map: &OffsetMap, tombstone_horizon_ms: i64) -> io::Res
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kafka_protocol::records::{Record, TimestampType};
 
     fn batch_of(
         base: i64,
@@ -134,38 +133,19 @@ mod tests {
         ts: i64,
         compression: Compression,
     ) -> Vec<u8> {
-        let records: Vec<Record> = items
+        let records: Vec<_> = items
             .iter()
             .enumerate()
-            .map(|(i, (k, v))| Record {
-                transactional: false,
-                control: false,
-                delete_horizon: false,
-                partition_leader_epoch: 0,
-                producer_id: -1,
-                producer_epoch: -1,
-                timestamp_type: TimestampType::Creation,
-                offset: base + i as i64,
-                sequence: i as i32,
-                timestamp: ts,
-                key: Some(Bytes::from(k.to_string())),
-                value: v.map(|v| Bytes::from(v.to_string())),
-                headers: Default::default(),
+            .map(|(i, (k, v))| {
+                batch::plain_record(
+                    base + i as i64,
+                    ts,
+                    Some(Bytes::from(k.to_string())),
+                    v.map(|v| Bytes::from(v.to_string())),
+                )
             })
             .collect();
-        let mut buf = BytesMut::new();
-        RecordBatchEncoder::encode(
-            &mut buf,
-            &records,
-            &RecordEncodeOptions {
-                version: 2,
-                compression,
-            },
-        )
-        .unwrap();
-        let mut v = buf.to_vec();
-        batch::set_base_sequence(&mut v, -1);
-        v
+        batch::encode_plain(&records, compression).unwrap().to_vec()
     }
 
     #[test]

@@ -2,10 +2,7 @@
 
 use crate::log::{Durability, LogError, PartitionLog};
 use crate::LogConfig;
-use bytes::BytesMut;
-use kafka_protocol::records::{
-    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-};
+use kafka_protocol::records::Compression;
 use std::path::Path;
 use tern_protocol::batch;
 
@@ -19,34 +16,20 @@ fn run<F: std::future::Future<Output = ()> + 'static>(f: impl FnOnce() -> F + Se
 
 /// A client-encoded batch of `n` records with timestamps `ts0 + i`.
 fn client_batch(n: usize, ts0: i64, value_len: usize) -> Vec<u8> {
-    let records: Vec<Record> = (0..n)
-        .map(|i| Record {
-            transactional: false,
-            control: false,
-            delete_horizon: false,
-            partition_leader_epoch: -1,
-            producer_id: -1,
-            producer_epoch: -1,
-            timestamp_type: TimestampType::Creation,
-            offset: i as i64,
-            sequence: i as i32,
-            timestamp: ts0 + i as i64,
-            key: Some(format!("k{i}").into_bytes().into()),
-            value: Some(vec![b'x'; value_len].into()),
-            headers: Default::default(),
+    let records: Vec<_> = (0..n)
+        .map(|i| {
+            let key = Some(format!("k{i}").into_bytes().into());
+            batch::plain_record(
+                i as i64,
+                ts0 + i as i64,
+                key,
+                Some(vec![b'x'; value_len].into()),
+            )
         })
         .collect();
-    let mut buf = BytesMut::new();
-    RecordBatchEncoder::encode(
-        &mut buf,
-        &records,
-        &RecordEncodeOptions {
-            version: 2,
-            compression: Compression::None,
-        },
-    )
-    .unwrap();
-    buf.to_vec()
+    batch::encode_plain(&records, Compression::None)
+        .unwrap()
+        .to_vec()
 }
 
 fn small_segments() -> LogConfig {

@@ -299,20 +299,28 @@ impl ConsumerGroup {
         self.assignment_epoch = self.group_epoch;
     }
 
-    /// `range`: per topic, contiguous ranges of partitions to the subscribed members in order.
-    fn assign_range(&self) -> BTreeMap<String, Assignment> {
-        let mut target: BTreeMap<String, Assignment> = self
-            .members
+    /// An empty assignment for every member.
+    fn empty_target(&self) -> BTreeMap<String, Assignment> {
+        self.members
             .keys()
             .map(|m| (m.clone(), Assignment::new()))
-            .collect();
+            .collect()
+    }
+
+    /// Members subscribed to `topic`, in id order.
+    fn subscribers(&self, topic: &str) -> Vec<&String> {
+        self.members
+            .values()
+            .filter(|m| m.subscribed.iter().any(|t| t == topic))
+            .map(|m| &m.id)
+            .collect()
+    }
+
+    /// `range`: per topic, contiguous ranges of partitions to the subscribed members in order.
+    fn assign_range(&self) -> BTreeMap<String, Assignment> {
+        let mut target = self.empty_target();
         for (topic, &count) in &self.topics_seen {
-            let members: Vec<&String> = self
-                .members
-                .values()
-                .filter(|m| m.subscribed.contains(topic))
-                .map(|m| &m.id)
-                .collect();
+            let members = self.subscribers(topic);
             if members.is_empty() {
                 continue;
             }
@@ -338,18 +346,9 @@ impl ConsumerGroup {
 
     /// `uniform`: balanced by partition count, keeping partitions where they are when it can.
     fn assign_uniform(&self) -> BTreeMap<String, Assignment> {
-        let mut target: BTreeMap<String, Assignment> = self
-            .members
-            .keys()
-            .map(|m| (m.clone(), Assignment::new()))
-            .collect();
+        let mut target = self.empty_target();
         for (topic, &count) in &self.topics_seen {
-            let members: Vec<&String> = self
-                .members
-                .values()
-                .filter(|m| m.subscribed.contains(topic))
-                .map(|m| &m.id)
-                .collect();
+            let members = self.subscribers(topic);
             if members.is_empty() {
                 continue;
             }
