@@ -32,6 +32,13 @@ fn client_batch(n: usize, ts0: i64, value_len: usize) -> Vec<u8> {
         .to_vec()
 }
 
+/// A fresh partition directory; it lives as long as the returned TempDir.
+fn partition_dir() -> (tempfile::TempDir, std::path::PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("t-0");
+    (tmp, dir)
+}
+
 fn small_segments() -> LogConfig {
     LogConfig {
         segment_bytes: 8192,
@@ -81,8 +88,7 @@ fn dir_files(dir: &Path, ext: &str) -> Vec<std::path::PathBuf> {
 
 #[test]
 fn appends_roll_and_read_back_across_segments() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("t-0");
+    let (_tmp, dir) = partition_dir();
     run(move || async move {
         let log = PartitionLog::open(&dir, small_segments()).await.unwrap();
         fill(&log, 60).await;
@@ -118,8 +124,7 @@ fn appends_roll_and_read_back_across_segments() {
 
 #[test]
 fn recovery_truncates_torn_and_corrupt_tails() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("t-0");
+    let (_tmp, dir) = partition_dir();
     let d = dir.clone();
     run(move || async move {
         let log = PartitionLog::open(&d, LogConfig::default()).await.unwrap();
@@ -157,8 +162,7 @@ fn recovery_truncates_torn_and_corrupt_tails() {
 
 #[test]
 fn damaged_or_missing_indexes_are_rebuilt() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("t-0");
+    let (_tmp, dir) = partition_dir();
     let d = dir.clone();
     run(move || async move {
         let log = PartitionLog::open(&d, small_segments()).await.unwrap();
@@ -183,8 +187,7 @@ fn damaged_or_missing_indexes_are_rebuilt() {
 
 #[test]
 fn rejects_bad_batches_without_touching_the_log() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("t-0");
+    let (_tmp, dir) = partition_dir();
     run(move || async move {
         let config = LogConfig {
             max_message_bytes: 2000,
@@ -207,8 +210,7 @@ fn rejects_bad_batches_without_touching_the_log() {
 
 #[test]
 fn log_append_time_is_stamped() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("t-0");
+    let (_tmp, dir) = partition_dir();
     run(move || async move {
         let config = LogConfig {
             log_append_time: true,
@@ -226,8 +228,7 @@ fn log_append_time_is_stamped() {
 
 #[test]
 fn retention_by_bytes_and_time_deletes_whole_closed_segments() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("t-0");
+    let (_tmp, dir) = partition_dir();
     run(move || async move {
         let config = LogConfig {
             retention_ms: None,
@@ -270,8 +271,7 @@ fn retention_by_bytes_and_time_deletes_whole_closed_segments() {
 
 #[test]
 fn delete_records_moves_the_start_and_survives_restart() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("t-0");
+    let (_tmp, dir) = partition_dir();
     let d = dir.clone();
     run(move || async move {
         let log = PartitionLog::open(&d, small_segments()).await.unwrap();
@@ -304,8 +304,7 @@ fn delete_records_moves_the_start_and_survives_restart() {
 
 #[test]
 fn flush_messages_syncs_without_acks_all() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("t-0");
+    let (_tmp, dir) = partition_dir();
     run(move || async move {
         let config = LogConfig {
             flush_messages: Some(10),
@@ -335,8 +334,7 @@ fn flush_messages_syncs_without_acks_all() {
 
 #[test]
 fn compaction_keeps_the_newest_record_per_key_and_survives_a_crash_mid_swap() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("t-0");
+    let (_tmp, dir) = partition_dir();
     let d = dir.clone();
     run(move || async move {
         let config = LogConfig {
@@ -395,8 +393,7 @@ fn compaction_keeps_the_newest_record_per_key_and_survives_a_crash_mid_swap() {
 
 #[test]
 fn recovery_after_a_zeroed_tail_page() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("t-0");
+    let (_tmp, dir) = partition_dir();
     let d = dir.clone();
     run(move || async move {
         let log = PartitionLog::open(&d, LogConfig::default()).await.unwrap();
