@@ -14,6 +14,7 @@ mod cpus;
 mod group;
 mod kafka;
 mod metadata;
+mod send;
 mod server;
 mod shard;
 mod topic_config;

@@ -6,10 +6,13 @@ use futures::io::{AsyncReadExt, AsyncWriteExt};
 use glommio::channels::local_channel;
 use glommio::net::{TcpListener, TcpStream};
 use glommio::sync::StaticPermit;
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use tern_protocol::frame::{self, FrameError};
+use tern_storage::Chunk;
 
 use crate::kafka;
+use crate::send;
 use crate::shard::Shard;
 
 /// Requests one connection may have in flight before the shard stops reading from it.
@@ -18,6 +21,8 @@ const MAX_IN_FLIGHT: usize = 64;
 /// What to do with a request once it has been handled.
 pub enum Reply {
     Frame(Bytes),
+    /// A response in pieces (Fetch): header bytes, cached batches, segment file ranges.
+    Chunks(Vec<Chunk>),
     /// acks=0 produce: the client expects no response.
     Nothing,
     /// The request cannot be answered: close the connection after earlier replies.
@@ -51,6 +56,11 @@ async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         .unwrap_or_default()
         .into();
     let _ = stream.set_nodelay(true);
+    let fd = stream.as_raw_fd();
+    if let Err(e) = send::set_send_timeout(fd) {
+        tracing::warn!(peer = %peer, error = %e, "cannot set send timeout; closing connection");
+        return;
+    }
     let (mut reader, mut writer) = stream.split();
     // Each request travels with the memory it holds, released once its answer is written.
     let (tx, rx) = local_channel::new_bounded::<(glommio::task::JoinHandle<Reply>, StaticPermit)>(
@@ -61,6 +71,12 @@ async fn serve(shard: Rc<Shard>, stream: TcpStream) {
             match handle.await {
                 Some(Reply::Frame(bytes)) => {
                     if writer.write_all(&bytes).await.is_err() {
+                        break;
+                    }
+                }
+                Some(Reply::Chunks(chunks)) => {
+                    if let Err(e) = send::write_chunks(&mut writer, fd, chunks).await {
+                        tracing::debug!(error = %e, "write response");
                         break;
                     }
                 }

@@ -1,7 +1,9 @@
 //! The batch cache: the most recently appended batches of a partition, as the `Bytes` that were
 //! written. Tail consumers are served from here without touching the disk.
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
+
+use crate::records::Records;
 use std::collections::VecDeque;
 
 /// Exists per partition, on the shard that owns it.
@@ -57,9 +59,9 @@ impl BatchCache {
     }
 
     /// Whole batches from the one containing `offset`, up to `max_bytes` (the first batch is
-    /// returned even if larger when `min_one`). `None` if the cache does not reach back to
-    /// `offset`. A single batch is returned without copying.
-    pub fn read(&self, offset: i64, max_bytes: usize, min_one: bool) -> Option<Bytes> {
+    /// returned even if larger when `min_one`), shared, not copied. `None` if the cache does
+    /// not reach back to `offset`.
+    pub fn read(&self, offset: i64, max_bytes: usize, min_one: bool) -> Option<Records> {
         let first = self.batches.front()?;
         if offset < first.0 {
             return None;
@@ -74,17 +76,12 @@ impl BatchCache {
             total += b.len();
             taken += 1;
         }
-        Some(match taken {
-            0 => Bytes::new(),
-            1 => self.batches[start].2.clone(),
-            _ => {
-                let mut out = BytesMut::with_capacity(total);
-                for (_, _, b) in self.batches.range(start..start + taken) {
-                    out.extend_from_slice(b);
-                }
-                out.freeze()
-            }
-        })
+        Some(
+            self.batches
+                .range(start..start + taken)
+                .map(|(_, _, b)| b.clone())
+                .collect(),
+        )
     }
 
     pub fn bytes(&self) -> usize {
@@ -95,6 +92,13 @@ impl BatchCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn first_byte(r: Option<Records>) -> u8 {
+        match r.unwrap().into_chunks().first() {
+            Some(crate::records::Chunk::Memory(b)) => b[0],
+            other => panic!("expected a batch, got {other:?}"),
+        }
+    }
 
     fn cache() -> BatchCache {
         let mut c = BatchCache::default();
@@ -108,7 +112,7 @@ mod tests {
     fn reads_whole_batches_within_budget() {
         let c = cache();
         assert_eq!(c.read(0, 250, true).unwrap().len(), 200);
-        assert_eq!(c.read(7, 1000, true).unwrap()[0], 1);
+        assert_eq!(first_byte(c.read(7, 1000, true)), 1);
         assert_eq!(c.read(7, 1000, true).unwrap().len(), 200);
         assert_eq!(
             c.read(7, 10, true).unwrap().len(),
@@ -135,7 +139,7 @@ mod tests {
         assert_eq!(c.bytes(), 0);
         let mut c = cache();
         c.drop_before(10);
-        assert_eq!(c.read(0, 1000, true), None);
-        assert_eq!(c.read(10, 1000, true).unwrap()[0], 2);
+        assert!(c.read(0, 1000, true).is_none());
+        assert_eq!(first_byte(c.read(10, 1000, true)), 2);
     }
 }

@@ -29,6 +29,12 @@ impl OffsetIndex {
         }
     }
 
+    /// Start of the last indexed batch at or before byte `position`: a batch boundary.
+    pub fn boundary_at_or_before(&self, position: u32) -> Option<u32> {
+        let i = self.entries.partition_point(|&(_, p)| p <= position);
+        i.checked_sub(1).map(|i| self.entries[i].1)
+    }
+
     pub fn last_position(&self) -> u32 {
         self.entries.last().map_or(0, |e| e.1)
     }

@@ -8,10 +8,12 @@ pub mod fs;
 pub mod index;
 pub mod log;
 pub mod producers;
+pub mod records;
 pub mod segment;
 
 pub use config::LogConfig;
 pub use log::{Appended, Durability, LogError, PartitionLog};
+pub use records::{Chunk, FileRange, Records};
 
 #[cfg(test)]
 mod tests;

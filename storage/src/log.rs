@@ -20,6 +20,7 @@ use crate::cache::BatchCache;
 use crate::config::LogConfig;
 use crate::fs;
 use crate::producers::{ProducerError, ProducerStates, SequenceCheck};
+use crate::records::{Chunk, Records};
 use crate::segment::{parse_segment_name, OpenMode, Segment};
 
 /// Marker file saying the partition was closed cleanly, so its tail need not be scanned.
@@ -308,18 +309,40 @@ impl PartitionLog {
             (std::mem::take(&mut st.pending), st.next_offset)
         };
         if !batches.is_empty() {
+            let mut rest = &batches[..];
             let result = async {
-                self.roll_if_due().await?;
-                let active = self.active();
-                let interval = self.config.borrow().index_interval_bytes;
-                active.append(&batches, interval).await
+                // A segment ends before the batch that would take it past segment.bytes (as in
+                // Kafka), so a large group commit may span segments.
+                while !rest.is_empty() {
+                    let segment_bytes = self.config.borrow().segment_bytes;
+                    self.roll_if_due(rest[0].len() as u64).await?;
+                    let active = self.active();
+                    let room = segment_bytes.saturating_sub(active.size());
+                    let (mut take, mut bytes) = (0, 0u64);
+                    for b in rest {
+                        if take > 0 && bytes + b.len() as u64 > room {
+                            break;
+                        }
+                        bytes += b.len() as u64;
+                        take += 1;
+                    }
+                    let interval = self.config.borrow().index_interval_bytes;
+                    active.append(&rest[..take], interval).await?;
+                    rest = &rest[take..];
+                }
+                io::Result::Ok(())
             }
             .await;
             let mut st = self.state.borrow_mut();
             if let Err(e) = result {
-                // Nothing after `written` reached the file: forget it, so offsets stay dense
-                // and no reader sees data that was never stored.
-                let from = st.written;
+                // Nothing from `rest` reached the file: forget it, so offsets stay dense and no
+                // reader sees data that was never stored.
+                let from = match rest.first().map(|b| batch::BatchHeader::parse(b)) {
+                    Some(Ok(h)) => h.base_offset,
+                    _ => st.written,
+                };
+                st.unsynced_records += (from - st.written) as u64;
+                st.written = from;
                 tracing::error!(dir = %self.dir.display(), from, error = %e, "segment write failed; rolling back unwritten batches");
                 st.rollbacks.push(from);
                 st.next_offset = from;
@@ -362,11 +385,14 @@ impl PartitionLog {
             .clone()
     }
 
-    async fn roll_if_due(&self) -> io::Result<()> {
+    /// Rolls when a batch of `incoming` bytes would take the active segment past
+    /// segment.bytes, or the segment is older than segment.ms.
+    async fn roll_if_due(&self, incoming: u64) -> io::Result<()> {
         let active = self.active();
         let config = self.config.borrow().clone();
-        let due = active.size() >= config.segment_bytes
-            || (active.size() > 0 && active.age() >= config.segment_ms);
+        let due = active.size() > 0
+            && (active.size() + incoming > config.segment_bytes
+                || active.age() >= config.segment_ms);
         if !due {
             return Ok(());
         }
@@ -376,8 +402,11 @@ impl PartitionLog {
     /// Seals the active segment and starts a new one at the written end (pending batches go
     /// to the new one). Caller holds the write lock.
     async fn roll(&self) -> io::Result<()> {
-        self.active().seal().await?;
-        let base = self.state.borrow().written;
+        let active = self.active();
+        active.seal().await?;
+        // Where the sealed segment ends: within a group commit that spans segments this is
+        // past `written`, which moves only once the whole write is done.
+        let base = active.next_offset();
         let segment = Rc::new(Segment::create(&self.dir, base).await?);
         let mut st = self.state.borrow_mut();
         st.synced = st.synced.max(base);
@@ -543,6 +572,21 @@ impl PartitionLog {
         max_bytes: usize,
         min_one: bool,
     ) -> Result<Bytes, LogError> {
+        Ok(self
+            .read_records(offset, max_bytes, min_one)
+            .await?
+            .into_bytes()
+            .await?)
+    }
+
+    /// Like [`read`](Self::read), but hands out the batches as they are held: shared cache
+    /// buffers, or a range of a segment file, ready to go to a socket without a copy.
+    pub async fn read_records(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+        min_one: bool,
+    ) -> Result<Records, LogError> {
         let segment = {
             let st = self.state.borrow();
             if offset < st.log_start || offset > st.next_offset {
@@ -553,10 +597,10 @@ impl PartitionLog {
                 });
             }
             if offset == st.next_offset {
-                return Ok(Bytes::new());
+                return Ok(Records::default());
             }
-            if let Some(data) = st.cache.read(offset, max_bytes, min_one) {
-                return Ok(data);
+            if let Some(records) = st.cache.read(offset, max_bytes, min_one) {
+                return Ok(records);
             }
             st.segments
                 .range(..=offset)
@@ -566,9 +610,10 @@ impl PartitionLog {
         };
         let mut segment = segment;
         loop {
-            let data = segment.read(offset, max_bytes, min_one).await?;
-            if !data.is_empty() {
-                return Ok(data);
+            if let Some(range) = segment.read(offset, max_bytes, min_one).await? {
+                let mut records = Records::default();
+                records.push(Chunk::File(range));
+                return Ok(records);
             }
             // Nothing at or after `offset` here (compaction can empty whole segments): go on
             // with the next segment, if any.
@@ -581,7 +626,7 @@ impl PartitionLog {
                 .map(|(_, s)| s.clone());
             match next {
                 Some(s) => segment = s,
-                None => return Ok(data),
+                None => return Ok(Records::default()),
             }
         }
     }
@@ -597,7 +642,8 @@ impl PartitionLog {
         // Not on disk yet: look in pending batches through the cache (they are its newest).
         let written = self.state.borrow().written;
         let pending = self.state.borrow().cache.read(written, usize::MAX, true);
-        if let Some(data) = pending {
+        if let Some(records) = pending {
+            let data = records.into_bytes().await?;
             for (pos, h) in batch::headers(&data) {
                 if h.max_timestamp >= ts {
                     return Ok(crate::segment::first_record_at_or_after(&data[pos..], ts)?);

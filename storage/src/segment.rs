@@ -10,11 +10,13 @@ use glommio::io::DmaFile;
 use std::cell::{Cell, RefCell};
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 use tern_protocol::batch::{self, BatchError, BatchHeader};
 
 use crate::fs;
 use crate::index::{OffsetIndex, TimeIndex};
+use crate::records::FileRange;
 
 const PAGE: u64 = 4096;
 const SCAN_CHUNK: usize = 1 << 20;
@@ -28,6 +30,9 @@ pub struct Segment {
     pub base_offset: i64,
     path: PathBuf,
     file: DmaFile,
+    /// The same file opened for buffered reads, which go to sockets with sendfile. Opened on
+    /// the first read that misses the cache.
+    reader: RefCell<Option<Arc<std::fs::File>>>,
     /// Logical size: bytes of whole batches.
     size: Cell<u64>,
     /// Bytes of the partial last page, `[size & !(PAGE-1), size)`.
@@ -98,6 +103,7 @@ impl Segment {
             base_offset,
             path,
             file,
+            reader: RefCell::new(None),
             size: Cell::new(size),
             tail: RefCell::new(Vec::new()),
             next_offset: Cell::new(base_offset),
@@ -349,35 +355,82 @@ impl Segment {
     }
 
     /// Whole batches starting with the one that contains `offset`, up to `max_bytes` (the
-    /// first batch even if larger, when `min_one`). Empty if `offset` is past this segment.
-    pub async fn read(&self, offset: i64, max_bytes: usize, min_one: bool) -> io::Result<Bytes> {
+    /// first batch even if larger, when `min_one`), as a range of the file. `None` if `offset`
+    /// is past this segment. Reads only the batch headers it walks; the range ends at a batch
+    /// boundary the index or the segment's size gives, so no data is read to find it.
+    pub async fn read(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+        min_one: bool,
+    ) -> io::Result<Option<FileRange>> {
         let size = self.size.get();
-        let relative = (offset - self.base_offset).max(0) as u32;
-        let from = self.index.borrow().lookup(relative) as u64;
-        let mut start = None;
-        self.scan(from, size, false, |pos, h| {
-            if h.last_offset() >= offset {
-                start = Some((pos, h.total_len()));
-                return false;
-            }
-            true
-        })
-        .await?;
-        let Some((start, first_len)) = start else {
-            return Ok(Bytes::new());
+        let Some((start, first_len)) = self.locate(offset, size).await? else {
+            return Ok(None);
         };
-        let budget = if min_one {
-            max_bytes.max(first_len)
+        let limit = start + max_bytes as u64;
+        let end = if size <= limit {
+            size
         } else {
-            max_bytes
+            let first_end = start + first_len as u64;
+            let indexed = self
+                .index
+                .borrow()
+                .boundary_at_or_before(limit.min(u32::MAX as u64) as u32)
+                .map_or(0, u64::from);
+            if indexed > first_end {
+                indexed
+            } else if first_end <= limit || min_one {
+                first_end
+            } else {
+                return Ok(None);
+            }
         };
-        let len = budget.min((size - start) as usize);
-        if len == 0 {
-            return Ok(Bytes::new());
+        Ok(Some(FileRange {
+            file: self.reader().await?,
+            offset: start,
+            len: (end - start) as usize,
+        }))
+    }
+
+    /// Position and length of the batch that contains `offset`, walking batch headers from
+    /// the nearest index entry (reading one page per header, or none when it was already read).
+    async fn locate(&self, offset: i64, size: u64) -> io::Result<Option<(u64, usize)>> {
+        let relative = (offset - self.base_offset).max(0) as u32;
+        let mut pos = self.index.borrow().lookup(relative) as u64;
+        let mut page: Option<(u64, glommio::io::ReadResult)> = None;
+        while pos < size {
+            let header_end = (pos + batch::HEADER_LEN as u64).min(size);
+            let cached = page
+                .as_ref()
+                .is_some_and(|(at, data)| *at <= pos && header_end <= at + data.len() as u64);
+            if !cached {
+                let at = pos & !(PAGE - 1);
+                let len = (header_end - at).div_ceil(PAGE) * PAGE;
+                page = Some((at, self.file.read_at(at, len as usize).await?));
+            }
+            let (at, data) = page.as_ref().expect("page read above");
+            let header = BatchHeader::parse(&data[(pos - at) as usize..]).map_err(|e| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("segment {}: batch at {pos}: {e}", self.path.display()),
+                )
+            })?;
+            if header.last_offset() >= offset {
+                return Ok(Some((pos, header.total_len())));
+            }
+            pos += header.total_len() as u64;
         }
-        let data = self.file.read_at(start, len).await?;
-        let whole: usize = batch::headers(&data).map(|(_, h)| h.total_len()).sum();
-        Ok(Bytes::copy_from_slice(&data[..whole]))
+        Ok(None)
+    }
+
+    async fn reader(&self) -> io::Result<Arc<std::fs::File>> {
+        if let Some(file) = self.reader.borrow().as_ref() {
+            return Ok(file.clone());
+        }
+        let path = self.path.clone();
+        let file = Arc::new(fs::blocking(move || std::fs::File::open(path)).await?);
+        Ok(self.reader.borrow_mut().get_or_insert(file).clone())
     }
 
     /// First record with timestamp >= `ts` in this segment: `(timestamp, offset)`.

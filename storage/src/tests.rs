@@ -123,6 +123,84 @@ fn appends_roll_and_read_back_across_segments() {
 }
 
 #[test]
+fn cold_reads_are_file_ranges_of_whole_batches_and_tail_reads_share_cache_buffers() {
+    use crate::records::Chunk;
+    let (_tmp, dir) = partition_dir();
+    run(move || async move {
+        let config = LogConfig {
+            segment_bytes: 1 << 20,
+            index_interval_bytes: 1024,
+            cache_bytes: 0,
+            ..LogConfig::default()
+        };
+        let log = PartitionLog::open(&dir, config.clone()).await.unwrap();
+        fill(&log, 40).await;
+        let batch_len = log.read(0, 1, true).await.unwrap().len();
+        for (offset, max) in [(0, 1), (7, 5000), (0, 1 << 20), (120, 3 * batch_len + 1)] {
+            let records = log.read_records(offset, max, true).await.unwrap();
+            let chunks = records.clone().into_chunks();
+            assert!(
+                matches!(chunks.as_slice(), [Chunk::File(_)]),
+                "one file range"
+            );
+            assert!(records.len() <= max.max(batch_len));
+            let data = records.into_bytes().await.unwrap();
+            let headers: Vec<_> = batch::headers(&data).map(|(_, h)| h).collect();
+            let whole: usize = headers.iter().map(|h| h.total_len()).sum();
+            assert_eq!(whole, data.len(), "ends at a batch boundary");
+            assert!(headers[0].base_offset <= offset && offset <= headers[0].last_offset());
+        }
+        // Far below the budget's index boundary the range still reaches it.
+        let records = log.read_records(0, 5000, true).await.unwrap();
+        assert!(records.len() > 5000 - 2 * 1024 - batch_len);
+        // Without min_one, a first batch over the budget is not returned.
+        assert!(log.read_records(0, 1, false).await.unwrap().is_empty());
+        log.close().await.unwrap();
+
+        let log = PartitionLog::open(
+            &dir,
+            LogConfig {
+                cache_bytes: 1 << 20,
+                ..config
+            },
+        )
+        .await
+        .unwrap();
+        fill(&log, 3).await;
+        let tail = log.read_records(200, 1 << 20, true).await.unwrap();
+        let chunks = tail.into_chunks();
+        assert_eq!(chunks.len(), 3, "three cached batches, not one copy");
+        assert!(chunks.iter().all(|c| matches!(c, Chunk::Memory(_))));
+    });
+}
+
+#[test]
+fn a_group_commit_larger_than_a_segment_spans_segments_named_by_their_first_offset() {
+    let (_tmp, dir) = partition_dir();
+    run(move || async move {
+        let log = PartitionLog::open(&dir, small_segments()).await.unwrap();
+        // Appended without waiting: all of them go out in one write.
+        let appended: Vec<_> = (0..40)
+            .map(|i| log.append(&client_batch(5, 1000 + i, 100), 0).unwrap())
+            .collect();
+        log.wait(appended.last().unwrap(), Durability::Synced)
+            .await
+            .unwrap();
+        let segments = dir_files(&dir, "log");
+        assert!(segments.len() > 3);
+        for path in &segments {
+            let data = std::fs::read(path).unwrap();
+            let batches: usize = batch::headers(&data).map(|(_, h)| h.total_len()).sum();
+            assert!(batches as u64 <= small_segments().segment_bytes);
+            let (_, first) = batch::headers(&data).next().unwrap();
+            let name: i64 = path.file_stem().unwrap().to_str().unwrap().parse().unwrap();
+            assert_eq!(name, first.base_offset);
+        }
+        assert_eq!(read_all(&log).await, (0..200).collect::<Vec<_>>());
+    });
+}
+
+#[test]
 fn recovery_truncates_torn_and_corrupt_tails() {
     let (_tmp, dir) = partition_dir();
     let d = dir.clone();

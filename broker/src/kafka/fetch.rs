@@ -1,17 +1,18 @@
 //! Fetch: reads on each partition's owner shard, long-polls until `min_bytes` or `max_wait_ms`,
 //! and honours the response's and each partition's byte limits (KIP-74).
 
-use bytes::Bytes;
 use futures::future::{select, select_all};
-use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
-use kafka_protocol::messages::{FetchRequest, FetchResponse, ResponseKind, TopicName};
+use kafka_protocol::messages::FetchRequest;
 use kafka_protocol::ResponseError;
 use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
+use tern_protocol::fetch::{self as framing, FetchPartition, FetchTopic, Piece};
+use tern_storage::{Chunk, Records};
 use uuid::Uuid;
 
 use super::produce::log_error_code;
+use crate::server::Reply;
 use crate::shard::Shard;
 
 /// One partition to read, as resolved from the request.
@@ -31,7 +32,7 @@ struct Read {
     error: i16,
     high_watermark: i64,
     log_start: i64,
-    records: Bytes,
+    records: Records,
 }
 
 async fn read_local(
@@ -51,7 +52,7 @@ async fn read_local(
     };
     let high_watermark = log.end_offset();
     let log_start = log.log_start_offset();
-    match log.read(offset, max_bytes, true).await {
+    match log.read_records(offset, max_bytes, true).await {
         Ok(records) => Read {
             error: 0,
             high_watermark,
@@ -62,7 +63,7 @@ async fn read_local(
             error: log_error_code(&e),
             high_watermark,
             log_start,
-            records: Bytes::new(),
+            records: Records::default(),
         },
     }
 }
@@ -89,7 +90,7 @@ async fn wait_local(shard: Rc<Shard>, parts: Vec<(String, i32, i64)>, deadline: 
     let _ = select(select_all(listeners), timeout).await;
 }
 
-fn resolve(shard: &Shard, req: &FetchRequest, version: i16) -> Vec<(TopicName, Uuid, Vec<Wanted>)> {
+fn resolve(shard: &Shard, req: &FetchRequest, version: i16) -> Vec<(String, Uuid, Vec<Wanted>)> {
     let meta = shard.meta.snapshot();
     req.topics
         .iter()
@@ -127,12 +128,12 @@ fn resolve(shard: &Shard, req: &FetchRequest, version: i16) -> Vec<(TopicName, U
                     }
                 })
                 .collect();
-            (t.topic.clone(), id, wanted)
+            (name, id, wanted)
         })
         .collect()
 }
 
-async fn read_all(shard: &Rc<Shard>, topics: &[(TopicName, Uuid, Vec<Wanted>)]) -> Vec<Read> {
+async fn read_all(shard: &Rc<Shard>, topics: &[(String, Uuid, Vec<Wanted>)]) -> Vec<Read> {
     let reads = topics.iter().flat_map(|(_, _, parts)| parts).map(|w| {
         let (topic, partition, offset, max_bytes) =
             (w.topic.clone(), w.partition, w.offset, w.max_bytes);
@@ -158,7 +159,12 @@ async fn read_all(shard: &Rc<Shard>, topics: &[(TopicName, Uuid, Vec<Wanted>)]) 
     futures::future::join_all(reads).await
 }
 
-pub async fn handle(shard: &Rc<Shard>, req: FetchRequest, version: i16) -> ResponseKind {
+pub async fn handle(
+    shard: &Rc<Shard>,
+    req: FetchRequest,
+    version: i16,
+    correlation_id: i32,
+) -> Reply {
     let mut topics = resolve(shard, &req, version);
     // The response is bounded by the client's max_bytes and by the shard's memory budget, and
     // shared among the partitions so no more is read than can be sent.
@@ -198,24 +204,27 @@ pub async fn handle(shard: &Rc<Shard>, req: FetchRequest, version: i16) -> Respo
         });
         select_all(waits).await;
     };
-    ResponseKind::Fetch(build_response(
-        topics,
-        reads,
-        max_bytes,
-        req.isolation_level,
-    ))
+    let topics = build_response(topics, reads, max_bytes, req.isolation_level);
+    let chunks = framing::encode_response(correlation_id, version, topics)
+        .into_iter()
+        .flat_map(|piece| match piece {
+            Piece::Bytes(b) => vec![Chunk::Memory(b)],
+            Piece::Records(records) => records.into_chunks(),
+        })
+        .collect();
+    Reply::Chunks(chunks)
 }
 
 fn build_response(
-    topics: Vec<(TopicName, Uuid, Vec<Wanted>)>,
+    topics: Vec<(String, Uuid, Vec<Wanted>)>,
     reads: Vec<Read>,
     max_bytes: usize,
     isolation: i8,
-) -> FetchResponse {
+) -> Vec<FetchTopic<Records>> {
     let mut reads = reads.into_iter();
     let mut budget = max_bytes;
     let mut first = true;
-    let responses = topics
+    topics
         .into_iter()
         .map(|(name, id, parts)| {
             let partitions = parts
@@ -229,24 +238,25 @@ fn build_response(
                             budget = budget.saturating_sub(r.records.len());
                             first = false;
                         } else {
-                            r.records = Bytes::new();
+                            r.records = Records::default();
                         }
                     }
-                    PartitionData::default()
-                        .with_partition_index(w.partition)
-                        .with_error_code(r.error)
-                        .with_high_watermark(r.high_watermark)
-                        .with_last_stable_offset(r.high_watermark)
-                        .with_log_start_offset(r.log_start)
-                        .with_aborted_transactions((isolation == 1).then(Vec::new))
-                        .with_records(Some(r.records))
+                    FetchPartition {
+                        index: w.partition,
+                        error_code: r.error,
+                        high_watermark: r.high_watermark,
+                        last_stable_offset: r.high_watermark,
+                        log_start_offset: r.log_start,
+                        aborted_transactions: (isolation == 1).then(Vec::new),
+                        records: Some((r.records.len(), r.records)),
+                    }
                 })
                 .collect();
-            FetchableTopicResponse::default()
-                .with_topic(name)
-                .with_topic_id(id)
-                .with_partitions(partitions)
+            FetchTopic {
+                name,
+                id,
+                partitions,
+            }
         })
-        .collect();
-    FetchResponse::default().with_responses(responses)
+        .collect()
 }

@@ -49,7 +49,9 @@ pub async fn handle(shard: Rc<Shard>, request: Request, peer: Rc<str>) -> Reply 
             Some(resp) => ResponseKind::Produce(resp),
             None => return Reply::Nothing,
         },
-        RequestKind::Fetch(req) => fetch::handle(&shard, req, version).await,
+        RequestKind::Fetch(req) => {
+            return fetch::handle(&shard, req, version, header.correlation_id).await
+        }
         RequestKind::ListOffsets(req) => list_offsets::handle(&shard, req, version).await,
         RequestKind::CreateTopics(req) => create_topics::handle(&shard, req, version).await,
         RequestKind::DeleteTopics(req) => delete_topics::handle(&shard, req, version).await,

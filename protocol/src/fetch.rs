@@ -1,0 +1,320 @@
+//! Fetch response framing written by hand, so record data never passes through an encoder:
+//! the response becomes header bytes with the records of each partition left as gaps the
+//! caller fills with whatever it holds (cached `Bytes`, a segment file range). Byte-for-byte
+//! the same as kafka-protocol's encoding (tested below for every version Tern serves).
+
+use bytes::{BufMut, Bytes, BytesMut};
+use uuid::Uuid;
+
+/// Fetch versions this encoder writes.
+pub const VERSIONS: std::ops::RangeInclusive<i16> = 4..=16;
+
+pub struct FetchTopic<R> {
+    /// Written for v4-v12.
+    pub name: String,
+    /// Written for v13 and later.
+    pub id: Uuid,
+    pub partitions: Vec<FetchPartition<R>>,
+}
+
+pub struct FetchPartition<R> {
+    pub index: i32,
+    pub error_code: i16,
+    pub high_watermark: i64,
+    pub last_stable_offset: i64,
+    pub log_start_offset: i64,
+    /// `(producer id, first offset)`; `None` encodes a null array.
+    pub aborted_transactions: Option<Vec<(i64, i64)>>,
+    /// Record bytes: their length and what holds them. `None` encodes null records.
+    pub records: Option<(usize, R)>,
+}
+
+/// A piece of an encoded response, in send order.
+#[derive(Debug)]
+pub enum Piece<R> {
+    Bytes(Bytes),
+    Records(R),
+}
+
+/// Encodes a whole Fetch response frame (size prefix included) for `version` (see
+/// [`VERSIONS`]), with throttle time, top-level error code and session id zero.
+pub fn encode_response<R>(
+    correlation_id: i32,
+    version: i16,
+    topics: Vec<FetchTopic<R>>,
+) -> Vec<Piece<R>> {
+    assert!(VERSIONS.contains(&version), "Fetch v{version} not encoded");
+    let flexible = version >= 12;
+    let mut buf = BytesMut::with_capacity(64 + topics.len() * 96);
+    // Where record gaps go: (end of the header bytes before them, the records).
+    let mut gaps: Vec<(usize, R)> = Vec::new();
+    let mut records_len = 0usize;
+
+    buf.put_i32(0); // size, patched below
+    buf.put_i32(correlation_id);
+    if flexible {
+        buf.put_u8(0); // response header tagged fields
+    }
+    buf.put_i32(0); // throttle_time_ms
+    if version >= 7 {
+        buf.put_i16(0); // error_code
+        buf.put_i32(0); // session_id
+    }
+    put_array_len(&mut buf, flexible, topics.len());
+    for topic in topics {
+        if version <= 12 {
+            put_string(&mut buf, flexible, &topic.name);
+        }
+        if version >= 13 {
+            buf.put_slice(topic.id.as_bytes());
+        }
+        put_array_len(&mut buf, flexible, topic.partitions.len());
+        for p in topic.partitions {
+            buf.put_i32(p.index);
+            buf.put_i16(p.error_code);
+            buf.put_i64(p.high_watermark);
+            buf.put_i64(p.last_stable_offset);
+            if version >= 5 {
+                buf.put_i64(p.log_start_offset);
+            }
+            match &p.aborted_transactions {
+                None if flexible => buf.put_u8(0),
+                None => buf.put_i32(-1),
+                Some(aborted) => {
+                    put_array_len(&mut buf, flexible, aborted.len());
+                    for &(producer_id, first_offset) in aborted {
+                        buf.put_i64(producer_id);
+                        buf.put_i64(first_offset);
+                        if flexible {
+                            buf.put_u8(0);
+                        }
+                    }
+                }
+            }
+            if version >= 11 {
+                buf.put_i32(-1); // preferred_read_replica
+            }
+            match p.records {
+                None if flexible => buf.put_u8(0),
+                None => buf.put_i32(-1),
+                Some((len, records)) => {
+                    if flexible {
+                        put_varint(&mut buf, len as u32 + 1);
+                    } else {
+                        buf.put_i32(len as i32);
+                    }
+                    if len > 0 {
+                        gaps.push((buf.len(), records));
+                        records_len += len;
+                    }
+                }
+            }
+            if flexible {
+                buf.put_u8(0); // partition tagged fields
+            }
+        }
+        if flexible {
+            buf.put_u8(0); // topic tagged fields
+        }
+    }
+    if flexible {
+        buf.put_u8(0); // response tagged fields
+    }
+    let size = (buf.len() - 4 + records_len) as i32;
+    buf[..4].copy_from_slice(&size.to_be_bytes());
+
+    let header = buf.freeze();
+    let mut pieces = Vec::with_capacity(gaps.len() * 2 + 1);
+    let mut from = 0;
+    for (at, records) in gaps {
+        pieces.push(Piece::Bytes(header.slice(from..at)));
+        pieces.push(Piece::Records(records));
+        from = at;
+    }
+    if from < header.len() {
+        pieces.push(Piece::Bytes(header.slice(from..)));
+    }
+    pieces
+}
+
+fn put_varint(buf: &mut BytesMut, mut v: u32) {
+    while v >= 0x80 {
+        buf.put_u8((v as u8) | 0x80);
+        v >>= 7;
+    }
+    buf.put_u8(v as u8);
+}
+
+fn put_array_len(buf: &mut BytesMut, flexible: bool, len: usize) {
+    if flexible {
+        put_varint(buf, len as u32 + 1);
+    } else {
+        buf.put_i32(len as i32);
+    }
+}
+
+fn put_string(buf: &mut BytesMut, flexible: bool, s: &str) {
+    if flexible {
+        put_varint(buf, s.len() as u32 + 1);
+    } else {
+        buf.put_i16(s.len() as i16);
+    }
+    buf.put_slice(s.as_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::encode_response as encode_with_kafka_protocol;
+    use kafka_protocol::messages::fetch_response::{
+        AbortedTransaction, FetchableTopicResponse, PartitionData,
+    };
+    use kafka_protocol::messages::{FetchResponse, ResponseKind, TopicName};
+    use kafka_protocol::protocol::StrBytes;
+    use proptest::prelude::*;
+
+    type Shape = Vec<(
+        String,
+        Vec<(i32, i16, i64, Option<Vec<(i64, i64)>>, Option<Vec<u8>>)>,
+    )>;
+
+    fn ours(version: i16, shape: &Shape) -> Vec<u8> {
+        let topics = shape
+            .iter()
+            .map(|(name, parts)| FetchTopic {
+                name: name.clone(),
+                id: Uuid::from_u128(name.len() as u128 + 7),
+                partitions: parts
+                    .iter()
+                    .map(|(index, error, hw, aborted, records)| FetchPartition {
+                        index: *index,
+                        error_code: *error,
+                        high_watermark: *hw,
+                        last_stable_offset: *hw,
+                        log_start_offset: hw / 2,
+                        aborted_transactions: aborted.clone(),
+                        records: records.as_ref().map(|r| (r.len(), Bytes::from(r.clone()))),
+                    })
+                    .collect(),
+            })
+            .collect();
+        let mut out = Vec::new();
+        for piece in encode_response(42, version, topics) {
+            match piece {
+                Piece::Bytes(b) | Piece::Records(b) => out.extend_from_slice(&b),
+            }
+        }
+        out
+    }
+
+    fn theirs(version: i16, shape: &Shape) -> Vec<u8> {
+        let responses = shape
+            .iter()
+            .map(|(name, parts)| {
+                FetchableTopicResponse::default()
+                    .with_topic(if version <= 12 {
+                        TopicName(StrBytes::from_string(name.clone()))
+                    } else {
+                        TopicName::default()
+                    })
+                    .with_topic_id(if version >= 13 {
+                        Uuid::from_u128(name.len() as u128 + 7)
+                    } else {
+                        Uuid::nil()
+                    })
+                    .with_partitions(
+                        parts
+                            .iter()
+                            .map(|(index, error, hw, aborted, records)| {
+                                PartitionData::default()
+                                    .with_partition_index(*index)
+                                    .with_error_code(*error)
+                                    .with_high_watermark(*hw)
+                                    .with_last_stable_offset(*hw)
+                                    .with_log_start_offset(hw / 2)
+                                    .with_aborted_transactions(aborted.as_ref().map(|a| {
+                                        a.iter()
+                                            .map(|&(pid, first)| {
+                                                AbortedTransaction::default()
+                                                    .with_producer_id(pid.into())
+                                                    .with_first_offset(first)
+                                            })
+                                            .collect()
+                                    }))
+                                    .with_records(records.clone().map(Bytes::from))
+                            })
+                            .collect(),
+                    )
+            })
+            .collect();
+        let body = ResponseKind::Fetch(FetchResponse::default().with_responses(responses));
+        encode_with_kafka_protocol(42, version, &body)
+            .unwrap()
+            .to_vec()
+    }
+
+    fn shapes() -> impl Strategy<Value = Shape> {
+        let partition = (
+            any::<i32>(),
+            any::<i16>(),
+            any::<i64>(),
+            proptest::option::of(proptest::collection::vec(
+                (any::<i64>(), any::<i64>()),
+                0..3,
+            )),
+            proptest::option::of(proptest::collection::vec(any::<u8>(), 0..300)),
+        );
+        proptest::collection::vec(
+            ("[a-z._-]{1,20}", proptest::collection::vec(partition, 0..4)),
+            0..4,
+        )
+    }
+
+    proptest! {
+        #[test]
+        fn same_bytes_as_kafka_protocol(version in VERSIONS, shape in shapes()) {
+            prop_assert_eq!(ours(version, &shape), theirs(version, &shape));
+        }
+    }
+
+    #[test]
+    fn records_are_gaps_between_header_pieces() {
+        let shape: Shape = vec![(
+            "t".into(),
+            vec![
+                (0, 0, 10, None, Some(vec![1; 100])),
+                (1, 0, 10, None, Some(vec![])),
+                (2, 0, 10, None, Some(vec![2; 50])),
+            ],
+        )];
+        let topics = shape
+            .iter()
+            .map(|(name, parts)| FetchTopic {
+                name: name.clone(),
+                id: Uuid::nil(),
+                partitions: parts
+                    .iter()
+                    .map(|(index, _, hw, _, records)| FetchPartition {
+                        index: *index,
+                        error_code: 0,
+                        high_watermark: *hw,
+                        last_stable_offset: *hw,
+                        log_start_offset: 0,
+                        aborted_transactions: None,
+                        records: records.as_ref().map(|r| (r.len(), r.len())),
+                    })
+                    .collect(),
+            })
+            .collect();
+        let pieces = encode_response(1, 12, topics);
+        let records: Vec<usize> = pieces
+            .iter()
+            .filter_map(|p| match p {
+                Piece::Records(len) => Some(*len),
+                Piece::Bytes(_) => None,
+            })
+            .collect();
+        assert_eq!(records, vec![100, 50], "empty records are not gaps");
+        assert!(matches!(pieces.last(), Some(Piece::Bytes(_))));
+    }
+}

@@ -1,0 +1,99 @@
+//! Record data as a read hands it out: batches held in memory (the batch cache), or a byte
+//! range of a segment file that the network layer sends with sendfile, so cold data goes
+//! from the file to the socket without passing through user space.
+
+use bytes::{Bytes, BytesMut};
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+
+/// A range of whole batches in a segment file, opened for buffered reads. The open file keeps
+/// the data readable even if retention or compaction removes the segment meanwhile.
+#[derive(Clone, Debug)]
+pub struct FileRange {
+    pub file: Arc<File>,
+    pub offset: u64,
+    pub len: usize,
+}
+
+#[derive(Clone, Debug)]
+pub enum Chunk {
+    Memory(Bytes),
+    File(FileRange),
+}
+
+impl Chunk {
+    pub fn len(&self) -> usize {
+        match self {
+            Chunk::Memory(b) => b.len(),
+            Chunk::File(r) => r.len,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Whole record batches, in offset order.
+#[derive(Clone, Debug, Default)]
+pub struct Records {
+    chunks: Vec<Chunk>,
+    len: usize,
+}
+
+impl Records {
+    pub fn push(&mut self, chunk: Chunk) {
+        if !chunk.is_empty() {
+            self.len += chunk.len();
+            self.chunks.push(chunk);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn into_chunks(self) -> Vec<Chunk> {
+        self.chunks
+    }
+
+    /// The bytes themselves: a single in-memory chunk as it is, anything else gathered into
+    /// one buffer (file ranges are read on the blocking thread pool).
+    pub async fn into_bytes(self) -> io::Result<Bytes> {
+        if let [Chunk::Memory(b)] = self.chunks.as_slice() {
+            return Ok(b.clone());
+        }
+        let mut out = BytesMut::with_capacity(self.len);
+        for chunk in self.chunks {
+            match chunk {
+                Chunk::Memory(b) => out.extend_from_slice(&b),
+                Chunk::File(r) => {
+                    let data = crate::fs::blocking(move || {
+                        let mut data = vec![0u8; r.len];
+                        r.file.read_exact_at(&mut data, r.offset)?;
+                        Ok(data)
+                    })
+                    .await?;
+                    out.extend_from_slice(&data);
+                }
+            }
+        }
+        Ok(out.freeze())
+    }
+}
+
+impl FromIterator<Bytes> for Records {
+    fn from_iter<I: IntoIterator<Item = Bytes>>(iter: I) -> Records {
+        let mut records = Records::default();
+        for b in iter {
+            records.push(Chunk::Memory(b));
+        }
+        records
+    }
+}

@@ -1,0 +1,160 @@
+"""The read path: cold data goes from segment files to the socket (sendfile), tail data from the
+batch cache; slow readers get every byte, and other clients are not held up by them."""
+
+import socket
+import struct
+import threading
+import time
+
+import crc32c
+from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from kafka_wire import connect, recv_exact, request, string
+from test_confluent import read_partition
+
+
+def fetch_v4(topic, partition, offset, max_bytes):
+    body = (
+        struct.pack(">iiiib", -1, 0, 1, max_bytes, 0)  # replica, wait, min bytes, max bytes, isolation
+        + struct.pack(">i", 1)
+        + string(topic)
+        + struct.pack(">i", 1)
+        + struct.pack(">iqi", partition, offset, max_bytes)
+    )
+    return request(1, 4, body)
+
+
+def parse_fetch_v4(body):
+    """(error code, high watermark, record bytes) of a one-partition Fetch v4 response body."""
+    pos = 4  # throttle time
+    (n_topics,) = struct.unpack_from(">i", body, pos)
+    assert n_topics == 1
+    pos += 4
+    (name_len,) = struct.unpack_from(">h", body, pos)
+    pos += 2 + name_len
+    (n_parts,) = struct.unpack_from(">i", body, pos)
+    assert n_parts == 1
+    pos += 4
+    _, error, hw, _lso, n_aborted = struct.unpack_from(">ihqqi", body, pos)
+    pos += 4 + 2 + 8 + 8 + 4 + max(n_aborted, 0) * 16
+    (n,) = struct.unpack_from(">i", body, pos)
+    pos += 4
+    records = body[pos : pos + n]
+    assert len(records) == n and pos + n == len(body), "records end the response"
+    return error, hw, records
+
+
+def batches(records):
+    """(base offset, last offset) of each batch; every batch whole with a good CRC-32C."""
+    out = []
+    pos = 0
+    while pos < len(records):
+        base, length = struct.unpack_from(">qi", records, pos)
+        end = pos + 12 + length
+        assert end <= len(records), "no partial batch"
+        (crc,) = struct.unpack_from(">I", records, pos + 17)
+        assert crc32c.crc32c(records[pos + 21 : end]) == crc
+        (last_delta,) = struct.unpack_from(">i", records, pos + 23)
+        out.append((base, base + last_delta))
+        pos = end
+    return out
+
+
+def fill(broker, topic, partitions, per_partition, value_size=1000):
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+    topics = [NewTopic(topic, partitions, 1, config={"segment.bytes": str(1 << 20)})]
+    admin.create_topics(topics)[topic].result(30)
+    p = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 20, "batch.size": 65536})
+    for part in range(partitions):
+        for i in range(per_partition):
+            p.produce(topic, value=b"%08d" % i + b"x" * (value_size - 8), partition=part)
+    assert p.flush(60) == 0
+
+
+def test_cold_reads_reach_slow_readers_whole_while_others_are_served(fresh_broker, topic_name):
+    broker = fresh_broker("--cache-bytes-per-partition", "0")
+    fill(broker, topic_name, 2, 6000)
+    broker.restart()  # nothing in memory: every read comes from segment files
+
+    # A reader with a tiny receive buffer that drains slowly, across segment boundaries.
+    slow = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    host, port = broker.bootstrap.rsplit(":", 1)
+    slow.settimeout(30)
+    slow.connect((host, int(port)))
+    result = {}
+
+    def read_slowly():
+        offset, seen = 0, []
+        while offset < 6000:
+            slow.sendall(fetch_v4(topic_name, 0, offset, 3 << 20))
+            (size,) = struct.unpack(">i", recv_exact(slow, 4))
+            data = b""
+            while len(data) < size:
+                data += recv_exact(slow, min(8192, size - len(data)))
+                time.sleep(0.002)
+            error, hw, records = parse_fetch_v4(data[4:])
+            assert error == 0 and hw == 6000
+            got = batches(records)
+            assert got and got[0][0] <= offset <= got[0][1]
+            seen += got
+            offset = got[-1][1] + 1
+        result["batches"] = seen
+
+    t = threading.Thread(target=read_slowly)
+    t.start()
+    # Meanwhile another client reads the other partition, also from disk, in full.
+    msgs = read_partition(broker, topic_name, 1, expect=6000)
+    assert [m.offset() for m in msgs] == list(range(6000))
+    assert all(m.value()[:8] == b"%08d" % i for i, m in enumerate(msgs))
+    t.join(120)
+    assert not t.is_alive()
+    seen = result["batches"]
+    assert seen[0][0] == 0 and seen[-1][1] == 5999
+    assert all(b[0] == a[1] + 1 for a, b in zip(seen, seen[1:])), "dense, in order, once"
+
+
+def read_bytes(pid):
+    with open(f"/proc/{pid}/io") as f:
+        for line in f:
+            if line.startswith("read_bytes:"):
+                return int(line.split()[1])
+    raise AssertionError("no read_bytes in /proc/<pid>/io")
+
+
+def test_tail_consumers_are_served_from_memory(fresh_broker, topic_name):
+    broker = fresh_broker()
+    fill(broker, topic_name, 1, 10)
+    before = read_bytes(broker.proc.pid)
+    fill_more = threading.Thread(target=lambda: produce_more(broker, topic_name))
+    fill_more.start()
+    msgs = read_partition(broker, topic_name, 0, expect=5010)
+    fill_more.join()
+    served = sum(len(m.value()) for m in msgs)
+    assert len(msgs) == 5010
+    assert read_bytes(broker.proc.pid) - before < served // 10, "tail reads do not touch the disk"
+
+
+def produce_more(broker, topic):
+    p = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 5})
+    for i in range(5000):
+        p.produce(topic, value=b"y" * 1000, partition=0)
+        if i % 500 == 0:
+            p.flush(30)
+    assert p.flush(60) == 0
+
+
+def test_a_client_that_leaves_mid_response_does_not_disturb_the_broker(fresh_broker, topic_name):
+    broker = fresh_broker("--cache-bytes-per-partition", "0")
+    fill(broker, topic_name, 1, 3000)
+    broker.restart()
+    for _ in range(5):
+        s = connect(broker.bootstrap)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.sendall(fetch_v4(topic_name, 0, 0, 3 << 20))
+        recv_exact(s, 1000)
+        s.close()
+    msgs = read_partition(broker, topic_name, 0, expect=3000)
+    assert len(msgs) == 3000
+    assert broker.alive()
