@@ -21,12 +21,14 @@ impl OffsetIndex {
 
     /// Position of the last indexed batch starting at or before `relative_offset` (0 if none).
     pub fn lookup(&self, relative_offset: u32) -> u32 {
+        self.lookup_entry(relative_offset).1
+    }
+
+    /// `(relative offset, position)` of the last indexed batch starting at or before
+    /// `relative_offset`; `(0, 0)` (the segment's start) if none.
+    pub fn lookup_entry(&self, relative_offset: u32) -> (u32, u32) {
         let i = self.entries.partition_point(|&(o, _)| o <= relative_offset);
-        if i == 0 {
-            0
-        } else {
-            self.entries[i - 1].1
-        }
+        i.checked_sub(1).map_or((0, 0), |i| self.entries[i])
     }
 
     /// Start of the last indexed batch at or before byte `position`: a batch boundary.

@@ -365,22 +365,48 @@ impl Segment {
         min_one: bool,
     ) -> io::Result<Option<FileRange>> {
         let size = self.size.get();
-        let Some((start, first_len)) = self.locate(offset, size).await? else {
+        // Compaction can leave a segment with no batches at all.
+        if size == 0 || offset >= self.next_offset.get() {
             return Ok(None);
+        }
+        // A consumer reading on from where its last read ended asks for an indexed batch (the
+        // ends below are index entries) or a segment's first: then no header needs reading.
+        let relative = (offset - self.base_offset).max(0) as u32;
+        let (indexed_offset, indexed_pos) = self.index.borrow().lookup_entry(relative);
+        let exact = (indexed_offset == relative).then_some(indexed_pos as u64);
+        let mut first_len = None;
+        let start = match exact {
+            Some(start) => start,
+            None => match self.locate(offset, size).await? {
+                Some((start, len)) => {
+                    first_len = Some(len);
+                    start
+                }
+                None => return Ok(None),
+            },
         };
         let limit = start + max_bytes as u64;
-        let end = if size <= limit {
-            size
-        } else {
-            let first_end = start + first_len as u64;
-            let indexed = self
-                .index
+        let indexed_end = || {
+            self.index
                 .borrow()
                 .boundary_at_or_before(limit.min(u32::MAX as u64) as u32)
-                .map_or(0, u64::from);
-            if indexed > first_end {
-                indexed
-            } else if first_end <= limit || min_one {
+                .map(u64::from)
+                .filter(|&end| end > start)
+        };
+        let end = if size <= limit {
+            size
+        } else if let Some(end) = indexed_end() {
+            end
+        } else {
+            let first_len = match first_len {
+                Some(len) => len,
+                None => match self.locate(offset, size).await? {
+                    Some((_, len)) => len,
+                    None => return Ok(None),
+                },
+            };
+            let first_end = start + first_len as u64;
+            if first_end <= limit || min_one {
                 first_end
             } else {
                 return Ok(None);
