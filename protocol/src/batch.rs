@@ -260,11 +260,13 @@ fn rewrite_crc(batch: &mut [u8]) {
 }
 
 /// Marks the batch as LogAppendTime with `now_ms` as its max timestamp and rewrites the CRC.
-pub fn set_log_append_time(batch: &mut [u8], now_ms: i64) {
-    let attributes = i16_at(batch, ATTRIBUTES) | TIMESTAMP_TYPE_LOG_APPEND;
-    batch[ATTRIBUTES..ATTRIBUTES + 2].copy_from_slice(&attributes.to_be_bytes());
-    batch[MAX_TIMESTAMP..MAX_TIMESTAMP + 8].copy_from_slice(&now_ms.to_be_bytes());
-    rewrite_crc(batch);
+/// The batch is `head` (at least its header) followed by `rest`, which is left as it is.
+pub fn set_log_append_time(head: &mut [u8], rest: &[u8], now_ms: i64) {
+    let attributes = i16_at(head, ATTRIBUTES) | TIMESTAMP_TYPE_LOG_APPEND;
+    head[ATTRIBUTES..ATTRIBUTES + 2].copy_from_slice(&attributes.to_be_bytes());
+    head[MAX_TIMESTAMP..MAX_TIMESTAMP + 8].copy_from_slice(&now_ms.to_be_bytes());
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&head[ATTRIBUTES..]), rest);
+    head[CRC..CRC + 4].copy_from_slice(&crc.to_be_bytes());
 }
 
 /// A record of a plain batch (not idempotent, not transactional), for `encode_plain`.
@@ -396,7 +398,9 @@ pub(crate) mod tests {
         let mut batch = sample_batch(5, Compression::Lz4, 50);
         set_base_offset(&mut batch, 1234);
         set_leader_epoch(&mut batch, 7);
-        set_log_append_time(&mut batch, 42);
+        let mut head = batch[..HEADER_LEN].to_vec();
+        set_log_append_time(&mut head, &batch[HEADER_LEN..], 42);
+        batch[..HEADER_LEN].copy_from_slice(&head);
         let header = validate(&batch).expect("still valid");
         assert_eq!(header.base_offset, 1234);
         assert_eq!(header.last_offset(), 1238);

@@ -1,21 +1,19 @@
 //! The batch cache: the most recently appended batches of a partition, as the `Bytes` that were
 //! written. Tail consumers are served from here without touching the disk.
 
-use bytes::Bytes;
-
-use crate::records::Records;
+use crate::records::{Records, StoredBatch};
 use std::collections::VecDeque;
 
 /// Exists per partition, on the shard that owns it.
 #[derive(Debug, Default)]
 pub struct BatchCache {
     /// (base offset, last offset, batch bytes), in offset order.
-    batches: VecDeque<(i64, i64, Bytes)>,
+    batches: VecDeque<(i64, i64, StoredBatch)>,
     bytes: usize,
 }
 
 impl BatchCache {
-    pub fn push(&mut self, base: i64, last: i64, batch: Bytes) {
+    pub fn push(&mut self, base: i64, last: i64, batch: StoredBatch) {
         self.bytes += batch.len();
         self.batches.push_back((base, last, batch));
     }
@@ -79,7 +77,7 @@ impl BatchCache {
         Some(
             self.batches
                 .range(start..start + taken)
-                .map(|(_, _, b)| b.clone())
+                .map(|(_, _, b)| b)
                 .collect(),
         )
     }
@@ -92,6 +90,7 @@ impl BatchCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
 
     fn first_byte(r: Option<Records>) -> u8 {
         match r.unwrap().into_chunks().first() {
@@ -102,9 +101,9 @@ mod tests {
 
     fn cache() -> BatchCache {
         let mut c = BatchCache::default();
-        c.push(0, 4, Bytes::from(vec![0u8; 100]));
-        c.push(5, 9, Bytes::from(vec![1u8; 100]));
-        c.push(10, 10, Bytes::from(vec![2u8; 100]));
+        c.push(0, 4, Bytes::from(vec![0u8; 100]).into());
+        c.push(5, 9, Bytes::from(vec![1u8; 100]).into());
+        c.push(10, 10, Bytes::from(vec![2u8; 100]).into());
         c
     }
 

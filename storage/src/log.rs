@@ -20,7 +20,7 @@ use crate::cache::BatchCache;
 use crate::config::LogConfig;
 use crate::fs;
 use crate::producers::{ProducerError, ProducerStates, SequenceCheck};
-use crate::records::{Chunk, Records};
+use crate::records::{Chunk, Records, StoredBatch};
 use crate::segment::{parse_segment_name, OpenMode, Segment};
 
 /// Marker file saying the partition was closed cleanly, so its tail need not be scanned.
@@ -86,7 +86,7 @@ struct State {
     /// When data was last synced, and records written since (flush.ms / flush.messages).
     last_sync: std::time::Instant,
     unsynced_records: u64,
-    pending: Vec<Bytes>,
+    pending: Vec<StoredBatch>,
     cache: BatchCache,
     /// (max timestamp, offset of the batch holding it).
     max_timestamp: (i64, i64),
@@ -216,13 +216,13 @@ impl PartitionLog {
     /// assigns offsets and appends it. A retried batch of an idempotent producer is recognised
     /// and answered with its original offsets. The data is readable at once; use `wait` for
     /// durability.
-    pub fn append(&self, records: &[u8], now_ms: i64) -> Result<Appended, LogError> {
+    pub fn append(&self, records: Bytes, now_ms: i64) -> Result<Appended, LogError> {
         let config = self.config.borrow();
-        let summary = batch::validate_produce(records, config.max_message_bytes)?;
+        let summary = batch::validate_produce(&records, config.max_message_bytes)?;
         if summary.count != 1 {
             return Err(LogError::BatchCount(summary.count));
         }
-        let header = batch::BatchHeader::parse(records)?;
+        let header = batch::BatchHeader::parse(&records)?;
         let mut st = self.state.borrow_mut();
         let generation = st.rollbacks.len();
         if let SequenceCheck::Duplicate {
@@ -238,11 +238,13 @@ impl PartitionLog {
             });
         }
         let base_offset = st.next_offset;
-        let mut copy = BytesMut::from(records);
-        batch::set_base_offset(&mut copy, base_offset);
-        batch::set_leader_epoch(&mut copy, 0);
+        // Only the header is copied (to rewrite it); the records stay in the request buffer.
+        let mut head = BytesMut::from(&records[..batch::HEADER_LEN]);
+        let rest = records.slice(batch::HEADER_LEN..);
+        batch::set_base_offset(&mut head, base_offset);
+        batch::set_leader_epoch(&mut head, 0);
         let (log_append_time, max_ts) = if config.log_append_time {
-            batch::set_log_append_time(&mut copy, now_ms);
+            batch::set_log_append_time(&mut head, &rest, now_ms);
             (now_ms, now_ms)
         } else {
             (-1, header.max_timestamp)
@@ -255,7 +257,7 @@ impl PartitionLog {
             base_offset,
             ..header
         });
-        let data = copy.freeze();
+        let data = StoredBatch::new(head.freeze(), rest);
         st.cache.push(base_offset, last_offset, data.clone());
         st.pending.push(data);
         st.next_offset = last_offset + 1;
@@ -337,7 +339,7 @@ impl PartitionLog {
             if let Err(e) = result {
                 // Nothing from `rest` reached the file: forget it, so offsets stay dense and no
                 // reader sees data that was never stored.
-                let from = match rest.first().map(|b| batch::BatchHeader::parse(b)) {
+                let from = match rest.first().map(|b| batch::BatchHeader::parse(b.head())) {
                     Some(Ok(h)) => h.base_offset,
                     _ => st.written,
                 };

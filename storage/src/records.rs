@@ -8,6 +8,45 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
+/// A batch as the log holds it in memory: its header as the log rewrote it (offsets, epoch,
+/// timestamps, CRC) and the rest exactly as the producer sent it, shared with the request
+/// buffer it arrived in. So appending copies only the header; the one copy of the records is
+/// into the segment's DMA buffer.
+#[derive(Clone, Debug)]
+pub struct StoredBatch {
+    head: Bytes,
+    rest: Bytes,
+}
+
+impl StoredBatch {
+    pub fn new(head: Bytes, rest: Bytes) -> StoredBatch {
+        StoredBatch { head, rest }
+    }
+
+    pub fn len(&self) -> usize {
+        self.head.len() + self.rest.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The start of the batch, holding at least its whole header.
+    pub fn head(&self) -> &Bytes {
+        &self.head
+    }
+
+    pub fn rest(&self) -> &Bytes {
+        &self.rest
+    }
+}
+
+impl From<Bytes> for StoredBatch {
+    fn from(batch: Bytes) -> StoredBatch {
+        StoredBatch::new(batch, Bytes::new())
+    }
+}
+
 /// A range of whole batches in a segment file, opened for buffered reads. The open file keeps
 /// the data readable even if retention or compaction removes the segment meanwhile.
 #[derive(Clone, Debug)]
@@ -88,11 +127,12 @@ impl Records {
     }
 }
 
-impl FromIterator<Bytes> for Records {
-    fn from_iter<I: IntoIterator<Item = Bytes>>(iter: I) -> Records {
+impl<'a> FromIterator<&'a StoredBatch> for Records {
+    fn from_iter<I: IntoIterator<Item = &'a StoredBatch>>(iter: I) -> Records {
         let mut records = Records::default();
         for b in iter {
-            records.push(Chunk::Memory(b));
+            records.push(Chunk::Memory(b.head.clone()));
+            records.push(Chunk::Memory(b.rest.clone()));
         }
         records
     }

@@ -16,7 +16,7 @@ use tern_protocol::batch::{self, BatchError, BatchHeader};
 
 use crate::fs;
 use crate::index::{OffsetIndex, TimeIndex};
-use crate::records::FileRange;
+use crate::records::{FileRange, StoredBatch};
 
 const PAGE: u64 = 4096;
 const SCAN_CHUNK: usize = 1 << 20;
@@ -279,7 +279,7 @@ impl Segment {
     }
 
     /// Appends whole batches (already offset-assigned) at the end of the segment.
-    pub async fn append(&self, batches: &[Bytes], index_interval: u64) -> io::Result<()> {
+    pub async fn append(&self, batches: &[StoredBatch], index_interval: u64) -> io::Result<()> {
         let size = self.size.get();
         let page_start = size & !(PAGE - 1);
         let new_bytes: usize = batches.iter().map(|b| b.len()).sum();
@@ -292,8 +292,10 @@ impl Segment {
             out[..tail.len()].copy_from_slice(&tail);
             let mut at = tail.len();
             for b in batches {
-                out[at..at + b.len()].copy_from_slice(b);
-                at += b.len();
+                for part in [b.head(), b.rest()] {
+                    out[at..at + part.len()].copy_from_slice(part);
+                    at += part.len();
+                }
             }
             out[len..].fill(0);
             let end = size + new_bytes as u64;
@@ -319,7 +321,7 @@ impl Segment {
         }
         let mut pos = size;
         for b in batches {
-            let header = BatchHeader::parse(b).map_err(io::Error::other)?;
+            let header = BatchHeader::parse(b.head()).map_err(io::Error::other)?;
             self.note_batch(pos, &header, index_interval);
             pos += b.len() as u64;
         }

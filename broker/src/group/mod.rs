@@ -261,7 +261,7 @@ pub async fn store(
         tracing::error!(error = %e, "store group records");
         ResponseError::KafkaStorageError.code()
     };
-    let appended = log.append(&batch, now).map_err(storage_error)?;
+    let appended = log.append(batch, now).map_err(storage_error)?;
     log.wait(&appended, Durability::Synced)
         .await
         .map_err(storage_error)?;

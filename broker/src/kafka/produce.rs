@@ -63,7 +63,7 @@ async fn produce_local(
             format!("{topic}-{partition} is not on this shard"),
         );
     };
-    let appended = match log.append(&records, now_ms()) {
+    let appended = match log.append(records, now_ms()) {
         Ok(a) => a,
         Err(e) => {
             tracing::debug!(%topic, partition, error = %e, "produce refused");
