@@ -79,6 +79,27 @@ pub fn first_record_at_or_after(batch: &[u8], ts: i64) -> io::Result<Option<(i64
         .map(|r| (r.timestamp, r.offset)))
 }
 
+/// Copies bytes `[from, from + dst.len())` of the concatenation of `parts` into `dst`, and
+/// zeroes what lies past the end of `parts`.
+fn copy_span<'a>(dst: &mut [u8], from: usize, parts: impl Iterator<Item = &'a [u8]>) {
+    let to = from + dst.len();
+    let (mut pos, mut filled) = (0, 0);
+    for part in parts {
+        let (start, end) = (pos, pos + part.len());
+        pos = end;
+        if end <= from {
+            continue;
+        }
+        if start >= to {
+            break;
+        }
+        let (s, e) = (from.max(start), to.min(end));
+        dst[s - from..e - from].copy_from_slice(&part[s - start..e - start]);
+        filled = e - from;
+    }
+    dst[filled..].fill(0);
+}
+
 /// Extension of a compacted segment not yet swapped in.
 pub const CLEANED: &str = "cleaned";
 
@@ -283,28 +304,41 @@ impl Segment {
         let size = self.size.get();
         let page_start = size & !(PAGE - 1);
         let new_bytes: usize = batches.iter().map(|b| b.len()).sum();
-        let (buf, end, new_tail) = {
+        let end = size + new_bytes as u64;
+        // The page holding the old tail is written on its own: it overwrites written blocks,
+        // the rest goes to preallocated (unwritten) ones, and ext4 refuses io_uring's
+        // non-blocking attempt for a write spanning both kinds, handing every append to a
+        // kernel worker thread.
+        let (first, rest, new_tail) = {
             let tail = self.tail.borrow();
             let len = tail.len() + new_bytes;
-            let aligned = self.file.align_up(len as u64) as usize;
-            let mut buf = self.file.alloc_dma_buffer(aligned);
-            let out = buf.as_bytes_mut();
-            out[..tail.len()].copy_from_slice(&tail);
-            let mut at = tail.len();
-            for b in batches {
-                for part in [b.head(), b.rest()] {
-                    out[at..at + part.len()].copy_from_slice(part);
-                    at += part.len();
-                }
-            }
-            out[len..].fill(0);
-            let end = size + new_bytes as u64;
+            // Whole filesystem blocks: ext4 also refuses the non-blocking attempt for a write
+            // that ends inside a block (it may have to zero the rest).
+            let aligned = (len as u64).div_ceil(PAGE) as usize * PAGE as usize;
+            let split = if tail.is_empty() {
+                aligned
+            } else {
+                aligned.min(PAGE as usize)
+            };
+            let parts = || {
+                std::iter::once(&tail[..])
+                    .chain(batches.iter().flat_map(|b| [&b.head()[..], &b.rest()[..]]))
+            };
+            let mut first = self.file.alloc_dma_buffer(split);
+            copy_span(first.as_bytes_mut(), 0, parts());
+            let rest = (aligned > split).then(|| {
+                let mut buf = self.file.alloc_dma_buffer(aligned - split);
+                copy_span(buf.as_bytes_mut(), split, parts());
+                buf
+            });
             let new_tail_start = ((end & !(PAGE - 1)) - page_start) as usize;
-            let new_tail = out[new_tail_start..len].to_vec();
-            (buf, end, new_tail)
+            let mut new_tail = vec![0; len - new_tail_start];
+            copy_span(&mut new_tail, new_tail_start, parts());
+            (first, rest, new_tail)
         };
-        let expected = buf.len();
-        let needed = page_start + expected as u64;
+        let first_len = first.len();
+        let rest_len = rest.as_ref().map_or(0, |b| b.len());
+        let needed = page_start + (first_len + rest_len) as u64;
         if needed > self.allocated.get() {
             // Best effort: when the disk is nearly full, write without preallocating.
             let target = needed.div_ceil(PREALLOCATE) * PREALLOCATE;
@@ -312,8 +346,15 @@ impl Segment {
                 self.allocated.set(target);
             }
         }
-        let written = self.file.write_at(buf, page_start).await?;
-        if written < expected {
+        let write_rest = async {
+            match rest {
+                Some(buf) => self.file.write_at(buf, page_start + first_len as u64).await,
+                None => Ok(0),
+            }
+        };
+        let (first_written, rest_written) =
+            futures::join!(self.file.write_at(first, page_start), write_rest);
+        if first_written? < first_len || rest_written? < rest_len {
             return Err(io::Error::new(
                 io::ErrorKind::WriteZero,
                 "short segment write",
@@ -538,5 +579,26 @@ impl Segment {
     }
     fn time_index_path(&self) -> PathBuf {
         self.path.with_extension("timeindex")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::copy_span;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn copy_span_is_a_window_of_the_concatenation(
+            parts in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..40), 0..6),
+            from in 0usize..200,
+            len in 0usize..100,
+        ) {
+            let whole: Vec<u8> = parts.concat();
+            let mut dst = vec![0xAA; len];
+            copy_span(&mut dst, from, parts.iter().map(|p| &p[..]));
+            let expected: Vec<u8> = (from..from + len).map(|i| whole.get(i).copied().unwrap_or(0)).collect();
+            prop_assert_eq!(dst, expected);
+        }
     }
 }
