@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 mod admin;
+mod buffers;
 mod config;
 mod controller;
 mod cpus;

@@ -11,6 +11,7 @@ use std::rc::Rc;
 use tern_protocol::frame::{self, FrameError};
 use tern_storage::Chunk;
 
+use crate::buffers::FrameBuffer;
 use crate::kafka;
 use crate::send;
 use crate::shard::Shard;
@@ -107,11 +108,11 @@ async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         else {
             break;
         };
-        let mut body = vec![0u8; size];
-        if reader.read_exact(&mut body).await.is_err() {
+        let mut body = FrameBuffer::take(size);
+        if reader.read_exact(body.as_mut()).await.is_err() {
             break;
         }
-        let reply = handle_frame(&shard, &peer, Bytes::from(body));
+        let reply = handle_frame(&shard, &peer, body.freeze());
         let close = matches!(reply, Handled::Close);
         let handle = match reply {
             Handled::Task(task) => task,
