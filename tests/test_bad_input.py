@@ -129,8 +129,12 @@ def test_unknown_api_version_of_api_versions_gets_v0_error(broker):
         wire.request(3, 99, b""),  # unknown Metadata version
         wire.request(0, 9, b"\x01\x02\x03"),  # malformed produce body
         struct.pack(">i", 3) + b"abc",  # too short for a header
+        # DeleteGroups v0 whose group array claims 0x4b4b4b00 entries (found by cargo fuzz; the
+        # decoder once tried to allocate 40 GB for it and the broker aborted).
+        struct.pack(">i", 19) + bytes([0, 42, 0, 0, 0, 16, 0, 0, 0, 0, 75, 75, 75, 0, 0, 236, 0, 0, 0]),
     ],
-    ids=["absurd-length", "negative-length", "unknown-api", "unknown-version", "malformed-body", "short-header"],
+    ids=["absurd-length", "negative-length", "unknown-api", "unknown-version", "malformed-body", "short-header",
+         "huge-array-count"],
 )
 def test_unanswerable_frames_close_the_connection(broker, topic_name, frame):
     make_topic(broker, topic_name)

@@ -177,6 +177,31 @@ mod tests {
         assert_eq!(check_size(100, 100).unwrap(), 100);
     }
 
+    #[test]
+    fn huge_array_counts_are_refused_before_allocating() {
+        // Found by cargo fuzz: DeleteGroups v0 whose group array claims 0x4b4b4b00 entries made
+        // kafka-protocol ask for 40 GB and abort the process.
+        let frame = [
+            0u8, 42, 0, 0, 0, 16, 0, 0, 0, 0, 75, 75, 75, 0, 0, 236, 0, 0, 0,
+        ];
+        assert!(matches!(
+            decode_request(Bytes::copy_from_slice(&frame)),
+            Err(FrameError::Malformed { .. })
+        ));
+        // The same through a compact array: Metadata v12 claiming 2^31 topics.
+        let mut buf = BytesMut::new();
+        let header = RequestHeader::default()
+            .with_request_api_key(ApiKey::Metadata as i16)
+            .with_request_api_version(12)
+            .with_correlation_id(1);
+        encode_request_header_into_buffer(&mut buf, &header).unwrap();
+        buf.put_slice(&[0x80, 0x80, 0x80, 0x80, 0x08]);
+        assert!(matches!(
+            decode_request(buf.freeze()),
+            Err(FrameError::Malformed { .. })
+        ));
+    }
+
     proptest! {
         #[test]
         fn arbitrary_frames_never_panic(data in proptest::collection::vec(any::<u8>(), 0..256)) {
