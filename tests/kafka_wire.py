@@ -67,15 +67,35 @@ def produce_v3(topic, partition, records, acks=1):
     return request(0, 3, body)
 
 
-def fetch_v4(topic, partition, offset, max_wait_ms=0):
+def fetch_v4(topic, partition, offset, max_wait_ms=0, max_bytes=1 << 20):
     body = (
-        struct.pack(">iiiib", -1, max_wait_ms, 1, 1 << 20, 0)  # replica, wait, min, max bytes, isolation
+        struct.pack(">iiiib", -1, max_wait_ms, 1, max_bytes, 0)  # replica, wait, min, max bytes, isolation
         + struct.pack(">i", 1)
         + string(topic)
         + struct.pack(">i", 1)
-        + struct.pack(">iqi", partition, offset, 1 << 20)
+        + struct.pack(">iqi", partition, offset, max_bytes)
     )
     return request(1, 4, body)
+
+
+def parse_fetch_v4(body):
+    """(error code, high watermark, record bytes) of a one-partition Fetch v4 response body."""
+    pos = 4  # throttle time
+    (n_topics,) = struct.unpack_from(">i", body, pos)
+    assert n_topics == 1
+    pos += 4
+    (name_len,) = struct.unpack_from(">h", body, pos)
+    pos += 2 + name_len
+    (n_parts,) = struct.unpack_from(">i", body, pos)
+    assert n_parts == 1
+    pos += 4
+    _, error, hw, _lso, n_aborted = struct.unpack_from(">ihqqi", body, pos)
+    pos += 4 + 2 + 8 + 8 + 4 + max(n_aborted, 0) * 16
+    (n,) = struct.unpack_from(">i", body, pos)
+    pos += 4
+    records = body[pos : pos + n]
+    assert len(records) == n and pos + n == len(body), "records end the response"
+    return error, hw, records
 
 
 def connect(bootstrap):

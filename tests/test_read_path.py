@@ -10,39 +10,8 @@ import crc32c
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from kafka_wire import connect, recv_exact, request, string
+from kafka_wire import connect, fetch_v4, parse_fetch_v4, recv_exact
 from test_confluent import read_partition
-
-
-def fetch_v4(topic, partition, offset, max_bytes):
-    body = (
-        struct.pack(">iiiib", -1, 0, 1, max_bytes, 0)  # replica, wait, min bytes, max bytes, isolation
-        + struct.pack(">i", 1)
-        + string(topic)
-        + struct.pack(">i", 1)
-        + struct.pack(">iqi", partition, offset, max_bytes)
-    )
-    return request(1, 4, body)
-
-
-def parse_fetch_v4(body):
-    """(error code, high watermark, record bytes) of a one-partition Fetch v4 response body."""
-    pos = 4  # throttle time
-    (n_topics,) = struct.unpack_from(">i", body, pos)
-    assert n_topics == 1
-    pos += 4
-    (name_len,) = struct.unpack_from(">h", body, pos)
-    pos += 2 + name_len
-    (n_parts,) = struct.unpack_from(">i", body, pos)
-    assert n_parts == 1
-    pos += 4
-    _, error, hw, _lso, n_aborted = struct.unpack_from(">ihqqi", body, pos)
-    pos += 4 + 2 + 8 + 8 + 4 + max(n_aborted, 0) * 16
-    (n,) = struct.unpack_from(">i", body, pos)
-    pos += 4
-    records = body[pos : pos + n]
-    assert len(records) == n and pos + n == len(body), "records end the response"
-    return error, hw, records
 
 
 def batches(records):
@@ -88,7 +57,7 @@ def test_cold_reads_reach_slow_readers_whole_while_others_are_served(fresh_broke
     def read_slowly():
         offset, seen = 0, []
         while offset < 6000:
-            slow.sendall(fetch_v4(topic_name, 0, offset, 3 << 20))
+            slow.sendall(fetch_v4(topic_name, 0, offset, max_bytes=3 << 20))
             (size,) = struct.unpack(">i", recv_exact(slow, 4))
             data = b""
             while len(data) < size:
@@ -152,7 +121,7 @@ def test_a_client_that_leaves_mid_response_does_not_disturb_the_broker(fresh_bro
     for _ in range(5):
         s = connect(broker.bootstrap)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        s.sendall(fetch_v4(topic_name, 0, 0, 3 << 20))
+        s.sendall(fetch_v4(topic_name, 0, 0, max_bytes=3 << 20))
         recv_exact(s, 1000)
         s.close()
     msgs = read_partition(broker, topic_name, 0, expect=3000)

@@ -41,7 +41,7 @@ pub fn set_send_timeout(fd: RawFd) -> io::Result<()> {
 }
 
 /// Position in a list of chunks: the chunk, and bytes of it already sent.
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
 struct Cursor {
     index: usize,
     skip: usize,
@@ -69,6 +69,7 @@ pub async fn write_chunks(
     fd: RawFd,
     mut chunks: Vec<Chunk>,
 ) -> io::Result<()> {
+    // An empty chunk would never advance the cursor below.
     chunks.retain(|c| !c.is_empty());
     let mut at = Cursor::default();
     while at.index < chunks.len() {
@@ -90,16 +91,19 @@ pub async fn write_chunks(
             }
             continue;
         }
-        let rest = chunks[at.index..].to_vec();
-        let skip = at.skip;
-        let sent = glommio::executor()
-            .spawn_blocking(move || send_blocking(fd, &rest, skip))
-            .await?;
-        if sent == 0 {
+        let (back, sent_to) = glommio::executor()
+            .spawn_blocking(move || {
+                let sent_to = send_blocking(fd, &chunks, at);
+                (chunks, sent_to)
+            })
+            .await;
+        chunks = back;
+        let sent_to = sent_to?;
+        if sent_to == at {
             // A consumer that reads slowly: give the pool's thread to others for a moment.
             glommio::timer::sleep(Duration::from_millis(1)).await;
         }
-        at.advance(&chunks, sent);
+        at = sent_to;
     }
     Ok(())
 }
@@ -150,18 +154,18 @@ fn send_memory(
     }
 }
 
-/// Sends chunks from `skip` bytes into the first, blocking (bounded by SO_SNDTIMEO): memory
-/// with `sendmsg`, file ranges with `sendfile`. Returns the bytes sent before the end, a
-/// timeout, or about SEND_TIMEOUT of sending. Runs on the blocking thread pool.
-fn send_blocking(fd: RawFd, chunks: &[Chunk], skip: usize) -> io::Result<usize> {
+/// Sends chunks from `at` on, blocking (bounded by SO_SNDTIMEO): memory with `sendmsg`, file
+/// ranges with `sendfile`. Returns where it got to: the end, or where a timeout or about
+/// SEND_TIMEOUT of sending stopped it. Runs on the blocking thread pool.
+fn send_blocking(fd: RawFd, chunks: &[Chunk], mut at: Cursor) -> io::Result<Cursor> {
     let started = std::time::Instant::now();
-    // Ask for every file range of the response at once, and more after each (where a
+    // Ask for every file range still to send at once, and more after each (where a
     // catching-up consumer's next fetches read): the disk gets a deep queue of reads instead of
     // sendfile's one readahead window at a time, and keeps reading while we send. The pages
     // behind the range (sent by earlier fetches) are dropped: a one-pass cold read should not
     // push hot data out of the page cache, and recycled pages are cheaper than new ones.
     // Pages still queued in a socket are not dropped (the kernel skips busy pages).
-    for chunk in chunks {
+    for chunk in &chunks[at.index..] {
         if let Chunk::File(range) = chunk {
             let fd = range.file.as_raw_fd();
             let (offset, len) = (range.offset as libc::off_t, range.len as libc::off_t);
@@ -177,9 +181,8 @@ fn send_blocking(fd: RawFd, chunks: &[Chunk], skip: usize) -> io::Result<usize> 
             };
         }
     }
-    let mut total = 0;
-    let mut at = Cursor { index: 0, skip };
-    while at.index < chunks.len() && (total == 0 || started.elapsed() < SEND_TIMEOUT) {
+    let from = at;
+    while at.index < chunks.len() && (at == from || started.elapsed() < SEND_TIMEOUT) {
         let last = at.index + 1 == chunks.len();
         let sent = match &chunks[at.index] {
             Chunk::Memory(_) => send_memory(fd, &chunks[at.index..], at.skip, !last, false)?,
@@ -208,8 +211,7 @@ fn send_blocking(fd: RawFd, chunks: &[Chunk], skip: usize) -> io::Result<usize> 
         if sent == 0 {
             break;
         }
-        total += sent;
         at.advance(chunks, sent);
     }
-    Ok(total)
+    Ok(at)
 }

@@ -178,27 +178,32 @@ mod tests {
         Vec<(i32, i16, i64, Option<Vec<(i64, i64)>>, Option<Vec<u8>>)>,
     )>;
 
-    fn ours(version: i16, shape: &Shape) -> Vec<u8> {
-        let topics = shape
+    /// The topics of `shape`, with each partition's records as `records` makes them.
+    fn topics<R>(shape: &Shape, records: impl Fn(&Vec<u8>) -> R) -> Vec<FetchTopic<R>> {
+        shape
             .iter()
             .map(|(name, parts)| FetchTopic {
                 name: name.clone(),
                 id: Uuid::from_u128(name.len() as u128 + 7),
                 partitions: parts
                     .iter()
-                    .map(|(index, error, hw, aborted, records)| FetchPartition {
+                    .map(|(index, error, hw, aborted, data)| FetchPartition {
                         index: *index,
                         error_code: *error,
                         high_watermark: *hw,
                         last_stable_offset: *hw,
                         log_start_offset: hw / 2,
                         aborted_transactions: aborted.clone(),
-                        records: records.as_ref().map(|r| (r.len(), Bytes::from(r.clone()))),
+                        records: data.as_ref().map(|d| (d.len(), records(d))),
                     })
                     .collect(),
             })
-            .collect();
+            .collect()
+    }
+
+    fn ours(version: i16, shape: &Shape) -> Vec<u8> {
         let mut out = Vec::new();
+        let topics = topics(shape, |d| Bytes::from(d.clone()));
         for piece in encode_response(42, version, topics) {
             match piece {
                 Piece::Bytes(b) | Piece::Records(b) => out.extend_from_slice(&b),
@@ -287,25 +292,7 @@ mod tests {
                 (2, 0, 10, None, Some(vec![2; 50])),
             ],
         )];
-        let topics = shape
-            .iter()
-            .map(|(name, parts)| FetchTopic {
-                name: name.clone(),
-                id: Uuid::nil(),
-                partitions: parts
-                    .iter()
-                    .map(|(index, _, hw, _, records)| FetchPartition {
-                        index: *index,
-                        error_code: 0,
-                        high_watermark: *hw,
-                        last_stable_offset: *hw,
-                        log_start_offset: 0,
-                        aborted_transactions: None,
-                        records: records.as_ref().map(|r| (r.len(), r.len())),
-                    })
-                    .collect(),
-            })
-            .collect();
+        let topics = topics(&shape, |d| d.len());
         let pieces = encode_response(1, 12, topics);
         let records: Vec<usize> = pieces
             .iter()

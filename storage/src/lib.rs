@@ -13,7 +13,7 @@ pub mod segment;
 
 pub use config::LogConfig;
 pub use log::{Appended, Durability, LogError, PartitionLog};
-pub use records::{Chunk, FileRange, Records, StoredBatch};
+pub use records::{Chunk, Records};
 
 #[cfg(test)]
 mod tests;

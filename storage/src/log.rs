@@ -401,8 +401,8 @@ impl PartitionLog {
         self.roll().await
     }
 
-    /// Seals the active segment and starts a new one at the written end (pending batches go
-    /// to the new one). Caller holds the write lock.
+    /// Seals the active segment and starts a new one where it ends (later batches go to the
+    /// new one). Caller holds the write lock.
     async fn roll(&self) -> io::Result<()> {
         let active = self.active();
         active.seal().await?;

@@ -416,43 +416,35 @@ impl Segment {
         // ends below are index entries) or a segment's first: then no header needs reading.
         let relative = (offset - self.base_offset).max(0) as u32;
         let (indexed_offset, indexed_pos) = self.index.borrow().lookup_entry(relative);
-        let exact = (indexed_offset == relative).then_some(indexed_pos as u64);
-        let mut first_len = None;
-        let start = match exact {
-            Some(start) => start,
-            None => match self.locate(offset, size).await? {
-                Some((start, len)) => {
-                    first_len = Some(len);
-                    start
-                }
+        let start = if indexed_offset == relative {
+            indexed_pos as u64
+        } else {
+            match self.locate(indexed_pos as u64, offset, size).await? {
+                Some((start, _)) => start,
                 None => return Ok(None),
-            },
+            }
         };
         let limit = start + max_bytes as u64;
-        let indexed_end = || {
-            self.index
-                .borrow()
-                .boundary_at_or_before(limit.min(u32::MAX as u64) as u32)
-                .map(u64::from)
-                .filter(|&end| end > start)
-        };
-        let end = if size <= limit {
-            size
-        } else if let Some(end) = indexed_end() {
-            end
-        } else {
-            let first_len = match first_len {
-                Some(len) => len,
-                None => match self.locate(offset, size).await? {
-                    Some((_, len)) => len,
-                    None => return Ok(None),
-                },
-            };
-            let first_end = start + first_len as u64;
-            if first_end <= limit || min_one {
+        let indexed_end = self
+            .index
+            .borrow()
+            .boundary_at_or_before(limit.min(u32::MAX as u64) as u32)
+            .map(u64::from)
+            .filter(|&end| end > start);
+        let end = match indexed_end {
+            _ if size <= limit => size,
+            Some(end) => end,
+            // No index entry within the budget: the first batch alone, if it fits or must go
+            // (KIP-74). Only small budgets get here; it reads the one header at `start`.
+            None => {
+                let Some((_, first_len)) = self.locate(start, offset, size).await? else {
+                    return Ok(None);
+                };
+                let first_end = start + first_len as u64;
+                if first_end > limit && !min_one {
+                    return Ok(None);
+                }
                 first_end
-            } else {
-                return Ok(None);
             }
         };
         Ok(Some(FileRange {
@@ -462,11 +454,10 @@ impl Segment {
         }))
     }
 
-    /// Position and length of the batch that contains `offset`, walking batch headers from
-    /// the nearest index entry (reading one page per header, or none when it was already read).
-    async fn locate(&self, offset: i64, size: u64) -> io::Result<Option<(u64, usize)>> {
-        let relative = (offset - self.base_offset).max(0) as u32;
-        let mut pos = self.index.borrow().lookup(relative) as u64;
+    /// Position and length of the first batch ending at or after `offset`, walking batch
+    /// headers from position `from` (a batch start), one page read per header at most.
+    async fn locate(&self, from: u64, offset: i64, size: u64) -> io::Result<Option<(u64, usize)>> {
+        let mut pos = from;
         let mut page: Option<(u64, glommio::io::ReadResult)> = None;
         while pos < size {
             let header_end = (pos + batch::HEADER_LEN as u64).min(size);

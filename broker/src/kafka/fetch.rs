@@ -205,13 +205,13 @@ pub async fn handle(
         select_all(waits).await;
     };
     let topics = build_response(topics, reads, max_bytes, req.isolation_level);
-    let chunks = framing::encode_response(correlation_id, version, topics)
-        .into_iter()
-        .flat_map(|piece| match piece {
-            Piece::Bytes(b) => vec![Chunk::Memory(b)],
-            Piece::Records(records) => records.into_chunks(),
-        })
-        .collect();
+    let mut chunks = Vec::new();
+    for piece in framing::encode_response(correlation_id, version, topics) {
+        match piece {
+            Piece::Bytes(header) => chunks.push(Chunk::Memory(header)),
+            Piece::Records(records) => chunks.extend(records.into_chunks()),
+        }
+    }
     Reply::Chunks(chunks)
 }
 
