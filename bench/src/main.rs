@@ -67,7 +67,7 @@ pub struct Args {
     /// Distinct keys (0: no keys).
     #[arg(long, default_value_t = 0)]
     pub keys: u64,
-    /// Bytes of records per batch (one batch per produce request per partition).
+    /// Bytes of records per batch; a produce request carries at most one batch per partition.
     #[arg(long, default_value_t = 64 * 1024)]
     pub batch_bytes: usize,
     /// Longest a record waits for its batch to fill, in ms.
@@ -100,8 +100,9 @@ pub struct Args {
     /// Where consumers start [default: earliest for consume, tail for both].
     #[arg(long, value_enum)]
     pub start_at: Option<StartAt>,
-    /// CPUs to run on, one thread each (e.g. 1 or 2,3); default: CPU 0.
-    #[arg(long, default_value = "0", value_delimiter = ',')]
+    /// CPUs to run on, one thread each (e.g. 1 or 2,3); default: the first CPU this process
+    /// may run on (so `taskset -c 1 tern-bench` runs on CPU 1).
+    #[arg(long, value_delimiter = ',')]
     pub cpus: Vec<usize>,
     /// Write a machine-readable summary to this file ("-": stdout).
     #[arg(long)]
@@ -129,12 +130,35 @@ impl Args {
 }
 
 fn main() -> Result<()> {
-    let args = Args::parse();
+    let mut args = Args::parse();
     if !matches!(args.acks, -1..=1) {
         bail!("--acks must be 0, 1 or -1");
     }
+    let allowed = allowed_cpus()?;
     if args.cpus.is_empty() {
-        bail!("--cpus needs at least one CPU");
+        args.cpus = allowed[..1].to_vec();
+    }
+    // Each executor pins its thread: a CPU outside the mask would silently undo `taskset`.
+    if let Some(cpu) = args.cpus.iter().find(|c| !allowed.contains(c)) {
+        bail!("--cpus {cpu} is outside the CPUs this process may run on ({allowed:?})");
     }
     run::run(args)
+}
+
+/// CPUs this process may run on (its affinity mask).
+fn allowed_cpus() -> Result<Vec<usize>> {
+    // SAFETY: sched_getaffinity fills the zeroed cpu_set_t we pass with its exact size.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    let rc =
+        unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    if rc != 0 {
+        bail!("read CPU affinity: {}", std::io::Error::last_os_error());
+    }
+    let cpus: Vec<usize> = (0..libc::CPU_SETSIZE as usize)
+        .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
+        .collect();
+    if cpus.is_empty() {
+        bail!("no CPU in this process's affinity mask");
+    }
+    Ok(cpus)
 }

@@ -180,20 +180,21 @@ async fn producer(
         .map(|k| format!("key-{k:08}").into_bytes())
         .collect();
     let per_batch = (args.batch_bytes / args.record_size.max(1)).max(1) as u64;
+    // Like Kafka clients, a request carries the ready batch of every partition (at most one
+    // each); records fill one partition's batch before the next (the sticky partitioner).
+    let per_request = per_batch * partitions.len() as u64;
     let linger = Duration::from_millis(args.linger_ms);
     let codec = compression(args.compression);
     let mut seq: u64 = 0;
     let mut turn = 0usize;
     while !stats.stop.load(Ordering::Relaxed) {
-        let partition = partitions[turn % partitions.len()];
-        turn += 1;
-        // Which records this batch carries, and when each was due.
+        // Which records this request carries, and when each was due.
         let (count, first_due, interval) = match rate {
-            None => (per_batch, Instant::now(), Duration::ZERO),
+            None => (per_request, Instant::now(), Duration::ZERO),
             Some(rate) => {
                 let interval = Duration::from_secs_f64(1.0 / rate);
                 let first_due = start + interval * seq as u32;
-                let last_due = first_due + interval * (per_batch - 1) as u32;
+                let last_due = first_due + interval * (per_request - 1) as u32;
                 let send_at = last_due.min(first_due + linger);
                 let now = Instant::now();
                 if send_at > now {
@@ -203,26 +204,37 @@ async fn producer(
                     .as_secs_f64()
                     * rate) as u64
                     + 1;
-                (due_by_now.clamp(1, per_batch), first_due, interval)
+                (due_by_now.clamp(1, per_request), first_due, interval)
             }
         };
-        let records: Vec<Pending> = (0..count)
-            .map(|i| {
-                let n = seq + i;
-                let due_ms = wall_start_ms
-                    + (first_due + interval * i as u32)
-                        .saturating_duration_since(start)
-                        .as_millis() as i64;
-                let at = (n as usize * 7919) % (pool.len() - args.record_size);
-                Pending {
-                    key: (!keys.is_empty())
-                        .then(|| keys[(n % keys.len() as u64) as usize].as_slice()),
-                    value: &pool[at..at + args.record_size],
-                    timestamp: due_ms,
-                }
-            })
-            .collect();
-        let encoded = batch::encode(&records, codec)?;
+        let mut partition_data = Vec::new();
+        let mut from = 0;
+        while from < count {
+            let n = per_batch.min(count - from);
+            let records: Vec<Pending> = (from..from + n)
+                .map(|i| {
+                    let n = seq + i;
+                    let due_ms = wall_start_ms
+                        + (first_due + interval * i as u32)
+                            .saturating_duration_since(start)
+                            .as_millis() as i64;
+                    let at = (n as usize * 7919) % (pool.len() - args.record_size);
+                    Pending {
+                        key: (!keys.is_empty())
+                            .then(|| keys[(n % keys.len() as u64) as usize].as_slice()),
+                        value: &pool[at..at + args.record_size],
+                        timestamp: due_ms,
+                    }
+                })
+                .collect();
+            partition_data.push(
+                PartitionProduceData::default()
+                    .with_index(partitions[turn % partitions.len()])
+                    .with_records(Some(batch::encode(&records, codec)?)),
+            );
+            turn += 1;
+            from += n;
+        }
         let permit = permits
             .acquire_static_permit(1)
             .await
@@ -232,9 +244,7 @@ async fn producer(
             .with_timeout_ms(30_000)
             .with_topic_data(vec![TopicProduceData::default()
                 .with_name(topic_name(&args.topic))
-                .with_partition_data(vec![PartitionProduceData::default()
-                    .with_index(partition)
-                    .with_records(Some(encoded))])]);
+                .with_partition_data(partition_data)]);
         let bytes = count * args.record_size as u64;
         if args.acks == 0 {
             w.send(&req, version).await?;
