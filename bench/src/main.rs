@@ -78,8 +78,10 @@ pub struct Args {
     pub acks: i16,
     #[arg(long, value_enum, default_value = "none")]
     pub compression: Codec,
+    /// Producers, each on its own connection writing to every partition.
     #[arg(long, default_value_t = 1)]
     pub producers: usize,
+    /// Consumers, each on its own connection reading its share of the partitions.
     #[arg(long, default_value_t = 1)]
     pub consumers: usize,
     /// Produce requests in flight per producer.

@@ -477,7 +477,16 @@ pub fn run(args: Args) -> Result<()> {
             continue;
         }
         let (args, stats) = (args.clone(), stats.clone());
-        let parts_p: Vec<Vec<i32>> = mine_p.iter().map(|&i| share(producers, i)).collect();
+        // Every producer writes to every partition (its own connection, as separate producer
+        // processes would), starting at a different one; consumers split the partitions.
+        let parts_p: Vec<Vec<i32>> = mine_p
+            .iter()
+            .map(|&i| {
+                let mut all: Vec<i32> = (0..partitions).collect();
+                all.rotate_left(i % partitions as usize);
+                all
+            })
+            .collect();
         let parts_c: Vec<Vec<i32>> = mine_c.iter().map(|&i| share(consumers, i)).collect();
         let handle = glommio::LocalExecutorBuilder::new(glommio::Placement::Fixed(cpu))
             .name(&format!("bench-{e}"))

@@ -71,7 +71,11 @@ pub struct PartitionLog {
     dir: PathBuf,
     config: RefCell<LogConfig>,
     state: RefCell<State>,
+    /// Held while batches are written to the segment files (and while segments change).
     write_lock: Semaphore,
+    /// Held while the active segment is synced. Apart from the write lock, so the next group
+    /// of batches is written while the previous one is being synced.
+    sync_lock: Semaphore,
     appended: Event,
 }
 
@@ -83,9 +87,8 @@ struct State {
     written: i64,
     /// Offsets below this are in segment files and synced.
     synced: i64,
-    /// When data was last synced, and records written since (flush.ms / flush.messages).
+    /// When data was last synced (flush.ms).
     last_sync: std::time::Instant,
-    unsynced_records: u64,
     pending: Vec<StoredBatch>,
     cache: BatchCache,
     /// (max timestamp, offset of the batch holding it).
@@ -180,7 +183,6 @@ impl PartitionLog {
                 written: next_offset,
                 synced: next_offset,
                 last_sync: std::time::Instant::now(),
-                unsynced_records: 0,
                 pending: Vec::new(),
                 cache: BatchCache::default(),
                 max_timestamp,
@@ -189,6 +191,7 @@ impl PartitionLog {
                 compacted_upto: 0,
             }),
             write_lock: Semaphore::new(1),
+            sync_lock: Semaphore::new(1),
             appended: Event::new(),
         }))
     }
@@ -273,39 +276,73 @@ impl PartitionLog {
         })
     }
 
-    /// Waits until `appended` is written (or synced), writing pending batches itself if no one
-    /// else is. Fails if the write of these batches failed.
+    /// Waits until `appended` is written (or synced), writing (and syncing) pending batches
+    /// itself if no one else is. Fails if the write of these batches failed.
     pub async fn wait(&self, appended: &Appended, durability: Durability) -> Result<(), LogError> {
-        let _permit = self
-            .write_lock
-            .acquire_permit(1)
-            .await
-            .map_err(|_| LogError::WriteFailed)?;
-        let done = |st: &State| match durability {
-            Durability::Written => st.written > appended.last_offset,
-            Durability::Synced => st.synced > appended.last_offset,
-        };
         let lost = |st: &State| {
             st.rollbacks[appended.generation..]
                 .iter()
                 .any(|&from| appended.base_offset >= from)
         };
+        if self.state.borrow().written <= appended.last_offset {
+            let _permit = self
+                .write_lock
+                .acquire_permit(1)
+                .await
+                .map_err(|_| LogError::WriteFailed)?;
+            if lost(&self.state.borrow()) {
+                return Err(LogError::WriteFailed);
+            }
+            if self.state.borrow().written <= appended.last_offset {
+                self.write_pending().await?;
+            }
+        }
         if lost(&self.state.borrow()) {
             return Err(LogError::WriteFailed);
         }
-        if done(&self.state.borrow()) {
-            return Ok(());
-        }
-        self.write_pending(durability == Durability::Synced).await?;
-        if lost(&self.state.borrow()) {
-            return Err(LogError::WriteFailed);
+        let flush_messages = self.config.borrow().flush_messages;
+        let (written, synced) = {
+            let st = self.state.borrow();
+            (st.written, st.synced)
+        };
+        if durability == Durability::Synced {
+            self.sync_upto(appended.last_offset).await?;
+        } else if flush_messages.is_some_and(|n| (written - synced) as u64 >= n) {
+            self.sync_upto(written - 1).await?;
         }
         Ok(())
     }
 
-    /// Writes pending batches to the active segment (rolling first if it is due) and syncs if
-    /// asked. Caller holds the write lock.
-    async fn write_pending(&self, sync: bool) -> Result<(), LogError> {
+    /// Syncs the active segment unless everything up to `offset` (written already) is synced.
+    /// Concurrent callers share one fdatasync: it covers all that was written when it began.
+    async fn sync_upto(&self, offset: i64) -> Result<(), LogError> {
+        if self.state.borrow().synced > offset {
+            return Ok(());
+        }
+        let _permit = self
+            .sync_lock
+            .acquire_permit(1)
+            .await
+            .map_err(|_| LogError::WriteFailed)?;
+        // Earlier segments were synced when they were sealed (roll), so the active one holds
+        // everything written but not synced; both are read before any await.
+        let (target, active) = {
+            let st = self.state.borrow();
+            if st.synced > offset {
+                return Ok(());
+            }
+            (st.written, self.active())
+        };
+        active.sync().await?;
+        let mut st = self.state.borrow_mut();
+        st.synced = st.synced.max(target);
+        st.last_sync = std::time::Instant::now();
+        Ok(())
+    }
+
+    /// Writes pending batches to the active segment (rolling first if it is due). Caller holds
+    /// the write lock.
+    async fn write_pending(&self) -> Result<(), LogError> {
         let (batches, end) = {
             let mut st = self.state.borrow_mut();
             (std::mem::take(&mut st.pending), st.next_offset)
@@ -343,7 +380,6 @@ impl PartitionLog {
                     Some(Ok(h)) => h.base_offset,
                     _ => st.written,
                 };
-                st.unsynced_records += (from - st.written) as u64;
                 st.written = from;
                 tracing::error!(dir = %self.dir.display(), from, error = %e, "segment write failed; rolling back unwritten batches");
                 st.rollbacks.push(from);
@@ -356,23 +392,9 @@ impl PartitionLog {
                 }
                 return Err(e.into());
             }
-            st.unsynced_records += (end - st.written) as u64;
             st.written = end;
             let limit = self.config.borrow().cache_bytes;
             st.cache.trim(limit, end);
-        }
-        let flush_messages = self.config.borrow().flush_messages;
-        let sync =
-            sync || flush_messages.is_some_and(|n| self.state.borrow().unsynced_records >= n);
-        if sync {
-            let target = self.state.borrow().written;
-            if self.state.borrow().synced < target {
-                self.active().sync().await?;
-                let mut st = self.state.borrow_mut();
-                st.synced = target;
-                st.last_sync = std::time::Instant::now();
-                st.unsynced_records = 0;
-            }
         }
         Ok(())
     }
@@ -426,12 +448,16 @@ impl PartitionLog {
         if !due {
             return Ok(());
         }
-        let _permit = self
-            .write_lock
-            .acquire_permit(1)
-            .await
-            .map_err(|_| LogError::WriteFailed)?;
-        self.write_pending(true).await
+        {
+            let _permit = self
+                .write_lock
+                .acquire_permit(1)
+                .await
+                .map_err(|_| LogError::WriteFailed)?;
+            self.write_pending().await?;
+        }
+        let written = self.state.borrow().written;
+        self.sync_upto(written - 1).await
     }
 
     /// Moves the log start offset to `offset` (DeleteRecords; -1: the high watermark) and
@@ -474,7 +500,7 @@ impl PartitionLog {
                 .acquire_permit(1)
                 .await
                 .map_err(|_| LogError::WriteFailed)?;
-            self.write_pending(false).await?;
+            self.write_pending().await?;
             self.roll().await?;
         }
         let segments: Vec<Rc<Segment>> = self.state.borrow().segments.values().cloned().collect();
@@ -690,7 +716,9 @@ impl PartitionLog {
             .acquire_permit(1)
             .await
             .map_err(|_| LogError::WriteFailed)?;
-        self.write_pending(true).await?;
+        self.write_pending().await?;
+        // Sealing syncs; waiting for the sync lock lets a sync in progress finish first.
+        let _sync = self.sync_lock.acquire_permit(1).await.ok();
         self.active().seal().await?;
         let snapshot = self.state.borrow().producers.to_bytes();
         fs::write_file(&self.dir.join(PRODUCER_SNAPSHOT), &snapshot).await?;

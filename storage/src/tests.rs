@@ -516,3 +516,37 @@ fn recovery_after_a_zeroed_tail_page() {
         assert_eq!(read_all(&log).await, (0..expected).collect::<Vec<_>>());
     });
 }
+
+#[test]
+fn concurrent_waits_share_writes_and_syncs() {
+    let (_tmp, dir) = partition_dir();
+    run(move || async move {
+        let log = PartitionLog::open(&dir, small_segments()).await.unwrap();
+        // Appends interleaved with waits of both kinds, all in flight at once, across segment
+        // rolls: every wait succeeds, and a synced wait returns only once its batch is synced.
+        let waits = (0..40).map(|i| {
+            let log = log.clone();
+            async move {
+                let a = log.append(client_batch(3, i, 200).into(), 0).unwrap();
+                glommio::yield_if_needed().await;
+                let durability = if i % 3 == 0 {
+                    Durability::Synced
+                } else {
+                    Durability::Written
+                };
+                log.wait(&a, durability).await.unwrap();
+                if durability == Durability::Synced {
+                    assert!(log.synced_offset() > a.last_offset);
+                }
+                a.base_offset
+            }
+        });
+        let mut bases = futures::future::join_all(waits).await;
+        bases.sort();
+        assert_eq!(bases, (0..40).map(|i| i * 3).collect::<Vec<_>>());
+        let last = log.append(client_batch(1, 0, 10).into(), 0).unwrap();
+        log.wait(&last, Durability::Synced).await.unwrap();
+        assert_eq!(log.synced_offset(), 121);
+        assert_eq!(read_all(&log).await, (0..121).collect::<Vec<_>>());
+    });
+}
