@@ -30,6 +30,8 @@ pub struct BrokerConfig {
     pub offsets_partitions: i32,
     /// `log.retention.check.interval.ms`.
     pub retention_check_interval: std::time::Duration,
+    /// Segment writes each shard runs at once (its partitions share them).
+    pub write_slots: usize,
 }
 
 impl BrokerConfig {

@@ -34,6 +34,9 @@ pub struct Shard {
     /// Bytes of requests being read or handled; when used up the shard stops reading from
     /// sockets until responses go out (backpressure).
     pub request_memory: Rc<glommio::sync::Semaphore>,
+    /// Segment writes in flight at once on this shard (`--write-slots`), shared by its
+    /// partitions.
+    pub write_slots: Rc<glommio::sync::Semaphore>,
 }
 
 impl Shard {
@@ -85,6 +88,7 @@ impl Shard {
         let log = PartitionLog::open(&self.partition_dir(topic, partition), log_config)
             .await
             .with_context(|| format!("open partition {topic}-{partition}"))?;
+        log.share_write_slots(self.write_slots.clone());
         self.partitions
             .borrow_mut()
             .insert((topic.to_string(), partition), log);
@@ -200,6 +204,9 @@ impl ShardSeed {
             groups: crate::group::Coordinator::new(self.config.group),
             request_memory: Rc::new(glommio::sync::Semaphore::new(
                 self.config.request_memory() as u64
+            )),
+            write_slots: Rc::new(glommio::sync::Semaphore::new(
+                self.config.write_slots as u64,
             )),
         });
         tern_storage::fs::probe_direct_io(&shard.config.data_dir)

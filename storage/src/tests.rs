@@ -550,3 +550,33 @@ fn concurrent_waits_share_writes_and_syncs() {
         assert_eq!(read_all(&log).await, (0..121).collect::<Vec<_>>());
     });
 }
+
+#[test]
+fn partitions_sharing_one_write_slot_all_complete() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().to_path_buf();
+    run(move || async move {
+        let slots = std::rc::Rc::new(glommio::sync::Semaphore::new(1));
+        let mut logs = Vec::new();
+        for p in 0..3 {
+            let log = PartitionLog::open(&root.join(format!("t-{p}")), small_segments())
+                .await
+                .unwrap();
+            log.share_write_slots(slots.clone());
+            logs.push(log);
+        }
+        // Appends to all partitions at once: they take turns writing, and whatever arrives
+        // while a partition waits for the slot goes out in its next write.
+        let waits = (0..30).map(|i| {
+            let log = logs[i % 3].clone();
+            async move {
+                let a = log.append(client_batch(2, 0, 300).into(), 0).unwrap();
+                log.wait(&a, Durability::Written).await.unwrap();
+            }
+        });
+        futures::future::join_all(waits).await;
+        for log in &logs {
+            assert_eq!(read_all(log).await, (0..20).collect::<Vec<_>>());
+        }
+    });
+}
