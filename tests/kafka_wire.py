@@ -29,8 +29,9 @@ def varint(n):
             return out + bytes([b])
 
 
-def record_batch(value, key=b"k", magic=2, corrupt_crc=False, timestamp=1_700_000_000_000):
-    """A one-record RecordBatch v2, as a client would encode it."""
+def record_batch(value, key=b"k", magic=2, corrupt_crc=False, timestamp=1_700_000_000_000, declared_records=1):
+    """A one-record RecordBatch v2, as a client would encode it (its header may claim
+    `declared_records` records instead, with a correct CRC)."""
     record = (
         b"\x00"  # attributes
         + varint(0)  # timestamp delta
@@ -43,7 +44,8 @@ def record_batch(value, key=b"k", magic=2, corrupt_crc=False, timestamp=1_700_00
     )
     record = varint(len(record)) + record
     after_crc = (
-        struct.pack(">hiqqqhii", 0, 0, timestamp, timestamp, -1, -1, -1, 1)  # attrs .. record count
+        # attributes, last offset delta, timestamps, producer id/epoch, base sequence, record count
+        struct.pack(">hiqqqhii", 0, declared_records - 1, timestamp, timestamp, -1, -1, -1, declared_records)
         + record
     )
     crc = crc32c.crc32c(after_crc)

@@ -11,6 +11,7 @@ import kafka_wire as wire
 from conftest import TERN_BIN
 
 CORRUPT_MESSAGE = 2
+INVALID_RECORD = 87
 OFFSET_OUT_OF_RANGE = 1
 UNKNOWN_TOPIC_OR_PARTITION = 3
 MESSAGE_TOO_LARGE = 10
@@ -68,6 +69,14 @@ def test_old_magic_is_refused(broker, topic_name):
 def test_truncated_batch_is_corrupt_message(broker, topic_name):
     make_topic(broker, topic_name)
     assert produce_raw(broker, topic_name, wire.record_batch(b"x" * 100)[:-10]) == CORRUPT_MESSAGE
+    still_works(broker, topic_name)
+
+
+def test_record_count_must_match_the_records(broker, topic_name):
+    make_topic(broker, topic_name)
+    # Header and CRC consistent, but the header claims more records than the batch holds.
+    for claimed in (2, 1000):
+        assert produce_raw(broker, topic_name, wire.record_batch(b"x", declared_records=claimed)) == INVALID_RECORD
     still_works(broker, topic_name)
 
 

@@ -51,6 +51,8 @@ pub enum BatchError {
     TooLarge { size: usize, max: usize },
     #[error("no record batch in request")]
     Empty,
+    #[error("record batch records do not match its header: {0}")]
+    BadRecords(&'static str),
 }
 
 impl BatchError {
@@ -59,7 +61,8 @@ impl BatchError {
         use kafka_protocol::ResponseError as E;
         match self {
             BatchError::TooLarge { .. } => E::MessageTooLarge.code(),
-            BatchError::Empty => E::InvalidRecord.code(),
+            // Not retriable: the same bytes would be refused again.
+            BatchError::Empty | BatchError::BadRecords(_) => E::InvalidRecord.code(),
             _ => E::CorruptMessage.code(),
         }
     }
@@ -192,7 +195,8 @@ pub struct ProducedBatches {
 }
 
 /// Validates every batch of a produce payload: each must be whole, v2, CRC-correct and at most
-/// `max_batch_bytes` long, and the batches must fill the payload exactly.
+/// `max_batch_bytes` long, and the batches must fill the payload exactly. The records of an
+/// uncompressed batch must also match its header (compressed ones are not decompressed here).
 pub fn validate_produce(
     records: &[u8],
     max_batch_bytes: usize,
@@ -211,6 +215,9 @@ pub fn validate_produce(
                 max: max_batch_bytes,
             });
         }
+        if header.compression() == 0 {
+            check_records(&records[at..at + header.total_len()], &header)?;
+        }
         summary.count += 1;
         summary.offset_span += header.last_offset_delta as i64 + 1;
         summary.max_timestamp = summary.max_timestamp.max(header.max_timestamp);
@@ -220,6 +227,70 @@ pub fn validate_produce(
         return Err(BatchError::Empty);
     }
     Ok(summary)
+}
+
+/// Walks the records of an uncompressed batch (no allocation): each must parse and fill its
+/// declared length, offset deltas must run 0, 1, 2, ..., and exactly `record_count` records
+/// must fill the batch. As Kafka checks, so a batch whose header lies is refused, not stored.
+fn check_records(batch: &[u8], header: &BatchHeader) -> Result<(), BatchError> {
+    let mut rest = &batch[HEADER_LEN..];
+    for index in 0..header.record_count {
+        let len = take_varint(&mut rest).ok_or(BatchError::BadRecords("record length"))?;
+        if len < 0 || len as usize > rest.len() {
+            return Err(BatchError::BadRecords("record length past the batch end"));
+        }
+        let (record, after) = rest.split_at(len as usize);
+        check_record(record, index).ok_or(BatchError::BadRecords("malformed record"))?;
+        rest = after;
+    }
+    if !rest.is_empty() {
+        return Err(BatchError::BadRecords("bytes after the last record"));
+    }
+    Ok(())
+}
+
+/// Checks one record's fields (attributes, timestamp delta, offset delta, key, value,
+/// headers) fill it exactly.
+fn check_record(mut r: &[u8], index: i32) -> Option<()> {
+    let (_attributes, rest) = r.split_first()?;
+    r = rest;
+    take_varint(&mut r)?; // timestamp delta
+    if take_varint(&mut r)? != index as i64 {
+        return None;
+    }
+    let skip_bytes = |r: &mut &[u8], nullable: bool| -> Option<()> {
+        let len = take_varint(r)?;
+        if len == -1 && nullable {
+            return Some(());
+        }
+        let len = usize::try_from(len).ok().filter(|&l| l <= r.len())?;
+        *r = &r[len..];
+        Some(())
+    };
+    skip_bytes(&mut r, true)?; // key
+    skip_bytes(&mut r, true)?; // value
+    let headers = take_varint(&mut r)?;
+    if headers < 0 {
+        return None;
+    }
+    for _ in 0..headers {
+        skip_bytes(&mut r, false)?; // header key
+        skip_bytes(&mut r, true)?; // header value
+    }
+    r.is_empty().then_some(())
+}
+
+/// Reads a zigzag varint (at most 10 bytes) from the front of `buf`.
+fn take_varint(buf: &mut &[u8]) -> Option<i64> {
+    let mut n: u64 = 0;
+    for (i, &b) in buf.iter().take(10).enumerate() {
+        n |= ((b & 0x7f) as u64) << (7 * i);
+        if b & 0x80 == 0 {
+            *buf = &buf[i + 1..];
+            return Some((n >> 1) as i64 ^ -((n & 1) as i64));
+        }
+    }
+    None
 }
 
 /// Iterates the headers of well-formed batches laid end to end (stored log data), stopping at
@@ -391,6 +462,59 @@ pub(crate) mod tests {
             Err(BatchError::Truncated(..))
         ));
         assert_eq!(validate_produce(&[], 1 << 20), Err(BatchError::Empty));
+    }
+
+    /// `batch` with its header's record count and last offset delta set to `count` (CRC fixed).
+    fn with_declared_count(batch: &[u8], count: i32) -> Vec<u8> {
+        let mut b = batch.to_vec();
+        b[RECORD_COUNT..RECORD_COUNT + 4].copy_from_slice(&count.to_be_bytes());
+        b[LAST_OFFSET_DELTA..LAST_OFFSET_DELTA + 4].copy_from_slice(&(count - 1).to_be_bytes());
+        rewrite_crc(&mut b);
+        b
+    }
+
+    #[test]
+    fn uncompressed_records_must_match_the_header() {
+        let batch = sample_batch(3, Compression::None, 10);
+        assert!(validate_produce(&batch, 1 << 20).is_ok());
+        for count in [2, 4, 1000, i32::MAX] {
+            let lying = with_declared_count(&batch, count);
+            assert!(
+                matches!(
+                    validate_produce(&lying, 1 << 20),
+                    Err(BatchError::BadRecords(_))
+                ),
+                "count {count}"
+            );
+        }
+        // A first record whose length does not match its fields.
+        let mut long = batch.clone();
+        long[HEADER_LEN] = 0x7e; // zigzag 63
+        rewrite_crc(&mut long);
+        assert!(matches!(
+            validate_produce(&long, 1 << 20),
+            Err(BatchError::BadRecords(_))
+        ));
+        // Compressed batches are not decompressed: their count is taken as declared.
+        let lz4 = sample_batch(3, Compression::Lz4, 10);
+        assert!(validate_produce(&with_declared_count(&lz4, 5), 1 << 20).is_ok());
+    }
+
+    proptest! {
+        /// Any bytes in place of an uncompressed batch's records are refused or accepted
+        /// without panicking, and accepted ones really hold the declared records.
+        #[test]
+        fn record_walk_never_panics(body in proptest::collection::vec(any::<u8>(), 0..300), count in 0i32..20) {
+            let mut b = sample_batch(1, Compression::None, 1)[..HEADER_LEN].to_vec();
+            b.extend_from_slice(&body);
+            let len = (b.len() - 12) as i32;
+            b[8..12].copy_from_slice(&len.to_be_bytes());
+            let b = with_declared_count(&b, count.max(1));
+            if validate_produce(&b, 1 << 20).is_ok() {
+                let decoded = kafka_protocol::records::RecordBatchDecoder::decode(&mut bytes::Bytes::from(b)).unwrap();
+                prop_assert_eq!(decoded.records.len() as i32, count.max(1));
+            }
+        }
     }
 
     #[test]
