@@ -10,7 +10,8 @@ fuzz_target!(|data: &[u8]| {
         let mut copy = data[..header.total_len()].to_vec();
         batch::set_base_offset(&mut copy, 42);
         batch::set_leader_epoch(&mut copy, 1);
-        batch::set_log_append_time(&mut copy, 7);
+        let (head, rest) = copy.split_at_mut(batch::HEADER_LEN);
+        batch::set_log_append_time(head, rest, 7);
         assert!(batch::validate(&copy).is_ok());
     }
     let _ = batch::validate_produce(data, 1 << 20);
