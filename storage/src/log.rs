@@ -66,6 +66,13 @@ pub enum Durability {
     Synced,
 }
 
+/// Takes one unit of `lock`. A closed lock means the log was closed or removed.
+async fn take(lock: &Semaphore) -> Result<glommio::sync::Permit<'_>, LogError> {
+    lock.acquire_permit(1)
+        .await
+        .map_err(|_| LogError::WriteFailed)
+}
+
 /// One partition's log. Exists per partition replica, on the shard that owns it.
 pub struct PartitionLog {
     dir: PathBuf,
@@ -297,11 +304,7 @@ impl PartitionLog {
                 .any(|&from| appended.base_offset >= from)
         };
         if self.state.borrow().written <= appended.last_offset {
-            let _permit = self
-                .write_lock
-                .acquire_permit(1)
-                .await
-                .map_err(|_| LogError::WriteFailed)?;
+            let _permit = take(&self.write_lock).await?;
             if lost(&self.state.borrow()) {
                 return Err(LogError::WriteFailed);
             }
@@ -331,11 +334,7 @@ impl PartitionLog {
         if self.state.borrow().synced > offset {
             return Ok(());
         }
-        let _permit = self
-            .sync_lock
-            .acquire_permit(1)
-            .await
-            .map_err(|_| LogError::WriteFailed)?;
+        let _permit = take(&self.sync_lock).await?;
         // Earlier segments were synced when they were sealed (roll), so the active one holds
         // everything written but not synced; both are read before any await.
         let (target, active) = {
@@ -356,10 +355,7 @@ impl PartitionLog {
     /// the write lock.
     async fn write_pending(&self) -> Result<(), LogError> {
         let slots = self.write_slots.borrow().clone();
-        let _slot = slots
-            .acquire_permit(1)
-            .await
-            .map_err(|_| LogError::WriteFailed)?;
+        let _slot = take(&slots).await?;
         let (batches, end) = {
             let mut st = self.state.borrow_mut();
             (std::mem::take(&mut st.pending), st.next_offset)
@@ -466,11 +462,7 @@ impl PartitionLog {
             return Ok(());
         }
         {
-            let _permit = self
-                .write_lock
-                .acquire_permit(1)
-                .await
-                .map_err(|_| LogError::WriteFailed)?;
+            let _permit = take(&self.write_lock).await?;
             self.write_pending().await?;
         }
         let written = self.state.borrow().written;
@@ -512,11 +504,7 @@ impl PartitionLog {
         };
         let active = self.active();
         if active.size() > 0 && expired(active.max_timestamp()) {
-            let _permit = self
-                .write_lock
-                .acquire_permit(1)
-                .await
-                .map_err(|_| LogError::WriteFailed)?;
+            let _permit = take(&self.write_lock).await?;
             self.write_pending().await?;
             self.roll().await?;
         }
@@ -728,11 +716,7 @@ impl PartitionLog {
     /// Writes everything pending, seals the active segment and leaves the clean-shutdown mark,
     /// so the next open trusts the files without scanning.
     pub async fn close(&self) -> Result<(), LogError> {
-        let _permit = self
-            .write_lock
-            .acquire_permit(1)
-            .await
-            .map_err(|_| LogError::WriteFailed)?;
+        let _permit = take(&self.write_lock).await?;
         self.write_pending().await?;
         // Sealing syncs; waiting for the sync lock lets a sync in progress finish first.
         let _sync = self.sync_lock.acquire_permit(1).await.ok();
