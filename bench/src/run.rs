@@ -180,8 +180,8 @@ async fn producer(
         .map(|k| format!("key-{k:08}").into_bytes())
         .collect();
     let per_batch = (args.batch_bytes / args.record_size.max(1)).max(1) as u64;
-    // Like Kafka clients, a request carries the ready batch of every partition (at most one
-    // each); records fill one partition's batch before the next (the sticky partitioner).
+    // A request carries up to one batch per partition, like a Kafka client's; records fill one
+    // partition's batch before the next (the sticky partitioner).
     let per_request = per_batch * partitions.len() as u64;
     let linger = Duration::from_millis(args.linger_ms);
     let codec = compression(args.compression);
@@ -210,8 +210,8 @@ async fn producer(
         let mut partition_data = Vec::new();
         let mut from = 0;
         while from < count {
-            let n = per_batch.min(count - from);
-            let records: Vec<Pending> = (from..from + n)
+            let take = per_batch.min(count - from);
+            let records: Vec<Pending> = (from..from + take)
                 .map(|i| {
                     let n = seq + i;
                     let due_ms = wall_start_ms
@@ -233,7 +233,7 @@ async fn producer(
                     .with_records(Some(batch::encode(&records, codec)?)),
             );
             turn += 1;
-            from += n;
+            from += take;
         }
         let permit = permits
             .acquire_static_permit(1)
