@@ -8,10 +8,10 @@
 
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::records::{
-    Compression, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions,
+    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions,
 };
 use std::collections::HashMap;
-use std::io;
+use std::io::{self, Read};
 use tern_protocol::batch::{self, BatchHeader};
 
 /// Key -> offset of its newest record.
@@ -19,6 +19,83 @@ pub type OffsetMap = HashMap<Bytes, i64>;
 
 fn invalid(e: impl std::fmt::Display) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, e.to_string())
+}
+
+/// The records of one stored batch. A compressed batch may decompress to at most 64 times its
+/// size (and never more than 256 MiB; at least 16 MiB is always allowed): produce does not
+/// decompress, so a compression bomb would otherwise take the shard's memory here. A batch over
+/// the limit is an error like a corrupt one: the segment is left uncompacted.
+fn decode_records(batch: &[u8]) -> io::Result<Vec<Record>> {
+    let limit = batch.len().saturating_mul(64).clamp(16 << 20, 256 << 20);
+    let mut bytes = Bytes::copy_from_slice(batch);
+    let decompress = |data: &mut Bytes, codec: Compression| decompress_limited(data, codec, limit);
+    Ok(
+        RecordBatchDecoder::decode_with_custom_compression(&mut bytes, Some(decompress))
+            .map_err(invalid)?
+            .records,
+    )
+}
+
+/// Decompresses a batch's records (Kafka's framing for each codec), failing past `limit` bytes
+/// before allocating them.
+fn decompress_limited(data: &mut Bytes, codec: Compression, limit: usize) -> anyhow::Result<Bytes> {
+    let input = std::mem::take(data);
+    let mut out = Vec::new();
+    match codec {
+        Compression::None => return Ok(input),
+        Compression::Gzip => {
+            read_limited(flate2::read::GzDecoder::new(&input[..]), limit, &mut out)?
+        }
+        Compression::Lz4 => read_limited(lz4::Decoder::new(&input[..])?, limit, &mut out)?,
+        Compression::Zstd => read_limited(
+            zstd::stream::read::Decoder::new(&input[..])?,
+            limit,
+            &mut out,
+        )?,
+        Compression::Snappy => snappy_limited(&input, limit, &mut out)?,
+    }
+    Ok(out.into())
+}
+
+fn read_limited(reader: impl Read, limit: usize, out: &mut Vec<u8>) -> anyhow::Result<()> {
+    reader.take(limit as u64 + 1).read_to_end(out)?;
+    if out.len() > limit {
+        anyhow::bail!("batch decompresses to more than {limit} bytes");
+    }
+    Ok(())
+}
+
+/// Kafka's snappy: xerial framing (a 16-byte header, then length-prefixed raw blocks), or one
+/// raw block without the header. Each block states its decompressed length up front.
+fn snappy_limited(input: &[u8], limit: usize, out: &mut Vec<u8>) -> anyhow::Result<()> {
+    const XERIAL_MAGIC: &[u8] = b"\x82SNAPPY\x00";
+    let block = |raw: &[u8], out: &mut Vec<u8>| -> anyhow::Result<()> {
+        let len = snap::raw::decompress_len(raw)?;
+        if out.len() + len > limit {
+            anyhow::bail!("batch decompresses to more than {limit} bytes");
+        }
+        let start = out.len();
+        out.resize(start + len, 0);
+        let written = snap::raw::Decoder::new().decompress(raw, &mut out[start..])?;
+        out.truncate(start + written);
+        Ok(())
+    };
+    if !(input.starts_with(XERIAL_MAGIC) && input.len() >= 16) {
+        return block(input, out);
+    }
+    let mut rest = &input[16..];
+    while !rest.is_empty() {
+        let Some((len, after)) = rest.split_first_chunk::<4>() else {
+            anyhow::bail!("truncated snappy block length");
+        };
+        let len = u32::from_be_bytes(*len) as usize;
+        if len > after.len() {
+            anyhow::bail!("truncated snappy block");
+        }
+        block(&after[..len], out)?;
+        rest = &after[len..];
+    }
+    Ok(())
 }
 
 fn codec(header: &BatchHeader) -> Compression {
@@ -37,11 +114,7 @@ pub fn index_keys(data: &[u8], map: &mut OffsetMap) -> io::Result<()> {
         if header.is_control() {
             continue;
         }
-        let mut bytes = Bytes::copy_from_slice(&data[pos..pos + header.total_len()]);
-        for r in RecordBatchDecoder::decode(&mut bytes)
-            .map_err(invalid)?
-            .records
-        {
+        for r in decode_records(&data[pos..pos + header.total_len()])? {
             if let Some(key) = r.key {
                 map.insert(key, r.offset);
             }
@@ -69,10 +142,7 @@ pub fn clean(data: &[u8], map: &OffsetMap, tombstone_horizon_ms: i64) -> io::Res
             out.extend_from_slice(original);
             continue;
         }
-        let mut bytes = Bytes::copy_from_slice(original);
-        let records = RecordBatchDecoder::decode(&mut bytes)
-            .map_err(invalid)?
-            .records;
+        let records = decode_records(original)?;
         let total = records.len();
         let survivors: Vec<_> = records
             .into_iter()
@@ -150,7 +220,13 @@ mod tests {
 
     #[test]
     fn keeps_the_newest_value_per_key_and_expires_tombstones() {
-        for compression in [Compression::None, Compression::Lz4] {
+        for compression in [
+            Compression::None,
+            Compression::Gzip,
+            Compression::Snappy,
+            Compression::Lz4,
+            Compression::Zstd,
+        ] {
             let mut log = batch_of(
                 0,
                 &[("a", Some("1")), ("b", Some("1")), ("c", Some("1"))],
@@ -190,6 +266,26 @@ mod tests {
                     ("a".into(), 3, true),
                     ("d".into(), 5, false)
                 ]
+            );
+        }
+    }
+
+    #[test]
+    fn a_compression_bomb_is_refused_not_decompressed() {
+        // 64 MiB of zeros compresses to well under 1/64 of that with these codecs (snappy
+        // cannot go below about 1/21, so its batches stay within the ratio).
+        for compression in [Compression::Gzip, Compression::Lz4, Compression::Zstd] {
+            let zeros = "\0".repeat(64 << 20);
+            let bomb = batch_of(0, &[("k", Some(zeros.as_str()))], 100, compression);
+            assert!(
+                bomb.len() < 4 << 20,
+                "{compression:?}: {} bytes",
+                bomb.len()
+            );
+            let err = index_keys(&bomb, &mut OffsetMap::new()).unwrap_err();
+            assert!(
+                err.to_string().contains("decompresses to more than"),
+                "{compression:?}: {err}"
             );
         }
     }
