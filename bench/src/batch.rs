@@ -96,13 +96,15 @@ pub fn for_each_timestamp(mut data: Bytes, mut f: impl FnMut(i64)) -> Result<usi
             continue;
         }
         if header.compression() == 0 && !header.is_log_append_time() {
-            // Uncompressed: read only the timestamp deltas.
-            let mut at = batch::HEADER_LEN;
+            // Uncompressed: read only each record's length and timestamp delta.
+            let bad = || anyhow::anyhow!("malformed record in a fetched batch");
+            let mut rest = &batch[batch::HEADER_LEN..];
             for _ in 0..header.record_count {
-                let (len, n) = varint(&batch[at..]);
-                let (delta, _) = varint(&batch[at + n + 1..]);
-                f(header.base_timestamp + delta);
-                at += n + len as usize;
+                let len = batch::take_varint(&mut rest).ok_or_else(bad)?;
+                let record = rest.get(..len as usize).ok_or_else(bad)?;
+                let mut fields = record.get(1..).ok_or_else(bad)?; // after the attributes
+                f(header.base_timestamp + batch::take_varint(&mut fields).ok_or_else(bad)?);
+                rest = &rest[len as usize..];
             }
         } else {
             let mut b = batch.clone();
@@ -113,19 +115,6 @@ pub fn for_each_timestamp(mut data: Bytes, mut f: impl FnMut(i64)) -> Result<usi
         records += header.record_count as usize;
     }
     Ok(records)
-}
-
-fn varint(buf: &[u8]) -> (i64, usize) {
-    let mut n: u64 = 0;
-    let mut shift = 0;
-    for (i, b) in buf.iter().enumerate() {
-        n |= ((b & 0x7f) as u64) << shift;
-        if b & 0x80 == 0 {
-            return (((n >> 1) as i64) ^ -((n & 1) as i64), i + 1);
-        }
-        shift += 7;
-    }
-    (0, buf.len())
 }
 
 #[cfg(test)]

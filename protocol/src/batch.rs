@@ -280,8 +280,8 @@ fn check_record(mut r: &[u8], index: i32) -> Option<()> {
     r.is_empty().then_some(())
 }
 
-/// Reads a zigzag varint (at most 10 bytes) from the front of `buf`.
-fn take_varint(buf: &mut &[u8]) -> Option<i64> {
+/// Reads a zigzag varint (at most 10 bytes) from the front of `buf`, advancing it.
+pub fn take_varint(buf: &mut &[u8]) -> Option<i64> {
     let mut n: u64 = 0;
     for (i, &b) in buf.iter().take(10).enumerate() {
         n |= ((b & 0x7f) as u64) << (7 * i);

@@ -59,7 +59,11 @@ fn decompress_limited(data: &mut Bytes, codec: Compression, limit: usize) -> any
 
 fn read_limited(reader: impl Read, limit: usize, out: &mut Vec<u8>) -> anyhow::Result<()> {
     reader.take(limit as u64 + 1).read_to_end(out)?;
-    if out.len() > limit {
+    within_limit(out.len(), limit)
+}
+
+fn within_limit(len: usize, limit: usize) -> anyhow::Result<()> {
+    if len > limit {
         anyhow::bail!("batch decompresses to more than {limit} bytes");
     }
     Ok(())
@@ -71,9 +75,7 @@ fn snappy_limited(input: &[u8], limit: usize, out: &mut Vec<u8>) -> anyhow::Resu
     const XERIAL_MAGIC: &[u8] = b"\x82SNAPPY\x00";
     let block = |raw: &[u8], out: &mut Vec<u8>| -> anyhow::Result<()> {
         let len = snap::raw::decompress_len(raw)?;
-        if out.len() + len > limit {
-            anyhow::bail!("batch decompresses to more than {limit} bytes");
-        }
+        within_limit(out.len() + len, limit)?;
         let start = out.len();
         out.resize(start + len, 0);
         let written = snap::raw::Decoder::new().decompress(raw, &mut out[start..])?;
