@@ -67,11 +67,13 @@ pub struct Args {
     /// Distinct keys (0: no keys).
     #[arg(long, default_value_t = 0)]
     pub keys: u64,
-    /// Bytes of records per batch. A produce request carries one batch per partition of the
-    /// producer, and goes when all are full or its first record has waited --linger-ms.
+    /// Bytes of records per batch. Records fill one partition's batch, then the next (the
+    /// sticky partitioner). As a Kafka client's sender does, a request carries at most one
+    /// batch per partition: at full speed, one for every partition of the producer; at a
+    /// fixed rate, every batch full (or lingered) when a request slot is free.
     #[arg(long, default_value_t = 64 * 1024)]
     pub batch_bytes: usize,
-    /// Longest a record waits for its request to fill, in ms.
+    /// Longest a record waits for its batch to fill, in ms.
     #[arg(long, default_value_t = 5)]
     pub linger_ms: u64,
     /// 0, 1 or -1 (all).

@@ -165,7 +165,7 @@ async fn producer(
                     stats.produced_bytes.fetch_add(f.bytes, Ordering::Relaxed);
                     let mut hist = hist.borrow_mut();
                     for i in 0..f.records {
-                        let due = f.first_due + f.interval * i as u32;
+                        let due = f.first_due + f.interval.mul_f64(i as f64);
                         let _ = hist
                             .record(acked.saturating_duration_since(due).as_micros().max(1) as u64);
                     }
@@ -188,23 +188,34 @@ async fn producer(
     let mut seq: u64 = 0;
     let mut turn = 0usize;
     while !stats.stop.load(Ordering::Relaxed) {
-        // Which records this request carries, and when each was due.
+        // Which records this request carries, and when each was due. At a fixed rate, as a
+        // Kafka client's sender does: a request goes once a batch is full (or its first record
+        // has lingered) and a request slot is free, and it carries every batch full by then,
+        // at most one per partition. A partial batch goes only when it has lingered.
+        let mut permit = None;
         let (count, first_due, interval) = match rate {
             None => (per_request, Instant::now(), Duration::ZERO),
             Some(rate) => {
                 let interval = Duration::from_secs_f64(1.0 / rate);
-                let first_due = start + interval * seq as u32;
-                let last_due = first_due + interval * (per_request - 1) as u32;
-                let send_at = last_due.min(first_due + linger);
+                let due = |n: u64| start + interval.mul_f64(n as f64);
+                let first_due = due(seq);
+                let send_at = due(seq + per_batch - 1).min(first_due + linger);
                 let now = Instant::now();
                 if send_at > now {
                     glommio::timer::sleep(send_at - now).await;
                 }
-                let due_by_now = ((Instant::now().saturating_duration_since(first_due))
-                    .as_secs_f64()
+                permit = Some(
+                    permits
+                        .acquire_static_permit(1)
+                        .await
+                        .map_err(|_| anyhow::anyhow!("permits closed"))?,
+                );
+                let due_by_now = ((Instant::now().saturating_duration_since(start)).as_secs_f64()
                     * rate) as u64
                     + 1;
-                (due_by_now.clamp(1, per_request), first_due, interval)
+                let due_count = due_by_now.saturating_sub(seq).clamp(1, per_request);
+                let full = due_count / per_batch * per_batch;
+                (if full > 0 { full } else { due_count }, first_due, interval)
             }
         };
         let mut partition_data = Vec::new();
@@ -215,7 +226,7 @@ async fn producer(
                 .map(|i| {
                     let n = seq + i;
                     let due_ms = wall_start_ms
-                        + (first_due + interval * i as u32)
+                        + (first_due + interval.mul_f64(i as f64))
                             .saturating_duration_since(start)
                             .as_millis() as i64;
                     let at = (n as usize * 7919) % (pool.len() - args.record_size);
@@ -235,10 +246,13 @@ async fn producer(
             turn += 1;
             from += take;
         }
-        let permit = permits
-            .acquire_static_permit(1)
-            .await
-            .map_err(|_| anyhow::anyhow!("permits closed"))?;
+        let permit = match permit {
+            Some(p) => p,
+            None => permits
+                .acquire_static_permit(1)
+                .await
+                .map_err(|_| anyhow::anyhow!("permits closed"))?,
+        };
         let req = ProduceRequest::default()
             .with_acks(args.acks)
             .with_timeout_ms(30_000)
