@@ -37,6 +37,8 @@ struct Stats {
     consumed: AtomicU64,
     consumed_bytes: AtomicU64,
     errors: AtomicU64,
+    /// When consumers reached --records (microseconds since the epoch; 0: not yet).
+    finished_us: AtomicU64,
     /// Produce latency (due to acknowledged), microseconds.
     produce_latency: Mutex<Histogram<u64>>,
     /// End to end latency (record timestamp to consumed), microseconds.
@@ -336,8 +338,8 @@ async fn consumer(args: Arc<Args>, stats: Arc<Stats>, partitions: Vec<i32>) -> R
     let mut offsets = list_offsets(&mut w, &mut r, &args.topic, &partitions, at).await?;
     let version = w.version::<FetchRequest>(12)?;
     let mut hist = histogram();
-    while !stats.stop.load(Ordering::Relaxed) {
-        let req = FetchRequest::default()
+    let fetch = |offsets: &BTreeMap<i32, i64>| {
+        FetchRequest::default()
             .with_replica_id(BrokerId(-1))
             .with_max_wait_ms(200)
             .with_min_bytes(1)
@@ -355,9 +357,24 @@ async fn consumer(args: Arc<Args>, stats: Arc<Stats>, partitions: Vec<i32>) -> R
                                 .with_partition_max_bytes(8 << 20)
                         })
                         .collect(),
-                )]);
-        w.send(&req, version).await?;
+                )])
+    };
+    w.send(&fetch(&offsets), version).await?;
+    while !stats.stop.load(Ordering::Relaxed) {
         let resp = r.recv::<FetchRequest>(version).await?;
+        // The next fetch goes before this answer is counted, as a Kafka consumer fetches
+        // ahead while the application reads: the broker is never left waiting for us.
+        for p in resp.responses.iter().flat_map(|t| &t.partitions) {
+            let next = p.records.as_ref().and_then(|data| {
+                tern_protocol::batch::headers(data)
+                    .map(|(_, h)| h.last_offset() + 1)
+                    .max()
+            });
+            if let (0, Some(next)) = (p.error_code, next) {
+                offsets.insert(p.partition_index, next);
+            }
+        }
+        w.send(&fetch(&offsets), version).await?;
         let measuring = stats.measuring.load(Ordering::Relaxed);
         let now = wall_us();
         for p in resp.responses.iter().flat_map(|t| &t.partitions) {
@@ -369,17 +386,11 @@ async fn consumer(args: Arc<Args>, stats: Arc<Stats>, partitions: Vec<i32>) -> R
             if data.is_empty() {
                 continue;
             }
-            let next = tern_protocol::batch::headers(data)
-                .map(|(_, h)| h.last_offset() + 1)
-                .max();
             let n = batch::for_each_timestamp(data.clone(), |ts| {
                 if measuring {
                     let _ = hist.record(now.saturating_sub(ts as u64 * 1000).max(1));
                 }
             })?;
-            if let Some(next) = next {
-                offsets.insert(p.partition_index, next);
-            }
             if measuring {
                 stats.consumed.fetch_add(n as u64, Ordering::Relaxed);
                 stats
@@ -388,6 +399,12 @@ async fn consumer(args: Arc<Args>, stats: Arc<Stats>, partitions: Vec<i32>) -> R
             }
         }
         if args.records > 0 && stats.consumed.load(Ordering::Relaxed) >= args.records {
+            let _ = stats.finished_us.compare_exchange(
+                0,
+                wall_us(),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
             stats.stop.store(true, Ordering::Relaxed);
         }
     }
@@ -456,6 +473,7 @@ pub fn run(args: Args) -> Result<()> {
         consumed: AtomicU64::new(0),
         consumed_bytes: AtomicU64::new(0),
         errors: AtomicU64::new(0),
+        finished_us: AtomicU64::new(0),
         produce_latency: Mutex::new(histogram()),
         e2e_latency: Mutex::new(histogram()),
     });
@@ -538,12 +556,15 @@ pub fn run(args: Args) -> Result<()> {
     std::thread::sleep(args.warmup());
     stats.measuring.store(true, Ordering::Relaxed);
     let measure_start = Instant::now();
+    let measure_start_us = wall_us();
     let mut last = (0u64, 0u64, 0u64, 0u64);
     let mut second = 0;
     while measure_start.elapsed() < args.duration() && !stats.stop.load(Ordering::Relaxed) {
-        std::thread::sleep(
-            Duration::from_secs(1).min(args.duration().saturating_sub(measure_start.elapsed())),
-        );
+        // Short sleeps, so a run that ends at --records is timed where it ended.
+        std::thread::sleep(Duration::from_millis(10));
+        if measure_start.elapsed() < Duration::from_secs(second + 1) {
+            continue;
+        }
         second += 1;
         let now = (
             stats.produced.load(Ordering::Relaxed),
@@ -561,7 +582,10 @@ pub fn run(args: Args) -> Result<()> {
         );
         last = now;
     }
-    let seconds = measure_start.elapsed().as_secs_f64();
+    let seconds = match stats.finished_us.load(Ordering::Relaxed) {
+        0 => measure_start.elapsed().as_secs_f64(),
+        at => at.saturating_sub(measure_start_us).max(1) as f64 / 1e6,
+    };
     stats.measuring.store(false, Ordering::Relaxed);
     stats.stop.store(true, Ordering::Relaxed);
     for e in executors {
