@@ -24,7 +24,6 @@ pub struct Pending<'a> {
 
 /// Encodes a RecordBatch v2 of `records`.
 pub fn encode(records: &[Pending<'_>], compression: Compression) -> Result<Bytes> {
-    let base_ts = records.first().map_or(0, |r| r.timestamp);
     if compression != Compression::None {
         let encoded: Vec<_> = records
             .iter()
@@ -40,9 +39,50 @@ pub fn encode(records: &[Pending<'_>], compression: Compression) -> Result<Bytes
             .collect();
         return batch::encode_plain(&encoded, compression);
     }
+    let mut buf = BytesMut::with_capacity(encoded_len(records));
+    encode_into(&mut buf, records);
+    Ok(buf.freeze())
+}
+
+fn varint_len(v: i64) -> usize {
+    let n = ((v << 1) ^ (v >> 63)) as u64;
+    (64 - n.max(1).leading_zeros() as usize).div_ceil(7)
+}
+
+/// The body of record `i` (attributes to value), and its length.
+fn record_len(i: usize, r: &Pending<'_>, base_ts: i64) -> usize {
+    let key = r
+        .key
+        .map_or(varint_len(-1), |k| varint_len(k.len() as i64) + k.len());
+    1 + varint_len(r.timestamp - base_ts)
+        + varint_len(i as i64)
+        + key
+        + varint_len(r.value.len() as i64)
+        + r.value.len()
+        + 1 // empty headers
+}
+
+/// Bytes `encode_into` writes for `records`.
+pub fn encoded_len(records: &[Pending<'_>]) -> usize {
+    let base_ts = records.first().map_or(0, |r| r.timestamp);
+    batch::HEADER_LEN
+        + records
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let len = record_len(i, r, base_ts);
+                varint_len(len as i64) + len
+            })
+            .sum::<usize>()
+}
+
+/// Appends an uncompressed RecordBatch v2 of `records` to `buf`: one pass, no per-record
+/// allocation, and the values are copied once, straight to where they are sent from.
+pub fn encode_into(buf: &mut BytesMut, records: &[Pending<'_>]) {
+    let base_ts = records.first().map_or(0, |r| r.timestamp);
     let max_ts = records.iter().map(|r| r.timestamp).max().unwrap_or(base_ts);
-    let mut buf =
-        BytesMut::with_capacity(61 + records.iter().map(|r| r.value.len() + 24).sum::<usize>());
+    let start = buf.len();
+    buf.reserve(encoded_len(records));
     buf.put_i64(0); // base offset
     buf.put_i32(0); // length, patched
     buf.put_i32(-1); // leader epoch
@@ -56,31 +96,27 @@ pub fn encode(records: &[Pending<'_>], compression: Compression) -> Result<Bytes
     buf.put_i16(-1);
     buf.put_i32(-1);
     buf.put_i32(records.len() as i32);
-    let mut body = BytesMut::with_capacity(64);
     for (i, r) in records.iter().enumerate() {
-        body.clear();
-        body.put_i8(0);
-        put_varint(&mut body, r.timestamp - base_ts);
-        put_varint(&mut body, i as i64);
+        put_varint(buf, record_len(i, r, base_ts) as i64);
+        buf.put_i8(0);
+        put_varint(buf, r.timestamp - base_ts);
+        put_varint(buf, i as i64);
         match r.key {
             Some(k) => {
-                put_varint(&mut body, k.len() as i64);
-                body.put_slice(k);
+                put_varint(buf, k.len() as i64);
+                buf.put_slice(k);
             }
-            None => put_varint(&mut body, -1),
+            None => put_varint(buf, -1),
         }
-        put_varint(&mut body, r.value.len() as i64);
-        let len = body.len() + r.value.len() + 1; // + empty headers varint
-        put_varint(&mut buf, len as i64);
-        buf.put_slice(&body);
+        put_varint(buf, r.value.len() as i64);
         buf.put_slice(r.value);
-        put_varint(&mut buf, 0);
+        put_varint(buf, 0);
     }
-    let length = (buf.len() - 12) as i32;
-    buf[8..12].copy_from_slice(&length.to_be_bytes());
-    let crc = crc32c::crc32c(&buf[21..]);
-    buf[17..21].copy_from_slice(&crc.to_be_bytes());
-    Ok(buf.freeze())
+    let batch = &mut buf[start..];
+    let length = (batch.len() - 12) as i32;
+    batch[8..12].copy_from_slice(&length.to_be_bytes());
+    let crc = crc32c::crc32c(&batch[21..]);
+    batch[17..21].copy_from_slice(&crc.to_be_bytes());
 }
 
 /// Calls `f(timestamp)` for every record in fetched record data (whole batches).
@@ -146,6 +182,31 @@ mod tests {
             let mut seen = Vec::new();
             assert_eq!(for_each_timestamp(batch, |t| seen.push(t)).unwrap(), 50);
             assert_eq!(seen, (1000..1050).collect::<Vec<_>>());
+        }
+        assert_eq!(
+            encode(&records, Compression::None).unwrap().len(),
+            encoded_len(&records)
+        );
+    }
+
+    #[test]
+    fn varint_lengths() {
+        for v in [
+            0i64,
+            1,
+            -1,
+            63,
+            -64,
+            64,
+            -65,
+            8191,
+            8192,
+            i64::MAX,
+            i64::MIN,
+        ] {
+            let mut buf = BytesMut::new();
+            put_varint(&mut buf, v);
+            assert_eq!(buf.len(), varint_len(v), "{v}");
         }
     }
 }

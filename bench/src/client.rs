@@ -66,16 +66,28 @@ impl Writer {
 
     /// Writes one request; its answer must be read with `Reader::recv` in the same order.
     pub async fn send<R: Request>(&mut self, req: &R, version: i16) -> Result<i32> {
+        let size = req.compute_size(version).unwrap_or(256);
+        self.send_with::<R>(version, size, |buf| req.encode(buf, version))
+            .await
+    }
+
+    /// Writes one request of type `R` whose body `write_body` writes (about `size` bytes).
+    pub async fn send_with<R: Request>(
+        &mut self,
+        version: i16,
+        size: usize,
+        write_body: impl FnOnce(&mut BytesMut) -> Result<()>,
+    ) -> Result<i32> {
         self.next_correlation += 1;
         let header = RequestHeader::default()
             .with_request_api_key(R::KEY)
             .with_request_api_version(version)
             .with_correlation_id(self.next_correlation)
             .with_client_id(Some(StrBytes::from_static_str("tern-bench")));
-        let mut buf = BytesMut::with_capacity(req.compute_size(version).unwrap_or(256) + 64);
+        let mut buf = BytesMut::with_capacity(size + 64);
         buf.put_i32(0);
         header.encode(&mut buf, R::header_version(version))?;
-        req.encode(&mut buf, version)?;
+        write_body(&mut buf)?;
         let size = (buf.len() - 4) as i32;
         buf[..4].copy_from_slice(&size.to_be_bytes());
         self.half.write_all(&buf).await.context("send request")?;

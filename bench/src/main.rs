@@ -5,6 +5,7 @@
 
 mod batch;
 mod client;
+mod produce;
 mod run;
 
 use anyhow::{bail, Result};

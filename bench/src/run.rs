@@ -2,14 +2,13 @@
 //! executor per CPU, prints progress each second, and reports throughput and latency.
 
 use anyhow::{bail, Context, Result};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use glommio::sync::Semaphore;
 use hdrhistogram::Histogram;
 use kafka_protocol::messages::create_topics_request::CreatableTopic;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
-use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
     BrokerId, CreateTopicsRequest, FetchRequest, ListOffsetsRequest, MetadataRequest,
     ProduceRequest, TopicName,
@@ -26,6 +25,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::batch::{self, Pending};
 use crate::client::{self, Reader, Writer};
+use crate::produce;
 use crate::{Args, Codec, Payload, StartAt, Workload};
 
 /// Counters and histograms shared by every task of a run.
@@ -137,7 +137,13 @@ async fn producer(
     wall_start_ms: i64,
 ) -> Result<()> {
     let (mut w, mut r) = client::connect(&args.brokers).await?;
-    let version = w.version::<ProduceRequest>(9)?;
+    let version = w.version::<ProduceRequest>(*produce::VERSIONS.end())?;
+    if !produce::VERSIONS.contains(&version) {
+        bail!(
+            "the broker's Produce versions and ours ({:?}) do not meet",
+            produce::VERSIONS
+        );
+    }
     let queue: Rc<RefCell<VecDeque<InFlight>>> = Rc::new(RefCell::new(VecDeque::new()));
     let permits = Rc::new(Semaphore::new(args.inflight.max(1) as u64));
     let hist = Rc::new(RefCell::new(histogram()));
@@ -220,7 +226,7 @@ async fn producer(
                 (if full > 0 { full } else { due_count }, first_due, interval)
             }
         };
-        let mut partition_data = Vec::new();
+        let mut batches = Vec::new();
         let mut from = 0;
         while from < count {
             let take = per_batch.min(count - from);
@@ -240,11 +246,7 @@ async fn producer(
                     }
                 })
                 .collect();
-            partition_data.push(
-                PartitionProduceData::default()
-                    .with_index(partitions[turn % partitions.len()])
-                    .with_records(Some(batch::encode(&records, codec)?)),
-            );
+            batches.push((partitions[turn % partitions.len()], records));
             turn += 1;
             from += take;
         }
@@ -255,15 +257,22 @@ async fn producer(
                 .await
                 .map_err(|_| anyhow::anyhow!("permits closed"))?,
         };
-        let req = ProduceRequest::default()
-            .with_acks(args.acks)
-            .with_timeout_ms(30_000)
-            .with_topic_data(vec![TopicProduceData::default()
-                .with_name(topic_name(&args.topic))
-                .with_partition_data(partition_data)]);
+        let size = count as usize * (args.record_size + 32) + batches.len() * 80 + 64;
+        let request = |buf: &mut BytesMut| {
+            produce::encode_body(
+                buf,
+                version,
+                args.acks,
+                30_000,
+                &args.topic,
+                &batches,
+                codec,
+            )
+        };
         let bytes = count * args.record_size as u64;
         if args.acks == 0 {
-            w.send(&req, version).await?;
+            w.send_with::<ProduceRequest>(version, size, request)
+                .await?;
             if stats.measuring.load(Ordering::Relaxed) {
                 stats.produced.fetch_add(count, Ordering::Relaxed);
                 stats.produced_bytes.fetch_add(bytes, Ordering::Relaxed);
@@ -277,7 +286,8 @@ async fn producer(
                 bytes,
                 _permit: Some(permit),
             });
-            w.send(&req, version).await?;
+            w.send_with::<ProduceRequest>(version, size, request)
+                .await?;
         }
         seq += count;
     }
