@@ -1,14 +1,17 @@
 """A full disk: appends fail with KAFKA_STORAGE_ERROR, stored data stays intact, and writes
-resume once space returns. Runs on a small loop-mounted ext4 (needs root)."""
+resume once space returns (on a small loop-mounted ext4: needs root); a log that cannot be
+written does not stop the broker."""
 
 import os
+import socket
 import subprocess
+import types
 
 import pytest
 from confluent_kafka import KafkaError, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from conftest import Broker
+from conftest import TERN_BIN, Broker, free_port, wait_for
 from test_confluent import read_partition
 
 
@@ -71,3 +74,30 @@ def test_full_disk_refuses_appends_then_recovers(small_fs, topic_name):
         assert [m.value() for m in msgs[-20:]] == [b"after-%d" % i for i in range(20)]
     finally:
         broker.kill()
+
+
+def test_a_log_that_cannot_be_written_does_not_stop_the_broker(tmp_path, topic_name):
+    """stderr on a full disk (here /dev/full): log lines are dropped, the broker keeps serving.
+    Before, the logging library's report of the failed write panicked the thread that logged."""
+    port = free_port()
+    with open("/dev/full", "wb") as full:
+        proc = subprocess.Popen([TERN_BIN, "start", "--data-dir", str(tmp_path / "data"),
+                                 "--listen", f"127.0.0.1:{port}"], stdout=full, stderr=full)
+    try:
+        def listening():
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                return True
+            except OSError:
+                return False
+
+        wait_for(listening, what="the broker to listen")
+        broker = types.SimpleNamespace(bootstrap=f"127.0.0.1:{port}")
+        values = [b"v%d" % i for i in range(20)]
+        results = produce(broker, topic_name, values)  # creates the topic: logs a line
+        assert all(e is None for e, _, _ in results), results
+        assert [m.value() for m in read_partition(broker, topic_name, 0)] == values
+        assert proc.poll() is None, "the broker exited"
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)

@@ -123,13 +123,30 @@ fn resolve(addr: &str) -> Result<SocketAddr> {
         .with_context(|| format!("{addr} resolves to no address"))
 }
 
+/// Where log lines go: stderr, but a line that cannot be written (stderr redirected to a file
+/// on a full disk) is dropped. tracing reports a failed write with `eprintln!`, which panics
+/// when stderr fails too, and that took down the shard that logged.
+struct LossyStderr;
+
+impl std::io::Write for LossyStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let _ = std::io::stderr().write_all(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = std::io::stderr().flush();
+        Ok(())
+    }
+}
+
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
-        .with_writer(std::io::stderr)
+        .with_writer(|| LossyStderr)
         .init();
     match Cli::parse().command {
         Command::Start(args) => start(args),
