@@ -5,19 +5,12 @@
 use anyhow::{bail, Result};
 use bytes::{BufMut, BytesMut};
 use kafka_protocol::records::Compression;
+use tern_protocol::wire::{put_array_len, put_bytes_len, put_null_string, put_string, put_uvarint};
 
 use crate::batch::{self, Pending};
 
 /// Produce versions this encoder writes: 3-8 plain, 9 flexible (10 and later add fields).
 pub const VERSIONS: std::ops::RangeInclusive<i16> = 3..=9;
-
-fn put_uvarint(buf: &mut BytesMut, mut n: u64) {
-    while n >= 0x80 {
-        buf.put_u8((n as u8) | 0x80);
-        n >>= 7;
-    }
-    buf.put_u8(n as u8);
-}
 
 /// Writes the body of a Produce request (after the request header) for one topic, with one
 /// batch of `records` per partition.
@@ -34,36 +27,20 @@ pub fn encode_body(
         bail!("cannot write Produce v{version}");
     }
     let flexible = version >= 9;
-    // Lengths: compact (unsigned varint of length + 1) in flexible versions, fixed before.
-    let len = |buf: &mut BytesMut, n: usize, fixed: fn(&mut BytesMut, usize)| {
-        if flexible {
-            put_uvarint(buf, n as u64 + 1);
-        } else {
-            fixed(buf, n);
-        }
-    };
-    let i16_len: fn(&mut BytesMut, usize) = |b, n| b.put_i16(n as i16);
-    let i32_len: fn(&mut BytesMut, usize) = |b, n| b.put_i32(n as i32);
-    // No transactional id.
-    if flexible {
-        put_uvarint(buf, 0);
-    } else {
-        buf.put_i16(-1);
-    }
+    put_null_string(buf, flexible); // no transactional id
     buf.put_i16(acks);
     buf.put_i32(timeout_ms);
-    len(buf, 1, i32_len);
-    len(buf, topic.len(), i16_len);
-    buf.put_slice(topic.as_bytes());
-    len(buf, batches.len(), i32_len);
+    put_array_len(buf, flexible, 1);
+    put_string(buf, flexible, topic);
+    put_array_len(buf, flexible, batches.len());
     for (partition, records) in batches {
         buf.put_i32(*partition);
         if compression == Compression::None {
-            len(buf, batch::encoded_len(records), i32_len);
+            put_bytes_len(buf, flexible, batch::encoded_len(records));
             batch::encode_into(buf, records);
         } else {
             let encoded = batch::encode(records, compression)?;
-            len(buf, encoded.len(), i32_len);
+            put_bytes_len(buf, flexible, encoded.len());
             buf.put_slice(&encoded);
         }
         if flexible {

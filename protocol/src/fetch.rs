@@ -6,6 +6,8 @@
 use bytes::{BufMut, Bytes, BytesMut};
 use uuid::Uuid;
 
+use crate::wire::{put_array_len, put_bytes_len, put_string};
+
 /// Fetch versions this encoder writes.
 pub const VERSIONS: std::ops::RangeInclusive<i16> = 4..=16;
 
@@ -98,11 +100,7 @@ pub fn encode_response<R>(
                 None if flexible => buf.put_u8(0),
                 None => buf.put_i32(-1),
                 Some((len, records)) => {
-                    if flexible {
-                        put_varint(&mut buf, len as u32 + 1);
-                    } else {
-                        buf.put_i32(len as i32);
-                    }
+                    put_bytes_len(&mut buf, flexible, len);
                     if len > 0 {
                         gaps.push((buf.len(), records));
                         records_len += len;
@@ -135,31 +133,6 @@ pub fn encode_response<R>(
         pieces.push(Piece::Bytes(header.slice(from..)));
     }
     pieces
-}
-
-fn put_varint(buf: &mut BytesMut, mut v: u32) {
-    while v >= 0x80 {
-        buf.put_u8((v as u8) | 0x80);
-        v >>= 7;
-    }
-    buf.put_u8(v as u8);
-}
-
-fn put_array_len(buf: &mut BytesMut, flexible: bool, len: usize) {
-    if flexible {
-        put_varint(buf, len as u32 + 1);
-    } else {
-        buf.put_i32(len as i32);
-    }
-}
-
-fn put_string(buf: &mut BytesMut, flexible: bool, s: &str) {
-    if flexible {
-        put_varint(buf, s.len() as u32 + 1);
-    } else {
-        buf.put_i16(s.len() as i16);
-    }
-    buf.put_slice(s.as_bytes());
 }
 
 #[cfg(test)]

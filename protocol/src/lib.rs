@@ -7,5 +7,6 @@ pub mod batch;
 pub mod fetch;
 pub mod frame;
 pub mod legacy;
+pub mod wire;
 
 pub use kafka_protocol;
