@@ -82,13 +82,24 @@ pub struct Args {
     pub acks: i16,
     #[arg(long, value_enum, default_value = "none")]
     pub compression: Codec,
-    /// Producers, each on its own connection writing to every partition.
+    /// Producers, each writing to every partition.
     #[arg(long, default_value_t = 1)]
     pub producers: usize,
-    /// Consumers, each on its own connection reading its share of the partitions.
+    /// Consumers, each reading its share of the partitions.
     #[arg(long, default_value_t = 1)]
     pub consumers: usize,
-    /// Produce requests in flight per producer.
+    /// Connections of each producer and each consumer. A producer sends its requests over its
+    /// connections in turn; a consumer splits its partitions among its connections. A broker
+    /// with several shards spreads connections over them.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub connections: u64,
+    /// How long an idle load-generator thread keeps polling before it sleeps, in
+    /// microseconds (0: sleep at once). A sleeping thread wakes tens to hundreds of
+    /// microseconds late, most of all in virtual machines, and at a fixed rate that lateness
+    /// is counted as produce latency; polling keeps it out of the figures, for a busy core.
+    #[arg(long, default_value_t = 0)]
+    pub idle_poll_us: u64,
+    /// Produce requests in flight per producer connection.
     #[arg(long, default_value_t = 5)]
     pub inflight: usize,
     /// Target rate in records/s over all producers (0: as fast as possible).

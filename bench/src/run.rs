@@ -128,6 +128,97 @@ fn payload_pool(kind: Payload, record_size: usize) -> Bytes {
         .into()
 }
 
+/// One of a producer's connections: requests go out on its writer, at most `--inflight` at a
+/// time, and a task reads their answers (in order) and counts them.
+struct ProduceConnection {
+    writer: Writer,
+    queue: Rc<RefCell<VecDeque<InFlight>>>,
+    permits: Rc<Semaphore>,
+    /// Cancelled when the connection is dropped.
+    _reader: Option<glommio::Task<()>>,
+}
+
+impl ProduceConnection {
+    async fn open(
+        args: &Args,
+        stats: &Arc<Stats>,
+        hist: &Rc<RefCell<Histogram<u64>>>,
+    ) -> Result<(ProduceConnection, i16)> {
+        let (writer, mut r) = client::connect(&args.brokers).await?;
+        let version = writer.version::<ProduceRequest>(*produce::VERSIONS.end())?;
+        if !produce::VERSIONS.contains(&version) {
+            bail!(
+                "the broker's Produce versions and ours ({:?}) do not meet",
+                produce::VERSIONS
+            );
+        }
+        let queue: Rc<RefCell<VecDeque<InFlight>>> = Rc::new(RefCell::new(VecDeque::new()));
+        let reader = (args.acks != 0).then(|| {
+            let (queue, stats, hist) = (queue.clone(), stats.clone(), hist.clone());
+            glommio::spawn_local(async move {
+                while let Ok(resp) = r.recv::<ProduceRequest>(version).await {
+                    let acked = Instant::now();
+                    let Some(f) = queue.borrow_mut().pop_front() else {
+                        break;
+                    };
+                    let failed = resp
+                        .responses
+                        .iter()
+                        .flat_map(|t| &t.partition_responses)
+                        .any(|p| p.error_code != 0);
+                    if failed {
+                        stats.errors.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                    if stats.measuring.load(Ordering::Relaxed) {
+                        stats.produced.fetch_add(f.records, Ordering::Relaxed);
+                        stats.produced_bytes.fetch_add(f.bytes, Ordering::Relaxed);
+                        let mut hist = hist.borrow_mut();
+                        for i in 0..f.records {
+                            let due = f.first_due + f.interval.mul_f64(i as f64);
+                            let _ = hist.record(
+                                acked.saturating_duration_since(due).as_micros().max(1) as u64,
+                            );
+                        }
+                    }
+                }
+            })
+        });
+        let connection = ProduceConnection {
+            writer,
+            queue,
+            permits: Rc::new(Semaphore::new(args.inflight.max(1) as u64)),
+            _reader: reader,
+        };
+        Ok((connection, version))
+    }
+}
+
+/// A free request slot in one of the connections' windows: the first free one from `next`
+/// on, else the next in turn once it frees one. Returns the window's index and the slot.
+async fn request_slot(
+    windows: &[Rc<Semaphore>],
+    next: &mut usize,
+) -> Result<(usize, glommio::sync::StaticPermit)> {
+    let n = windows.len();
+    let free = (0..n)
+        .map(|k| (*next + k) % n)
+        .find_map(|i| Some((i, windows[i].try_acquire_static_permit(1).ok()?)));
+    let (i, permit) = match free {
+        Some(found) => found,
+        None => {
+            let i = *next % n;
+            let permit = windows[i]
+                .acquire_static_permit(1)
+                .await
+                .map_err(|_| anyhow::anyhow!("permits closed"))?;
+            (i, permit)
+        }
+    };
+    *next = i + 1;
+    Ok((i, permit))
+}
+
 async fn producer(
     args: Arc<Args>,
     stats: Arc<Stats>,
@@ -136,53 +227,16 @@ async fn producer(
     start: Instant,
     wall_start_ms: i64,
 ) -> Result<()> {
-    let (mut w, mut r) = client::connect(&args.brokers).await?;
-    let version = w.version::<ProduceRequest>(*produce::VERSIONS.end())?;
-    if !produce::VERSIONS.contains(&version) {
-        bail!(
-            "the broker's Produce versions and ours ({:?}) do not meet",
-            produce::VERSIONS
-        );
-    }
-    let queue: Rc<RefCell<VecDeque<InFlight>>> = Rc::new(RefCell::new(VecDeque::new()));
-    let permits = Rc::new(Semaphore::new(args.inflight.max(1) as u64));
     let hist = Rc::new(RefCell::new(histogram()));
-    let reader = if args.acks != 0 {
-        let (queue, stats, hist) = (queue.clone(), stats.clone(), hist.clone());
-        Some(glommio::spawn_local(async move {
-            loop {
-                let resp = match r.recv::<ProduceRequest>(version).await {
-                    Ok(resp) => resp,
-                    Err(_) => break,
-                };
-                let acked = Instant::now();
-                let Some(f) = queue.borrow_mut().pop_front() else {
-                    break;
-                };
-                let failed = resp
-                    .responses
-                    .iter()
-                    .flat_map(|t| &t.partition_responses)
-                    .any(|p| p.error_code != 0);
-                if failed {
-                    stats.errors.fetch_add(1, Ordering::Relaxed);
-                    continue;
-                }
-                if stats.measuring.load(Ordering::Relaxed) {
-                    stats.produced.fetch_add(f.records, Ordering::Relaxed);
-                    stats.produced_bytes.fetch_add(f.bytes, Ordering::Relaxed);
-                    let mut hist = hist.borrow_mut();
-                    for i in 0..f.records {
-                        let due = f.first_due + f.interval.mul_f64(i as f64);
-                        let _ = hist
-                            .record(acked.saturating_duration_since(due).as_micros().max(1) as u64);
-                    }
-                }
-            }
-        }))
-    } else {
-        None
-    };
+    let mut connections = Vec::new();
+    let mut version = i16::MAX;
+    for _ in 0..args.connections.max(1) {
+        let (connection, v) = ProduceConnection::open(&args, &stats, &hist).await?;
+        // The same broker answers every connection; keep to one version regardless.
+        version = version.min(v);
+        connections.push(connection);
+    }
+    let windows: Vec<Rc<Semaphore>> = connections.iter().map(|c| c.permits.clone()).collect();
     let pool = payload_pool(args.payload, args.record_size);
     let keys: Vec<Vec<u8>> = (0..args.keys)
         .map(|k| format!("key-{k:08}").into_bytes())
@@ -195,12 +249,13 @@ async fn producer(
     let codec = compression(args.compression);
     let mut seq: u64 = 0;
     let mut turn = 0usize;
+    let mut next_connection = 0usize;
     while !stats.stop.load(Ordering::Relaxed) {
         // Which records this request carries, and when each was due. At a fixed rate, as a
         // Kafka client's sender does: a request goes once a batch is full (or its first record
         // has lingered) and a request slot is free, and it carries every batch full by then,
         // at most one per partition. A partial batch goes only when it has lingered.
-        let mut permit = None;
+        let mut slot = None;
         let (count, first_due, interval) = match rate {
             None => (per_request, Instant::now(), Duration::ZERO),
             Some(rate) => {
@@ -212,12 +267,7 @@ async fn producer(
                 if send_at > now {
                     glommio::timer::sleep(send_at - now).await;
                 }
-                permit = Some(
-                    permits
-                        .acquire_static_permit(1)
-                        .await
-                        .map_err(|_| anyhow::anyhow!("permits closed"))?,
-                );
+                slot = Some(request_slot(&windows, &mut next_connection).await?);
                 let due_by_now = ((Instant::now().saturating_duration_since(start)).as_secs_f64()
                     * rate) as u64
                     + 1;
@@ -250,13 +300,11 @@ async fn producer(
             turn += 1;
             from += take;
         }
-        let permit = match permit {
-            Some(p) => p,
-            None => permits
-                .acquire_static_permit(1)
-                .await
-                .map_err(|_| anyhow::anyhow!("permits closed"))?,
+        let (index, permit) = match slot {
+            Some(slot) => slot,
+            None => request_slot(&windows, &mut next_connection).await?,
         };
+        let connection = &mut connections[index];
         let size = count as usize * (args.record_size + 32) + batches.len() * 80 + 64;
         let request = |buf: &mut BytesMut| {
             produce::encode_body(
@@ -271,7 +319,9 @@ async fn producer(
         };
         let bytes = count * args.record_size as u64;
         if args.acks == 0 {
-            w.send_with::<ProduceRequest>(version, size, request)
+            connection
+                .writer
+                .send_with::<ProduceRequest>(version, size, request)
                 .await?;
             if stats.measuring.load(Ordering::Relaxed) {
                 stats.produced.fetch_add(count, Ordering::Relaxed);
@@ -279,21 +329,25 @@ async fn producer(
             }
             drop(permit);
         } else {
-            queue.borrow_mut().push_back(InFlight {
+            connection.queue.borrow_mut().push_back(InFlight {
                 first_due,
                 interval,
                 records: count,
                 bytes,
                 _permit: Some(permit),
             });
-            w.send_with::<ProduceRequest>(version, size, request)
+            connection
+                .writer
+                .send_with::<ProduceRequest>(version, size, request)
                 .await?;
         }
         seq += count;
     }
-    // Let the in-flight requests finish; then the reader has nothing left to read.
-    let _ = permits.acquire_permit(args.inflight.max(1) as u64).await;
-    drop(reader);
+    // Let the in-flight requests finish; then the readers have nothing left to read.
+    for window in &windows {
+        let _ = window.acquire_permit(args.inflight.max(1) as u64).await;
+    }
+    drop(connections);
     stats
         .produce_latency
         .lock()
@@ -427,6 +481,17 @@ async fn consumer(args: Arc<Args>, stats: Arc<Stats>, partitions: Vec<i32>) -> R
     Ok(())
 }
 
+/// Deals `items` out to `hands` hands in turn; empty hands are left out.
+fn deal(items: Vec<i32>, hands: usize) -> Vec<Vec<i32>> {
+    let mut dealt = vec![Vec::new(); hands.clamp(1, items.len().max(1))];
+    let n = dealt.len();
+    for (i, item) in items.into_iter().enumerate() {
+        dealt[i % n].push(item);
+    }
+    dealt.retain(|hand| !hand.is_empty());
+    dealt
+}
+
 #[derive(Serialize)]
 struct Percentiles {
     p50_ms: f64,
@@ -529,9 +594,14 @@ pub fn run(args: Args) -> Result<()> {
                 all
             })
             .collect();
-        let parts_c: Vec<Vec<i32>> = mine_c.iter().map(|&i| share(consumers, i)).collect();
+        // A consumer reads its share over its connections, each fetching part of it.
+        let parts_c: Vec<Vec<i32>> = mine_c
+            .iter()
+            .flat_map(|&i| deal(share(consumers, i), args.connections as usize))
+            .collect();
         let handle = glommio::LocalExecutorBuilder::new(glommio::Placement::Fixed(cpu))
             .name(&format!("bench-{e}"))
+            .spin_before_park(Duration::from_micros(args.idle_poll_us))
             .spawn(move || async move {
                 let mut tasks = Vec::new();
                 for parts in parts_c {
@@ -651,5 +721,55 @@ fn print_summary(s: &Summary) {
                 p.p50_ms, p.p90_ms, p.p99_ms, p.p999_ms, p.p9999_ms, p.max_ms, p.count
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partitions_are_dealt_to_connections_in_turn() {
+        assert_eq!(
+            deal(vec![0, 1, 2, 3, 4], 2),
+            vec![vec![0, 2, 4], vec![1, 3]]
+        );
+        assert_eq!(deal(vec![0, 1], 4), vec![vec![0], vec![1]]);
+        assert_eq!(deal(vec![7], 1), vec![vec![7]]);
+    }
+
+    #[test]
+    fn requests_take_the_first_free_window_in_turn() {
+        glommio::LocalExecutor::default().run(async {
+            let windows: Vec<Rc<Semaphore>> = (0..3).map(|_| Rc::new(Semaphore::new(1))).collect();
+            let mut next = 0;
+            let (a, slot_a) = request_slot(&windows, &mut next).await.unwrap();
+            let (b, slot_b) = request_slot(&windows, &mut next).await.unwrap();
+            assert_eq!((a, b), (0, 1));
+            drop(slot_a);
+            // Window 2 is next in turn and free.
+            let (c, _slot_c) = request_slot(&windows, &mut next).await.unwrap();
+            assert_eq!(c, 2);
+            // Only window 0 is free now: taken though it is not next in turn.
+            let (d, slot_d) = request_slot(&windows, &mut next).await.unwrap();
+            assert_eq!(d, 0);
+            // None free: waits for the next in turn (1), even when another frees first.
+            let got = Rc::new(std::cell::Cell::new(None));
+            let waiter = glommio::spawn_local({
+                let got = got.clone();
+                async move {
+                    let mut next = next;
+                    let (i, _slot) = request_slot(&windows, &mut next).await.unwrap();
+                    got.set(Some(i));
+                }
+            });
+            glommio::timer::sleep(Duration::from_millis(5)).await;
+            drop(slot_d);
+            glommio::timer::sleep(Duration::from_millis(5)).await;
+            assert_eq!(got.get(), None);
+            drop(slot_b);
+            waiter.await;
+            assert_eq!(got.get(), Some(1));
+        });
     }
 }
