@@ -1,6 +1,7 @@
 """`tern group ...` against a broker with real consumer groups."""
 
 import json
+import os
 import subprocess
 import time
 import uuid
@@ -78,3 +79,21 @@ def test_group_cli(fresh_broker, topic_name):
     assert group not in tern(broker, "list").stdout
     missing = tern(broker, "describe", group, check=False)
     assert missing.returncode != 0 and "does not exist" in missing.stderr
+
+
+def test_group_cli_output_to_a_closed_pipe_or_a_full_disk(fresh_broker):
+    broker = fresh_broker()
+    cmd = [TERN_BIN, "group", "-b", broker.bootstrap, "list"]
+    # A reader that went away (`tern group list | head -0`): the output ends quietly.
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        done = subprocess.run(cmd, stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=60)
+    finally:
+        os.close(write_end)
+    assert done.returncode == 0 and "panicked" not in done.stderr, done.stderr
+    # Output that cannot be written: a clear error and a failed exit, not a panic.
+    with open("/dev/full", "w") as full:
+        done = subprocess.run(cmd, stdout=full, stderr=subprocess.PIPE, text=True, timeout=60)
+    assert done.returncode != 0 and "panicked" not in done.stderr, done.stderr
+    assert "write to stdout" in done.stderr

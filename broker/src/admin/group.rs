@@ -403,8 +403,18 @@ fn reset(client: &mut Client, args: &ResetArgs) -> Result<Vec<OffsetRow>> {
 }
 
 fn print_json<T: Serialize>(value: &T) -> Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
-    Ok(())
+    emit(&serde_json::to_string_pretty(value)?)
+}
+
+/// Writes a line of the command's output. A reader that went away (`tern group list | head -1`)
+/// ends the output quietly; `println!` would panic. Other write errors are reported.
+fn emit(text: &str) -> Result<()> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    match writeln!(stdout, "{text}").and_then(|()| stdout.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        written => Ok(written.context("write to stdout")?),
+    }
 }
 
 fn offsets_table(rows: &[OffsetRow]) -> String {
@@ -445,22 +455,19 @@ pub fn run(args: GroupArgs) -> Result<()> {
             if json {
                 return print_json(&rows);
             }
-            println!(
-                "{}",
-                table(
-                    &["GROUP", "STATE", "PROTOCOL-TYPE"],
-                    rows.iter()
-                        .map(|r| vec![r.group.clone(), r.state.clone(), r.protocol_type.clone()])
-                        .collect()
-                )
-            );
+            emit(&table(
+                &["GROUP", "STATE", "PROTOCOL-TYPE"],
+                rows.iter()
+                    .map(|r| vec![r.group.clone(), r.state.clone(), r.protocol_type.clone()])
+                    .collect(),
+            ))?;
         }
         GroupCommand::Describe { group } => {
             let d = describe(&mut client, group)?;
             if json {
                 return print_json(&d);
             }
-            println!("GROUP          {}\nSTATE          {}\nPROTOCOL-TYPE  {}\nPROTOCOL       {}\nMEMBERS        {}\n", d.group, d.state, d.protocol_type, d.protocol, d.members.len());
+            emit(&format!("GROUP          {}\nSTATE          {}\nPROTOCOL-TYPE  {}\nPROTOCOL       {}\nMEMBERS        {}\n", d.group, d.state, d.protocol_type, d.protocol, d.members.len()))?;
             if !d.members.is_empty() {
                 let rows = d
                     .members
@@ -481,7 +488,7 @@ pub fn run(args: GroupArgs) -> Result<()> {
                         ]
                     })
                     .collect();
-                println!(
+                emit(&format!(
                     "{}\n",
                     table(
                         &[
@@ -493,9 +500,9 @@ pub fn run(args: GroupArgs) -> Result<()> {
                         ],
                         rows
                     )
-                );
+                ))?;
             }
-            println!("{}", offsets_table(&d.offsets));
+            emit(&offsets_table(&d.offsets))?;
         }
         GroupCommand::Delete { group } => {
             let resp = client.send(
@@ -508,14 +515,14 @@ pub fn run(args: GroupArgs) -> Result<()> {
             if json {
                 return print_json(&serde_json::json!({ "deleted": group }));
             }
-            println!("deleted group {group}");
+            emit(&format!("deleted group {group}"))?;
         }
         GroupCommand::ResetOffsets(reset_args) => {
             let rows = reset(&mut client, reset_args)?;
             if json {
                 return print_json(&rows);
             }
-            println!("{}", offsets_table(&rows));
+            emit(&offsets_table(&rows))?;
         }
     }
     Ok(())
