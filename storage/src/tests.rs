@@ -580,3 +580,34 @@ fn partitions_sharing_one_write_slot_all_complete() {
         }
     });
 }
+
+#[test]
+fn segment_files_grow_in_doubling_steps_and_are_cut_to_size_when_sealed() {
+    let (_tmp, dir) = partition_dir();
+    run(move || async move {
+        let config = LogConfig {
+            cache_bytes: 0,
+            ..LogConfig::default()
+        };
+        let log = PartitionLog::open(&dir, config).await.unwrap();
+        let file_size = || std::fs::metadata(&dir_files(&dir, "log")[0]).unwrap().len();
+        let mut sizes = vec![];
+        // About 70 MiB in batches of about 500 KiB.
+        for _ in 0..140 {
+            let a = log.append(client_batch(500, 1000, 1000).into(), 0).unwrap();
+            log.wait(&a, Durability::Written).await.unwrap();
+            if sizes.last() != Some(&file_size()) {
+                sizes.push(file_size());
+            }
+        }
+        let mib = |n: u64| n << 20;
+        assert_eq!(sizes, [4, 8, 16, 32, 64, 128].map(mib));
+        let logical: u64 = log.read(0, u32::MAX as usize, true).await.unwrap().len() as u64;
+        log.close().await.unwrap();
+        assert_eq!(file_size(), logical);
+        let reopened = PartitionLog::open(&dir, LogConfig::default())
+            .await
+            .unwrap();
+        assert_eq!(read_all(&reopened).await.len(), 140 * 500);
+    });
+}
