@@ -169,7 +169,10 @@ fn start(args: StartArgs) -> Result<()> {
     let cpus = cpus::select(args.cores, args.numa_node)?;
     let config = Arc::new(BrokerConfig {
         node_id: args.node_id,
-        data_dir: args.data_dir.clone(),
+        // Absolute: glommio opens relative paths against an invalid directory descriptor
+        // (EBADF), which broke the default `./tern-data`.
+        data_dir: std::path::absolute(&args.data_dir)
+            .with_context(|| format!("data dir {}", args.data_dir.display()))?,
         listen,
         advertised_host: host.trim_matches(|c| c == '[' || c == ']').to_string(),
         advertised_port: port
