@@ -31,24 +31,29 @@ def free_port():
 
 
 class Broker:
-    """One `tern start` process on a free port with its own data directory."""
+    """One `tern start` process on a free port with its own data directory. With `data_dir`
+    None it runs in `cwd` with tern's default data directory (./tern-data)."""
 
-    def __init__(self, data_dir, extra_args=()):
+    def __init__(self, data_dir, extra_args=(), cwd=None):
         self.data_dir = data_dir
+        self.cwd = cwd
         self.port = free_port()
         self.extra_args = list(extra_args)
         self.proc = None
-        self.log_path = os.path.join(os.path.dirname(data_dir), f"tern-{self.port}.log")
+        log_dir = os.path.dirname(data_dir) if data_dir is not None else cwd
+        self.log_path = os.path.join(log_dir, f"tern-{self.port}.log")
 
     @property
     def bootstrap(self):
         return f"127.0.0.1:{self.port}"
 
     def start(self):
-        args = [TERN_BIN, "start", "--data-dir", self.data_dir, "--listen", self.bootstrap, *self.extra_args]
+        args = [TERN_BIN, "start", "--listen", self.bootstrap, *self.extra_args]
+        if self.data_dir is not None:
+            args += ["--data-dir", self.data_dir]
         self.log = open(self.log_path, "ab")
         start_at = self.log.tell()  # only this run's lines count
-        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, cwd=self.cwd)
         deadline = time.time() + 30
         while time.time() < deadline:
             if self.proc.poll() is not None:

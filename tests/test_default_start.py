@@ -2,64 +2,25 @@
 some directory, takes produces and serves them, also after a restart."""
 
 import os
-import signal
-import subprocess
-import uuid
 
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Producer
 
-from conftest import TERN_BIN, free_port, wait_for
-
-
-def start(cwd, port):
-    log = open(os.path.join(cwd, "tern.log"), "ab")
-    proc = subprocess.Popen([TERN_BIN, "start", "--listen", f"127.0.0.1:{port}"], cwd=cwd, stdout=log,
-                            stderr=subprocess.STDOUT)
-
-    def ready():
-        assert proc.poll() is None, open(log.name, errors="replace").read()
-        return b"tern ready" in open(log.name, "rb").read()
-
-    wait_for(ready, what="tern ready")
-    return proc
-
-
-def read_back(bootstrap, topic, n):
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"g-{uuid.uuid4().hex[:6]}",
-                  "auto.offset.reset": "earliest", "enable.auto.commit": False})
-    c.subscribe([topic])
-    got = []
-
-    def polled():
-        m = c.poll(0.5)
-        if m is not None and not m.error():
-            got.append(m.value())
-        return len(got) >= n
-
-    try:
-        wait_for(polled, what=f"{n} records")
-    finally:
-        c.close()
-    return got
+from conftest import Broker
+from test_confluent import read_partition
 
 
 def test_default_data_dir_is_relative_to_where_tern_starts(tmp_path):
-    port = free_port()
-    bootstrap = f"127.0.0.1:{port}"
-    proc = start(tmp_path, port)
+    broker = Broker(None, cwd=str(tmp_path)).start()
     try:
-        p = Producer({"bootstrap.servers": bootstrap})
-        for i in range(10):
-            p.produce("default-start", value=b"v%d" % i)
+        values = [b"v%d" % i for i in range(10)]
+        p = Producer({"bootstrap.servers": broker.bootstrap})
+        for v in values:
+            p.produce("default-start", value=v)
         assert p.flush(30) == 0
-        assert read_back(bootstrap, "default-start", 10) == [b"v%d" % i for i in range(10)]
+        assert [m.value() for m in read_partition(broker, "default-start", 0)] == values
         assert os.path.isdir(tmp_path / "tern-data" / "default-start-0")
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=30)
-        log = (tmp_path / "tern.log").read_text(errors="replace")
-        assert "ERROR" not in log, log
-        proc = start(tmp_path, port)
-        assert read_back(bootstrap, "default-start", 10) == [b"v%d" % i for i in range(10)]
+        broker.restart()
+        assert "ERROR" not in broker.read_log(), broker.read_log()
+        assert [m.value() for m in read_partition(broker, "default-start", 0)] == values
     finally:
-        proc.kill()
-        proc.wait(timeout=30)
+        broker.kill()

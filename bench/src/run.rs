@@ -107,7 +107,7 @@ struct InFlight {
     interval: Duration,
     records: u64,
     bytes: u64,
-    _permit: Option<glommio::sync::StaticPermit>,
+    _permit: glommio::sync::StaticPermit,
 }
 
 /// Payload source: values are slices of one pre-generated buffer.
@@ -230,7 +230,7 @@ async fn producer(
     let hist = Rc::new(RefCell::new(histogram()));
     let mut connections = Vec::new();
     let mut version = i16::MAX;
-    for _ in 0..args.connections.max(1) {
+    for _ in 0..args.connections {
         let (connection, v) = ProduceConnection::open(&args, &stats, &hist).await?;
         // The same broker answers every connection; keep to one version regardless.
         version = version.min(v);
@@ -334,7 +334,7 @@ async fn producer(
                 interval,
                 records: count,
                 bytes,
-                _permit: Some(permit),
+                _permit: permit,
             });
             connection
                 .writer

@@ -346,7 +346,12 @@ impl Segment {
         if needed > self.allocated.get() {
             let step = self.allocated.get().clamp(PREALLOCATE_MIN, PREALLOCATE_MAX);
             // Best effort: when the disk is nearly full, a smaller step, else none.
-            for step in [step, PREALLOCATE_MIN] {
+            let steps: &[u64] = if step > PREALLOCATE_MIN {
+                &[step, PREALLOCATE_MIN]
+            } else {
+                &[PREALLOCATE_MIN]
+            };
+            for &step in steps {
                 let target = needed.div_ceil(step) * step;
                 if self.file.pre_allocate(target, false).await.is_ok() {
                     self.allocated.set(target);
