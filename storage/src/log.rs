@@ -2,8 +2,9 @@
 //!
 //! Appends are synchronous: a batch gets its offsets and lands in the cache (readable at once)
 //! and in the pending list. Writing pending batches to the active segment, and `fdatasync`, are
-//! done by whoever waits for them first, under one write lock: concurrent waiters share one
-//! write and one sync (group commit).
+//! done by whoever waits for them first: concurrent waiters share one write and one sync (group
+//! commit). A write is issued under the write lock and goes to the file outside it, so the next
+//! group is issued while earlier ones are in flight; writes complete (move `written`) in order.
 
 use bytes::{Bytes, BytesMut};
 use event_listener::{Event, EventListener};
@@ -21,7 +22,7 @@ use crate::config::LogConfig;
 use crate::fs;
 use crate::producers::{ProducerError, ProducerStates, SequenceCheck};
 use crate::records::{Chunk, Records, StoredBatch};
-use crate::segment::{parse_segment_name, OpenMode, Segment};
+use crate::segment::{parse_segment_name, OpenMode, PreparedWrite, Segment};
 
 /// Marker file saying the partition was closed cleanly, so its tail need not be scanned.
 const CLEAN_MARKER: &str = "clean-shutdown";
@@ -73,12 +74,19 @@ async fn take(lock: &Semaphore) -> Result<glommio::sync::Permit<'_>, LogError> {
         .map_err(|_| LogError::WriteFailed)
 }
 
+/// Whether a rollback since `generation` (a count of rollbacks) took offset `offset`.
+fn rolled_back(st: &State, generation: usize, offset: i64) -> bool {
+    st.rollbacks[generation..]
+        .iter()
+        .any(|&from| offset >= from)
+}
+
 /// One partition's log. Exists per partition replica, on the shard that owns it.
 pub struct PartitionLog {
     dir: PathBuf,
     config: RefCell<LogConfig>,
     state: RefCell<State>,
-    /// Held while batches are written to the segment files (and while segments change).
+    /// Held while writes are issued, and while segments change (then with no write in flight).
     write_lock: Semaphore,
     /// Held while the active segment is synced. Apart from the write lock, so the next group
     /// of batches is written while the previous one is being synced.
@@ -87,6 +95,21 @@ pub struct PartitionLog {
     /// `share_write_slots`).
     write_slots: RefCell<Rc<Semaphore>>,
     appended: Event,
+    /// Fires when a write in flight completes or fails.
+    write_done: Event,
+}
+
+/// A write of pending batches to the active segment, issued and not yet completed.
+struct Issued {
+    segment: Rc<Segment>,
+    write: PreparedWrite,
+    batches: Vec<StoredBatch>,
+    /// Offsets `[from, to)`.
+    from: i64,
+    to: i64,
+    /// Rollbacks that had happened when it was issued.
+    generation: usize,
+    _slot: glommio::sync::StaticPermit,
 }
 
 struct State {
@@ -95,6 +118,13 @@ struct State {
     next_offset: i64,
     /// Offsets below this are in segment files.
     written: i64,
+    /// Offsets below this are in writes issued (complete or in flight); `pending` holds the
+    /// rest.
+    issued: i64,
+    /// Writes issued and not yet completed or failed.
+    in_flight: usize,
+    /// A write failed: the active segment must forget its uncommitted writes before the next.
+    reset_active: bool,
     /// Offsets below this are in segment files and synced.
     synced: i64,
     /// When data was last synced (flush.ms).
@@ -191,6 +221,9 @@ impl PartitionLog {
                 log_start,
                 next_offset,
                 written: next_offset,
+                issued: next_offset,
+                in_flight: 0,
+                reset_active: false,
                 synced: next_offset,
                 last_sync: std::time::Instant::now(),
                 pending: Vec::new(),
@@ -204,6 +237,7 @@ impl PartitionLog {
             sync_lock: Semaphore::new(1),
             write_slots: RefCell::new(Rc::new(Semaphore::new(u64::MAX >> 1))),
             appended: Event::new(),
+            write_done: Event::new(),
         }))
     }
 
@@ -298,22 +332,36 @@ impl PartitionLog {
     /// Waits until `appended` is written (or synced), writing (and syncing) pending batches
     /// itself if no one else is. Fails if the write of these batches failed.
     pub async fn wait(&self, appended: &Appended, durability: Durability) -> Result<(), LogError> {
-        let lost = |st: &State| {
-            st.rollbacks[appended.generation..]
-                .iter()
-                .any(|&from| appended.base_offset >= from)
-        };
-        if self.state.borrow().written <= appended.last_offset {
-            let _permit = take(&self.write_lock).await?;
-            if lost(&self.state.borrow()) {
-                return Err(LogError::WriteFailed);
+        let lost = |st: &State| rolled_back(st, appended.generation, appended.base_offset);
+        loop {
+            let done = self.write_done.listen();
+            let issue = {
+                let st = self.state.borrow();
+                if lost(&st) {
+                    return Err(LogError::WriteFailed);
+                }
+                if st.written > appended.last_offset {
+                    break;
+                }
+                st.issued <= appended.last_offset
+            };
+            if !issue {
+                // In a write someone else issued.
+                done.await;
+                continue;
             }
-            if self.state.borrow().written <= appended.last_offset {
-                self.write_pending().await?;
+            let permit = take(&self.write_lock).await?;
+            let issued = {
+                let st = self.state.borrow();
+                st.issued <= appended.last_offset && !lost(&st)
+            };
+            if issued {
+                let write = self.issue().await?;
+                drop(permit);
+                if let Some(write) = write {
+                    self.complete(write).await?;
+                }
             }
-        }
-        if lost(&self.state.borrow()) {
-            return Err(LogError::WriteFailed);
         }
         let flush_messages = self.config.borrow().flush_messages;
         let (written, synced) = {
@@ -351,65 +399,174 @@ impl PartitionLog {
         Ok(())
     }
 
-    /// Writes pending batches to the active segment (rolling first if it is due). Caller holds
-    /// the write lock.
-    async fn write_pending(&self) -> Result<(), LogError> {
+    /// Issues a write of the pending batches that fit in the active segment (rolling it first
+    /// when due; a large group commit may so span segments). `None` when nothing is pending.
+    /// Caller holds the write lock.
+    async fn issue(&self) -> Result<Option<Issued>, LogError> {
+        if self.state.borrow().pending.is_empty() {
+            return Ok(None);
+        }
         let slots = self.write_slots.borrow().clone();
-        let _slot = take(&slots).await?;
-        let (batches, end) = {
-            let mut st = self.state.borrow_mut();
-            (std::mem::take(&mut st.pending), st.next_offset)
+        let slot = slots
+            .acquire_static_permit(1)
+            .await
+            .map_err(|_| LogError::WriteFailed)?;
+        // From here on no write can fail unseen: a failure found by `drain` (here or in
+        // `roll`) is dealt with there, and without writes in flight none can happen until
+        // this one is issued.
+        if self.state.borrow().reset_active {
+            self.drain().await?;
+        }
+        let first_len = match self.state.borrow().pending.first() {
+            Some(b) => b.len() as u64,
+            None => return Ok(None),
         };
-        if !batches.is_empty() {
-            let mut rest = &batches[..];
-            let result = async {
-                // A segment ends before the batch that would take it past segment.bytes (as in
-                // Kafka), so a large group commit may span segments.
-                while !rest.is_empty() {
-                    let segment_bytes = self.config.borrow().segment_bytes;
-                    self.roll_if_due(rest[0].len() as u64).await?;
-                    let active = self.active();
-                    let room = segment_bytes.saturating_sub(active.size());
-                    let (mut take, mut bytes) = (0, 0u64);
-                    for b in rest {
-                        if take > 0 && bytes + b.len() as u64 > room {
-                            break;
-                        }
-                        bytes += b.len() as u64;
-                        take += 1;
-                    }
-                    let interval = self.config.borrow().index_interval_bytes;
-                    active.append(&rest[..take], interval).await?;
-                    rest = &rest[take..];
-                }
-                io::Result::Ok(())
-            }
-            .await;
+        if let Err(e) = self.roll_if_due(first_len).await {
+            let from = self.state.borrow().issued;
+            self.roll_back(from, &e);
+            return Err(e.into());
+        }
+        let active = self.active();
+        let (batches, from, to, generation) = {
             let mut st = self.state.borrow_mut();
-            if let Err(e) = result {
-                // Nothing from `rest` reached the file: forget it, so offsets stay dense and no
-                // reader sees data that was never stored.
-                let from = match rest.first().map(|b| batch::BatchHeader::parse(b.head())) {
-                    Some(Ok(h)) => h.base_offset,
-                    _ => st.written,
-                };
-                st.written = from;
-                tracing::error!(dir = %self.dir.display(), from, error = %e, "segment write failed; rolling back unwritten batches");
-                st.rollbacks.push(from);
-                st.next_offset = from;
-                st.pending.clear();
-                st.cache.truncate_from(from);
-                st.producers.truncate_from(from);
-                if st.max_timestamp.1 >= from {
-                    st.max_timestamp = (-1, -1);
+            // A segment ends before the batch that would take it past segment.bytes (as in
+            // Kafka): the batches after it wait for the next write, after the roll.
+            let room = self
+                .config
+                .borrow()
+                .segment_bytes
+                .saturating_sub(active.end());
+            let (mut take, mut bytes) = (0, 0u64);
+            for b in &st.pending {
+                if take > 0 && bytes + b.len() as u64 > room {
+                    break;
                 }
-                return Err(e.into());
+                bytes += b.len() as u64;
+                take += 1;
             }
-            st.written = end;
-            let limit = self.config.borrow().cache_bytes;
-            st.cache.trim(limit, end);
+            if take == 0 {
+                return Ok(None);
+            }
+            let to = match st.pending.get(take) {
+                Some(b) => batch::BatchHeader::parse(b.head())?.base_offset,
+                None => st.next_offset,
+            };
+            let batches: Vec<StoredBatch> = st.pending.drain(..take).collect();
+            let from = st.issued;
+            st.issued = to;
+            st.in_flight += 1;
+            (batches, from, to, st.rollbacks.len())
+        };
+        let write = active.prepare(&batches).await;
+        Ok(Some(Issued {
+            segment: active,
+            write,
+            batches,
+            from,
+            to,
+            generation,
+            _slot: slot,
+        }))
+    }
+
+    /// Sends an issued write to its segment and completes it in turn: once every write issued
+    /// before it has completed, its batches count as written. A failed write rolls back its
+    /// batches and everything after them.
+    async fn complete(&self, issued: Issued) -> Result<(), LogError> {
+        let Issued {
+            segment,
+            write,
+            batches,
+            from,
+            to,
+            generation,
+            _slot,
+        } = issued;
+        let write_from = write.from();
+        let result = segment.write(write).await;
+        drop(_slot);
+        loop {
+            let done = self.write_done.listen();
+            {
+                let st = self.state.borrow();
+                if st.written == from || rolled_back(&st, generation, from) {
+                    break;
+                }
+            }
+            done.await;
+        }
+        let lost = {
+            let mut st = self.state.borrow_mut();
+            st.in_flight -= 1;
+            rolled_back(&st, generation, from)
+        };
+        let result = match result {
+            _ if lost => Err(LogError::WriteFailed),
+            Ok(()) => {
+                let interval = self.config.borrow().index_interval_bytes;
+                segment.commit(write_from, &batches, interval);
+                let mut st = self.state.borrow_mut();
+                st.written = to;
+                let limit = self.config.borrow().cache_bytes;
+                st.cache.trim(limit, to);
+                Ok(())
+            }
+            Err(e) => {
+                self.roll_back(from, &e);
+                Err(e.into())
+            }
+        };
+        self.write_done.notify(usize::MAX);
+        result
+    }
+
+    /// Forgets the batches from offset `from` on, after their write failed (`error`): nothing
+    /// from there reached the file whole, so offsets stay dense and no reader sees data that
+    /// was never stored. Writes in flight after it fail too.
+    fn roll_back(&self, from: i64, error: &io::Error) {
+        tracing::error!(dir = %self.dir.display(), from, %error, "segment write failed; rolling back unwritten batches");
+        let mut st = self.state.borrow_mut();
+        st.written = from;
+        st.issued = from;
+        st.rollbacks.push(from);
+        st.next_offset = from;
+        st.pending.clear();
+        st.cache.truncate_from(from);
+        st.producers.truncate_from(from);
+        if st.max_timestamp.1 >= from {
+            st.max_timestamp = (-1, -1);
+        }
+        st.reset_active = true;
+        drop(st);
+        self.write_done.notify(usize::MAX);
+    }
+
+    /// Waits until no write is in flight (after a failure, the active segment then forgets the
+    /// writes that did not complete). Caller holds the write lock, so none starts meanwhile.
+    async fn drain(&self) -> io::Result<()> {
+        loop {
+            let done = self.write_done.listen();
+            if self.state.borrow().in_flight == 0 {
+                break;
+            }
+            done.await;
+        }
+        if std::mem::take(&mut self.state.borrow_mut().reset_active) {
+            if let Err(e) = self.active().reset_to_committed().await {
+                self.state.borrow_mut().reset_active = true;
+                return Err(e);
+            }
         }
         Ok(())
+    }
+
+    /// Writes everything pending and waits for every write in flight. Caller holds the write
+    /// lock.
+    async fn write_all(&self) -> Result<(), LogError> {
+        while let Some(write) = self.issue().await? {
+            self.complete(write).await?;
+        }
+        Ok(self.drain().await?)
     }
 
     fn active(&self) -> Rc<Segment> {
@@ -427,8 +584,8 @@ impl PartitionLog {
     async fn roll_if_due(&self, incoming: u64) -> io::Result<()> {
         let active = self.active();
         let config = self.config.borrow().clone();
-        let due = active.size() > 0
-            && (active.size() + incoming > config.segment_bytes
+        let due = active.end() > 0
+            && (active.end() + incoming > config.segment_bytes
                 || active.age() >= config.segment_ms);
         if !due {
             return Ok(());
@@ -439,10 +596,10 @@ impl PartitionLog {
     /// Seals the active segment and starts a new one where it ends (later batches go to the
     /// new one). Caller holds the write lock.
     async fn roll(&self) -> io::Result<()> {
+        self.drain().await?;
         let active = self.active();
         active.seal().await?;
-        // Where the sealed segment ends: within a group commit that spans segments this is
-        // past `written`, which moves only once the whole write is done.
+        // Where the sealed segment ends (no write is in flight: that is `written`).
         let base = active.next_offset();
         let segment = Rc::new(Segment::create(&self.dir, base).await?);
         let mut st = self.state.borrow_mut();
@@ -463,7 +620,7 @@ impl PartitionLog {
         }
         {
             let _permit = take(&self.write_lock).await?;
-            self.write_pending().await?;
+            self.write_all().await?;
         }
         let written = self.state.borrow().written;
         self.sync_upto(written - 1).await
@@ -505,7 +662,7 @@ impl PartitionLog {
         let active = self.active();
         if active.size() > 0 && expired(active.max_timestamp()) {
             let _permit = take(&self.write_lock).await?;
-            self.write_pending().await?;
+            self.write_all().await?;
             self.roll().await?;
         }
         let segments: Vec<Rc<Segment>> = self.state.borrow().segments.values().cloned().collect();
@@ -717,7 +874,7 @@ impl PartitionLog {
     /// so the next open trusts the files without scanning.
     pub async fn close(&self) -> Result<(), LogError> {
         let _permit = take(&self.write_lock).await?;
-        self.write_pending().await?;
+        self.write_all().await?;
         // Sealing syncs; waiting for the sync lock lets a sync in progress finish first.
         let _sync = self.sync_lock.acquire_permit(1).await.ok();
         self.active().seal().await?;
@@ -732,6 +889,8 @@ impl PartitionLog {
     pub async fn remove(&self) -> io::Result<()> {
         let _permit = self.write_lock.acquire_permit(1).await.ok();
         self.write_lock.close();
+        // Writes still in flight complete (or fail) into files about to go.
+        let _ = self.drain().await;
         fs::remove_dir_all(&self.dir).await
     }
 

@@ -4,12 +4,19 @@
 //! buffers; the partial last page is kept in memory (`tail`) and rewritten, with what follows
 //! it, on the next write. So the file may end in zero padding past the logical `size` until
 //! the segment is sealed (truncated to its exact size) or recovered (scanned and truncated).
+//!
+//! Writes are pipelined: a write is prepared (buffers filled, the end moved) at once, and goes
+//! to the file while later ones are prepared and sent. Only the page two writes share is
+//! ordered: a write rewrites the previous write's last page once that write is done. Writes
+//! are committed (made readable) in order with `commit`.
 
 use bytes::Bytes;
-use glommio::io::DmaFile;
+use event_listener::Event;
+use glommio::io::{DmaBuffer, DmaFile};
 use std::cell::{Cell, RefCell};
 use std::io;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 use tern_protocol::batch::{self, BatchError, BatchHeader};
@@ -37,10 +44,14 @@ pub struct Segment {
     /// The same file opened for buffered reads, which go to sockets with sendfile. Opened on
     /// the first read that misses the cache.
     reader: RefCell<Option<Arc<std::fs::File>>>,
-    /// Logical size: bytes of whole batches.
+    /// Logical size: bytes of whole batches written and committed (readable).
     size: Cell<u64>,
-    /// Bytes of the partial last page, `[size & !(PAGE-1), size)`.
+    /// Where the next prepared write goes: `size` plus the writes prepared but not committed.
+    end: Cell<u64>,
+    /// Bytes of the partial last page, `[end & !(PAGE-1), end)`.
     tail: RefCell<Vec<u8>>,
+    /// Done when the last prepared write is done: the next one rewrites its last page then.
+    last_write: RefCell<Option<Rc<Latch>>>,
     /// Offset after the last batch in this segment.
     next_offset: Cell<i64>,
     /// Bytes preallocated on disk (the file's size while the segment is active).
@@ -50,6 +61,59 @@ pub struct Segment {
     time_index: RefCell<TimeIndex>,
     bytes_since_index: Cell<u64>,
     created: Instant,
+}
+
+/// Opens once, when a write is done (or failed, or was dropped).
+#[derive(Default)]
+struct Latch {
+    open: Cell<bool>,
+    opened: Event,
+}
+
+impl Latch {
+    fn open(&self) {
+        self.open.set(true);
+        self.opened.notify(usize::MAX);
+    }
+
+    async fn wait(&self) {
+        while !self.open.get() {
+            let listener = self.opened.listen();
+            if self.open.get() {
+                break;
+            }
+            listener.await;
+        }
+    }
+}
+
+/// Opens its latch when dropped, so a write that is abandoned does not hold up the next.
+struct OpenOnDrop(Rc<Latch>);
+
+impl Drop for OpenOnDrop {
+    fn drop(&mut self) {
+        self.0.open();
+    }
+}
+
+/// A write made by [`Segment::prepare`]: page-aligned buffers ready for the file.
+pub struct PreparedWrite {
+    /// Where the write starts: the page holding the segment's end when it was prepared.
+    page_start: u64,
+    /// The first page alone when it holds the previous tail (see `prepare`), else everything.
+    first: DmaBuffer,
+    rest: Option<DmaBuffer>,
+    /// The previous write, when the first page rewrites its last page.
+    after: Option<Rc<Latch>>,
+    done: Rc<Latch>,
+    /// Where this write's data starts in the segment.
+    from: u64,
+}
+
+impl PreparedWrite {
+    pub fn from(&self) -> u64 {
+        self.from
+    }
 }
 
 /// How a segment's tail is trusted when it is opened.
@@ -130,7 +194,9 @@ impl Segment {
             file,
             reader: RefCell::new(None),
             size: Cell::new(size),
+            end: Cell::new(size),
             tail: RefCell::new(Vec::new()),
+            last_write: RefCell::new(None),
             next_offset: Cell::new(base_offset),
             allocated: Cell::new(size),
             max_timestamp: Cell::new(-1),
@@ -235,7 +301,15 @@ impl Segment {
             Vec::new()
         };
         *self.tail.borrow_mut() = tail;
+        self.end.set(size);
         Ok(())
+    }
+
+    /// Forgets the writes prepared but not committed (after one failed; none may be in
+    /// flight): the next write goes where the committed data ends.
+    pub async fn reset_to_committed(&self) -> io::Result<()> {
+        *self.last_write.borrow_mut() = None;
+        self.load_tail().await
     }
 
     /// Records a batch written at `pos` in the end offset, timestamps and sparse indexes.
@@ -303,26 +377,31 @@ impl Segment {
         Ok(pos)
     }
 
-    /// Appends whole batches (already offset-assigned) at the end of the segment.
-    pub async fn append(&self, batches: &[StoredBatch], index_interval: u64) -> io::Result<()> {
-        let size = self.size.get();
-        let page_start = size & !(PAGE - 1);
+    /// Prepares the write of whole batches (already offset-assigned) at the end of the segment,
+    /// after the writes prepared before, growing the file first if needed. Send it with
+    /// `write`, then `commit` it after those before it. Calls must not overlap (the log's
+    /// write lock).
+    pub async fn prepare(&self, batches: &[StoredBatch]) -> PreparedWrite {
+        let from = self.end.get();
+        let page_start = from & !(PAGE - 1);
         let new_bytes: usize = batches.iter().map(|b| b.len()).sum();
-        let end = size + new_bytes as u64;
+        let to = from + new_bytes as u64;
         // The page holding the old tail is written on its own: it overwrites written blocks,
         // the rest goes to preallocated (unwritten) ones, and ext4 refuses io_uring's
         // non-blocking attempt for a write spanning both kinds, handing every append to a
-        // kernel worker thread.
-        let (first, rest, new_tail) = {
-            let tail = self.tail.borrow();
+        // kernel worker thread. It is also the one page the previous write may still be
+        // writing.
+        let (first, rest, shares_page) = {
+            let mut tail = self.tail.borrow_mut();
             let len = tail.len() + new_bytes;
             // Whole filesystem blocks: ext4 also refuses the non-blocking attempt for a write
             // that ends inside a block (it may have to zero the rest).
             let aligned = (len as u64).div_ceil(PAGE) as usize * PAGE as usize;
-            let split = if tail.is_empty() {
-                aligned
-            } else {
+            let shares_page = !tail.is_empty();
+            let split = if shares_page {
                 aligned.min(PAGE as usize)
+            } else {
+                aligned
             };
             let parts = || {
                 std::iter::once(&tail[..])
@@ -335,53 +414,103 @@ impl Segment {
                 copy_span(buf.as_bytes_mut(), split, parts());
                 buf
             });
-            let new_tail_start = ((end & !(PAGE - 1)) - page_start) as usize;
+            let new_tail_start = ((to & !(PAGE - 1)) - page_start) as usize;
             let mut new_tail = vec![0; len - new_tail_start];
             copy_span(&mut new_tail, new_tail_start, parts());
-            (first, rest, new_tail)
+            *tail = new_tail;
+            (first, rest, shares_page)
         };
-        let first_len = first.len();
-        let rest_len = rest.as_ref().map_or(0, |b| b.len());
-        let needed = page_start + (first_len + rest_len) as u64;
-        if needed > self.allocated.get() {
-            let step = self.allocated.get().clamp(PREALLOCATE_MIN, PREALLOCATE_MAX);
-            // Best effort: when the disk is nearly full, a smaller step, else none.
-            let steps: &[u64] = if step > PREALLOCATE_MIN {
-                &[step, PREALLOCATE_MIN]
-            } else {
-                &[PREALLOCATE_MIN]
-            };
-            for &step in steps {
-                let target = needed.div_ceil(step) * step;
-                if self.file.pre_allocate(target, false).await.is_ok() {
-                    self.allocated.set(target);
-                    break;
-                }
+        self.end.set(to);
+        let done = Rc::new(Latch::default());
+        let previous = self.last_write.replace(Some(done.clone()));
+        let needed = page_start + (first.len() + rest.as_ref().map_or(0, |b| b.len())) as u64;
+        self.grow_to(needed).await;
+        PreparedWrite {
+            page_start,
+            first,
+            rest,
+            after: previous.filter(|_| shares_page),
+            done,
+            from,
+        }
+    }
+
+    /// Preallocates the file past `needed` when it is shorter (best effort: a full disk then
+    /// fails the write itself).
+    async fn grow_to(&self, needed: u64) {
+        if needed <= self.allocated.get() {
+            return;
+        }
+        let step = self.allocated.get().clamp(PREALLOCATE_MIN, PREALLOCATE_MAX);
+        // When the disk is nearly full, a smaller step, else none.
+        let steps: &[u64] = if step > PREALLOCATE_MIN {
+            &[step, PREALLOCATE_MIN]
+        } else {
+            &[PREALLOCATE_MIN]
+        };
+        for &step in steps {
+            let target = needed.div_ceil(step) * step;
+            if self.file.pre_allocate(target, false).await.is_ok() {
+                self.allocated.set(target);
+                break;
             }
         }
+    }
+
+    /// Sends a prepared write to the file. Its whole new pages go at once; the page it shares
+    /// with the previous write goes once that write is done, so the two cannot land out of
+    /// order.
+    pub async fn write(&self, write: PreparedWrite) -> io::Result<()> {
+        let PreparedWrite {
+            page_start,
+            first,
+            rest,
+            after,
+            done,
+            ..
+        } = write;
+        let _done = OpenOnDrop(done);
+        let (first_len, rest_len) = (first.len(), rest.as_ref().map_or(0, |b| b.len()));
+        let write_first = async {
+            if let Some(previous) = after {
+                previous.wait().await;
+            }
+            self.file.write_at(first, page_start).await
+        };
         let write_rest = async {
             match rest {
                 Some(buf) => self.file.write_at(buf, page_start + first_len as u64).await,
                 None => Ok(0),
             }
         };
-        let (first_written, rest_written) =
-            futures::join!(self.file.write_at(first, page_start), write_rest);
+        let (first_written, rest_written) = futures::join!(write_first, write_rest);
         if first_written? < first_len || rest_written? < rest_len {
             return Err(io::Error::new(
                 io::ErrorKind::WriteZero,
                 "short segment write",
             ));
         }
-        let mut pos = size;
+        Ok(())
+    }
+
+    /// Makes a written write's batches readable and indexed. Writes are committed in the order
+    /// they were prepared.
+    pub fn commit(&self, write_from: u64, batches: &[StoredBatch], index_interval: u64) {
+        debug_assert_eq!(write_from, self.size.get(), "writes commit in order");
+        let mut pos = write_from;
         for b in batches {
-            let header = BatchHeader::parse(b.head()).map_err(io::Error::other)?;
-            self.note_batch(pos, &header, index_interval);
+            // The header was parsed when the batch was appended; it cannot fail here.
+            if let Ok(header) = BatchHeader::parse(b.head()) {
+                self.note_batch(pos, &header, index_interval);
+            }
             pos += b.len() as u64;
         }
-        *self.tail.borrow_mut() = new_tail;
-        self.size.set(end);
-        Ok(())
+        self.size.set(pos);
+    }
+
+    /// Where the data prepared so far ends: the size once every prepared write is committed.
+    pub fn end(&self) -> u64 {
+        self.end.get()
     }
 
     /// Calls `f` with the header of every batch in the segment, in order.

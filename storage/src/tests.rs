@@ -548,6 +548,9 @@ fn concurrent_waits_share_writes_and_syncs() {
         log.wait(&last, Durability::Synced).await.unwrap();
         assert_eq!(log.synced_offset(), 121);
         assert_eq!(read_all(&log).await, (0..121).collect::<Vec<_>>());
+        // As after a crash (no clean close): recovery finds every batch whole, in order.
+        let reopened = PartitionLog::open(&dir, small_segments()).await.unwrap();
+        assert_eq!(read_all(&reopened).await, (0..121).collect::<Vec<_>>());
     });
 }
 
@@ -609,5 +612,70 @@ fn segment_files_grow_in_doubling_steps_and_are_cut_to_size_when_sealed() {
             .await
             .unwrap();
         assert_eq!(read_all(&reopened).await.len(), 140 * 500);
+    });
+}
+
+#[test]
+fn a_write_sends_its_new_pages_at_once_and_the_page_it_shares_after_the_previous_write() {
+    use crate::records::StoredBatch;
+    use crate::segment::Segment;
+    use bytes::{Bytes, BytesMut};
+    let (_tmp, dir) = partition_dir();
+    run(move || async move {
+        std::fs::create_dir_all(&dir).unwrap();
+        crate::fs::probe_direct_io(&dir).await.unwrap();
+        let segment = std::rc::Rc::new(Segment::create(&dir, 0).await.unwrap());
+        let stored = |base: i64, n: usize| {
+            let client = Bytes::from(client_batch(n, 0, 300));
+            let mut head = BytesMut::from(&client[..batch::HEADER_LEN]);
+            batch::set_base_offset(&mut head, base);
+            StoredBatch::new(head.freeze(), client.slice(batch::HEADER_LEN..))
+        };
+        let bytes = |b: &StoredBatch| [&b.head()[..], &b.rest()[..]].concat();
+        // The first ends inside the first page; the second starts there and fills two more.
+        let (first, second) = (stored(0, 5), stored(5, 25));
+        let expected = [bytes(&first), bytes(&second)].concat();
+        assert!(first.len() < 4096 && expected.len() > 2 * 4096);
+        let w1 = segment.prepare(std::slice::from_ref(&first)).await;
+        let w2 = segment.prepare(std::slice::from_ref(&second)).await;
+        let w2_from = w2.from();
+        let second_done = std::rc::Rc::new(std::cell::Cell::new(false));
+        let task = glommio::spawn_local({
+            let (segment, second_done) = (segment.clone(), second_done.clone());
+            async move {
+                segment.write(w2).await.unwrap();
+                second_done.set(true);
+            }
+        });
+        // While the first write is not even sent, the second's whole pages reach the file
+        // and its write does not finish: its first page waits.
+        let path = dir_files(&dir, "log")[0].clone();
+        let on_disk = |from: usize, to: usize| {
+            std::fs::read(&path)
+                .unwrap()
+                .get(from..to)
+                .map(<[u8]>::to_vec)
+        };
+        let mut waited = 0;
+        while on_disk(4096, expected.len()).as_deref() != Some(&expected[4096..]) {
+            assert!(
+                waited < 10_000,
+                "the second write's new pages never reached the file"
+            );
+            glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
+            waited += 10;
+        }
+        assert!(
+            !second_done.get(),
+            "the second write finished before the first was sent"
+        );
+        assert_ne!(on_disk(0, 4096).as_deref(), Some(&expected[..4096]));
+        segment.write(w1).await.unwrap();
+        task.await;
+        assert!(second_done.get());
+        segment.commit(0, std::slice::from_ref(&first), 1024);
+        segment.commit(w2_from, std::slice::from_ref(&second), 1024);
+        assert_eq!(segment.read_all().await.unwrap(), expected);
+        assert_eq!(on_disk(0, expected.len()).unwrap(), expected);
     });
 }
