@@ -495,11 +495,7 @@ impl PartitionLog {
             }
             done.await;
         }
-        let lost = {
-            let mut st = self.state.borrow_mut();
-            st.in_flight -= 1;
-            rolled_back(&st, generation, from)
-        };
+        let lost = rolled_back(&self.state.borrow(), generation, from);
         let result = match result {
             _ if lost => Err(LogError::WriteFailed),
             Ok(()) => {
@@ -516,13 +512,20 @@ impl PartitionLog {
                 Err(e.into())
             }
         };
+        // The last write in flight after a failure cuts what the failed writes left in the
+        // file at once (a crash must not bring them back), before it counts as done. If that
+        // fails, the next write tries again (`drain`).
+        if self.state.borrow().in_flight == 1 && self.state.borrow().reset_active {
+            let _ = self.reset_active_segment().await;
+        }
+        self.state.borrow_mut().in_flight -= 1;
         self.write_done.notify(usize::MAX);
         result
     }
 
-    /// Forgets the batches from offset `from` on, after their write failed (`error`): nothing
-    /// from there reached the file whole, so offsets stay dense and no reader sees data that
-    /// was never stored. Writes in flight after it fail too.
+    /// Forgets the batches from offset `from` on, after their write failed (`error`), so
+    /// offsets stay dense and no reader sees data that was never stored. Writes in flight
+    /// after it fail too; what they leave in the file is cut off once none is in flight.
     fn roll_back(&self, from: i64, error: &io::Error) {
         tracing::error!(dir = %self.dir.display(), from, %error, "segment write failed; rolling back unwritten batches");
         let mut st = self.state.borrow_mut();
@@ -541,8 +544,8 @@ impl PartitionLog {
         self.write_done.notify(usize::MAX);
     }
 
-    /// Waits until no write is in flight (after a failure, the active segment then forgets the
-    /// writes that did not complete). Caller holds the write lock, so none starts meanwhile.
+    /// Waits until no write is in flight. Caller holds the write lock, so none starts
+    /// meanwhile.
     async fn drain(&self) -> io::Result<()> {
         loop {
             let done = self.write_done.listen();
@@ -551,11 +554,16 @@ impl PartitionLog {
             }
             done.await;
         }
-        if std::mem::take(&mut self.state.borrow_mut().reset_active) {
-            if let Err(e) = self.active().reset_to_committed().await {
-                self.state.borrow_mut().reset_active = true;
-                return Err(e);
-            }
+        self.reset_active_segment().await
+    }
+
+    /// After a failed write, with none in flight: the active segment forgets the writes that
+    /// did not complete, and the file is cut where the written data ends.
+    async fn reset_active_segment(&self) -> io::Result<()> {
+        // The flag stays up until the reset is done: an issuer seeing it waits (`drain`).
+        if self.state.borrow().reset_active {
+            self.active().reset_to_committed().await?;
+            self.state.borrow_mut().reset_active = false;
         }
         Ok(())
     }

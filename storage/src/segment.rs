@@ -65,13 +65,13 @@ pub struct Segment {
 
 /// Opens once, when a write is done (or failed, or was dropped).
 #[derive(Default)]
-struct Latch {
+pub(crate) struct Latch {
     open: Cell<bool>,
     opened: Event,
 }
 
 impl Latch {
-    fn open(&self) {
+    pub(crate) fn open(&self) {
         self.open.set(true);
         self.opened.notify(usize::MAX);
     }
@@ -85,6 +85,14 @@ impl Latch {
             listener.await;
         }
     }
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Test hook: every segment write waits for the latch, and the one starting at the
+    /// position given then reports failure (after its data is written, as a write whose
+    /// completion failed).
+    pub(crate) static WRITE_GATE: RefCell<Option<(Rc<Latch>, u64)>> = const { RefCell::new(None) };
 }
 
 /// Opens its latch when dropped, so a write that is abandoned does not hold up the next.
@@ -306,8 +314,14 @@ impl Segment {
     }
 
     /// Forgets the writes prepared but not committed (after one failed; none may be in
-    /// flight): the next write goes where the committed data ends.
+    /// flight): the next write goes where the committed data ends. Those writes may have
+    /// reached the file, so it is cut there (and synced), lest recovery after a crash find
+    /// batches whose producers were told they failed.
     pub async fn reset_to_committed(&self) -> io::Result<()> {
+        let size = self.size.get();
+        self.file.truncate(size).await?;
+        self.file.fdatasync().await?;
+        self.allocated.set(size);
         *self.last_write.borrow_mut() = None;
         self.load_tail().await
     }
@@ -470,6 +484,16 @@ impl Segment {
             ..
         } = write;
         let _done = OpenOnDrop(done);
+        #[cfg(test)]
+        let from = write.from;
+        #[cfg(test)]
+        let fail = match WRITE_GATE.with(|g| g.borrow().clone()) {
+            Some((gate, fail_at)) => {
+                gate.wait().await;
+                fail_at == from
+            }
+            None => false,
+        };
         let (first_len, rest_len) = (first.len(), rest.as_ref().map_or(0, |b| b.len()));
         let write_first = async {
             if let Some(previous) = after {
@@ -484,6 +508,12 @@ impl Segment {
             }
         };
         let (first_written, rest_written) = futures::join!(write_first, write_rest);
+        #[cfg(test)]
+        if fail {
+            return Err(io::Error::other(format!(
+                "injected failure of the write at {from}"
+            )));
+        }
         if first_written? < first_len || rest_written? < rest_len {
             return Err(io::Error::new(
                 io::ErrorKind::WriteZero,

@@ -679,3 +679,55 @@ fn a_write_sends_its_new_pages_at_once_and_the_page_it_shares_after_the_previous
         assert_eq!(on_disk(0, expected.len()).unwrap(), expected);
     });
 }
+
+#[test]
+fn a_failed_write_fails_the_writes_in_flight_after_it_and_none_of_them_comes_back() {
+    use crate::segment::{Latch, WRITE_GATE};
+    use std::rc::Rc;
+    let (_tmp, dir) = partition_dir();
+    run(move || async move {
+        let config = LogConfig {
+            cache_bytes: 0,
+            ..LogConfig::default()
+        };
+        let log = PartitionLog::open(&dir, config.clone()).await.unwrap();
+        let slots = Rc::new(glommio::sync::Semaphore::new(100));
+        log.share_write_slots(slots.clone());
+        // Five writes of one batch each (they share pages), all in flight at once: the third
+        // fails (after its data is written), so it and the two after it are rolled back.
+        let batch_len = client_batch(5, 0, 300).len() as u64;
+        let gate = Rc::new(Latch::default());
+        WRITE_GATE.with(|g| *g.borrow_mut() = Some((gate.clone(), 2 * batch_len)));
+        let mut waits = Vec::new();
+        for i in 0..5 {
+            let a = log.append(client_batch(5, i, 300).into(), 0).unwrap();
+            let log = log.clone();
+            waits.push(glommio::spawn_local(async move {
+                log.wait(&a, Durability::Written).await
+            }));
+            // Its own write: issued before the next batch is appended.
+            while slots.available() != 100 - (i as u64 + 1) {
+                glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
+            }
+        }
+        gate.open();
+        let mut results = Vec::new();
+        for w in waits {
+            results.push(w.await.is_ok());
+        }
+        assert_eq!(results, [true, true, false, false, false]);
+        assert_eq!(log.end_offset(), 10);
+        assert_eq!(read_all(&log).await, (0..10).collect::<Vec<_>>());
+        // As after a crash now: the rolled-back batches do not come back.
+        let reopened = PartitionLog::open(&dir, config.clone()).await.unwrap();
+        assert_eq!(read_all(&reopened).await, (0..10).collect::<Vec<_>>());
+        // Writing goes on where the stored data ends, offsets dense.
+        WRITE_GATE.with(|g| *g.borrow_mut() = None);
+        let a = log.append(client_batch(7, 100, 300).into(), 0).unwrap();
+        assert_eq!(a.base_offset, 10);
+        log.wait(&a, Durability::Synced).await.unwrap();
+        assert_eq!(read_all(&log).await, (0..17).collect::<Vec<_>>());
+        let reopened = PartitionLog::open(&dir, config).await.unwrap();
+        assert_eq!(read_all(&reopened).await, (0..17).collect::<Vec<_>>());
+    });
+}
