@@ -334,7 +334,6 @@ impl PartitionLog {
     pub async fn wait(&self, appended: &Appended, durability: Durability) -> Result<(), LogError> {
         let lost = |st: &State| rolled_back(st, appended.generation, appended.base_offset);
         loop {
-            let done = self.write_done.listen();
             let issue = {
                 let st = self.state.borrow();
                 if lost(&st) {
@@ -346,8 +345,9 @@ impl PartitionLog {
                 st.issued <= appended.last_offset
             };
             if !issue {
-                // In a write someone else issued.
-                done.await;
+                // In a write someone else issued. (Listening right after the check misses
+                // nothing: the state changes only while this task is suspended.)
+                self.write_done.listen().await;
                 continue;
             }
             let permit = take(&self.write_lock).await?;
@@ -486,14 +486,13 @@ impl PartitionLog {
         let result = segment.write(write).await;
         drop(_slot);
         loop {
-            let done = self.write_done.listen();
             {
                 let st = self.state.borrow();
                 if st.written == from || rolled_back(&st, generation, from) {
                     break;
                 }
             }
-            done.await;
+            self.write_done.listen().await;
         }
         let lost = rolled_back(&self.state.borrow(), generation, from);
         let result = match result {
@@ -547,12 +546,8 @@ impl PartitionLog {
     /// Waits until no write is in flight. Caller holds the write lock, so none starts
     /// meanwhile.
     async fn drain(&self) -> io::Result<()> {
-        loop {
-            let done = self.write_done.listen();
-            if self.state.borrow().in_flight == 0 {
-                break;
-            }
-            done.await;
+        while self.state.borrow().in_flight > 0 {
+            self.write_done.listen().await;
         }
         self.reset_active_segment().await
     }

@@ -77,12 +77,9 @@ impl Latch {
     }
 
     async fn wait(&self) {
+        // Single-threaded: the flag cannot change between the check and the listen.
         while !self.open.get() {
-            let listener = self.opened.listen();
-            if self.open.get() {
-                break;
-            }
-            listener.await;
+            self.opened.listen().await;
         }
     }
 }
