@@ -351,11 +351,11 @@ impl PartitionLog {
                 continue;
             }
             let permit = take(&self.write_lock).await?;
-            let issued = {
+            let still_pending = {
                 let st = self.state.borrow();
                 st.issued <= appended.last_offset && !lost(&st)
             };
-            if issued {
+            if still_pending {
                 let write = self.issue().await?;
                 drop(permit);
                 if let Some(write) = write {
