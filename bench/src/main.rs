@@ -100,8 +100,8 @@ pub struct Args {
     #[arg(long, default_value_t = 0)]
     pub idle_poll_us: u64,
     /// Produce requests in flight per producer connection.
-    #[arg(long, default_value_t = 5)]
-    pub inflight: usize,
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+    pub inflight: u64,
     /// Target rate in records/s over all producers (0: as fast as possible).
     #[arg(long, default_value_t = 0)]
     pub rate: u64,

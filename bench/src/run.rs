@@ -187,7 +187,7 @@ impl ProduceConnection {
         let connection = ProduceConnection {
             writer,
             queue,
-            permits: Rc::new(Semaphore::new(args.inflight.max(1) as u64)),
+            permits: Rc::new(Semaphore::new(args.inflight)),
             _reader: reader,
         };
         Ok((connection, version))
@@ -345,7 +345,7 @@ async fn producer(
     }
     // Let the in-flight requests finish; then the readers have nothing left to read.
     for window in &windows {
-        let _ = window.acquire_permit(args.inflight.max(1) as u64).await;
+        let _ = window.acquire_permit(args.inflight).await;
     }
     drop(connections);
     stats

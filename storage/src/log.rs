@@ -109,7 +109,8 @@ struct Issued {
     to: i64,
     /// Rollbacks that had happened when it was issued.
     generation: usize,
-    _slot: glommio::sync::StaticPermit,
+    /// The shard's write slot, held until the write is on the device.
+    slot: glommio::sync::StaticPermit,
 }
 
 struct State {
@@ -411,9 +412,8 @@ impl PartitionLog {
             .acquire_static_permit(1)
             .await
             .map_err(|_| LogError::WriteFailed)?;
-        // From here on no write can fail unseen: a failure found by `drain` (here or in
-        // `roll`) is dealt with there, and without writes in flight none can happen until
-        // this one is issued.
+        // After a failure, the active segment is reset once no write is in flight (see
+        // `complete`); nothing may be prepared on it before.
         if self.state.borrow().reset_active {
             self.drain().await?;
         }
@@ -465,7 +465,7 @@ impl PartitionLog {
             from,
             to,
             generation,
-            _slot: slot,
+            slot,
         }))
     }
 
@@ -474,17 +474,10 @@ impl PartitionLog {
     /// batches and everything after them.
     async fn complete(&self, issued: Issued) -> Result<(), LogError> {
         let Issued {
-            segment,
-            write,
-            batches,
-            from,
-            to,
-            generation,
-            _slot,
+            from, generation, ..
         } = issued;
-        let write_from = write.from();
-        let result = segment.write(write).await;
-        drop(_slot);
+        let result = issued.segment.write(issued.write).await;
+        drop(issued.slot);
         loop {
             {
                 let st = self.state.borrow();
@@ -499,11 +492,11 @@ impl PartitionLog {
             _ if lost => Err(LogError::WriteFailed),
             Ok(()) => {
                 let interval = self.config.borrow().index_interval_bytes;
-                segment.commit(write_from, &batches, interval);
+                issued.segment.commit(&issued.batches, interval);
                 let mut st = self.state.borrow_mut();
-                st.written = to;
+                st.written = issued.to;
                 let limit = self.config.borrow().cache_bytes;
-                st.cache.trim(limit, to);
+                st.cache.trim(limit, issued.to);
                 Ok(())
             }
             Err(e) => {

@@ -86,10 +86,10 @@ impl Latch {
 
 #[cfg(test)]
 thread_local! {
-    /// Test hook: every segment write waits for the latch, and the one starting at the
-    /// position given then reports failure (after its data is written, as a write whose
-    /// completion failed).
-    pub(crate) static WRITE_GATE: RefCell<Option<(Rc<Latch>, u64)>> = const { RefCell::new(None) };
+    /// Test hook: every segment write waits for the latch, and the one with the index given
+    /// (counting from 0, in the order they are sent) then reports failure after its data is
+    /// written, as a write whose completion failed. The index counts down as writes go.
+    pub(crate) static WRITE_GATE: RefCell<Option<(Rc<Latch>, Cell<usize>)>> = const { RefCell::new(None) };
 }
 
 /// Opens its latch when dropped, so a write that is abandoned does not hold up the next.
@@ -111,14 +111,6 @@ pub struct PreparedWrite {
     /// The previous write, when the first page rewrites its last page.
     after: Option<Rc<Latch>>,
     done: Rc<Latch>,
-    /// Where this write's data starts in the segment.
-    from: u64,
-}
-
-impl PreparedWrite {
-    pub fn from(&self) -> u64 {
-        self.from
-    }
 }
 
 /// How a segment's tail is trusted when it is opened.
@@ -442,7 +434,6 @@ impl Segment {
             rest,
             after: previous.filter(|_| shares_page),
             done,
-            from,
         }
     }
 
@@ -478,16 +469,19 @@ impl Segment {
             rest,
             after,
             done,
-            ..
         } = write;
         let _done = OpenOnDrop(done);
         #[cfg(test)]
-        let from = write.from;
-        #[cfg(test)]
-        let fail = match WRITE_GATE.with(|g| g.borrow().clone()) {
-            Some((gate, fail_at)) => {
+        let fail = match WRITE_GATE.with(|g| {
+            g.borrow().as_ref().map(|(gate, left)| {
+                let n = left.get();
+                left.set(n.wrapping_sub(1));
+                (gate.clone(), n == 0)
+            })
+        }) {
+            Some((gate, fail)) => {
                 gate.wait().await;
-                fail_at == from
+                fail
             }
             None => false,
         };
@@ -507,9 +501,7 @@ impl Segment {
         let (first_written, rest_written) = futures::join!(write_first, write_rest);
         #[cfg(test)]
         if fail {
-            return Err(io::Error::other(format!(
-                "injected failure of the write at {from}"
-            )));
+            return Err(io::Error::other("injected write failure"));
         }
         if first_written? < first_len || rest_written? < rest_len {
             return Err(io::Error::new(
@@ -521,10 +513,9 @@ impl Segment {
     }
 
     /// Makes a written write's batches readable and indexed. Writes are committed in the order
-    /// they were prepared.
-    pub fn commit(&self, write_from: u64, batches: &[StoredBatch], index_interval: u64) {
-        debug_assert_eq!(write_from, self.size.get(), "writes commit in order");
-        let mut pos = write_from;
+    /// they were prepared, so each one's batches start where the committed data ends.
+    pub fn commit(&self, batches: &[StoredBatch], index_interval: u64) {
+        let mut pos = self.size.get();
         for b in batches {
             // The header was parsed when the batch was appended; it cannot fail here.
             if let Ok(header) = BatchHeader::parse(b.head()) {
