@@ -97,6 +97,48 @@ pub struct PartitionLog {
     appended: Event,
     /// Fires when a write in flight completes or fails.
     write_done: Event,
+    sealer: Rc<Sealer>,
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Test hook: sealing a rolled segment waits for this latch first.
+    pub(crate) static SEAL_GATE: RefCell<Option<Rc<crate::segment::Latch>>> = const { RefCell::new(None) };
+}
+
+/// Segments rolled and not yet sealed. A seal (truncate, fdatasync, two index files, each
+/// synced) takes milliseconds; done in the background, one at a time, it holds up no write.
+/// Until a segment is sealed, syncs cover it too.
+struct Sealer {
+    rolled: RefCell<Vec<Rc<Segment>>>,
+    /// Held while sealing, so seals run in roll order and never twice at once on a segment.
+    lock: Semaphore,
+}
+
+impl Sealer {
+    /// Seals the rolled segments, oldest first. A failed seal leaves its segment rolled: the
+    /// next call tries it again.
+    async fn seal_rolled(&self) -> io::Result<()> {
+        let _permit = self.lock.acquire_permit(1).await.ok();
+        loop {
+            let Some(segment) = self.rolled.borrow().first().cloned() else {
+                return Ok(());
+            };
+            #[cfg(test)]
+            if let Some(gate) = SEAL_GATE.with(|g| g.borrow().clone()) {
+                gate.wait().await;
+            }
+            segment.seal().await?;
+            // Only sealing (under the lock) takes segments off the list: it is still first.
+            self.rolled.borrow_mut().remove(0);
+        }
+    }
+
+    /// Forgets the rolled segments (their files are going), after any seal in progress.
+    async fn forget(&self) {
+        let _permit = self.lock.acquire_permit(1).await.ok();
+        self.rolled.borrow_mut().clear();
+    }
 }
 
 /// A write of pending batches to the active segment, issued and not yet completed.
@@ -239,6 +281,10 @@ impl PartitionLog {
             write_slots: RefCell::new(Rc::new(Semaphore::new(u64::MAX >> 1))),
             appended: Event::new(),
             write_done: Event::new(),
+            sealer: Rc::new(Sealer {
+                rolled: RefCell::new(Vec::new()),
+                lock: Semaphore::new(1),
+            }),
         }))
     }
 
@@ -384,16 +430,18 @@ impl PartitionLog {
             return Ok(());
         }
         let _permit = take(&self.sync_lock).await?;
-        // Earlier segments were synced when they were sealed (roll), so the active one holds
-        // everything written but not synced; both are read before any await.
-        let (target, active) = {
+        // Sealed segments are synced; the active one and those rolled but not sealed yet hold
+        // everything written but not synced. All are read before any await.
+        let (target, unsynced) = {
             let st = self.state.borrow();
             if st.synced > offset {
                 return Ok(());
             }
-            (st.written, self.active())
+            let mut unsynced = self.sealer.rolled.borrow().clone();
+            unsynced.push(self.active());
+            (st.written, unsynced)
         };
-        active.sync().await?;
+        futures::future::try_join_all(unsynced.iter().map(|s| s.sync())).await?;
         let mut st = self.state.borrow_mut();
         st.synced = st.synced.max(target);
         st.last_sync = std::time::Instant::now();
@@ -589,18 +637,24 @@ impl PartitionLog {
         self.roll().await
     }
 
-    /// Seals the active segment and starts a new one where it ends (later batches go to the
-    /// new one). Caller holds the write lock.
+    /// Starts a new segment where the active one ends (later batches go to the new one) and
+    /// seals the old one in the background. Caller holds the write lock.
     async fn roll(&self) -> io::Result<()> {
         self.drain().await?;
         let active = self.active();
-        active.seal().await?;
-        // Where the sealed segment ends (no write is in flight: that is `written`).
+        // Where the old segment ends (no write is in flight: that is `written`).
         let base = active.next_offset();
         let segment = Rc::new(Segment::create(&self.dir, base).await?);
-        let mut st = self.state.borrow_mut();
-        st.synced = st.synced.max(base);
-        st.segments.insert(base, segment);
+        self.state.borrow_mut().segments.insert(base, segment);
+        self.sealer.rolled.borrow_mut().push(active);
+        let sealer = self.sealer.clone();
+        let dir = self.dir.clone();
+        glommio::spawn_local(async move {
+            if let Err(error) = sealer.seal_rolled().await {
+                tracing::error!(dir = %dir.display(), %error, "sealing a rolled segment failed; syncs cover it until a later seal succeeds");
+            }
+        })
+        .detach();
         Ok(())
     }
 
@@ -696,6 +750,8 @@ impl PartitionLog {
         if closed.is_empty() || dirty_end <= self.state.borrow().compacted_upto {
             return Ok(0);
         }
+        // A seal in progress would write index files over a replacement's.
+        self.sealer.seal_rolled().await?;
         let mut map = crate::compaction::OffsetMap::new();
         for segment in closed {
             crate::compaction::index_keys(&segment.read_all().await?, &mut map)?;
@@ -731,6 +787,8 @@ impl PartitionLog {
 
     /// Deletes closed segments whose records are all below the log start offset.
     async fn delete_segments_below_start(&self) -> Result<usize, LogError> {
+        // A seal in progress would write the index files of a deleted segment.
+        self.sealer.seal_rolled().await?;
         let doomed: Vec<Rc<Segment>> = {
             let mut st = self.state.borrow_mut();
             let start = st.log_start;
@@ -873,6 +931,7 @@ impl PartitionLog {
         self.write_all().await?;
         // Sealing syncs; waiting for the sync lock lets a sync in progress finish first.
         let _sync = self.sync_lock.acquire_permit(1).await.ok();
+        self.sealer.seal_rolled().await?;
         self.active().seal().await?;
         let snapshot = self.state.borrow().producers.to_bytes();
         fs::write_file(&self.dir.join(PRODUCER_SNAPSHOT), &snapshot).await?;
@@ -887,6 +946,7 @@ impl PartitionLog {
         self.write_lock.close();
         // Writes still in flight complete (or fail) into files about to go.
         let _ = self.drain().await;
+        self.sealer.forget().await;
         fs::remove_dir_all(&self.dir).await
     }
 

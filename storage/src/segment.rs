@@ -76,7 +76,7 @@ impl Latch {
         self.opened.notify(usize::MAX);
     }
 
-    async fn wait(&self) {
+    pub(crate) async fn wait(&self) {
         // Single-threaded: the flag cannot change between the check and the listen.
         while !self.open.get() {
             self.opened.listen().await;
@@ -116,7 +116,8 @@ pub struct PreparedWrite {
 /// How a segment's tail is trusted when it is opened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OpenMode {
-    /// Sealed earlier (closed segment or clean shutdown): the file size is exact.
+    /// A closed segment, or any after a clean shutdown: sealed, unless its indexes (written
+    /// last when sealing) are missing.
     Sealed,
     /// May end in a torn or corrupt batch: verify every batch, truncate at the first bad one.
     Recover,
@@ -204,9 +205,10 @@ impl Segment {
         }
     }
 
-    /// Opens an existing segment. Its indexes are loaded, or rebuilt when missing or damaged;
-    /// with `OpenMode::Recover` every batch is verified and the file truncated after the last
-    /// good one. Returns the segment and how many bytes recovery cut off.
+    /// Opens an existing segment. A sealed one's indexes are loaded; with `OpenMode::Recover`,
+    /// or when they are missing or damaged, every batch is verified, the indexes rebuilt and the
+    /// file truncated after the last good batch. Returns the segment and how many bytes
+    /// recovery cut off.
     pub async fn open(
         dir: &Path,
         base_offset: i64,
@@ -217,17 +219,7 @@ impl Segment {
         let file = fs::open_rw(&path).await?;
         let file_size = file.file_size().await?;
         let seg = Segment::new(base_offset, path, file, file_size);
-        let mut cut = 0;
-        match mode {
-            OpenMode::Recover => {
-                let end = seg.rebuild(0, file_size, true, index_interval).await?;
-                if end < file_size {
-                    cut = file_size - end;
-                    seg.file.truncate(end).await?;
-                    seg.file.fdatasync().await?;
-                }
-                seg.size.set(end);
-            }
+        let indexes = match mode {
             OpenMode::Sealed => {
                 let index = fs::read_file(&seg.index_path())
                     .await?
@@ -235,26 +227,41 @@ impl Segment {
                 let time_index = fs::read_file(&seg.time_index_path())
                     .await?
                     .and_then(|d| TimeIndex::from_bytes(&d));
-                match (index, time_index) {
-                    (Some(index), Some(time_index)) => {
-                        let from = index.last_position() as u64;
-                        *seg.index.borrow_mut() = index;
-                        if let Some(ts) = time_index.max_timestamp() {
-                            seg.max_timestamp.set(ts);
-                        }
-                        *seg.time_index.borrow_mut() = time_index;
-                        // Walk the batches after the last index entry to learn the end offset.
-                        let end = seg.scan(from, file_size, false, |_, h| {
-                            seg.next_offset.set(h.last_offset() + 1);
-                            seg.max_timestamp
-                                .set(seg.max_timestamp.get().max(h.max_timestamp));
-                            true
-                        });
-                        end.await?;
-                    }
-                    _ => {
-                        seg.rebuild(0, file_size, false, index_interval).await?;
-                    }
+                index.zip(time_index)
+            }
+            OpenMode::Recover => None,
+        };
+        let mut cut = 0;
+        match indexes {
+            Some((index, time_index)) => {
+                let from = index.last_position() as u64;
+                *seg.index.borrow_mut() = index;
+                if let Some(ts) = time_index.max_timestamp() {
+                    seg.max_timestamp.set(ts);
+                }
+                *seg.time_index.borrow_mut() = time_index;
+                // Walk the batches after the last index entry to learn the end offset.
+                let end = seg.scan(from, file_size, false, |_, h| {
+                    seg.next_offset.set(h.last_offset() + 1);
+                    seg.max_timestamp
+                        .set(seg.max_timestamp.get().max(h.max_timestamp));
+                    true
+                });
+                end.await?;
+            }
+            // Recovering, or the indexes are missing or damaged: a seal (which writes them
+            // last) did not finish, so the file may end in a torn batch or preallocated space.
+            None => {
+                let end = seg.rebuild(0, file_size, true, index_interval).await?;
+                if end < file_size {
+                    cut = file_size - end;
+                    seg.file.truncate(end).await?;
+                    seg.file.fdatasync().await?;
+                }
+                seg.size.set(end);
+                if mode == OpenMode::Sealed {
+                    // A closed segment is never sealed later: write its indexes now.
+                    seg.seal().await?;
                 }
             }
         }

@@ -731,3 +731,58 @@ fn a_failed_write_fails_the_writes_in_flight_after_it_and_none_of_them_comes_bac
         assert_eq!(read_all(&reopened).await, (0..17).collect::<Vec<_>>());
     });
 }
+
+#[test]
+fn a_roll_leaves_the_seal_to_the_background_and_a_crash_before_it_loses_nothing() {
+    use crate::log::SEAL_GATE;
+    use crate::segment::Latch;
+    use futures::future::{select, Either};
+    use std::rc::Rc;
+    let (_tmp, dir) = partition_dir();
+    let d = dir.clone();
+    run(move || async move {
+        // Every seal is held: the rolls, writes and syncs below must not wait for one (with
+        // the seal inside the roll, the first roll would wait for ever).
+        let gate = Rc::new(Latch::default());
+        SEAL_GATE.with(|g| *g.borrow_mut() = Some(gate));
+        let log = PartitionLog::open(&d, small_segments()).await.unwrap();
+        let filling = std::pin::pin!(fill(&log, 40));
+        let stuck = std::pin::pin!(glommio::timer::sleep(std::time::Duration::from_secs(60)));
+        if let Either::Right(_) = select(filling, stuck).await {
+            panic!("a roll waited for the seal of the segment before");
+        }
+        assert_eq!(
+            log.synced_offset(),
+            200,
+            "syncs cover the unsealed segments"
+        );
+        assert!(dir_files(&d, "log").len() > 3);
+        assert!(dir_files(&d, "index").is_empty(), "no seal has run");
+        // No clean close: as after a crash before any seal.
+    });
+    let d = dir.clone();
+    run(move || async move {
+        let log = PartitionLog::open(&d, small_segments()).await.unwrap();
+        assert_eq!(read_all(&log).await, (0..200).collect::<Vec<_>>());
+        // The unsealed segments were recovered as torn tails are: each file ends where its
+        // last whole batch does, with no preallocated space after it.
+        for path in dir_files(&d, "log") {
+            let data = std::fs::read(&path).unwrap();
+            let batches: usize = batch::headers(&data).map(|(_, h)| h.total_len()).sum();
+            assert_eq!(batches, data.len(), "{}", path.display());
+        }
+        fill(&log, 20).await;
+        log.close().await.unwrap();
+    });
+    // Sealed now (the background seals, then the clean close): every segment has its indexes.
+    assert_eq!(dir_files(&dir, "index").len(), dir_files(&dir, "log").len());
+    assert_eq!(
+        dir_files(&dir, "timeindex").len(),
+        dir_files(&dir, "log").len()
+    );
+    let d = dir.clone();
+    run(move || async move {
+        let log = PartitionLog::open(&d, small_segments()).await.unwrap();
+        assert_eq!(read_all(&log).await, (0..300).collect::<Vec<_>>());
+    });
+}
