@@ -12,15 +12,23 @@ BENCH_BIN = os.path.join(os.path.dirname(TERN_BIN), "tern-bench")
 
 def test_tern_bench_produces_and_consumes(broker, tmp_path):
     out = tmp_path / "summary.json"
-    subprocess.run(
+    done = subprocess.run(
+        # About 1.5 s of records at this rate: the run ends partway through a second.
         [BENCH_BIN, "--brokers", broker.bootstrap, "--workload", "both", "--topic", "bench-smoke", "--partitions", "3",
-         "--warmup", "1", "--duration", "2", "--mb-rate", "5", "--record-size", "512", "--json", str(out)],
+         "--warmup", "1", "--duration", "10", "--records", "15000", "--mb-rate", "5", "--record-size", "512",
+         "--json", str(out)],
         check=True, capture_output=True, timeout=60,
     )
     s = json.loads(out.read_text())
     assert s["errors"] == 0
     assert s["produced_records_per_sec"] > 0 and s["consumed_records_per_sec"] > 0
     assert s["produce_latency"]["count"] > 0 and s["end_to_end_latency"]["count"] > 0
+    # Each acknowledged record's latency is counted once, whichever second it fell in (the
+    # last, partial one too).
+    assert s["produce_latency"]["count"] == round(s["produced_records_per_sec"] * s["seconds"])
+    # The progress lines give each second's produce and end-to-end latency.
+    progress = [line for line in done.stderr.decode().splitlines() if line.startswith("[")]
+    assert progress and all(line.count("(p99 ") == 2 for line in progress), progress
 
 
 def established_to(port):

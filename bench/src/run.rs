@@ -39,10 +39,45 @@ struct Stats {
     errors: AtomicU64,
     /// When consumers reached --records (microseconds since the epoch; 0: not yet).
     finished_us: AtomicU64,
-    /// Produce latency (due to acknowledged), microseconds.
-    produce_latency: Mutex<Histogram<u64>>,
-    /// End to end latency (record timestamp to consumed), microseconds.
-    e2e_latency: Mutex<Histogram<u64>>,
+    /// Produce latency (due to acknowledged).
+    produce_latency: Latency,
+    /// End to end latency (record timestamp to consumed).
+    e2e_latency: Latency,
+}
+
+/// A latency histogram (microseconds) kept per second: tasks record into the window, and
+/// the progress line folds it into the run's total each second, so each value is recorded
+/// once and a second's stalls show in that second's line.
+struct Latency {
+    window: Mutex<Histogram<u64>>,
+    total: Mutex<Histogram<u64>>,
+}
+
+impl Latency {
+    fn new() -> Latency {
+        Latency {
+            window: Mutex::new(histogram()),
+            total: Mutex::new(histogram()),
+        }
+    }
+
+    fn window(&self) -> std::sync::MutexGuard<'_, Histogram<u64>> {
+        self.window.lock().expect("not poisoned")
+    }
+
+    /// Moves the window into the total; returns the window's p99 and max, if it has values.
+    fn fold(&self) -> Option<(f64, f64)> {
+        let mut window = self.window();
+        let seen = (!window.is_empty()).then(|| {
+            (
+                window.value_at_quantile(0.99) as f64 / 1000.0,
+                window.max() as f64 / 1000.0,
+            )
+        });
+        self.total.lock().expect("not poisoned").add(&*window).ok();
+        window.reset();
+        seen
+    }
 }
 
 fn histogram() -> Histogram<u64> {
@@ -139,11 +174,7 @@ struct ProduceConnection {
 }
 
 impl ProduceConnection {
-    async fn open(
-        args: &Args,
-        stats: &Arc<Stats>,
-        hist: &Rc<RefCell<Histogram<u64>>>,
-    ) -> Result<(ProduceConnection, i16)> {
+    async fn open(args: &Args, stats: &Arc<Stats>) -> Result<(ProduceConnection, i16)> {
         let (writer, mut r) = client::connect(&args.brokers).await?;
         let version = writer.version::<ProduceRequest>(*produce::VERSIONS.end())?;
         if !produce::VERSIONS.contains(&version) {
@@ -154,7 +185,7 @@ impl ProduceConnection {
         }
         let queue: Rc<RefCell<VecDeque<InFlight>>> = Rc::new(RefCell::new(VecDeque::new()));
         let reader = (args.acks != 0).then(|| {
-            let (queue, stats, hist) = (queue.clone(), stats.clone(), hist.clone());
+            let (queue, stats) = (queue.clone(), stats.clone());
             glommio::spawn_local(async move {
                 while let Ok(resp) = r.recv::<ProduceRequest>(version).await {
                     let acked = Instant::now();
@@ -173,7 +204,7 @@ impl ProduceConnection {
                     if stats.measuring.load(Ordering::Relaxed) {
                         stats.produced.fetch_add(f.records, Ordering::Relaxed);
                         stats.produced_bytes.fetch_add(f.bytes, Ordering::Relaxed);
-                        let mut hist = hist.borrow_mut();
+                        let mut hist = stats.produce_latency.window();
                         for i in 0..f.records {
                             let due = f.first_due + f.interval.mul_f64(i as f64);
                             let _ = hist.record(
@@ -227,11 +258,10 @@ async fn producer(
     start: Instant,
     wall_start_ms: i64,
 ) -> Result<()> {
-    let hist = Rc::new(RefCell::new(histogram()));
     let mut connections = Vec::new();
     let mut version = i16::MAX;
     for _ in 0..args.connections {
-        let (connection, v) = ProduceConnection::open(&args, &stats, &hist).await?;
+        let (connection, v) = ProduceConnection::open(&args, &stats).await?;
         // The same broker answers every connection; keep to one version regardless.
         version = version.min(v);
         connections.push(connection);
@@ -348,12 +378,6 @@ async fn producer(
         let _ = window.acquire_permit(args.inflight).await;
     }
     drop(connections);
-    stats
-        .produce_latency
-        .lock()
-        .expect("not poisoned")
-        .add(&*hist.borrow())
-        .ok();
     Ok(())
 }
 
@@ -401,7 +425,6 @@ async fn consumer(args: Arc<Args>, stats: Arc<Stats>, partitions: Vec<i32>) -> R
     };
     let mut offsets = list_offsets(&mut w, &mut r, &args.topic, &partitions, at).await?;
     let version = w.version::<FetchRequest>(12)?;
-    let mut hist = histogram();
     let fetch = |offsets: &BTreeMap<i32, i64>| {
         FetchRequest::default()
             .with_replica_id(BrokerId(-1))
@@ -450,11 +473,13 @@ async fn consumer(args: Arc<Args>, stats: Arc<Stats>, partitions: Vec<i32>) -> R
             if data.is_empty() {
                 continue;
             }
+            let mut hist = measuring.then(|| stats.e2e_latency.window());
             let n = batch::for_each_timestamp(data.clone(), |ts| {
-                if measuring {
+                if let Some(hist) = hist.as_mut() {
                     let _ = hist.record(now.saturating_sub(ts as u64 * 1000).max(1));
                 }
             })?;
+            drop(hist);
             if measuring {
                 stats.consumed.fetch_add(n as u64, Ordering::Relaxed);
                 stats
@@ -472,12 +497,6 @@ async fn consumer(args: Arc<Args>, stats: Arc<Stats>, partitions: Vec<i32>) -> R
             stats.stop.store(true, Ordering::Relaxed);
         }
     }
-    stats
-        .e2e_latency
-        .lock()
-        .expect("not poisoned")
-        .add(&hist)
-        .ok();
     Ok(())
 }
 
@@ -549,8 +568,8 @@ pub fn run(args: Args) -> Result<()> {
         consumed_bytes: AtomicU64::new(0),
         errors: AtomicU64::new(0),
         finished_us: AtomicU64::new(0),
-        produce_latency: Mutex::new(histogram()),
-        e2e_latency: Mutex::new(histogram()),
+        produce_latency: Latency::new(),
+        e2e_latency: Latency::new(),
     });
     let producers = if args.workload == crate::Workload::Consume {
         0
@@ -652,12 +671,18 @@ pub fn run(args: Args) -> Result<()> {
             stats.consumed.load(Ordering::Relaxed),
             stats.consumed_bytes.load(Ordering::Relaxed),
         );
+        let latency = |l: &Latency| match l.fold() {
+            Some((p99, max)) => format!(" (p99 {p99:.2} max {max:.2} ms)"),
+            None => String::new(),
+        };
         eprintln!(
-            "[{second:>3}s] produced {:>9} rec/s {:>8.1} MB/s | consumed {:>9} rec/s {:>8.1} MB/s | errors {}",
+            "[{second:>3}s] produced {:>9} rec/s {:>8.1} MB/s{} | consumed {:>9} rec/s {:>8.1} MB/s{} | errors {}",
             now.0 - last.0,
             (now.1 - last.1) as f64 / 1e6,
+            latency(&stats.produce_latency),
             now.2 - last.2,
             (now.3 - last.3) as f64 / 1e6,
+            latency(&stats.e2e_latency),
             stats.errors.load(Ordering::Relaxed)
         );
         last = now;
@@ -673,6 +698,9 @@ pub fn run(args: Args) -> Result<()> {
             .map_err(|e| anyhow::anyhow!("bench thread: {e:?}"))?
             .context("bench task failed")?;
     }
+    // What was recorded after the last progress line.
+    stats.produce_latency.fold();
+    stats.e2e_latency.fold();
     let summary = Summary {
         workload: format!("{:?}", args.workload).to_lowercase(),
         seconds,
@@ -681,8 +709,8 @@ pub fn run(args: Args) -> Result<()> {
         consumed_records_per_sec: stats.consumed.load(Ordering::Relaxed) as f64 / seconds,
         consumed_mb_per_sec: stats.consumed_bytes.load(Ordering::Relaxed) as f64 / seconds / 1e6,
         errors: stats.errors.load(Ordering::Relaxed),
-        produce_latency: percentiles(&stats.produce_latency.lock().expect("not poisoned")),
-        end_to_end_latency: percentiles(&stats.e2e_latency.lock().expect("not poisoned")),
+        produce_latency: percentiles(&stats.produce_latency.total.lock().expect("not poisoned")),
+        end_to_end_latency: percentiles(&stats.e2e_latency.total.lock().expect("not poisoned")),
     };
     print_summary(&summary);
     if let Some(path) = &args.json {
