@@ -210,8 +210,10 @@ impl PartitionLog {
                 OpenMode::Sealed
             };
             let (seg, cut) = Segment::open(dir, base, mode, config.index_interval_bytes).await?;
-            if cut > 0 {
-                tracing::warn!(dir = %dir.display(), base, cut, "truncated torn or corrupt tail of segment");
+            if cut.data {
+                tracing::warn!(dir = %dir.display(), base, cut = cut.bytes, "truncated torn or corrupt tail of segment");
+            } else if cut.bytes > 0 {
+                tracing::info!(dir = %dir.display(), base, cut = cut.bytes, "released preallocated space after the last batch of segment");
             }
             segments.insert(base, Rc::new(seg));
         }

@@ -113,6 +113,15 @@ pub struct PreparedWrite {
     done: Rc<Latch>,
 }
 
+/// What recovery cut off the end of a segment file.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Cut {
+    pub bytes: u64,
+    /// The cut began with data (a torn or corrupt batch), not with zeros: space preallocated
+    /// and never written, which every segment not sealed has after its data.
+    pub data: bool,
+}
+
 /// How a segment's tail is trusted when it is opened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OpenMode {
@@ -207,14 +216,14 @@ impl Segment {
 
     /// Opens an existing segment. A sealed one's indexes are loaded; with `OpenMode::Recover`,
     /// or when they are missing or damaged, every batch is verified, the indexes rebuilt and the
-    /// file truncated after the last good batch. Returns the segment and how many bytes
-    /// recovery cut off.
+    /// file truncated after the last good batch. Returns the segment and what recovery cut
+    /// off.
     pub async fn open(
         dir: &Path,
         base_offset: i64,
         mode: OpenMode,
         index_interval: u64,
-    ) -> io::Result<(Segment, u64)> {
+    ) -> io::Result<(Segment, Cut)> {
         let path = path_with(dir, base_offset, "log");
         let file = fs::open_rw(&path).await?;
         let file_size = file.file_size().await?;
@@ -231,7 +240,7 @@ impl Segment {
             }
             OpenMode::Recover => None,
         };
-        let mut cut = 0;
+        let mut cut = Cut::default();
         match indexes {
             Some((index, time_index)) => {
                 let from = index.last_position() as u64;
@@ -254,7 +263,11 @@ impl Segment {
             None => {
                 let end = seg.rebuild(0, file_size, true, index_interval).await?;
                 if end < file_size {
-                    cut = file_size - end;
+                    let first = seg.file.read_at(end, (file_size - end).min(PAGE) as usize);
+                    cut = Cut {
+                        bytes: file_size - end,
+                        data: first.await?.iter().any(|&b| b != 0),
+                    };
                     seg.file.truncate(end).await?;
                     seg.file.fdatasync().await?;
                 }

@@ -786,3 +786,51 @@ fn a_roll_leaves_the_seal_to_the_background_and_a_crash_before_it_loses_nothing(
         assert_eq!(read_all(&log).await, (0..300).collect::<Vec<_>>());
     });
 }
+
+#[test]
+fn recovery_tells_a_torn_batch_from_preallocated_space() {
+    use crate::segment::{Cut, OpenMode, Segment};
+    let (_tmp, dir) = partition_dir();
+    let d = dir.clone();
+    run(move || async move {
+        let log = PartitionLog::open(&d, LogConfig::default()).await.unwrap();
+        fill(&log, 10).await; // no clean close: the file ends in preallocated space
+    });
+    let reopen = |dir: std::path::PathBuf| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        run(move || async move {
+            let (segment, cut) = Segment::open(&dir, 0, OpenMode::Recover, 4096)
+                .await
+                .unwrap();
+            tx.send((segment.next_offset(), cut)).unwrap();
+        });
+        rx.recv().unwrap()
+    };
+    let seg = dir_files(&dir, "log").pop().unwrap();
+    let written = std::fs::metadata(&seg).unwrap().len();
+    let (next, cut) = reopen(dir.clone());
+    assert_eq!(next, 50);
+    let data = std::fs::read(&seg).unwrap();
+    assert_eq!(
+        cut,
+        Cut {
+            bytes: written - data.len() as u64,
+            data: false
+        }
+    );
+    assert!(cut.bytes > 0);
+    // A corrupt last batch: cut with the data it held.
+    let last = batch::headers(&data).map(|(p, _)| p).last().unwrap();
+    let mut damaged = data.clone();
+    damaged[last + 70] ^= 0xff;
+    std::fs::write(&seg, &damaged).unwrap();
+    let (next, cut) = reopen(dir.clone());
+    assert_eq!(next, 45);
+    assert_eq!(
+        cut,
+        Cut {
+            bytes: (data.len() - last) as u64,
+            data: true
+        }
+    );
+}
