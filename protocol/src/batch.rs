@@ -308,6 +308,15 @@ pub fn headers(buf: &[u8]) -> impl Iterator<Item = (usize, BatchHeader)> + '_ {
     })
 }
 
+/// The base offset of the batch at the start of `batch` (which holds at least its header).
+pub fn base_offset(batch: &[u8]) -> i64 {
+    i64::from_be_bytes(
+        batch[BASE_OFFSET..BASE_OFFSET + 8]
+            .try_into()
+            .expect("8 bytes"),
+    )
+}
+
 /// Sets the base offset of the batch at the start of `batch` (not covered by the CRC).
 pub fn set_base_offset(batch: &mut [u8], base_offset: i64) {
     batch[BASE_OFFSET..BASE_OFFSET + 8].copy_from_slice(&base_offset.to_be_bytes());

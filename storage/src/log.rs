@@ -161,9 +161,6 @@ struct State {
     next_offset: i64,
     /// Offsets below this are in segment files.
     written: i64,
-    /// Offsets below this are in writes issued (complete or in flight); `pending` holds the
-    /// rest.
-    issued: i64,
     /// Writes issued and not yet completed or failed.
     in_flight: usize,
     /// A write failed: the active segment must forget its uncommitted writes before the next.
@@ -181,6 +178,16 @@ struct State {
     producers: ProducerStates,
     /// Closed segments below this offset were compacted with nothing newer to apply.
     compacted_upto: i64,
+}
+
+impl State {
+    /// Offsets below this are in writes issued (complete or in flight); `pending` holds the
+    /// rest.
+    fn issued(&self) -> i64 {
+        self.pending
+            .first()
+            .map_or(self.next_offset, |b| batch::base_offset(b.head()))
+    }
 }
 
 impl PartitionLog {
@@ -266,7 +273,6 @@ impl PartitionLog {
                 log_start,
                 next_offset,
                 written: next_offset,
-                issued: next_offset,
                 in_flight: 0,
                 reset_active: false,
                 synced: next_offset,
@@ -391,7 +397,7 @@ impl PartitionLog {
                 if st.written > appended.last_offset {
                     break;
                 }
-                st.issued <= appended.last_offset
+                st.issued() <= appended.last_offset
             };
             if !issue {
                 // In a write someone else issued. (Listening right after the check misses
@@ -402,7 +408,7 @@ impl PartitionLog {
             let permit = take(&self.write_lock).await?;
             let still_pending = {
                 let st = self.state.borrow();
-                st.issued <= appended.last_offset && !lost(&st)
+                st.issued() <= appended.last_offset && !lost(&st)
             };
             if still_pending {
                 let write = self.issue().await?;
@@ -472,7 +478,7 @@ impl PartitionLog {
             None => return Ok(None),
         };
         if let Err(e) = self.roll_if_due(first_len).await {
-            let from = self.state.borrow().issued;
+            let from = self.state.borrow().issued();
             self.roll_back(from, &e);
             return Err(e.into());
         }
@@ -497,13 +503,9 @@ impl PartitionLog {
             if take == 0 {
                 return Ok(None);
             }
-            let to = match st.pending.get(take) {
-                Some(b) => batch::BatchHeader::parse(b.head())?.base_offset,
-                None => st.next_offset,
-            };
+            let from = st.issued();
             let batches: Vec<StoredBatch> = st.pending.drain(..take).collect();
-            let from = st.issued;
-            st.issued = to;
+            let to = st.issued();
             st.in_flight += 1;
             (batches, from, to, st.rollbacks.len())
         };
@@ -572,7 +574,6 @@ impl PartitionLog {
         tracing::error!(dir = %self.dir.display(), from, %error, "segment write failed; rolling back unwritten batches");
         let mut st = self.state.borrow_mut();
         st.written = from;
-        st.issued = from;
         st.rollbacks.push(from);
         st.next_offset = from;
         st.pending.clear();
