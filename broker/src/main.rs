@@ -112,7 +112,9 @@ struct StartArgs {
     idle_poll_us: u64,
     /// Segment writes each shard runs at once, shared by its partitions. When all are busy,
     /// appends gather into larger writes: fewer device requests for the same bytes.
-    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    // Not 4: with pipelined writes, a shard's busy partitions then queued for slots behind
+    // each other's second write in flight.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=1024))]
     write_slots: u64,
 }
 
