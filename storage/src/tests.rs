@@ -39,6 +39,18 @@ fn partition_dir() -> (tempfile::TempDir, std::path::PathBuf) {
     (tmp, dir)
 }
 
+/// A partition directory holding a log of `batches` batches (of 5 records, default settings)
+/// that was never closed cleanly, as a crash leaves it.
+fn crashed_partition(batches: usize) -> (tempfile::TempDir, std::path::PathBuf) {
+    let (tmp, dir) = partition_dir();
+    let d = dir.clone();
+    run(move || async move {
+        let log = PartitionLog::open(&d, LogConfig::default()).await.unwrap();
+        fill(&log, batches).await;
+    });
+    (tmp, dir)
+}
+
 fn small_segments() -> LogConfig {
     LogConfig {
         segment_bytes: 8192,
@@ -219,12 +231,7 @@ fn a_group_commit_larger_than_a_segment_spans_segments_named_by_their_first_offs
 
 #[test]
 fn recovery_truncates_torn_and_corrupt_tails() {
-    let (_tmp, dir) = partition_dir();
-    let d = dir.clone();
-    run(move || async move {
-        let log = PartitionLog::open(&d, LogConfig::default()).await.unwrap();
-        fill(&log, 10).await; // 50 records, no clean close: simulates a crash
-    });
+    let (_tmp, dir) = crashed_partition(10); // 50 records
     let seg = dir_files(&dir, "log").pop().unwrap();
     // Flip a byte inside the 8th batch: recovery keeps the first 7 batches (35 records).
     let mut data = std::fs::read(&seg).unwrap();
@@ -493,12 +500,7 @@ fn compaction_keeps_the_newest_record_per_key_and_survives_a_crash_mid_swap() {
 
 #[test]
 fn recovery_after_a_zeroed_tail_page() {
-    let (_tmp, dir) = partition_dir();
-    let d = dir.clone();
-    run(move || async move {
-        let log = PartitionLog::open(&d, LogConfig::default()).await.unwrap();
-        fill(&log, 20).await; // ~12 KB, no clean close
-    });
+    let (_tmp, dir) = crashed_partition(20); // ~12 KB
     let seg = dir_files(&dir, "log").pop().unwrap();
     let mut data = std::fs::read(&seg).unwrap();
     let headers: Vec<(usize, i64, usize)> = batch::headers(&data)
@@ -790,12 +792,8 @@ fn a_roll_leaves_the_seal_to_the_background_and_a_crash_before_it_loses_nothing(
 #[test]
 fn recovery_tells_a_torn_batch_from_preallocated_space() {
     use crate::segment::{Cut, OpenMode, Segment};
-    let (_tmp, dir) = partition_dir();
-    let d = dir.clone();
-    run(move || async move {
-        let log = PartitionLog::open(&d, LogConfig::default()).await.unwrap();
-        fill(&log, 10).await; // no clean close: the file ends in preallocated space
-    });
+    // Never closed cleanly: the file ends in preallocated space.
+    let (_tmp, dir) = crashed_partition(10);
     let reopen = |dir: std::path::PathBuf| {
         let (tx, rx) = std::sync::mpsc::channel();
         run(move || async move {
