@@ -509,7 +509,8 @@ impl PartitionLog {
             st.in_flight += 1;
             (batches, from, to, st.rollbacks.len())
         };
-        let write = active.prepare(&batches).await;
+        let segment_bytes = self.config.borrow().segment_bytes;
+        let write = active.prepare(&batches, segment_bytes).await;
         Ok(Some(Issued {
             segment: active,
             write,

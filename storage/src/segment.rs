@@ -403,8 +403,9 @@ impl Segment {
     /// Prepares the write of whole batches (already offset-assigned) at the end of the segment,
     /// after the writes prepared before, growing the file first if needed. Send it with
     /// `write`, then `commit` it after those before it. Calls must not overlap (the log's
-    /// write lock).
-    pub async fn prepare(&self, batches: &[StoredBatch]) -> PreparedWrite {
+    /// write lock). The file is preallocated no further than `max_bytes` (the segment size the
+    /// log rolls at) when the write fits below it.
+    pub async fn prepare(&self, batches: &[StoredBatch], max_bytes: u64) -> PreparedWrite {
         let from = self.end.get();
         let page_start = from & !(PAGE - 1);
         let new_bytes: usize = batches.iter().map(|b| b.len()).sum();
@@ -447,7 +448,7 @@ impl Segment {
         let done = Rc::new(Latch::default());
         let previous = self.last_write.replace(Some(done.clone()));
         let needed = page_start + (first.len() + rest.as_ref().map_or(0, |b| b.len())) as u64;
-        self.grow_to(needed).await;
+        self.grow_to(needed, max_bytes).await;
         PreparedWrite {
             page_start,
             first,
@@ -458,11 +459,15 @@ impl Segment {
     }
 
     /// Preallocates the file past `needed` when it is shorter (best effort: a full disk then
-    /// fails the write itself).
-    async fn grow_to(&self, needed: u64) {
+    /// fails the write itself), but not past `max_bytes` unless `needed` is: the segment rolls
+    /// before it, so space past it would never be written, only held until the seal frees it
+    /// (up to a whole 64 MiB step per partition, and a discard of it on a filesystem mounted
+    /// with `discard`).
+    async fn grow_to(&self, needed: u64, max_bytes: u64) {
         if needed <= self.allocated.get() {
             return;
         }
+        let cap = max_bytes.div_ceil(PAGE) * PAGE;
         let step = self.allocated.get().clamp(PREALLOCATE_MIN, PREALLOCATE_MAX);
         // When the disk is nearly full, a smaller step, else none.
         let steps: &[u64] = if step > PREALLOCATE_MIN {
@@ -471,7 +476,10 @@ impl Segment {
             &[PREALLOCATE_MIN]
         };
         for &step in steps {
-            let target = needed.div_ceil(step) * step;
+            let mut target = needed.div_ceil(step) * step;
+            if needed <= cap {
+                target = target.min(cap);
+            }
             if self.file.pre_allocate(target, false).await.is_ok() {
                 self.allocated.set(target);
                 break;

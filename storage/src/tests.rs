@@ -623,6 +623,45 @@ fn segment_files_grow_in_doubling_steps_and_are_cut_to_size_when_sealed() {
 }
 
 #[test]
+fn segment_files_are_not_preallocated_past_the_segment_size() {
+    let (_tmp, dir) = partition_dir();
+    run(move || async move {
+        let config = LogConfig {
+            segment_bytes: (6 << 20) + 100,
+            ..uncached()
+        };
+        let log = PartitionLog::open(&dir, config).await.unwrap();
+        let file_sizes = || -> Vec<u64> {
+            dir_files(&dir, "log")
+                .iter()
+                .map(|f| std::fs::metadata(f).unwrap().len())
+                .collect()
+        };
+        let mut seen = vec![];
+        // About 10 MiB in batches of about 500 KiB: the first segment rolls past 6 MiB.
+        for _ in 0..20 {
+            let a = log.append(client_batch(500, 1000, 1000).into(), 0).unwrap();
+            log.wait(&a, Durability::Written).await.unwrap();
+            let sizes = file_sizes();
+            if sizes.len() == 1 && seen.last() != Some(&sizes[0]) {
+                seen.push(sizes[0]);
+            }
+        }
+        let mib = |n: u64| n << 20;
+        assert_eq!(seen, [mib(4), mib(6) + 4096]);
+        assert_eq!(file_sizes().len(), 2);
+        // A batch larger than a whole segment still gets the room it needs.
+        log.set_config(LogConfig {
+            segment_bytes: 100 << 10,
+            ..uncached()
+        });
+        let a = log.append(client_batch(500, 1000, 1000).into(), 0).unwrap();
+        log.wait(&a, Durability::Written).await.unwrap();
+        assert_eq!(file_sizes()[2], mib(4));
+    });
+}
+
+#[test]
 fn a_write_sends_its_new_pages_at_once_and_the_page_it_shares_after_the_previous_write() {
     use crate::records::StoredBatch;
     use crate::segment::Segment;
@@ -643,8 +682,12 @@ fn a_write_sends_its_new_pages_at_once_and_the_page_it_shares_after_the_previous
         let (first, second) = (stored(0, 5), stored(5, 25));
         let expected = [bytes(&first), bytes(&second)].concat();
         assert!(first.len() < 4096 && expected.len() > 2 * 4096);
-        let w1 = segment.prepare(std::slice::from_ref(&first)).await;
-        let w2 = segment.prepare(std::slice::from_ref(&second)).await;
+        let w1 = segment
+            .prepare(std::slice::from_ref(&first), u64::MAX)
+            .await;
+        let w2 = segment
+            .prepare(std::slice::from_ref(&second), u64::MAX)
+            .await;
         let second_done = std::rc::Rc::new(std::cell::Cell::new(false));
         let task = glommio::spawn_local({
             let (segment, second_done) = (segment.clone(), second_done.clone());
