@@ -467,7 +467,7 @@ impl Segment {
         if needed <= self.allocated.get() {
             return;
         }
-        let cap = max_bytes.div_ceil(PAGE) * PAGE;
+        let cap = max_bytes.div_ceil(PAGE).saturating_mul(PAGE);
         let step = self.allocated.get().clamp(PREALLOCATE_MIN, PREALLOCATE_MAX);
         // When the disk is nearly full, a smaller step, else none.
         let steps: &[u64] = if step > PREALLOCATE_MIN {
