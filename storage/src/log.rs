@@ -483,15 +483,12 @@ impl PartitionLog {
             return Err(e.into());
         }
         let active = self.active();
+        let segment_bytes = self.config.borrow().segment_bytes;
         let (batches, from, to, generation) = {
             let mut st = self.state.borrow_mut();
             // A segment ends before the batch that would take it past segment.bytes (as in
             // Kafka): the batches after it wait for the next write, after the roll.
-            let room = self
-                .config
-                .borrow()
-                .segment_bytes
-                .saturating_sub(active.end());
+            let room = segment_bytes.saturating_sub(active.end());
             let (mut take, mut bytes) = (0, 0u64);
             for b in &st.pending {
                 if take > 0 && bytes + b.len() as u64 > room {
@@ -509,7 +506,6 @@ impl PartitionLog {
             st.in_flight += 1;
             (batches, from, to, st.rollbacks.len())
         };
-        let segment_bytes = self.config.borrow().segment_bytes;
         let write = active.prepare(&batches, segment_bytes).await;
         Ok(Some(Issued {
             segment: active,
