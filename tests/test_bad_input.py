@@ -194,3 +194,63 @@ def test_fetch_byte_limits(broker, topic_name):
         )
         resp = wire.roundtrip(s, wire.request(1, 4, body))
     assert resp.count(b"0" * 1000) == 1 and b"1" * 1000 not in resp
+
+
+def list_offsets_v1(partitions):
+    """ListOffsets v1 body: [(topic, partition, timestamp)], grouped by topic in order given."""
+    topics = []
+    for topic, partition, ts in partitions:
+        if not topics or topics[-1][0] != topic:
+            topics.append((topic, []))
+        topics[-1][1].append((partition, ts))
+    body = struct.pack(">ii", -1, len(topics))
+    for topic, parts in topics:
+        body += wire.string(topic) + struct.pack(">i", len(parts))
+        body += b"".join(struct.pack(">iq", p, ts) for p, ts in parts)
+    return wire.request(2, 1, body)
+
+
+def parse_list_offsets_v1(resp):
+    """[(topic, partition, error, timestamp, offset)] from a ListOffsets v1 response body."""
+    out, pos = [], 0
+    (n_topics,) = struct.unpack_from(">i", resp, pos)
+    pos += 4
+    for _ in range(n_topics):
+        (name_len,) = struct.unpack_from(">h", resp, pos)
+        name = resp[pos + 2 : pos + 2 + name_len].decode()
+        pos += 2 + name_len
+        (n_parts,) = struct.unpack_from(">i", resp, pos)
+        pos += 4
+        for _ in range(n_parts):
+            out.append((name, *struct.unpack_from(">ihqq", resp, pos)))
+            pos += 22
+    return out
+
+
+INVALID_REQUEST = 42
+
+
+def test_list_offsets_with_a_partition_named_twice(broker, topic_name):
+    """Kafka answers INVALID_REQUEST for every copy of a partition named twice in one request
+    (also across two entries for the same topic); the other partitions are answered."""
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+    admin.create_topics([NewTopic(topic_name, num_partitions=2, replication_factor=1)])[topic_name].result(30)
+    for value in (b"a", b"b"):
+        assert produce_raw(broker, topic_name, wire.record_batch(value)) == 0
+    s = wire.connect(broker.bootstrap)
+    LATEST, EARLIEST = -1, -2
+    frame = list_offsets_v1([(topic_name, 0, LATEST), (topic_name, 1, LATEST), (topic_name, 0, EARLIEST)])
+    answers = parse_list_offsets_v1(wire.roundtrip(s, frame))
+    assert [(p, err) for _, p, err, _, _ in answers] == [(0, INVALID_REQUEST), (1, 0), (0, INVALID_REQUEST)]
+    assert answers[1][4] == 0, "partition 1 is empty: its latest offset is 0"
+    # The same partition in two entries of the topics array.
+    frame = list_offsets_v1([(topic_name, 0, LATEST)])
+    answers = parse_list_offsets_v1(wire.roundtrip(s, frame))
+    assert answers == [(topic_name, 0, 0, -1, 2)]
+    body = struct.pack(">ii", -1, 2) + b"".join(
+        wire.string(topic_name) + struct.pack(">iiq", 1, 0, ts) for ts in (LATEST, EARLIEST)
+    )
+    answers = parse_list_offsets_v1(wire.roundtrip(s, wire.request(2, 1, body)))
+    assert [err for *_, err, _, _ in answers] == [INVALID_REQUEST, INVALID_REQUEST]
+    s.close()
+    still_works(broker, topic_name)

@@ -194,6 +194,29 @@ def test_seek_offsets_and_offsets_for_times(broker, topic_name):
     assert got is not None and got.value() == b"after" and got.offset() == 100
 
 
+def test_offsets_for_times_with_one_partition_twice(broker, topic_name):
+    """librdkafka sends a partition named twice in offsets_for_times once (its debug log says
+    "1 partition(s)") and copies the answer into both entries, as it does against Kafka; the
+    broker's own answer to a request naming it twice is tested with a raw request
+    (test_bad_input). Other partitions in the same call get their own answers."""
+    create(broker, topic_name, partitions=2)
+    base = 1_700_000_000_000
+    p = Producer({"bootstrap.servers": broker.bootstrap})
+    for i in range(10):
+        for part in (0, 1):
+            p.produce(topic_name, value=b"v", partition=part, timestamp=base + i * 1000)
+    p.flush(30)
+    c = consumer(broker)
+    asked = [
+        TopicPartition(topic_name, 0, base + 2000),
+        TopicPartition(topic_name, 1, base + 4000),
+        TopicPartition(topic_name, 0, base + 7000),
+    ]
+    found = c.offsets_for_times(asked, timeout=10)
+    c.close()
+    assert [(t.partition, t.offset, t.error) for t in found] == [(0, 7, None), (1, 4, None), (0, 7, None)]
+
+
 def test_admin_list_offsets(broker, topic_name):
     create(broker, topic_name, partitions=1)
     p = Producer({"bootstrap.servers": broker.bootstrap})

@@ -5,6 +5,7 @@ use kafka_protocol::messages::list_offsets_response::{
 };
 use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse, ResponseKind};
 use kafka_protocol::ResponseError;
+use std::collections::HashMap;
 use std::rc::Rc;
 
 use super::produce::log_error_code;
@@ -44,13 +45,34 @@ async fn lookup(
 
 pub async fn handle(shard: &Rc<Shard>, req: ListOffsetsRequest, version: i16) -> ResponseKind {
     let meta = shard.meta.snapshot();
+    // A partition named more than once in one request gets INVALID_REQUEST in every copy, as
+    // Kafka answers: which copy's answer a client would keep is otherwise undefined.
+    let mut named: HashMap<(&str, i32), u32> = HashMap::new();
+    for t in &req.topics {
+        for p in &t.partitions {
+            *named
+                .entry((t.name.0.as_str(), p.partition_index))
+                .or_default() += 1;
+        }
+    }
+    let duplicated: Vec<(String, i32)> = named
+        .into_iter()
+        .filter(|&(_, n)| n > 1)
+        .map(|((t, p), _)| (t.to_string(), p))
+        .collect();
     let mut topics = Vec::new();
     for t in req.topics {
         let name = t.name.0.to_string();
         let lookups = t.partitions.iter().map(|p| {
             let (topic, partition, timestamp) = (name.clone(), p.partition_index, p.timestamp);
             let owner = meta.owner(&name, partition);
+            let duplicate = duplicated
+                .iter()
+                .any(|(t, p)| *t == name && *p == partition);
             async move {
+                if duplicate {
+                    return (ResponseError::InvalidRequest.code(), -1, -1);
+                }
                 match owner {
                     Some(owner) => {
                         shard
