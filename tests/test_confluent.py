@@ -217,6 +217,63 @@ def test_offsets_for_times_with_one_partition_twice(broker, topic_name):
     assert [(t.partition, t.offset, t.error) for t in found] == [(0, 7, None), (1, 4, None), (0, 7, None)]
 
 
+def test_alter_configs_of_a_missing_topic_is_unknown_topic(broker, topic_name):
+    """As Kafka: a topic that does not exist is reported as such, before its configs are looked
+    at (an unknown config name included), by both AlterConfigs and IncrementalAlterConfigs."""
+    from confluent_kafka.admin import AlterConfigOpType, ConfigEntry
+
+    a = admin(broker)
+    for configs in ({"retention.ms": "1000"}, {"no.such.config": "1"}):
+        res = ConfigResource("topic", topic_name, set_config=configs)
+        with pytest.raises(KafkaException) as e:
+            a.alter_configs([res])[res].result(30)
+        assert e.value.args[0].code() == KafkaError.UNKNOWN_TOPIC_OR_PART, str(e.value)
+    entry = ConfigEntry("retention.ms", "1000", incremental_operation=AlterConfigOpType.SET)
+    res = ConfigResource("topic", topic_name, incremental_configs=[entry])
+    with pytest.raises(KafkaException) as e:
+        a.incremental_alter_configs([res])[res].result(30)
+    assert e.value.args[0].code() == KafkaError.UNKNOWN_TOPIC_OR_PART, str(e.value)
+
+
+def test_authorized_operations_with_no_authorizer_are_everything(broker, topic_name):
+    """describe_cluster / describe_topics / describe_consumer_groups with
+    include_authorized_operations: with no authorizer, Kafka reports every operation the
+    resource type supports, so tools that check permissions work (librdkafka test 0081)."""
+    from confluent_kafka import ConsumerGroupState, TopicCollection
+    from confluent_kafka.admin import AclOperation
+
+    create(broker, topic_name, partitions=2)
+    a = admin(broker)
+    cluster = a.describe_cluster(include_authorized_operations=True).result(30)
+    assert cluster.cluster_id and cluster.controller is not None
+    assert [n.port for n in cluster.nodes] == [int(broker.bootstrap.rsplit(":", 1)[1])]
+    assert set(cluster.authorized_operations) == {
+        AclOperation.CREATE, AclOperation.CLUSTER_ACTION, AclOperation.DESCRIBE_CONFIGS,
+        AclOperation.ALTER_CONFIGS, AclOperation.IDEMPOTENT_WRITE, AclOperation.ALTER,
+        AclOperation.DESCRIBE,
+    }
+    assert not a.describe_cluster().result(30).authorized_operations, "only when asked"
+    topics = a.describe_topics(TopicCollection([topic_name]), include_authorized_operations=True)
+    described = topics[topic_name].result(30)
+    assert len(described.partitions) == 2
+    assert set(described.authorized_operations) == {
+        AclOperation.READ, AclOperation.WRITE, AclOperation.CREATE, AclOperation.DELETE,
+        AclOperation.ALTER, AclOperation.DESCRIBE, AclOperation.DESCRIBE_CONFIGS,
+        AclOperation.ALTER_CONFIGS,
+    }
+    group = "ops-" + uuid.uuid4().hex[:8]
+    c = consumer(broker, **{"group.id": group})
+    c.subscribe([topic_name])
+    deadline = time.time() + 30
+    while not c.assignment() and time.time() < deadline:
+        c.poll(0.2)
+    groups = a.describe_consumer_groups([group], include_authorized_operations=True)
+    g = groups[group].result(30)
+    c.close()
+    assert g.state == ConsumerGroupState.STABLE
+    assert set(g.authorized_operations) == {AclOperation.READ, AclOperation.DESCRIBE, AclOperation.DELETE}
+
+
 def test_admin_list_offsets(broker, topic_name):
     create(broker, topic_name, partitions=1)
     p = Producer({"bootstrap.servers": broker.bootstrap})

@@ -298,3 +298,34 @@ class Member848(Member):
     def _on_revoke(self, consumer, partitions):
         self.assigned -= {p.partition for p in partitions}
         self.revoked_ever.extend(p.partition for p in partitions)
+
+
+def test_alter_offsets_of_a_group_with_members_is_unknown_member(gbroker, topic_name):
+    """AlterConsumerGroupOffsets (a commit with generation -1 and no member id) on a group that
+    has active members: Kafka answers UNKNOWN_MEMBER_ID. Once the group is empty it applies."""
+    from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException
+
+    make_topic(gbroker, topic_name, partitions=1, records=10)
+    group = "alter-" + uuid.uuid4().hex[:8]
+    m = Member(gbroker, group, topic_name)
+    wait_for(lambda: m.assigned == {0}, what="the member owns the partition")
+    admin = AdminClient({"bootstrap.servers": gbroker.bootstrap})
+    request = [ConsumerGroupTopicPartitions(group, [TopicPartition(topic_name, 0, 3)])]
+    def alter():
+        """The per-partition error of an alter (None when it applied)."""
+        try:
+            result = admin.alter_consumer_group_offsets(request)[group].result(30)
+        except KafkaException as e:
+            return e.args[0]
+        return result.topic_partitions[0].error
+
+    err = alter()
+    assert err is not None and err.code() == KafkaError.UNKNOWN_MEMBER_ID, err
+    m.close()
+
+    def altered():
+        return alter() is None  # the member's leave may still be in flight
+
+    wait_for(altered, what="the offsets altered once the group is empty")
+    got = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)])[group].result(30)
+    assert [(tp.partition, tp.offset) for tp in got.topic_partitions] == [(0, 3)]

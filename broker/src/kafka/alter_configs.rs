@@ -36,15 +36,16 @@ async fn apply(
             "only topic configs can be changed",
         ));
     }
-    let configs = configs?;
-    for (k, v) in &configs {
-        topic_config::validate(k, v).map_err(|m| ApiError::new(ResponseError::InvalidConfig, m))?;
-    }
+    // As Kafka: a topic that does not exist is reported before anything about its configs.
     if !shard.meta.snapshot().topics.contains_key(name) {
         return Err(ApiError::new(
             ResponseError::UnknownTopicOrPartition,
             format!("topic {name} does not exist"),
         ));
+    }
+    let configs = configs?;
+    for (k, v) in &configs {
+        topic_config::validate(k, v).map_err(|m| ApiError::new(ResponseError::InvalidConfig, m))?;
     }
     if validate_only {
         return Ok(());

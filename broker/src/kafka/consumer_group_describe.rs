@@ -10,7 +10,7 @@ use kafka_protocol::messages::{
 use kafka_protocol::ResponseError;
 use std::rc::Rc;
 
-use super::{str_bytes, topic_name};
+use super::{authorized, str_bytes, topic_name};
 use crate::group::consumer::Assignment;
 use crate::group::{self};
 use crate::metadata::ClusterMeta;
@@ -32,6 +32,7 @@ fn wire(meta: &ClusterMeta, a: &Assignment) -> WireAssignment {
 }
 
 pub async fn handle(shard: &Rc<Shard>, req: ConsumerGroupDescribeRequest) -> ResponseKind {
+    let operations = authorized::if_requested(req.include_authorized_operations, authorized::GROUP);
     let mut groups = Vec::new();
     for id in req.group_ids {
         let group_id = id.0.to_string();
@@ -92,7 +93,11 @@ pub async fn handle(shard: &Rc<Shard>, req: ConsumerGroupDescribeRequest) -> Res
                     .await
             }
         };
-        groups.push(described.with_group_id(id));
+        groups.push(
+            described
+                .with_group_id(id)
+                .with_authorized_operations(operations),
+        );
     }
     ResponseKind::ConsumerGroupDescribe(
         ConsumerGroupDescribeResponse::default().with_groups(groups),

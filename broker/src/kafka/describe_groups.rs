@@ -5,11 +5,12 @@ use kafka_protocol::messages::{DescribeGroupsRequest, DescribeGroupsResponse, Re
 use kafka_protocol::ResponseError;
 use std::rc::Rc;
 
-use super::str_bytes;
+use super::{authorized, str_bytes};
 use crate::group;
 use crate::shard::Shard;
 
 pub async fn handle(shard: &Rc<Shard>, req: DescribeGroupsRequest, version: i16) -> ResponseKind {
+    let operations = authorized::if_requested(req.include_authorized_operations, authorized::GROUP);
     let mut groups = Vec::new();
     for id in req.groups {
         let group_id = id.0.to_string();
@@ -66,7 +67,11 @@ pub async fn handle(shard: &Rc<Shard>, req: DescribeGroupsRequest, version: i16)
                     .await
             }
         };
-        groups.push(described.with_group_id(id));
+        groups.push(
+            described
+                .with_group_id(id)
+                .with_authorized_operations(operations),
+        );
     }
     ResponseKind::DescribeGroups(DescribeGroupsResponse::default().with_groups(groups))
 }

@@ -8,7 +8,7 @@ use kafka_protocol::ResponseError;
 use std::rc::Rc;
 use uuid::Uuid;
 
-use super::{str_bytes, topic_name};
+use super::{authorized, str_bytes, topic_name};
 use crate::controller;
 use crate::metadata::TopicMeta;
 use crate::shard::Shard;
@@ -88,9 +88,22 @@ pub async fn handle(shard: &Rc<Shard>, req: MetadataRequest, version: i16) -> Re
             }
         }
     }
+    // v8+ (the cluster's only up to v10) may ask which operations the client may perform.
+    let topic_ops = authorized::if_requested(
+        version >= 8 && req.include_topic_authorized_operations,
+        authorized::TOPIC,
+    );
+    for t in topics.iter_mut().filter(|t| t.error_code == 0) {
+        t.topic_authorized_operations = topic_ops;
+    }
+    let cluster_ops = authorized::if_requested(
+        (8..=10).contains(&version) && req.include_cluster_authorized_operations,
+        authorized::CLUSTER,
+    );
     let meta = shard.meta.snapshot();
     ResponseKind::Metadata(
         MetadataResponse::default()
+            .with_cluster_authorized_operations(cluster_ops)
             .with_brokers(vec![MetadataResponseBroker::default()
                 .with_node_id(BrokerId(node))
                 .with_host(str_bytes(&shard.config.advertised_host))

@@ -12,12 +12,14 @@ use crate::shard::Shard;
 
 mod alter_configs;
 mod api_versions;
+mod authorized;
 mod consumer_group_describe;
 mod consumer_group_heartbeat;
 mod create_topics;
 mod delete_groups;
 mod delete_records;
 mod delete_topics;
+mod describe_cluster;
 mod describe_configs;
 mod describe_groups;
 mod fetch;
@@ -78,6 +80,7 @@ pub async fn handle(shard: Rc<Shard>, request: Request, peer: Rc<str>) -> Reply 
         RequestKind::OffsetFetch(req) => offset_fetch::handle(&shard, req, version).await,
         RequestKind::ListGroups(req) => list_groups::handle(&shard, req, version).await,
         RequestKind::DescribeGroups(req) => describe_groups::handle(&shard, req, version).await,
+        RequestKind::DescribeCluster(req) => describe_cluster::handle(&shard, req, version),
         RequestKind::DeleteGroups(req) => delete_groups::handle(&shard, req).await,
         RequestKind::OffsetDelete(req) => offset_delete::handle(&shard, req).await,
         RequestKind::DeleteRecords(req) => delete_records::handle(&shard, req).await,

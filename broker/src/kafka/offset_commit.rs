@@ -41,11 +41,13 @@ fn check_generation(
         return result;
     }
     let check = shard.groups.with_existing(group, |g| {
+        // A commit from outside the group (AlterConsumerGroupOffsets) to a group with members:
+        // Kafka answers UNKNOWN_MEMBER_ID, for classic groups as for consumer-protocol ones.
         if generation < 0 && member.is_empty() {
             return if g.members.is_empty() {
                 Ok(())
             } else {
-                Err(ResponseError::IllegalGeneration.code())
+                Err(ResponseError::UnknownMemberId.code())
             };
         }
         g.check_member(member, instance).map_err(|e| e.code())?;

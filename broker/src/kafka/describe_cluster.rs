@@ -1,0 +1,42 @@
+//! DescribeCluster: the cluster id, the controller and the brokers (admin clients'
+//! `describe_cluster`), with the cluster's authorized operations when asked (KIP-430).
+
+use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
+use kafka_protocol::messages::{
+    BrokerId, DescribeClusterRequest, DescribeClusterResponse, ResponseKind,
+};
+use kafka_protocol::ResponseError;
+use std::rc::Rc;
+
+use super::{authorized, str_bytes};
+use crate::shard::Shard;
+
+/// `endpointType` 1: the brokers' listeners (2 asks for the controllers', KIP-919).
+const BROKER_ENDPOINT: i8 = 1;
+
+pub fn handle(shard: &Rc<Shard>, req: DescribeClusterRequest, version: i16) -> ResponseKind {
+    let resp = DescribeClusterResponse::default().with_endpoint_type(BROKER_ENDPOINT);
+    if version >= 1 && req.endpoint_type != BROKER_ENDPOINT {
+        // As a Kafka broker answers a request meant for a controller listener.
+        return ResponseKind::DescribeCluster(
+            resp.with_error_code(ResponseError::MismatchedEndpointType.code())
+                .with_error_message(Some(str_bytes(
+                    "this is a broker listener; controllers are not described here",
+                ))),
+        );
+    }
+    let node = shard.config.node_id;
+    let broker = DescribeClusterBroker::default()
+        .with_broker_id(BrokerId(node))
+        .with_host(str_bytes(&shard.config.advertised_host))
+        .with_port(shard.config.advertised_port);
+    ResponseKind::DescribeCluster(
+        resp.with_cluster_id(str_bytes(&shard.meta.snapshot().cluster_id))
+            .with_controller_id(BrokerId(node))
+            .with_brokers(vec![broker])
+            .with_cluster_authorized_operations(authorized::if_requested(
+                req.include_cluster_authorized_operations,
+                authorized::CLUSTER,
+            )),
+    )
+}
