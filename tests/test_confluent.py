@@ -274,6 +274,32 @@ def test_authorized_operations_with_no_authorizer_are_everything(broker, topic_n
     assert set(g.authorized_operations) == {AclOperation.READ, AclOperation.DESCRIBE, AclOperation.DELETE}
 
 
+@pytest.mark.parametrize("codec", ["none", "gzip"])
+def test_keyless_records_are_refused_by_a_compacted_topic(broker, topic_name, codec):
+    """As Kafka: a batch with records without a key is refused by a compacted topic with
+    INVALID_RECORD, naming each keyless record (KIP-467), so librdkafka fails exactly those with
+    INVALID_RECORD and the rest of the batch with _INVALID_DIFFERENT_RECORD (librdkafka test
+    0011). Nothing of the batch is stored; keyed batches go on being accepted."""
+    create(broker, topic_name, config={"cleanup.policy": "compact"})
+    p = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 200, "compression.type": codec,
+                  "enable.idempotence": False, "retries": 0})
+    reports = []
+    keys = [b"a", None, b"c", None, None]
+    for i, key in enumerate(keys):
+        p.produce(topic_name, key=key, value=b"v%d" % i, partition=0,
+                  on_delivery=lambda err, m: reports.append((m.value(), err.code() if err else None)))
+    p.flush(30)
+    got = dict(reports)
+    assert {v: got[v] for v in (b"v1", b"v3", b"v4")} == dict.fromkeys((b"v1", b"v3", b"v4"), KafkaError.INVALID_RECORD)
+    assert {v: got[v] for v in (b"v0", b"v2")} == dict.fromkeys((b"v0", b"v2"), KafkaError._INVALID_DIFFERENT_RECORD)
+    reports.clear()
+    p.produce(topic_name, key=b"k", value=b"kept", partition=0,
+              on_delivery=lambda err, m: reports.append((m.value(), err, m.offset())))
+    p.flush(30)
+    assert reports == [(b"kept", None, 0)], "the refused batch took no offsets"
+    assert [m.value() for m in read_partition(broker, topic_name, 0, expect=1)] == [b"kept"]
+
+
 def test_admin_list_offsets(broker, topic_name):
     create(broker, topic_name, partitions=1)
     p = Producer({"bootstrap.servers": broker.bootstrap})

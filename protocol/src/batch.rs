@@ -280,6 +280,33 @@ fn check_record(mut r: &[u8], index: i32) -> Option<()> {
     r.is_empty().then_some(())
 }
 
+/// The indexes of the records without a key (null key) in a batch's records section
+/// (`record_count` records: the bytes after the header, decompressed if the batch is
+/// compressed). Walks them in place; fails on records that do not parse.
+pub fn keyless_records(mut records: &[u8], record_count: i32) -> Result<Vec<i32>, BatchError> {
+    let mut keyless = Vec::new();
+    for index in 0..record_count {
+        let len = take_varint(&mut records).ok_or(BatchError::BadRecords("record length"))?;
+        let len = usize::try_from(len)
+            .ok()
+            .filter(|&l| l <= records.len())
+            .ok_or(BatchError::BadRecords("record length past the batch end"))?;
+        let (mut record, after) = records.split_at(len);
+        records = after;
+        // attributes (1 byte), timestamp delta, offset delta, then the key's length.
+        record = record
+            .get(1..)
+            .ok_or(BatchError::BadRecords("malformed record"))?;
+        for _ in 0..2 {
+            take_varint(&mut record).ok_or(BatchError::BadRecords("malformed record"))?;
+        }
+        if take_varint(&mut record).ok_or(BatchError::BadRecords("malformed record"))? < 0 {
+            keyless.push(index);
+        }
+    }
+    Ok(keyless)
+}
+
 /// Reads a zigzag varint (at most 10 bytes) from the front of `buf`, advancing it.
 pub fn take_varint(buf: &mut &[u8]) -> Option<i64> {
     let mut n: u64 = 0;

@@ -36,6 +36,24 @@ fn decode_records(batch: &[u8]) -> io::Result<Vec<Record>> {
     )
 }
 
+/// The indexes of the records without a key in one produced batch (already validated), for a
+/// compacted topic, which refuses them as Kafka does. A compressed batch is decompressed within
+/// the same bound as compaction uses; uncompressed records are walked in place.
+pub fn keyless_records(batch: &[u8], header: &BatchHeader) -> io::Result<Vec<i32>> {
+    let records = &batch[batch::HEADER_LEN..header.total_len()];
+    let count = header.record_count;
+    let found = match codec(header) {
+        Compression::None => batch::keyless_records(records, count),
+        codec => {
+            let limit = batch.len().saturating_mul(64).clamp(16 << 20, 256 << 20);
+            let mut input = Bytes::copy_from_slice(records);
+            let plain = decompress_limited(&mut input, codec, limit).map_err(invalid)?;
+            batch::keyless_records(&plain, count)
+        }
+    };
+    found.map_err(invalid)
+}
+
 /// Decompresses a batch's records (Kafka's framing for each codec), failing past `limit` bytes
 /// before allocating them.
 fn decompress_limited(data: &mut Bytes, codec: Compression, limit: usize) -> anyhow::Result<Bytes> {
@@ -198,6 +216,37 @@ pub fn clean(data: &[u8], map: &OffsetMap, tombstone_horizon_ms: i64) -> io::Res
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keyless_records_are_found_in_every_codec() {
+        let keys = [Some("a"), None, Some("c"), None, None];
+        let records: Vec<Record> = keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| {
+                let key = k.map(|k| Bytes::from(k.to_string()));
+                batch::plain_record(i as i64, 1_000, key, Some(Bytes::from_static(b"v")))
+            })
+            .collect();
+        for codec in [
+            Compression::None,
+            Compression::Gzip,
+            Compression::Snappy,
+            Compression::Lz4,
+            Compression::Zstd,
+        ] {
+            let data = batch::encode_plain(&records, codec).unwrap();
+            let header = BatchHeader::parse(&data).unwrap();
+            assert_eq!(
+                keyless_records(&data, &header).unwrap(),
+                vec![1, 3, 4],
+                "{codec:?}"
+            );
+        }
+        let keyed = batch::encode_plain(&records[..1], Compression::Gzip).unwrap();
+        let header = BatchHeader::parse(&keyed).unwrap();
+        assert!(keyless_records(&keyed, &header).unwrap().is_empty());
+    }
 
     fn batch_of(
         base: i64,

@@ -45,6 +45,9 @@ pub enum LogError {
     Producer(#[from] ProducerError),
     #[error("a produce request must carry exactly one record batch per partition, not {0}")]
     BatchCount(usize),
+    /// Records without a key sent to a compacted topic, by index in their batch.
+    #[error("a compacted topic cannot accept records without a key ({} in this batch)", .0.len())]
+    KeylessRecords(Vec<i32>),
 }
 
 /// Where an append landed.
@@ -334,6 +337,13 @@ impl PartitionLog {
             return Err(LogError::BatchCount(summary.count));
         }
         let header = batch::BatchHeader::parse(&records)?;
+        if config.compact_enabled {
+            let keyless = crate::compaction::keyless_records(&records, &header)
+                .map_err(|_| BatchError::BadRecords("records that do not decompress or parse"))?;
+            if !keyless.is_empty() {
+                return Err(LogError::KeylessRecords(keyless));
+            }
+        }
         let mut st = self.state.borrow_mut();
         let generation = st.rollbacks.len();
         if let SequenceCheck::Duplicate {

@@ -1,7 +1,9 @@
 //! Produce: split per owner shard, append, wait per acks, answer in request order.
 
 use bytes::Bytes;
-use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::produce_response::{
+    BatchIndexAndErrorMessage, PartitionProduceResponse, TopicProduceResponse,
+};
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
 use kafka_protocol::ResponseError;
 use std::rc::Rc;
@@ -19,6 +21,8 @@ struct Outcome {
     base_offset: i64,
     log_append_time: i64,
     log_start: i64,
+    /// The records that made the batch invalid, by index in it (KIP-467).
+    record_errors: Vec<i32>,
 }
 
 impl Outcome {
@@ -29,6 +33,7 @@ impl Outcome {
             base_offset: -1,
             log_append_time: -1,
             log_start: -1,
+            record_errors: Vec::new(),
         }
     }
 }
@@ -39,7 +44,9 @@ pub fn log_error_code(e: &LogError) -> i16 {
         LogError::Batch(b) => b.error_code(),
         LogError::OffsetOutOfRange { .. } => ResponseError::OffsetOutOfRange.code(),
         LogError::Io(_) | LogError::WriteFailed => ResponseError::KafkaStorageError.code(),
-        LogError::BatchCount(_) => ResponseError::InvalidRecord.code(),
+        LogError::BatchCount(_) | LogError::KeylessRecords(_) => {
+            ResponseError::InvalidRecord.code()
+        }
         LogError::Producer(ProducerError::InvalidEpoch { .. }) => {
             ResponseError::InvalidProducerEpoch.code()
         }
@@ -67,7 +74,11 @@ async fn produce_local(
         Ok(a) => a,
         Err(e) => {
             tracing::debug!(%topic, partition, error = %e, "produce refused");
-            return Outcome::error(log_error_code(&e), e.to_string());
+            let mut outcome = Outcome::error(log_error_code(&e), e.to_string());
+            if let LogError::KeylessRecords(indexes) = e {
+                outcome.record_errors = indexes;
+            }
+            return outcome;
         }
     };
     let waited = match acks {
@@ -92,6 +103,7 @@ async fn produce_local(
         base_offset: appended.base_offset,
         log_append_time: appended.log_append_time,
         log_start: log.log_start_offset(),
+        record_errors: Vec::new(),
     }
 }
 
@@ -164,6 +176,12 @@ pub async fn handle(shard: &Rc<Shard>, req: ProduceRequest) -> Option<ProduceRes
                         .with_base_offset(o.base_offset)
                         .with_log_append_time_ms(o.log_append_time)
                         .with_log_start_offset(o.log_start)
+                        .with_record_errors(
+                            o.record_errors
+                                .iter()
+                                .map(|&i| BatchIndexAndErrorMessage::default().with_batch_index(i))
+                                .collect(),
+                        )
                 })
                 .collect();
             TopicProduceResponse::default()
