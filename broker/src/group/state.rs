@@ -330,15 +330,17 @@ impl Group {
         self.pending.remove(&member_id);
         match self.members.get_mut(&member_id) {
             Some(member) => {
-                // A known member rejoining. In Stable with the same protocols it is answered
-                // at once (it missed the previous answer); otherwise a rebalance starts.
+                // A known member rejoining. A follower in Stable with the same protocols is
+                // answered at once (it missed the previous answer); otherwise a rebalance
+                // starts. The leader's rejoin always starts one, as in Kafka: it is how the
+                // leader reports what its metadata cannot show, such as a topic that grew.
                 let unchanged = member.protocols == join.protocols;
                 member.last_heartbeat = now;
                 member.session_timeout = join.session_timeout;
                 member.rebalance_timeout = join.rebalance_timeout;
-                if unchanged && self.state == GroupState::Stable {
-                    let is_leader = self.leader.as_deref() == Some(member_id.as_str());
-                    let _ = reply.send(self.join_result(&member_id, is_leader, false));
+                let is_leader = self.leader.as_deref() == Some(member_id.as_str());
+                if unchanged && self.state == GroupState::Stable && !is_leader {
+                    let _ = reply.send(self.join_result(&member_id, false, false));
                     return;
                 }
                 member.protocols = join.protocols;
@@ -746,6 +748,36 @@ mod tests {
         };
         assert_eq!(answered(&mut frx).unwrap(), (0, mine(&follower_id)));
         assert_eq!(answered(&mut lrx).unwrap(), (0, mine(&leader.member_id)));
+    }
+
+    #[test]
+    fn the_leader_rejoining_a_stable_group_starts_a_rebalance_and_a_follower_does_not() {
+        let t0 = Instant::now();
+        let mut g = Group::new("g");
+        let (a, mut ra) = new_member(&mut g, t0, &["range"]);
+        let (b, mut rb) = new_member(&mut g, t0, &["range"]);
+        g.tick(&CONFIG, t0 + Duration::from_secs(3));
+        let (ja, _) = (answered(&mut ra).unwrap(), answered(&mut rb).unwrap());
+        let (leader, follower) = if ja.leader == a { (a, b) } else { (b, a) };
+        let (tx, _rx) = oneshot::channel();
+        assert!(g.sync(&leader, None, 1, vec![], t0, tx));
+        assert_eq!(g.state, GroupState::Stable);
+        // A follower that missed its answer gets the current generation back at once.
+        let mut again = send_join(&mut g, join(&follower, None, &["range"]), t0);
+        let r = answered(&mut again).expect("answered at once");
+        assert_eq!((r.error, r.generation), (0, 1));
+        assert_eq!(g.state, GroupState::Stable);
+        // The leader rejoining (its metadata saw a topic grow) opens a new generation.
+        let mut led = send_join(&mut g, join(&leader, None, &["range"]), t0);
+        assert!(answered(&mut led).is_none(), "waits for the other member");
+        assert_eq!(g.state, GroupState::PreparingRebalance);
+        assert_eq!(
+            g.heartbeat(&follower, None, 1, t0),
+            ResponseError::RebalanceInProgress.code()
+        );
+        let mut f = send_join(&mut g, join(&follower, None, &["range"]), t0);
+        let (rl, rf) = (answered(&mut led).unwrap(), answered(&mut f).unwrap());
+        assert_eq!((rl.error, rl.generation, rf.generation), (0, 2, 2));
     }
 
     #[test]
