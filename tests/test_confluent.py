@@ -300,6 +300,46 @@ def test_keyless_records_are_refused_by_a_compacted_topic(broker, topic_name, co
     assert [m.value() for m in read_partition(broker, topic_name, 0, expect=1)] == [b"kept"]
 
 
+def test_create_partitions(broker, topic_name):
+    """CreatePartitions grows a topic (validate-only changes nothing, explicit assignments name
+    this broker), refuses to shrink it or keep its count (INVALID_PARTITIONS), and the new
+    partitions take records at once."""
+    from confluent_kafka.admin import NewPartitions
+
+    create(broker, topic_name, partitions=2)
+    a = admin(broker)
+
+    def grow(count, **kw):
+        np = NewPartitions(topic_name, count, **kw.pop("args", {}))
+        try:
+            a.create_partitions([np], **kw)[topic_name].result(30)
+            return None
+        except KafkaException as e:
+            return e.args[0].code()
+
+    def count():
+        return len(a.list_topics(topic_name, timeout=10).topics[topic_name].partitions)
+
+    assert grow(4, validate_only=True) is None and count() == 2
+    assert grow(4) is None and count() == 4
+    assert grow(4) == KafkaError.INVALID_PARTITIONS
+    assert grow(3) == KafkaError.INVALID_PARTITIONS
+    node = a.describe_cluster().result(30).nodes[0].id
+    assert grow(6, args={"replica_assignment": [[node + 1], [node + 1]]}) == KafkaError.INVALID_REPLICA_ASSIGNMENT
+    assert grow(6, args={"replica_assignment": [[node]]}) == KafkaError.INVALID_REPLICA_ASSIGNMENT
+    assert grow(6, args={"replica_assignment": [[node], [node]]}) is None and count() == 6
+    np = NewPartitions("no-such-topic-" + uuid.uuid4().hex[:6], 3)
+    with pytest.raises(KafkaException) as e:
+        a.create_partitions([np])[np.topic].result(30)
+    assert e.value.args[0].code() == KafkaError.UNKNOWN_TOPIC_OR_PART
+    p = Producer({"bootstrap.servers": broker.bootstrap})
+    delivered = []
+    p.produce(topic_name, value=b"new", partition=5, on_delivery=lambda err, m: delivered.append((err, m.offset())))
+    p.flush(30)
+    assert delivered == [(None, 0)]
+    assert [m.value() for m in read_partition(broker, topic_name, 5, expect=1)] == [b"new"]
+
+
 def test_admin_list_offsets(broker, topic_name):
     create(broker, topic_name, partitions=1)
     p = Producer({"bootstrap.servers": broker.bootstrap})

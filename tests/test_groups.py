@@ -329,3 +329,37 @@ def test_alter_offsets_of_a_group_with_members_is_unknown_member(gbroker, topic_
     wait_for(altered, what="the offsets altered once the group is empty")
     got = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)])[group].result(30)
     assert [(tp.partition, tp.offset) for tp in got.topic_partitions] == [(0, 3)]
+
+
+def grow(broker, topic, count):
+    from confluent_kafka.admin import NewPartitions
+
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+    admin.create_partitions([NewPartitions(topic, count)])[topic].result(30)
+
+
+def test_classic_group_picks_up_new_partitions(gbroker, topic_name):
+    """After CreatePartitions the classic group's leader sees the new count in its metadata
+    refresh and rebalances; the new partitions are assigned and consumed."""
+    make_topic(gbroker, topic_name, partitions=2, records=20)
+    group = "grow-" + uuid.uuid4().hex[:8]
+    m = Member(gbroker, group, topic_name, **{"topic.metadata.refresh.interval.ms": 1000})
+    wait_for(lambda: m.assigned == {0, 1}, what="the member owns both partitions")
+    grow(gbroker, topic_name, 4)
+    wait_for(lambda: m.assigned == {0, 1, 2, 3}, what="the new partitions are assigned")
+    p = Producer({"bootstrap.servers": gbroker.bootstrap})
+    p.produce(topic_name, value=b"in-3", partition=3)
+    assert p.flush(30) == 0
+    wait_for(lambda: (3, 0, b"in-3") in m.received, what="a record of a new partition is read")
+    m.close()
+
+
+def test_kip848_group_picks_up_new_partitions(kbroker, topic_name):
+    """A consumer-protocol group's target assignment follows the topic's partition count."""
+    make_topic(kbroker, topic_name, partitions=2, records=20)
+    group = "grow848-" + uuid.uuid4().hex[:8]
+    m = Member848(kbroker, group, topic_name, {"group.protocol": "consumer"})
+    wait_for(lambda: m.assigned == {0, 1}, what="the member owns both partitions")
+    grow(kbroker, topic_name, 5)
+    wait_for(lambda: m.assigned == set(range(5)), what="the new partitions are assigned")
+    m.close()

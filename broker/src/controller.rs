@@ -12,6 +12,9 @@ use crate::topic_config;
 
 pub const CONTROLLER_SHARD: usize = 0;
 
+/// The most partitions a topic may have.
+pub const MAX_PARTITIONS: i32 = 100_000;
+
 /// A Kafka error code with a message for the client.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ApiError {
@@ -53,10 +56,13 @@ pub struct NewTopic {
 /// Checks a topic request without creating anything.
 pub fn validate_new_topic(topic: &NewTopic) -> Result<(), ApiError> {
     validate_topic_name(&topic.name)?;
-    if topic.partitions < 1 || topic.partitions > 100_000 {
+    if topic.partitions < 1 || topic.partitions > MAX_PARTITIONS {
         return Err(ApiError::new(
             ResponseError::InvalidPartitions,
-            format!("partition count {} must be 1..=100000", topic.partitions),
+            format!(
+                "partition count {} must be 1..={MAX_PARTITIONS}",
+                topic.partitions
+            ),
         ));
     }
     for (name, value) in &topic.configs {
@@ -103,6 +109,64 @@ pub async fn create_topic(shard: &Rc<Shard>, topic: NewTopic) -> Result<Uuid, Ap
     shard.meta.publish(meta);
     tracing::info!(topic = %topic.name, partitions = topic.partitions, "created topic");
     Ok(id)
+}
+
+/// Grows a topic to `count` partitions: place the new ones on shards, persist, open them on
+/// their owners, publish. With `validate_only`, only checks. Must run on the controller shard.
+pub async fn create_partitions(
+    shard: &Rc<Shard>,
+    name: String,
+    count: i32,
+    validate_only: bool,
+) -> Result<(), ApiError> {
+    let (_lock, mut meta) = begin_change(shard).await?;
+    let Some(topic) = meta.topics.get(&name) else {
+        return Err(unknown_topic(&name));
+    };
+    let current = topic.shards.len() as i32;
+    // Kafka's messages for the same refusals.
+    if count < current {
+        return Err(ApiError::new(
+            ResponseError::InvalidPartitions,
+            format!("topic currently has {current} partitions, which is higher than the requested {count}"),
+        ));
+    }
+    if count == current {
+        return Err(ApiError::new(
+            ResponseError::InvalidPartitions,
+            format!("topic already has {current} partitions"),
+        ));
+    }
+    if count > MAX_PARTITIONS {
+        return Err(ApiError::new(
+            ResponseError::InvalidPartitions,
+            format!("partition count {count} must be at most {MAX_PARTITIONS}"),
+        ));
+    }
+    if validate_only {
+        return Ok(());
+    }
+    let added = meta.place((count - current) as usize, shard.shard_count());
+    let configs = topic.configs.clone();
+    if let Some(topic) = meta.topics.get_mut(&name) {
+        topic.shards.extend(added.iter().copied());
+    }
+    persist_change(shard, &mut meta).await?;
+    let opens = added.iter().enumerate().map(|(i, &owner)| {
+        let (name, configs) = (name.clone(), configs.clone());
+        let partition = current + i as i32;
+        shard.run_on(owner, move |s| async move {
+            s.open_partition(&name, partition, &configs)
+                .await
+                .map_err(|e| format!("{e:#}"))
+        })
+    });
+    for result in futures::future::join_all(opens).await {
+        result.map_err(|e| ApiError::new(ResponseError::KafkaStorageError, e))?;
+    }
+    shard.meta.publish(meta);
+    tracing::info!(topic = %name, from = current, to = count, "added partitions");
+    Ok(())
 }
 
 /// Deletes a topic: persist and publish the metadata without it, then remove its partitions.

@@ -15,6 +15,7 @@ mod api_versions;
 mod authorized;
 mod consumer_group_describe;
 mod consumer_group_heartbeat;
+mod create_partitions;
 mod create_topics;
 mod delete_groups;
 mod delete_records;
@@ -56,6 +57,7 @@ pub async fn handle(shard: Rc<Shard>, request: Request, peer: Rc<str>) -> Reply 
         }
         RequestKind::ListOffsets(req) => list_offsets::handle(&shard, req, version).await,
         RequestKind::CreateTopics(req) => create_topics::handle(&shard, req, version).await,
+        RequestKind::CreatePartitions(req) => create_partitions::handle(&shard, req).await,
         RequestKind::DeleteTopics(req) => delete_topics::handle(&shard, req, version).await,
         RequestKind::DescribeConfigs(req) => describe_configs::handle(&shard, req, version),
         RequestKind::InitProducerId(req) => init_producer_id::handle(&shard, req).await,

@@ -1,0 +1,93 @@
+//! CreatePartitions: grow topics (never shrink them). Checked here, applied by the controller.
+
+use kafka_protocol::messages::create_partitions_request::CreatePartitionsTopic;
+use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
+use kafka_protocol::messages::{CreatePartitionsRequest, CreatePartitionsResponse, ResponseKind};
+use kafka_protocol::ResponseError;
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use super::metadata::is_internal;
+use super::str_bytes;
+use crate::controller::{self, ApiError, CONTROLLER_SHARD};
+use crate::shard::Shard;
+
+/// What can be checked before the controller: explicit assignments name one new partition
+/// each, on this broker only (a single node has one replica per partition); internal topics
+/// keep their partition count (it decides which partition holds a group).
+fn check(shard: &Shard, t: &CreatePartitionsTopic) -> Result<(), ApiError> {
+    let name = t.name.0.as_str();
+    if is_internal(name) {
+        return Err(ApiError::new(
+            ResponseError::InvalidRequest,
+            format!("the partition count of internal topic {name} cannot change"),
+        ));
+    }
+    let Some(assignments) = &t.assignments else {
+        return Ok(());
+    };
+    let current = shard
+        .meta
+        .snapshot()
+        .topics
+        .get(name)
+        .map_or(0, |m| m.shards.len() as i32);
+    let node = shard.config.node_id;
+    if assignments.len() as i32 != t.count - current {
+        return Err(ApiError::new(
+            ResponseError::InvalidReplicaAssignment,
+            format!(
+                "{} assignments given for {} new partitions",
+                assignments.len(),
+                t.count - current
+            ),
+        ));
+    }
+    if assignments
+        .iter()
+        .any(|a| a.broker_ids.len() != 1 || a.broker_ids[0].0 != node)
+    {
+        return Err(ApiError::new(
+            ResponseError::InvalidReplicaAssignment,
+            format!("every new partition must be assigned to broker {node} only"),
+        ));
+    }
+    Ok(())
+}
+
+pub async fn handle(shard: &Rc<Shard>, req: CreatePartitionsRequest) -> ResponseKind {
+    let mut named: HashMap<&str, usize> = HashMap::new();
+    for t in &req.topics {
+        *named.entry(t.name.0.as_str()).or_default() += 1;
+    }
+    let mut results = Vec::new();
+    for t in &req.topics {
+        let name = t.name.0.to_string();
+        let result = if named[name.as_str()] > 1 {
+            Err(ApiError::new(
+                ResponseError::InvalidRequest,
+                "duplicate topic in request",
+            ))
+        } else {
+            match check(shard, t) {
+                Err(e) => Err(e),
+                Ok(()) => {
+                    let (count, validate_only) = (t.count, req.validate_only);
+                    shard
+                        .run_on(CONTROLLER_SHARD, move |s| async move {
+                            controller::create_partitions(&s, name, count, validate_only).await
+                        })
+                        .await
+                }
+            }
+        };
+        let mut r = CreatePartitionsTopicResult::default().with_name(t.name.clone());
+        if let Err(e) = result {
+            r = r
+                .with_error_code(e.code)
+                .with_error_message(Some(str_bytes(&e.message)));
+        }
+        results.push(r);
+    }
+    ResponseKind::CreatePartitions(CreatePartitionsResponse::default().with_results(results))
+}
