@@ -28,6 +28,23 @@ use crate::segment::{parse_segment_name, OpenMode, PreparedWrite, Segment};
 const CLEAN_MARKER: &str = "clean-shutdown";
 /// Idempotent-producer state saved at a clean shutdown.
 const PRODUCER_SNAPSHOT: &str = "producer-state";
+/// `<offset, 20 digits>.snapshot`: idempotent-producer state of the batches before `offset`,
+/// written at each roll (Kafka's `.snapshot` files), so recovery after a crash replays only the
+/// segments after the newest one.
+const ROLL_SNAPSHOT: &str = "snapshot";
+/// Roll snapshots kept (the newest may be missing if a crash hit its write).
+const ROLL_SNAPSHOTS_KEPT: usize = 2;
+
+fn roll_snapshot_path(dir: &Path, offset: i64) -> PathBuf {
+    dir.join(format!("{offset:020}.{ROLL_SNAPSHOT}"))
+}
+
+fn parse_roll_snapshot_name(path: &Path) -> Option<i64> {
+    if path.extension()? != ROLL_SNAPSHOT {
+        return None;
+    }
+    path.file_stem()?.to_str()?.parse().ok()
+}
 /// The log start offset, when DeleteRecords moved it inside a segment.
 const LOG_START: &str = "log-start-offset";
 
@@ -144,6 +161,21 @@ impl Sealer {
     }
 }
 
+/// Writes the roll snapshot for `offset` and removes all but the newest few.
+async fn write_roll_snapshot(dir: &Path, offset: i64, data: &[u8]) -> io::Result<()> {
+    fs::write_file_atomic(&roll_snapshot_path(dir, offset), data).await?;
+    let mut offsets: Vec<i64> = fs::list_dir(dir)
+        .await?
+        .iter()
+        .filter_map(|p| parse_roll_snapshot_name(p))
+        .collect();
+    offsets.sort_unstable_by(|a, b| b.cmp(a));
+    for old in offsets.into_iter().skip(ROLL_SNAPSHOTS_KEPT) {
+        fs::remove_file(&roll_snapshot_path(dir, old)).await?;
+    }
+    Ok(())
+}
+
 /// A write of pending batches to the active segment, issued and not yet completed.
 struct Issued {
     segment: Rc<Segment>,
@@ -193,6 +225,38 @@ impl State {
     }
 }
 
+/// Producer state after a crash: the newest roll snapshot at or below the active segment's
+/// base, then the batches of the segments from its offset on. Without a usable snapshot, the
+/// active segment's batches alone (older producers are forgotten and their next batches
+/// accepted as they come).
+async fn recover_producers(
+    files: &[PathBuf],
+    segments: &BTreeMap<i64, Rc<Segment>>,
+) -> io::Result<ProducerStates> {
+    let active_base = *segments.keys().next_back().expect("one segment");
+    let mut snapshots: Vec<(i64, &PathBuf)> = files
+        .iter()
+        .filter_map(|p| parse_roll_snapshot_name(p).map(|o| (o, p)))
+        .filter(|&(o, _)| o <= active_base)
+        .collect();
+    snapshots.sort_by_key(|&(o, _)| std::cmp::Reverse(o));
+    let mut loaded = None;
+    for (offset, path) in snapshots {
+        if let Some(p) = fs::read_file(path)
+            .await?
+            .and_then(|d| ProducerStates::from_bytes(&d))
+        {
+            loaded = Some((offset, p));
+            break;
+        }
+    }
+    let (from, mut producers) = loaded.unwrap_or((active_base, ProducerStates::default()));
+    for (_, segment) in segments.range(from..) {
+        segment.visit_headers(|h| producers.record(h)).await?;
+    }
+    Ok(producers)
+}
+
 impl PartitionLog {
     /// Opens (or creates) the log in `dir`, recovering its tail unless it was closed cleanly.
     pub async fn open(dir: &Path, config: LogConfig) -> io::Result<Rc<PartitionLog>> {
@@ -239,14 +303,7 @@ impl PartitionLog {
         };
         let producers = match snapshot {
             Some(p) => p,
-            None => {
-                // Rebuild from the active segment's batches (older producers are forgotten and
-                // their next batches accepted as they come).
-                let mut producers = ProducerStates::default();
-                let active = segments.values().next_back().expect("one segment");
-                active.visit_headers(|h| producers.record(h)).await?;
-                producers
-            }
+            None => recover_producers(&files, &segments).await?,
         };
         // The marker and snapshot must go before any write: after this, a crash needs a scan.
         if clean {
@@ -655,13 +712,25 @@ impl PartitionLog {
         // Where the old segment ends (no write is in flight: that is `written`).
         let base = active.next_offset();
         let segment = Rc::new(Segment::create(&self.dir, base).await?);
-        self.state.borrow_mut().segments.insert(base, segment);
+        // The producer state of the batches before `base` (appended ones past it may wait).
+        let snapshot = {
+            let mut st = self.state.borrow_mut();
+            st.segments.insert(base, segment);
+            let mut producers = st.producers.clone();
+            producers.truncate_from(base);
+            producers.to_bytes()
+        };
         self.sealer.rolled.borrow_mut().push(active);
         let sealer = self.sealer.clone();
         let dir = self.dir.clone();
         glommio::spawn_local(async move {
             if let Err(error) = sealer.seal_rolled().await {
                 tracing::error!(dir = %dir.display(), %error, "sealing a rolled segment failed; syncs cover it until a later seal succeeds");
+                return;
+            }
+            // After the seal, so a snapshot never describes batches a crash could still lose.
+            if let Err(error) = write_roll_snapshot(&dir, base, &snapshot).await {
+                tracing::warn!(dir = %dir.display(), %error, "writing the producer snapshot failed; recovery replays older segments");
             }
         })
         .detach();

@@ -875,3 +875,64 @@ fn recovery_tells_a_torn_batch_from_preallocated_space() {
         }
     );
 }
+
+/// An idempotent producer's batch of `n` records: producer `pid`, epoch 0, first sequence `seq`.
+fn idempotent_batch(pid: i64, seq: i32, n: usize) -> Vec<u8> {
+    let records: Vec<_> = (0..n)
+        .map(|i| {
+            let mut r = batch::plain_record(
+                i as i64,
+                1000,
+                Some(format!("k{i}").into_bytes().into()),
+                Some(vec![b'x'; 100].into()),
+            );
+            r.producer_id = pid;
+            r.producer_epoch = 0;
+            r
+        })
+        .collect();
+    let mut data = batch::encode_plain(&records, Compression::None)
+        .unwrap()
+        .to_vec();
+    batch::set_base_sequence(&mut data, seq);
+    data
+}
+
+#[test]
+fn a_retried_batch_is_recognised_after_a_crash_even_when_it_lies_in_an_older_segment() {
+    let (_tmp, dir) = partition_dir();
+    let d = dir.clone();
+    run(move || async move {
+        let log = PartitionLog::open(&d, small_segments()).await.unwrap();
+        let mut last = None;
+        for i in 0..4 {
+            let a = log.append(idempotent_batch(7, i * 5, 5).into(), 0).unwrap();
+            log.wait(&a, Durability::Synced).await.unwrap();
+            last = Some(a);
+        }
+        let last = last.unwrap();
+        // Other traffic rolls the log past producer 7's last batch, twice.
+        fill(&log, 40).await;
+        assert!(dir_files(&d, "log").len() >= 3, "the log rolled");
+        // Let the background seals and snapshot writes finish; then the process dies.
+        glommio::timer::sleep(std::time::Duration::from_millis(300)).await;
+        assert!(!dir_files(&d, "snapshot").is_empty());
+        assert!(
+            dir_files(&d, "snapshot").len() <= 2,
+            "only the newest snapshots are kept"
+        );
+        drop(log);
+        let log = PartitionLog::open(&d, small_segments()).await.unwrap();
+        let end = log.end_offset();
+        let retry = log.append(idempotent_batch(7, 15, 5).into(), 0).unwrap();
+        assert_eq!(
+            (retry.base_offset, retry.last_offset),
+            (last.base_offset, last.last_offset),
+            "the retry is answered with its first offsets, not written again"
+        );
+        assert_eq!(log.end_offset(), end);
+        // And the producer's next batch goes on from there.
+        let next = log.append(idempotent_batch(7, 20, 5).into(), 0).unwrap();
+        assert_eq!(next.base_offset, end);
+    });
+}
