@@ -253,7 +253,14 @@ impl ConsumerGroup {
             }
             hb.member_id.clone()
         };
-        let member = self.members.get_mut(&member_id).expect("member present");
+        let Some(member) = self.members.get_mut(&member_id) else {
+            // Inserted or looked up just above; answered as unknown rather than trusted.
+            return HeartbeatResult::error(
+                ResponseError::UnknownMemberId,
+                &member_id,
+                "unknown member",
+            );
+        };
         member.last_heartbeat = now;
         if let Some(owned) = hb.owned {
             // The member only ever releases partitions on its own; keep what it reports.
@@ -398,7 +405,13 @@ impl ConsumerGroup {
     /// it gets the target partitions no other member still owns.
     fn reconcile(&mut self, member_id: &str) -> HeartbeatResult {
         let target = self.target.get(member_id).cloned().unwrap_or_default();
-        let member = &self.members[member_id];
+        let Some(member) = self.members.get(member_id) else {
+            return HeartbeatResult::error(
+                ResponseError::UnknownMemberId,
+                member_id,
+                "unknown member",
+            );
+        };
         let owned = member.owned.clone();
         let revoke = minus(&owned, &target);
         let (assignment, epoch) = if !revoke.is_empty() {
@@ -416,7 +429,13 @@ impl ConsumerGroup {
             let free = minus(&target, &others);
             (free, self.assignment_epoch)
         };
-        let member = self.members.get_mut(member_id).expect("member present");
+        let Some(member) = self.members.get_mut(member_id) else {
+            return HeartbeatResult::error(
+                ResponseError::UnknownMemberId,
+                member_id,
+                "unknown member",
+            );
+        };
         let changed = assignment != member.owned || epoch != member.epoch;
         if revoke.is_empty() {
             member.owned = assignment.clone();
@@ -556,5 +575,156 @@ mod tests {
             g.heartbeat(bad, &topics, s, now).error,
             ResponseError::UnsupportedAssignor.code()
         );
+    }
+
+    mod interleavings {
+        //! Random interleavings of consumer-group requests from many members: the coordinator
+        //! must never panic and never let two members own the same partition.
+        use super::*;
+        use proptest::prelude::*;
+
+        const MEMBERS: usize = 5;
+        const TOPICS: [&str; 2] = ["a", "b"];
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            /// A member joins (epoch 0), maybe as a static member, subscribing to a subset.
+            Join {
+                slot: usize,
+                instance: bool,
+                topics: u8,
+            },
+            /// A heartbeat with the epoch it knows shifted by `skew` and a claimed ownership.
+            Beat {
+                slot: usize,
+                skew: i32,
+                claim: Option<Vec<(usize, i32)>>,
+                topics: Option<u8>,
+            },
+            /// A leave (-1) or a static leave (-2).
+            Leave { slot: usize, epoch: i32 },
+            /// Time passes (sessions may expire).
+            Tick { secs: u64 },
+            /// A topic grows.
+            Grow { topic: usize, by: i32 },
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                1 => (0..MEMBERS, any::<bool>(), 0u8..4).prop_map(|(slot, instance, topics)| Op::Join {
+                    slot,
+                    instance,
+                    topics
+                }),
+                4 => (
+                    0..MEMBERS,
+                    prop_oneof![Just(0), Just(0), Just(0), -2i32..3],
+                    proptest::option::of(proptest::collection::vec((0..2usize, 0..8i32), 0..6)),
+                    proptest::option::weighted(0.1, 0u8..4),
+                )
+                    .prop_map(|(slot, skew, claim, topics)| Op::Beat { slot, skew, claim, topics }),
+                1 => (0..MEMBERS, -2i32..0).prop_map(|(slot, epoch)| Op::Leave { slot, epoch }),
+                1 => (0u64..20).prop_map(|secs| Op::Tick { secs }),
+                1 => (0..2usize, 1i32..3).prop_map(|(topic, by)| Op::Grow { topic, by }),
+            ]
+        }
+
+        fn subscription(mask: u8) -> Vec<String> {
+            TOPICS
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| mask & (1 << i) != 0)
+                .map(|(_, t)| t.to_string())
+                .collect()
+        }
+
+        fn no_partition_owned_twice(g: &ConsumerGroup) -> Result<(), String> {
+            let mut seen: BTreeMap<(String, i32), String> = BTreeMap::new();
+            for m in g.members.values() {
+                for (t, ps) in &m.owned {
+                    for p in ps {
+                        if let Some(other) = seen.insert((t.clone(), *p), m.id.clone()) {
+                            return Err(format!("{t}-{p} owned by {other} and {}", m.id));
+                        }
+                    }
+                }
+            }
+            Ok(())
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(300))]
+            #[test]
+            fn never_panics_and_never_assigns_a_partition_twice(
+                ops in proptest::collection::vec(op(), 1..120),
+                assignor in 0..2usize,
+            ) {
+                let mut g = ConsumerGroup::default();
+                let mut topics: BTreeMap<String, i32> =
+                    TOPICS.iter().map(|t| (t.to_string(), 4)).collect();
+                // What each client slot knows: its member id and epoch.
+                let mut clients: Vec<(String, i32)> = vec![(String::new(), 0); MEMBERS];
+                let start = Instant::now();
+                let mut now = start;
+                let session = Duration::from_secs(30);
+                for op in ops {
+                    let beat = |slot: usize, id: String, epoch: i32| Heartbeat {
+                        member_id: id,
+                        member_epoch: epoch,
+                        instance_id: Some(format!("i{slot}")),
+                        rack_id: None,
+                        subscribed: None,
+                        assignor: Some(ASSIGNORS[assignor].to_string()),
+                        owned: None,
+                        client_id: "c".into(),
+                        client_host: "h".into(),
+                    };
+                    let result = match op {
+                        Op::Join { slot, instance, topics: mask } => {
+                            let mut hb = beat(slot, clients[slot].0.clone(), 0);
+                            if !instance {
+                                hb.instance_id = None;
+                            }
+                            hb.subscribed = Some(subscription(mask));
+                            Some((slot, g.heartbeat(hb, &topics, session, now)))
+                        }
+                        Op::Beat { slot, skew, claim, topics: mask } => {
+                            let (id, epoch) = clients[slot].clone();
+                            let mut hb = beat(slot, id, (epoch + skew).max(0));
+                            hb.subscribed = mask.map(subscription);
+                            hb.owned = claim.map(|c| {
+                                let mut a = Assignment::new();
+                                for (t, p) in c {
+                                    a.entry(TOPICS[t].to_string()).or_default().insert(p);
+                                }
+                                a
+                            });
+                            Some((slot, g.heartbeat(hb, &topics, session, now)))
+                        }
+                        Op::Leave { slot, epoch } => {
+                            let hb = beat(slot, clients[slot].0.clone(), epoch);
+                            g.heartbeat(hb, &topics, session, now);
+                            clients[slot] = (String::new(), 0);
+                            None
+                        }
+                        Op::Tick { secs } => {
+                            now += Duration::from_secs(secs);
+                            g.tick(&topics, now);
+                            None
+                        }
+                        Op::Grow { topic, by } => {
+                            *topics.get_mut(TOPICS[topic]).expect("known topic") += by;
+                            None
+                        }
+                    };
+                    if let Some((slot, r)) = result {
+                        if r.error == 0 {
+                            clients[slot] = (r.member_id.clone(), r.member_epoch);
+                        }
+                    }
+                    prop_assert!(no_partition_owned_twice(&g).is_ok(), "{:?}", no_partition_owned_twice(&g));
+                }
+            }
+        }
     }
 }

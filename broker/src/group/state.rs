@@ -274,10 +274,9 @@ impl Group {
                 } else {
                     existing.clone()
                 };
-                let mut member = self
-                    .members
-                    .remove(&existing)
-                    .expect("static member exists");
+                let Some(mut member) = self.members.remove(&existing) else {
+                    return fail(reply, ResponseError::UnknownMemberId, &existing);
+                };
                 if let Some(w) = member.join_waiter.take() {
                     let _ = w.send(JoinResult::error(
                         ResponseError::FencedInstanceId,
@@ -463,10 +462,11 @@ impl Group {
         for id in ids {
             let is_leader = self.leader.as_deref() == Some(id.as_str());
             let result = self.join_result(&id, is_leader, false);
-            let member = self.members.get_mut(&id).expect("member exists");
-            member.last_heartbeat = now;
-            if let Some(w) = member.join_waiter.take() {
-                let _ = w.send(result);
+            if let Some(member) = self.members.get_mut(&id) {
+                member.last_heartbeat = now;
+                if let Some(w) = member.join_waiter.take() {
+                    let _ = w.send(result);
+                }
             }
         }
     }
@@ -522,19 +522,20 @@ impl Group {
                 false
             }
             GroupState::Stable => {
-                let assignment = self.members[member_id].assignment.clone();
-                let _ = reply.send((0, assignment));
+                let answer = match self.members.get(member_id) {
+                    Some(m) => (0, m.assignment.clone()),
+                    None => (ResponseError::UnknownMemberId.code(), Bytes::new()),
+                };
+                let _ = reply.send(answer);
                 false
             }
             GroupState::CompletingRebalance => {
-                self.members
-                    .get_mut(member_id)
-                    .expect("checked")
-                    .last_heartbeat = now;
-                self.members
-                    .get_mut(member_id)
-                    .expect("checked")
-                    .sync_waiter = Some(reply);
+                let Some(member) = self.members.get_mut(member_id) else {
+                    let _ = reply.send((ResponseError::UnknownMemberId.code(), Bytes::new()));
+                    return false;
+                };
+                member.last_heartbeat = now;
+                member.sync_waiter = Some(reply);
                 if self.leader.as_deref() != Some(member_id) {
                     return false;
                 }
@@ -569,10 +570,10 @@ impl Group {
         if generation != self.generation {
             return ResponseError::IllegalGeneration.code();
         }
-        self.members
-            .get_mut(member_id)
-            .expect("checked")
-            .last_heartbeat = now;
+        let Some(member) = self.members.get_mut(member_id) else {
+            return ResponseError::UnknownMemberId.code();
+        };
+        member.last_heartbeat = now;
         match self.state {
             GroupState::PreparingRebalance => ResponseError::RebalanceInProgress.code(),
             _ => 0,
@@ -873,5 +874,126 @@ mod tests {
             g.heartbeat(&jb.member_id, Some("i-b"), 1, t0),
             ResponseError::FencedInstanceId.code()
         );
+    }
+
+    mod interleavings {
+        //! Random interleavings of classic-group requests (joins with and without member ids,
+        //! static members, syncs, heartbeats, leaves, stale generations, session expiry): the
+        //! coordinator must never panic, and every answer it gives is one Kafka defines.
+        use super::*;
+        use proptest::prelude::*;
+
+        const SLOTS: usize = 4;
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            Join {
+                slot: usize,
+                instance: bool,
+                protocol: bool,
+            },
+            Sync {
+                slot: usize,
+                skew: i32,
+                assign: bool,
+            },
+            Beat {
+                slot: usize,
+                skew: i32,
+            },
+            Leave {
+                slot: usize,
+            },
+            Tick {
+                secs: u64,
+            },
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                (0..SLOTS, any::<bool>(), any::<bool>()).prop_map(|(slot, instance, protocol)| {
+                    Op::Join {
+                        slot,
+                        instance,
+                        protocol,
+                    }
+                }),
+                (0..SLOTS, -1i32..2, any::<bool>()).prop_map(|(slot, skew, assign)| Op::Sync {
+                    slot,
+                    skew,
+                    assign
+                }),
+                (0..SLOTS, -1i32..2).prop_map(|(slot, skew)| Op::Beat { slot, skew }),
+                (0..SLOTS).prop_map(|slot| Op::Leave { slot }),
+                (0u64..15).prop_map(|secs| Op::Tick { secs }),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(300))]
+            #[test]
+            fn never_panics(ops in proptest::collection::vec(op(), 1..100)) {
+                let mut g = Group::new("g");
+                let start = Instant::now();
+                let mut now = start;
+                // What each client slot knows: member id, generation, instance id.
+                let mut clients: Vec<(String, i32, Option<String>)> =
+                    (0..SLOTS).map(|_| (String::new(), -1, None)).collect();
+                let mut waiting: Vec<(usize, oneshot::Receiver<JoinResult>)> = Vec::new();
+                for op in ops {
+                    match op {
+                        Op::Join { slot, instance, protocol } => {
+                            let instance = instance.then(|| format!("i{slot}"));
+                            clients[slot].2 = instance.clone();
+                            let p = if protocol { "range" } else { "roundrobin" };
+                            let rx = send_join(
+                                &mut g,
+                                join(&clients[slot].0, instance.as_deref(), &[p]),
+                                now,
+                            );
+                            waiting.push((slot, rx));
+                        }
+                        Op::Sync { slot, skew, assign } => {
+                            let (id, generation, instance) = clients[slot].clone();
+                            let assignments = if assign {
+                                clients.iter().map(|c| (c.0.clone(), Bytes::from_static(b"x"))).collect()
+                            } else {
+                                vec![]
+                            };
+                            let (tx, _rx) = oneshot::channel();
+                            g.sync(&id, instance.as_deref(), generation + skew, assignments, now, tx);
+                        }
+                        Op::Beat { slot, skew } => {
+                            let (id, generation, instance) = clients[slot].clone();
+                            g.heartbeat(&id, instance.as_deref(), generation + skew, now);
+                        }
+                        Op::Leave { slot } => {
+                            let id = clients[slot].0.clone();
+                            g.remove_members(&[id], &CONFIG, now);
+                            clients[slot] = (String::new(), -1, None);
+                        }
+                        Op::Tick { secs } => {
+                            now += Duration::from_secs(secs);
+                            g.tick(&CONFIG, now);
+                        }
+                    }
+                    // Joins answered meanwhile tell their clients who they are.
+                    waiting.retain_mut(|(slot, rx)| match rx.try_recv() {
+                        Ok(Some(r)) => {
+                            if !r.member_id.is_empty() {
+                                clients[*slot].0 = r.member_id.clone();
+                            }
+                            if r.error == 0 {
+                                clients[*slot].1 = r.generation;
+                            }
+                            false
+                        }
+                        Ok(None) => true,
+                        Err(_) => false,
+                    });
+                    prop_assert!(g.members.len() <= SLOTS, "more members than clients");
+                }
+            }
+        }
     }
 }
