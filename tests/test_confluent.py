@@ -340,6 +340,30 @@ def test_create_partitions(broker, topic_name):
     assert [m.value() for m in read_partition(broker, topic_name, 5, expect=1)] == [b"new"]
 
 
+def test_every_kafka_topic_config_is_accepted(broker, topic_name):
+    """Topic configs Kafka 4.x defines are accepted with its types and ranges (librdkafka's 0081
+    sets max.compaction.lag.ms), listed by DescribeConfigs with their source; a wrong type or
+    range is INVALID_CONFIG."""
+    from confluent_kafka.admin import ConfigSource
+
+    configs = {"max.compaction.lag.ms": "3600000", "min.cleanable.dirty.ratio": "0.2",
+               "preallocate": "true", "segment.jitter.ms": "100", "compression.zstd.level": "5"}
+    create(broker, topic_name, config=configs)
+    a = admin(broker)
+    res = ConfigResource("topic", topic_name)
+    described = a.describe_configs([res])[res].result(30)
+    for name, value in configs.items():
+        assert described[name].value == value, name
+        assert described[name].source == ConfigSource.DYNAMIC_TOPIC_CONFIG.value, name
+    assert described["min.compaction.lag.ms"].value == "0"
+    assert described["min.compaction.lag.ms"].source == ConfigSource.DEFAULT_CONFIG.value
+    for name, bad in [("min.cleanable.dirty.ratio", "2"), ("preallocate", "maybe"), ("max.compaction.lag.ms", "0")]:
+        other = topic_name + "-bad"
+        with pytest.raises(KafkaException) as e:
+            create(broker, other, config={name: bad})
+        assert e.value.args[0].code() == KafkaError.INVALID_CONFIG, (name, str(e.value))
+
+
 def test_admin_list_offsets(broker, topic_name):
     create(broker, topic_name, partitions=1)
     p = Producer({"bootstrap.servers": broker.bootstrap})

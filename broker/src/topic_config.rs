@@ -8,9 +8,11 @@ use tern_storage::LogConfig;
 /// Kafka's config value types, as DescribeConfigs v3+ reports them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConfigType {
+    Boolean = 1,
+    String = 2,
     Int = 3,
     Long = 5,
-    String = 2,
+    Double = 6,
     List = 7,
 }
 
@@ -23,8 +25,64 @@ pub struct ConfigDef {
     pub doc: &'static str,
 }
 
-/// Every topic config Tern accepts.
+/// A config Tern accepts and stores with Kafka's type and default, and that has no effect here
+/// yet (replication, tiered storage and compaction tuning come later; see the README).
+const fn stored(name: &'static str, default: &'static str, kind: ConfigType) -> ConfigDef {
+    ConfigDef {
+        name,
+        default,
+        kind,
+        allowed: &[],
+        doc: "Accepted and stored as Kafka does; not yet enforced by Tern.",
+    }
+}
+
+/// Every topic config Kafka 4.x defines, so tools that set any of them work.
 pub const TOPIC_CONFIGS: &[ConfigDef] = &[
+    stored("compression.gzip.level", "-1", ConfigType::Int),
+    stored("compression.lz4.level", "9", ConfigType::Int),
+    stored("compression.zstd.level", "3", ConfigType::Int),
+    stored("file.delete.delay.ms", "60000", ConfigType::Long),
+    stored(
+        "follower.replication.throttled.replicas",
+        "",
+        ConfigType::List,
+    ),
+    stored(
+        "leader.replication.throttled.replicas",
+        "",
+        ConfigType::List,
+    ),
+    stored("local.retention.bytes", "-2", ConfigType::Long),
+    stored("local.retention.ms", "-2", ConfigType::Long),
+    stored(
+        "max.compaction.lag.ms",
+        "9223372036854775807",
+        ConfigType::Long,
+    ),
+    stored(
+        "message.timestamp.after.max.ms",
+        "3600000",
+        ConfigType::Long,
+    ),
+    stored(
+        "message.timestamp.before.max.ms",
+        "9223372036854775807",
+        ConfigType::Long,
+    ),
+    stored("min.cleanable.dirty.ratio", "0.5", ConfigType::Double),
+    stored("min.compaction.lag.ms", "0", ConfigType::Long),
+    stored("preallocate", "false", ConfigType::Boolean),
+    stored("remote.log.copy.disable", "false", ConfigType::Boolean),
+    stored("remote.log.delete.on.disable", "false", ConfigType::Boolean),
+    stored("remote.storage.enable", "false", ConfigType::Boolean),
+    stored("segment.index.bytes", "10485760", ConfigType::Int),
+    stored("segment.jitter.ms", "0", ConfigType::Long),
+    stored(
+        "unclean.leader.election.enable",
+        "false",
+        ConfigType::Boolean,
+    ),
     ConfigDef {
         name: "cleanup.policy",
         default: "delete",
@@ -126,12 +184,38 @@ pub fn def(name: &str) -> Option<&'static ConfigDef> {
 pub fn validate(name: &str, value: &str) -> Result<(), String> {
     let d = def(name).ok_or_else(|| format!("unknown topic config {name}"))?;
     let ok = match d.kind {
+        ConfigType::Boolean => {
+            value.eq_ignore_ascii_case("true") || value.eq_ignore_ascii_case("false")
+        }
         ConfigType::Int => value.parse::<i32>().is_ok(),
         ConfigType::Long => value.parse::<i64>().is_ok(),
+        ConfigType::Double => value.parse::<f64>().is_ok_and(f64::is_finite),
         ConfigType::String | ConfigType::List => d.allowed.is_empty() || d.allowed.contains(&value),
     };
     if !ok {
         return Err(format!("invalid value {value:?} for {name}"));
+    }
+    // Kafka's ranges for the numeric configs that have one.
+    let range: Option<(f64, f64)> = match name {
+        "compression.gzip.level" => (value != "-1").then_some((1.0, 9.0)),
+        "compression.lz4.level" => Some((1.0, 17.0)),
+        "compression.zstd.level" => Some((-131072.0, 22.0)),
+        "min.cleanable.dirty.ratio" => Some((0.0, 1.0)),
+        "max.compaction.lag.ms" => Some((1.0, f64::MAX)),
+        "min.compaction.lag.ms" | "segment.jitter.ms" | "file.delete.delay.ms" => {
+            Some((0.0, f64::MAX))
+        }
+        "message.timestamp.after.max.ms" | "message.timestamp.before.max.ms" => {
+            Some((0.0, f64::MAX))
+        }
+        "local.retention.bytes" | "local.retention.ms" => Some((-2.0, f64::MAX)),
+        "segment.index.bytes" => Some((4.0, f64::MAX)),
+        _ => None,
+    };
+    if let Some((lo, hi)) = range {
+        if value.parse::<f64>().is_ok_and(|v| v < lo || v > hi) {
+            return Err(format!("{name} must be in [{lo}, {hi}]"));
+        }
     }
     let positive = [
         "segment.bytes",
@@ -204,6 +288,16 @@ mod tests {
         assert!(validate("cleanup.policy", "compact").is_ok());
         assert!(validate("cleanup.policy", "shred").is_err());
         assert!(validate("no.such.config", "1").is_err());
+        assert!(validate("max.compaction.lag.ms", "3600000").is_ok());
+        assert!(validate("max.compaction.lag.ms", "0").is_err());
+        assert!(validate("min.cleanable.dirty.ratio", "0.1").is_ok());
+        assert!(validate("min.cleanable.dirty.ratio", "1.5").is_err());
+        assert!(validate("min.cleanable.dirty.ratio", "half").is_err());
+        assert!(validate("preallocate", "TRUE").is_ok());
+        assert!(validate("preallocate", "yes").is_err());
+        assert!(validate("compression.gzip.level", "-1").is_ok());
+        assert!(validate("compression.gzip.level", "0").is_err());
+        assert!(validate("compression.zstd.level", "-5").is_ok());
         let mut set = BTreeMap::new();
         set.insert("max.message.bytes".to_string(), "2000".to_string());
         set.insert(
