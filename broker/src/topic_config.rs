@@ -39,6 +39,27 @@ const fn stored(name: &'static str, default: &'static str, kind: ConfigType) -> 
 
 /// Every topic config Kafka 4.x defines, so tools that set any of them work.
 pub const TOPIC_CONFIGS: &[ConfigDef] = &[
+    ConfigDef {
+        name: "max.compaction.lag.ms",
+        default: "9223372036854775807",
+        kind: ConfigType::Long,
+        allowed: &[],
+        doc: "A record is compacted at most this long after it was written, whatever the dirty ratio.",
+    },
+    ConfigDef {
+        name: "min.cleanable.dirty.ratio",
+        default: "0.5",
+        kind: ConfigType::Double,
+        allowed: &[],
+        doc: "Compact when at least this share of the compactable log has not been compacted yet.",
+    },
+    ConfigDef {
+        name: "min.compaction.lag.ms",
+        default: "0",
+        kind: ConfigType::Long,
+        allowed: &[],
+        doc: "Records newer than this are not compacted yet.",
+    },
     stored("compression.gzip.level", "-1", ConfigType::Int),
     stored("compression.lz4.level", "9", ConfigType::Int),
     stored("compression.zstd.level", "3", ConfigType::Int),
@@ -56,11 +77,6 @@ pub const TOPIC_CONFIGS: &[ConfigDef] = &[
     stored("local.retention.bytes", "-2", ConfigType::Long),
     stored("local.retention.ms", "-2", ConfigType::Long),
     stored(
-        "max.compaction.lag.ms",
-        "9223372036854775807",
-        ConfigType::Long,
-    ),
-    stored(
         "message.timestamp.after.max.ms",
         "3600000",
         ConfigType::Long,
@@ -70,8 +86,6 @@ pub const TOPIC_CONFIGS: &[ConfigDef] = &[
         "9223372036854775807",
         ConfigType::Long,
     ),
-    stored("min.cleanable.dirty.ratio", "0.5", ConfigType::Double),
-    stored("min.compaction.lag.ms", "0", ConfigType::Long),
     stored("preallocate", "false", ConfigType::Boolean),
     stored("remote.log.copy.disable", "false", ConfigType::Boolean),
     stored("remote.log.delete.on.disable", "false", ConfigType::Boolean),
@@ -267,6 +281,16 @@ pub fn log_config(set: &BTreeMap<String, String>, cache_bytes: usize) -> LogConf
             .split(',')
             .any(|p| p == "compact"),
         delete_retention_ms: Duration::from_millis(number(set, "delete.retention.ms").max(0) as u64),
+        min_compaction_lag: Duration::from_millis(
+            number(set, "min.compaction.lag.ms").max(0) as u64
+        ),
+        max_compaction_lag: Duration::from_millis(
+            number(set, "max.compaction.lag.ms").max(1) as u64
+        ),
+        min_cleanable_dirty_ratio: value(set, "min.cleanable.dirty.ratio")
+            .parse::<f64>()
+            .unwrap_or(0.5)
+            .clamp(0.0, 1.0),
         flush_ms: Some(number(set, "flush.ms"))
             .filter(|&v| (0..i64::MAX).contains(&v))
             .map(|v| Duration::from_millis(v as u64)),

@@ -26,6 +26,13 @@ pub struct LogConfig {
     pub compact_enabled: bool,
     /// `delete.retention.ms`: how long tombstones survive compaction.
     pub delete_retention_ms: Duration,
+    /// `min.compaction.lag.ms`: records newer than this are not compacted yet.
+    pub min_compaction_lag: Duration,
+    /// `max.compaction.lag.ms`: a record not compacted after this is compacted whatever the
+    /// dirty ratio.
+    pub max_compaction_lag: Duration,
+    /// `min.cleanable.dirty.ratio`: compact when this share of the cleanable log is dirty.
+    pub min_cleanable_dirty_ratio: f64,
     /// `flush.ms`: fdatasync written data at least this often (None: only as acks ask).
     pub flush_ms: Option<Duration>,
     /// `flush.messages`: fdatasync after this many unsynced records (None: only as acks ask).
@@ -46,6 +53,9 @@ impl Default for LogConfig {
             delete_enabled: true,
             compact_enabled: false,
             delete_retention_ms: Duration::from_secs(24 * 3600),
+            min_compaction_lag: Duration::ZERO,
+            max_compaction_lag: Duration::from_millis(i64::MAX as u64),
+            min_cleanable_dirty_ratio: 0.5,
             flush_ms: None,
             flush_messages: None,
         }

@@ -825,8 +825,35 @@ impl PartitionLog {
         }
         let segments: Vec<Rc<Segment>> = self.state.borrow().segments.values().cloned().collect();
         let closed = &segments[..segments.len() - 1];
+        // As Kafka's cleaner: closed segments are compactable once their newest record is
+        // min.compaction.lag.ms old; they are compacted when min.cleanable.dirty.ratio of them
+        // is dirty, or when a dirty record is older than max.compaction.lag.ms.
+        let lag_ms = |d: std::time::Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        let compactable_until = now_ms.saturating_sub(lag_ms(config.min_compaction_lag));
+        let compactable = closed
+            .iter()
+            .take_while(|s| s.max_timestamp() <= compactable_until)
+            .count();
+        let closed = &closed[..compactable];
         let dirty_end = closed.last().map_or(0, |s| s.next_offset());
-        if closed.is_empty() || dirty_end <= self.state.borrow().compacted_upto {
+        let compacted_upto = self.state.borrow().compacted_upto;
+        if closed.is_empty() || dirty_end <= compacted_upto {
+            return Ok(0);
+        }
+        let dirty: Vec<&Rc<Segment>> = closed
+            .iter()
+            .filter(|s| s.next_offset() > compacted_upto)
+            .collect();
+        let dirty_bytes: u64 = dirty.iter().map(|s| s.size()).sum();
+        let all_bytes: u64 = closed.iter().map(|s| s.size()).sum();
+        let ratio = dirty_bytes as f64 / all_bytes.max(1) as f64;
+        let overdue = match dirty.first() {
+            Some(s) => s.first_timestamp().await?.is_some_and(|first| {
+                now_ms.saturating_sub(first) >= lag_ms(config.max_compaction_lag)
+            }),
+            None => false,
+        };
+        if ratio < config.min_cleanable_dirty_ratio && !overdue {
             return Ok(0);
         }
         // A seal in progress would write index files over a replacement's.

@@ -559,6 +559,17 @@ impl Segment {
         self.end.get()
     }
 
+    /// The timestamp of the segment's first batch (its base timestamp), if it has one.
+    pub async fn first_timestamp(&self) -> io::Result<Option<i64>> {
+        let mut first = None;
+        self.scan(0, self.size.get(), false, |_, h| {
+            first = Some(h.base_timestamp);
+            false
+        })
+        .await?;
+        Ok(first)
+    }
+
     /// Calls `f` with the header of every batch in the segment, in order.
     pub async fn visit_headers(&self, mut f: impl FnMut(&BatchHeader)) -> io::Result<()> {
         self.scan(0, self.size.get(), false, |_, h| {

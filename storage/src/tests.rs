@@ -453,7 +453,9 @@ fn compaction_keeps_the_newest_record_per_key_and_survives_a_crash_mid_swap() {
         let log = PartitionLog::open(&d, config).await.unwrap();
         fill(&log, 60).await; // every batch writes keys k0..k4 again
         let before = read_all(&log).await;
-        let removed = log.compact(0).await.unwrap();
+        // The clock is past every record (timestamps 1000 + offset), under delete.retention.ms.
+        let now = 10_000;
+        let removed = log.compact(now).await.unwrap();
         assert!(removed > 0);
         let after = read_all(&log).await;
         assert!(after.len() < before.len());
@@ -478,7 +480,7 @@ fn compaction_keeps_the_newest_record_per_key_and_survives_a_crash_mid_swap() {
             .as_ref()
             .unwrap();
         assert!(after.iter().filter(|&&o| o < active_base).count() <= 5);
-        assert_eq!(log.compact(0).await.unwrap(), 0, "nothing new to compact");
+        assert_eq!(log.compact(now).await.unwrap(), 0, "nothing new to compact");
         log.close().await.unwrap();
     });
     // A compaction interrupted before its swap leaves a .cleaned file: ignored and removed.
@@ -934,5 +936,78 @@ fn a_retried_batch_is_recognised_after_a_crash_even_when_it_lies_in_an_older_seg
         // And the producer's next batch goes on from there.
         let next = log.append(idempotent_batch(7, 20, 5).into(), 0).unwrap();
         assert_eq!(next.base_offset, end);
+    });
+}
+
+/// Appends `batches` batches of 5 records with keys never used before (nothing to compact).
+async fn fill_unique(log: &PartitionLog, batches: usize) {
+    for _ in 0..batches {
+        let next = log.end_offset();
+        let records: Vec<_> = (0..5)
+            .map(|i| {
+                let key = Some(format!("u{}", next + i).into_bytes().into());
+                batch::plain_record(i, 1000 + next + i, key, Some(vec![b'x'; 100].into()))
+            })
+            .collect();
+        let data = batch::encode_plain(&records, Compression::None).unwrap();
+        let a = log.append(data, 0).unwrap();
+        log.wait(&a, Durability::Synced).await.unwrap();
+    }
+}
+
+#[test]
+fn compaction_follows_the_lags_and_the_dirty_ratio() {
+    let (_tmp, dir) = partition_dir();
+    let d = dir.clone();
+    run(move || async move {
+        let base = LogConfig {
+            compact_enabled: true,
+            delete_enabled: false,
+            ..small_segments()
+        };
+        let (late, later) = (10_000, 2_000_000);
+        // min.compaction.lag.ms: segments whose newest record is too young wait.
+        let young = LogConfig {
+            min_compaction_lag: std::time::Duration::from_millis(1_000_000),
+            ..base.clone()
+        };
+        let log = PartitionLog::open(&d.join("lag"), young).await.unwrap();
+        fill(&log, 60).await; // keys k0..k4 again and again; timestamps 1000 + offset
+        assert_eq!(log.compact(late).await.unwrap(), 0, "too young");
+        assert!(log.compact(later).await.unwrap() > 0, "old enough");
+
+        // min.cleanable.dirty.ratio: a large clean part (unique keys, compacted once)...
+        let log = PartitionLog::open(&d.join("ratio"), base.clone())
+            .await
+            .unwrap();
+        fill_unique(&log, 60).await;
+        assert_eq!(
+            log.compact(late).await.unwrap(),
+            0,
+            "unique keys: nothing removed"
+        );
+        // ...then a third as much dirty data with repeated keys, pushed into closed segments.
+        fill(&log, 10).await;
+        fill_unique(&log, 20).await;
+        let picky = LogConfig {
+            min_cleanable_dirty_ratio: 0.9,
+            ..base.clone()
+        };
+        log.set_config(picky.clone());
+        assert_eq!(log.compact(late).await.unwrap(), 0, "not dirty enough");
+        // max.compaction.lag.ms: a dirty record that old is compacted whatever the ratio.
+        log.set_config(LogConfig {
+            max_compaction_lag: std::time::Duration::from_millis(1_000),
+            ..picky
+        });
+        assert!(log.compact(later).await.unwrap() > 0, "overdue");
+        // And with a fresh dirty part, a lower ratio compacts it.
+        fill(&log, 10).await;
+        fill_unique(&log, 20).await;
+        log.set_config(LogConfig {
+            min_cleanable_dirty_ratio: 0.1,
+            ..base
+        });
+        assert!(log.compact(late).await.unwrap() > 0, "dirty enough at 0.1");
     });
 }
