@@ -194,6 +194,15 @@ pub struct ProducedBatches {
     pub max_timestamp: i64,
 }
 
+/// Every codec a record batch may use (attributes bits 0-2 = 0..4).
+pub const COMPRESSIONS: [Compression; 5] = [
+    Compression::None,
+    Compression::Gzip,
+    Compression::Snappy,
+    Compression::Lz4,
+    Compression::Zstd,
+];
+
 /// Validates every batch of a produce payload: each must be whole, v2, CRC-correct and at most
 /// `max_batch_bytes` long, and the batches must fill the payload exactly. The records of an
 /// uncompressed batch must also match its header (compressed ones are not decompressed here).
@@ -455,13 +464,7 @@ pub(crate) mod tests {
 
     #[test]
     fn parses_client_batches_for_every_codec() {
-        for codec in [
-            Compression::None,
-            Compression::Gzip,
-            Compression::Snappy,
-            Compression::Lz4,
-            Compression::Zstd,
-        ] {
+        for codec in COMPRESSIONS {
             let batch = sample_batch(10, codec, 100);
             let summary = validate_produce(&batch, 1 << 20).expect("valid");
             assert_eq!(summary.count, 1);

@@ -228,13 +228,7 @@ mod tests {
                 batch::plain_record(i as i64, 1_000, key, Some(Bytes::from_static(b"v")))
             })
             .collect();
-        for codec in [
-            Compression::None,
-            Compression::Gzip,
-            Compression::Snappy,
-            Compression::Lz4,
-            Compression::Zstd,
-        ] {
+        for codec in batch::COMPRESSIONS {
             let data = batch::encode_plain(&records, codec).unwrap();
             let header = BatchHeader::parse(&data).unwrap();
             assert_eq!(
@@ -271,13 +265,7 @@ mod tests {
 
     #[test]
     fn keeps_the_newest_value_per_key_and_expires_tombstones() {
-        for compression in [
-            Compression::None,
-            Compression::Gzip,
-            Compression::Snappy,
-            Compression::Lz4,
-            Compression::Zstd,
-        ] {
+        for compression in batch::COMPRESSIONS {
             let mut log = batch_of(
                 0,
                 &[("a", Some("1")), ("b", Some("1")), ("c", Some("1"))],
