@@ -363,3 +363,28 @@ def test_kip848_group_picks_up_new_partitions(kbroker, topic_name):
     grow(kbroker, topic_name, 5)
     wait_for(lambda: m.assigned == set(range(5)), what="the new partitions are assigned")
     m.close()
+
+
+def test_kip848_static_instance_id_held_by_an_active_member(kbroker, topic_name):
+    """KIP-848 static membership: a consumer joining with a group.instance.id an active member
+    holds is refused with UNRELEASED_INSTANCE_ID (fatal for it); the holder keeps its
+    partitions (librdkafka's 0102 expects this under group.protocol=consumer)."""
+    make_topic(kbroker, topic_name, partitions=2, records=10)
+    group = "static848-" + uuid.uuid4().hex[:8]
+    conf = {"group.protocol": "consumer", "group.instance.id": "inst-1"}
+    holder = Member848(kbroker, group, topic_name, conf)
+    wait_for(lambda: holder.assigned == {0, 1}, what="the holder owns both partitions")
+    newcomer = Consumer({"bootstrap.servers": kbroker.bootstrap, "group.id": group, **conf})
+    newcomer.subscribe([topic_name])
+    error = None
+    deadline = time.time() + 30
+    while error is None and time.time() < deadline:
+        m = newcomer.poll(0.5)
+        if m is not None and m.error() and m.error().code() == KafkaError._FATAL:
+            error = m.error()
+    # librdkafka raises a fatal error carrying the broker's UNRELEASED_INSTANCE_ID message.
+    assert error is not None, "the newcomer is fenced"
+    assert "instance ID is still used by another member" in error.str(), error.str()
+    newcomer.close()
+    assert holder.assigned == {0, 1}
+    holder.close()

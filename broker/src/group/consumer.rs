@@ -13,6 +13,9 @@ pub type Assignment = BTreeMap<String, BTreeSet<i32>>;
 
 pub const ASSIGNORS: [&str; 2] = ["uniform", "range"];
 
+/// The epoch of a static member that left for now and may come back (KIP-848).
+pub const STATIC_LEAVE_EPOCH: i32 = -2;
+
 #[derive(Debug, Clone)]
 pub struct Member {
     pub id: String,
@@ -133,7 +136,7 @@ impl ConsumerGroup {
         } else if self
             .members
             .values()
-            .any(|m| m.epoch != self.assignment_epoch)
+            .any(|m| m.epoch != self.assignment_epoch && m.epoch != STATIC_LEAVE_EPOCH)
         {
             "Reconciling"
         } else {
@@ -158,8 +161,28 @@ impl ConsumerGroup {
                 );
             }
         }
+        if hb.member_epoch == STATIC_LEAVE_EPOCH && hb.instance_id.is_some() {
+            // A static member leaving for now (a restart): it keeps its registration and its
+            // partitions until its session runs out, so its next incarnation takes them over
+            // without a rebalance (KIP-848).
+            let instance = hb.instance_id.as_deref();
+            if let Some(m) = self
+                .members
+                .values_mut()
+                .find(|m| m.instance_id.as_deref() == instance)
+            {
+                m.epoch = STATIC_LEAVE_EPOCH;
+            }
+            return HeartbeatResult {
+                error: 0,
+                message: None,
+                member_id: hb.member_id,
+                member_epoch: hb.member_epoch,
+                assignment: None,
+            };
+        }
         if hb.member_epoch < 0 {
-            // -1: leaving; -2: a static member leaving for now (treated the same).
+            // -1: leaving (a static member's -2 without an instance id counts as one).
             let id = match &hb.instance_id {
                 Some(instance) => self
                     .members
@@ -195,13 +218,23 @@ impl ConsumerGroup {
             } else {
                 hb.member_id.clone()
             };
-            // A static member coming back replaces its previous incarnation.
-            let previous = hb.instance_id.as_ref().and_then(|i| {
+            // A static member coming back replaces its previous incarnation once that one has
+            // left for now (epoch -2); while it is active, the newcomer is refused (KIP-848).
+            let holder = hb.instance_id.as_ref().and_then(|i| {
                 self.members
                     .values()
                     .find(|m| m.instance_id.as_ref() == Some(i))
-                    .map(|m| m.id.clone())
             });
+            if let Some(h) = holder {
+                if h.epoch != STATIC_LEAVE_EPOCH && h.id != id {
+                    return HeartbeatResult::error(
+                        ResponseError::UnreleasedInstanceId,
+                        &hb.member_id,
+                        "this group.instance.id is held by an active member",
+                    );
+                }
+            }
+            let previous = holder.map(|m| m.id.clone());
             let owned = match previous.and_then(|p| self.members.remove(&p)) {
                 Some(old) => {
                     if let Some(t) = self.target.remove(&old.id) {
@@ -574,6 +607,39 @@ mod tests {
         assert_eq!(
             g.heartbeat(bad, &topics, s, now).error,
             ResponseError::UnsupportedAssignor.code()
+        );
+    }
+
+    #[test]
+    fn a_static_instance_id_is_held_until_its_member_leaves_for_now() {
+        let topics: BTreeMap<String, i32> = [("t".to_string(), 4)].into();
+        let s = Duration::from_secs(30);
+        let now = Instant::now();
+        let mut g = ConsumerGroup::default();
+        let join = |g: &mut ConsumerGroup, id: &str| {
+            let mut h = hb(id, 0, Some(&["t"]), None);
+            h.instance_id = Some("i".into());
+            g.heartbeat(h, &topics, s, now)
+        };
+        let a = join(&mut g, "a");
+        assert_eq!((a.error, a.assignment.as_ref().map(parts)), (0, Some(4)));
+        // Another member with the same instance id is refused while a is active.
+        let b = join(&mut g, "b");
+        assert_eq!(b.error, ResponseError::UnreleasedInstanceId.code());
+        assert!(g.members.contains_key("a"));
+        // a leaves for now (-2): it keeps its partitions, and b takes them over at once.
+        let mut leave = hb("a", STATIC_LEAVE_EPOCH, None, None);
+        leave.instance_id = Some("i".into());
+        assert_eq!(g.heartbeat(leave, &topics, s, now).error, 0);
+        assert_eq!(g.state(), "Stable");
+        let epoch = g.group_epoch;
+        let b = join(&mut g, "b");
+        assert_eq!(b.error, 0);
+        assert_eq!(b.assignment.as_ref().map(parts), Some(4));
+        assert!(!g.members.contains_key("a"));
+        assert_eq!(
+            g.group_epoch, epoch,
+            "no rebalance for a static member's restart"
         );
     }
 
