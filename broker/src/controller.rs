@@ -15,6 +15,12 @@ pub const CONTROLLER_SHARD: usize = 0;
 /// The most partitions a topic may have.
 pub const MAX_PARTITIONS: i32 = 100_000;
 
+/// Whether an explicit replica assignment puts a partition on `node` alone: a single node
+/// keeps one replica of each partition.
+pub fn on_this_node_only(node: i32, broker_ids: &[kafka_protocol::messages::BrokerId]) -> bool {
+    broker_ids.len() == 1 && broker_ids[0].0 == node
+}
+
 /// A Kafka error code with a message for the client.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ApiError {
@@ -112,11 +118,14 @@ pub async fn create_topic(shard: &Rc<Shard>, topic: NewTopic) -> Result<Uuid, Ap
 }
 
 /// Grows a topic to `count` partitions: place the new ones on shards, persist, open them on
-/// their owners, publish. With `validate_only`, only checks. Must run on the controller shard.
+/// their owners, publish. `assignments`: how many explicit assignments the request gave (one
+/// per new partition is needed). With `validate_only`, only checks. Must run on the controller
+/// shard.
 pub async fn create_partitions(
     shard: &Rc<Shard>,
     name: String,
     count: i32,
+    assignments: Option<usize>,
     validate_only: bool,
 ) -> Result<(), ApiError> {
     let (_lock, mut meta) = begin_change(shard).await?;
@@ -141,6 +150,15 @@ pub async fn create_partitions(
         return Err(ApiError::new(
             ResponseError::InvalidPartitions,
             format!("partition count {count} must be at most {MAX_PARTITIONS}"),
+        ));
+    }
+    if let Some(given) = assignments.filter(|&n| n as i32 != count - current) {
+        return Err(ApiError::new(
+            ResponseError::InvalidReplicaAssignment,
+            format!(
+                "{given} assignments given for {} new partitions",
+                count - current
+            ),
         ));
     }
     if validate_only {

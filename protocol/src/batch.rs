@@ -206,9 +206,12 @@ pub const COMPRESSIONS: [Compression; 5] = [
 /// Validates every batch of a produce payload: each must be whole, v2, CRC-correct and at most
 /// `max_batch_bytes` long, and the batches must fill the payload exactly. The records of an
 /// uncompressed batch must also match its header (compressed ones are not decompressed here).
+/// With `keyless`, the walk also collects the indexes of uncompressed records without a key (a
+/// produce carries one batch, so they are indexes in it), for compacted topics.
 pub fn validate_produce(
     records: &[u8],
     max_batch_bytes: usize,
+    mut keyless: Option<&mut Vec<i32>>,
 ) -> Result<ProducedBatches, BatchError> {
     let mut at = 0;
     let mut summary = ProducedBatches {
@@ -225,7 +228,11 @@ pub fn validate_produce(
             });
         }
         if header.compression() == 0 {
-            check_records(&records[at..at + header.total_len()], &header)?;
+            check_records(
+                &records[at..at + header.total_len()],
+                &header,
+                keyless.as_deref_mut(),
+            )?;
         }
         summary.count += 1;
         summary.offset_span += header.last_offset_delta as i64 + 1;
@@ -241,26 +248,52 @@ pub fn validate_produce(
 /// Walks the records of an uncompressed batch (no allocation): each must parse and fill its
 /// declared length, offset deltas must run 0, 1, 2, ..., and exactly `record_count` records
 /// must fill the batch. As Kafka checks, so a batch whose header lies is refused, not stored.
-fn check_records(batch: &[u8], header: &BatchHeader) -> Result<(), BatchError> {
-    let mut rest = &batch[HEADER_LEN..];
-    for index in 0..header.record_count {
-        let len = take_varint(&mut rest).ok_or(BatchError::BadRecords("record length"))?;
-        if len < 0 || len as usize > rest.len() {
-            return Err(BatchError::BadRecords("record length past the batch end"));
-        }
-        let (record, after) = rest.split_at(len as usize);
-        check_record(record, index).ok_or(BatchError::BadRecords("malformed record"))?;
-        rest = after;
-    }
+fn check_records(
+    batch: &[u8],
+    header: &BatchHeader,
+    mut keyless: Option<&mut Vec<i32>>,
+) -> Result<(), BatchError> {
+    let rest = split_records(
+        &batch[HEADER_LEN..],
+        header.record_count,
+        |index, record| {
+            let null_key =
+                check_record(record, index).ok_or(BatchError::BadRecords("malformed record"))?;
+            if let (true, Some(k)) = (null_key, keyless.as_deref_mut()) {
+                k.push(index);
+            }
+            Ok(())
+        },
+    )?;
     if !rest.is_empty() {
         return Err(BatchError::BadRecords("bytes after the last record"));
     }
     Ok(())
 }
 
+/// Hands each of `record_count` length-prefixed records to `each` with its index; returns
+/// what follows the last one.
+fn split_records(
+    mut rest: &[u8],
+    record_count: i32,
+    mut each: impl FnMut(i32, &[u8]) -> Result<(), BatchError>,
+) -> Result<&[u8], BatchError> {
+    for index in 0..record_count {
+        let len = take_varint(&mut rest).ok_or(BatchError::BadRecords("record length"))?;
+        let len = usize::try_from(len)
+            .ok()
+            .filter(|&l| l <= rest.len())
+            .ok_or(BatchError::BadRecords("record length past the batch end"))?;
+        let (record, after) = rest.split_at(len);
+        each(index, record)?;
+        rest = after;
+    }
+    Ok(rest)
+}
+
 /// Checks one record's fields (attributes, timestamp delta, offset delta, key, value,
-/// headers) fill it exactly.
-fn check_record(mut r: &[u8], index: i32) -> Option<()> {
+/// headers) fill it exactly; returns whether its key is null.
+fn check_record(mut r: &[u8], index: i32) -> Option<bool> {
     let (_attributes, rest) = r.split_first()?;
     r = rest;
     take_varint(&mut r)?; // timestamp delta
@@ -276,6 +309,7 @@ fn check_record(mut r: &[u8], index: i32) -> Option<()> {
         *r = &r[len..];
         Some(())
     };
+    let null_key = take_varint(&mut { r })? == -1;
     skip_bytes(&mut r, true)?; // key
     skip_bytes(&mut r, true)?; // value
     let headers = take_varint(&mut r)?;
@@ -286,22 +320,15 @@ fn check_record(mut r: &[u8], index: i32) -> Option<()> {
         skip_bytes(&mut r, false)?; // header key
         skip_bytes(&mut r, true)?; // header value
     }
-    r.is_empty().then_some(())
+    r.is_empty().then_some(null_key)
 }
 
 /// The indexes of the records without a key (null key) in a batch's records section
 /// (`record_count` records: the bytes after the header, decompressed if the batch is
 /// compressed). Walks them in place; fails on records that do not parse.
-pub fn keyless_records(mut records: &[u8], record_count: i32) -> Result<Vec<i32>, BatchError> {
+pub fn keyless_records(records: &[u8], record_count: i32) -> Result<Vec<i32>, BatchError> {
     let mut keyless = Vec::new();
-    for index in 0..record_count {
-        let len = take_varint(&mut records).ok_or(BatchError::BadRecords("record length"))?;
-        let len = usize::try_from(len)
-            .ok()
-            .filter(|&l| l <= records.len())
-            .ok_or(BatchError::BadRecords("record length past the batch end"))?;
-        let (mut record, after) = records.split_at(len);
-        records = after;
+    split_records(records, record_count, |index, mut record| {
         // attributes (1 byte), timestamp delta, offset delta, then the key's length.
         record = record
             .get(1..)
@@ -312,7 +339,8 @@ pub fn keyless_records(mut records: &[u8], record_count: i32) -> Result<Vec<i32>
         if take_varint(&mut record).ok_or(BatchError::BadRecords("malformed record"))? < 0 {
             keyless.push(index);
         }
-    }
+        Ok(())
+    })?;
     Ok(keyless)
 }
 
@@ -463,10 +491,29 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn the_produce_walk_collects_records_without_a_key() {
+        let records: Vec<Record> = [Some("a"), None, Some("c"), None]
+            .iter()
+            .enumerate()
+            .map(|(i, k)| plain_record(i as i64, 1, k.map(|k| Bytes::from(k.to_string())), None))
+            .collect();
+        let batch = encode_plain(&records, Compression::None).unwrap();
+        let mut keyless = Vec::new();
+        validate_produce(&batch, 1 << 20, Some(&mut keyless)).expect("valid");
+        assert_eq!(keyless, vec![1, 3]);
+        let section = &batch[HEADER_LEN..];
+        assert_eq!(
+            keyless_records(section, 4),
+            Ok(vec![1, 3]),
+            "the same by the key-only walk"
+        );
+    }
+
+    #[test]
     fn parses_client_batches_for_every_codec() {
         for codec in COMPRESSIONS {
             let batch = sample_batch(10, codec, 100);
-            let summary = validate_produce(&batch, 1 << 20).expect("valid");
+            let summary = validate_produce(&batch, 1 << 20, None).expect("valid");
             assert_eq!(summary.count, 1);
             assert_eq!(summary.offset_span, 10);
             assert_eq!(summary.max_timestamp, 1_700_000_000_009);
@@ -483,24 +530,24 @@ pub(crate) mod tests {
         let last = flipped.len() - 1;
         flipped[last] ^= 0x40;
         assert!(matches!(
-            validate_produce(&flipped, 1 << 20),
+            validate_produce(&flipped, 1 << 20, None),
             Err(BatchError::BadCrc { .. })
         ));
         let mut old_magic = batch.clone();
         old_magic[MAGIC] = 1;
         assert_eq!(
-            validate_produce(&old_magic, 1 << 20),
+            validate_produce(&old_magic, 1 << 20, None),
             Err(BatchError::BadMagic(1))
         );
         assert!(matches!(
-            validate_produce(&batch, 20),
+            validate_produce(&batch, 20, None),
             Err(BatchError::TooLarge { .. })
         ));
         assert!(matches!(
-            validate_produce(&batch[..batch.len() - 1], 1 << 20),
+            validate_produce(&batch[..batch.len() - 1], 1 << 20, None),
             Err(BatchError::Truncated(..))
         ));
-        assert_eq!(validate_produce(&[], 1 << 20), Err(BatchError::Empty));
+        assert_eq!(validate_produce(&[], 1 << 20, None), Err(BatchError::Empty));
     }
 
     /// `batch` with its header's record count and last offset delta set to `count` (CRC fixed).
@@ -515,12 +562,12 @@ pub(crate) mod tests {
     #[test]
     fn uncompressed_records_must_match_the_header() {
         let batch = sample_batch(3, Compression::None, 10);
-        assert!(validate_produce(&batch, 1 << 20).is_ok());
+        assert!(validate_produce(&batch, 1 << 20, None).is_ok());
         for count in [2, 4, 1000, i32::MAX] {
             let lying = with_declared_count(&batch, count);
             assert!(
                 matches!(
-                    validate_produce(&lying, 1 << 20),
+                    validate_produce(&lying, 1 << 20, None),
                     Err(BatchError::BadRecords(_))
                 ),
                 "count {count}"
@@ -531,12 +578,12 @@ pub(crate) mod tests {
         long[HEADER_LEN] = 0x7e; // zigzag 63
         rewrite_crc(&mut long);
         assert!(matches!(
-            validate_produce(&long, 1 << 20),
+            validate_produce(&long, 1 << 20, None),
             Err(BatchError::BadRecords(_))
         ));
         // Compressed batches are not decompressed: their count is taken as declared.
         let lz4 = sample_batch(3, Compression::Lz4, 10);
-        assert!(validate_produce(&with_declared_count(&lz4, 5), 1 << 20).is_ok());
+        assert!(validate_produce(&with_declared_count(&lz4, 5), 1 << 20, None).is_ok());
     }
 
     proptest! {
@@ -549,7 +596,7 @@ pub(crate) mod tests {
             let len = (b.len() - 12) as i32;
             b[8..12].copy_from_slice(&len.to_be_bytes());
             let b = with_declared_count(&b, count.max(1));
-            if validate_produce(&b, 1 << 20).is_ok() {
+            if validate_produce(&b, 1 << 20, None).is_ok() {
                 let decoded = kafka_protocol::records::RecordBatchDecoder::decode(&mut bytes::Bytes::from(b)).unwrap();
                 prop_assert_eq!(decoded.records.len() as i32, count.max(1));
             }
@@ -620,7 +667,7 @@ pub(crate) mod tests {
     proptest! {
         #[test]
         fn arbitrary_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..512)) {
-            let _ = validate_produce(&data, 1 << 20);
+            let _ = validate_produce(&data, 1 << 20, Some(&mut Vec::new()));
             let _ = headers(&data).count();
         }
 
@@ -632,7 +679,7 @@ pub(crate) mod tests {
             prop_assume!(pos >= MAGIC);
             let mut bad = batch.clone();
             bad[pos] ^= 1 << bit;
-            prop_assert!(validate_produce(&bad, 1 << 20).is_err());
+            prop_assert!(validate_produce(&bad, 1 << 20, None).is_err());
         }
     }
 }

@@ -719,10 +719,15 @@ impl<L: Log> Group<L> {
             return self.become_candidate(false);
         }
         let (end, last_term) = (self.log.end(), self.epochs.term_before(self.log.end()));
+        self.ask_voters(self.term + 1, Body::PreVote { end, last_term });
+    }
+
+    /// Sends a (pre-)vote request for `term` to every other voter.
+    fn ask_voters(&mut self, term: Term, request: Body) {
         for i in 0..self.peers.len() {
             let to = self.peers[i];
             if self.membership.current().is_voter(to) {
-                self.send_with_term(to, self.term + 1, Body::PreVote { end, last_term });
+                self.send_with_term(to, term, request.clone());
             }
         }
     }
@@ -742,19 +747,14 @@ impl<L: Log> Group<L> {
             return self.become_leader();
         }
         let (end, last_term) = (self.log.end(), self.epochs.term_before(self.log.end()));
-        for i in 0..self.peers.len() {
-            let to = self.peers[i];
-            if self.membership.current().is_voter(to) {
-                self.send(
-                    to,
-                    Body::Vote {
-                        end,
-                        last_term,
-                        transfer,
-                    },
-                );
-            }
-        }
+        self.ask_voters(
+            self.term,
+            Body::Vote {
+                end,
+                last_term,
+                transfer,
+            },
+        );
     }
 
     fn become_leader(&mut self) {
@@ -1158,26 +1158,27 @@ impl<L: Log> Group<L> {
     fn maybe_commit(&mut self) {
         let m = self.membership.current();
         let own = self.synced.min(self.log.end());
-        let mut acks: Vec<Offset> = m
+        let durable = |v: NodeId| {
+            if v == self.cfg.id {
+                own
+            } else {
+                self.progress.get(&v).map_or(0, |p| p.matched)
+            }
+        };
+        let needed = if self.mutated(Mutation::CommitWithoutMajority) {
+            1
+        } else {
+            m.quorum()
+        };
+        // The highest offset that `needed` voters hold durably, without allocating: it runs on
+        // every acknowledgement, and a group has a handful of voters.
+        let c = m
             .voters
             .iter()
-            .map(|&v| {
-                if v == self.cfg.id {
-                    own
-                } else {
-                    self.progress.get(&v).map_or(0, |p| p.matched)
-                }
-            })
-            .collect();
-        acks.sort_unstable_by(|a, b| b.cmp(a));
-        let Some(&c) = acks.get(m.quorum() - 1) else {
-            return;
-        };
-        let c = if self.mutated(Mutation::CommitWithoutMajority) {
-            acks[0]
-        } else {
-            c
-        };
+            .map(|&v| durable(v))
+            .filter(|&a| m.voters.iter().filter(|&&w| durable(w) >= a).count() >= needed)
+            .max()
+            .unwrap_or(0);
         if c > self.commit && self.epochs.term_before(c) == self.term {
             debug_assert!(c <= self.log.end());
             self.commit = c;

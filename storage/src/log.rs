@@ -389,14 +389,24 @@ impl PartitionLog {
     /// durability.
     pub fn append(&self, records: Bytes, now_ms: i64) -> Result<Appended, LogError> {
         let config = self.config.borrow();
-        let summary = batch::validate_produce(&records, config.max_message_bytes)?;
+        // Compacted topics refuse records without a key; the produce walk finds them in an
+        // uncompressed batch, compaction's bounded decompression in a compressed one.
+        let mut keyless = Vec::new();
+        let summary = batch::validate_produce(
+            &records,
+            config.max_message_bytes,
+            config.compact_enabled.then_some(&mut keyless),
+        )?;
         if summary.count != 1 {
             return Err(LogError::BatchCount(summary.count));
         }
         let header = batch::BatchHeader::parse(&records)?;
         if config.compact_enabled {
-            let keyless = crate::compaction::keyless_records(&records, &header)
-                .map_err(|_| BatchError::BadRecords("records that do not decompress or parse"))?;
+            if header.compression() != 0 {
+                keyless = crate::compaction::keyless_records(&records, &header).map_err(|_| {
+                    BatchError::BadRecords("records that do not decompress or parse")
+                })?;
+            }
             if !keyless.is_empty() {
                 return Err(LogError::KeylessRecords(keyless));
             }
@@ -847,14 +857,18 @@ impl PartitionLog {
         let dirty_bytes: u64 = dirty.iter().map(|s| s.size()).sum();
         let all_bytes: u64 = closed.iter().map(|s| s.size()).sum();
         let ratio = dirty_bytes as f64 / all_bytes.max(1) as f64;
-        let overdue = match dirty.first() {
-            Some(s) => s.first_timestamp().await?.is_some_and(|first| {
+        if ratio < config.min_cleanable_dirty_ratio {
+            // Not dirty enough: only a dirty record past max.compaction.lag.ms makes it due.
+            let first = match dirty.first() {
+                Some(s) => s.first_timestamp().await?,
+                None => None,
+            };
+            let overdue = first.is_some_and(|first| {
                 now_ms.saturating_sub(first) >= lag_ms(config.max_compaction_lag)
-            }),
-            None => false,
-        };
-        if ratio < config.min_cleanable_dirty_ratio && !overdue {
-            return Ok(0);
+            });
+            if !overdue {
+                return Ok(0);
+            }
         }
         // A seal in progress would write index files over a replacement's.
         self.sealer.seal_rolled().await?;

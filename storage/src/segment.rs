@@ -559,15 +559,14 @@ impl Segment {
         self.end.get()
     }
 
-    /// The timestamp of the segment's first batch (its base timestamp), if it has one.
+    /// The timestamp of the segment's first batch (its base timestamp), if it has one. Reads
+    /// that batch's header only.
     pub async fn first_timestamp(&self) -> io::Result<Option<i64>> {
-        let mut first = None;
-        self.scan(0, self.size.get(), false, |_, h| {
-            first = Some(h.base_timestamp);
-            false
-        })
-        .await?;
-        Ok(first)
+        if self.size.get() < batch::HEADER_LEN as u64 {
+            return Ok(None);
+        }
+        let head = self.file.read_at(0, batch::HEADER_LEN).await?;
+        Ok(BatchHeader::parse(&head).ok().map(|h| h.base_timestamp))
     }
 
     /// Calls `f` with the header of every batch in the segment, in order.

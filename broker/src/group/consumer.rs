@@ -56,6 +56,10 @@ pub struct HeartbeatResult {
 }
 
 impl HeartbeatResult {
+    fn unknown_member(member_id: &str) -> HeartbeatResult {
+        HeartbeatResult::error(ResponseError::UnknownMemberId, member_id, "unknown member")
+    }
+
     fn error(e: ResponseError, member_id: &str, message: &str) -> HeartbeatResult {
         HeartbeatResult {
             error: e.code(),
@@ -161,28 +165,11 @@ impl ConsumerGroup {
                 );
             }
         }
-        if hb.member_epoch == STATIC_LEAVE_EPOCH && hb.instance_id.is_some() {
-            // A static member leaving for now (a restart): it keeps its registration and its
-            // partitions until its session runs out, so its next incarnation takes them over
-            // without a rebalance (KIP-848).
-            let instance = hb.instance_id.as_deref();
-            if let Some(m) = self
-                .members
-                .values_mut()
-                .find(|m| m.instance_id.as_deref() == instance)
-            {
-                m.epoch = STATIC_LEAVE_EPOCH;
-            }
-            return HeartbeatResult {
-                error: 0,
-                message: None,
-                member_id: hb.member_id,
-                member_epoch: hb.member_epoch,
-                assignment: None,
-            };
-        }
         if hb.member_epoch < 0 {
-            // -1: leaving (a static member's -2 without an instance id counts as one).
+            // -1: leaving. -2: a static member leaving for now (a restart): it keeps its
+            // registration and partitions until its session runs out, so its next incarnation
+            // takes them over without a rebalance (KIP-848); without an instance id it leaves.
+            let for_now = hb.member_epoch == STATIC_LEAVE_EPOCH && hb.instance_id.is_some();
             let id = match &hb.instance_id {
                 Some(instance) => self
                     .members
@@ -192,7 +179,11 @@ impl ConsumerGroup {
                 None => Some(hb.member_id.clone()),
             };
             if let Some(id) = id {
-                if self.members.remove(&id).is_some() {
+                if for_now {
+                    if let Some(m) = self.members.get_mut(&id) {
+                        m.epoch = STATIC_LEAVE_EPOCH;
+                    }
+                } else if self.members.remove(&id).is_some() {
                     self.bump(topics);
                 }
             }
@@ -265,11 +256,7 @@ impl ConsumerGroup {
             id
         } else {
             let Some(member) = self.members.get_mut(&hb.member_id) else {
-                return HeartbeatResult::error(
-                    ResponseError::UnknownMemberId,
-                    &hb.member_id,
-                    "unknown member",
-                );
+                return HeartbeatResult::unknown_member(&hb.member_id);
             };
             if hb.member_epoch != member.epoch {
                 return HeartbeatResult::error(
@@ -288,11 +275,7 @@ impl ConsumerGroup {
         };
         let Some(member) = self.members.get_mut(&member_id) else {
             // Inserted or looked up just above; answered as unknown rather than trusted.
-            return HeartbeatResult::error(
-                ResponseError::UnknownMemberId,
-                &member_id,
-                "unknown member",
-            );
+            return HeartbeatResult::unknown_member(&member_id);
         };
         member.last_heartbeat = now;
         if let Some(owned) = hb.owned {
@@ -439,11 +422,7 @@ impl ConsumerGroup {
     fn reconcile(&mut self, member_id: &str) -> HeartbeatResult {
         let target = self.target.get(member_id).cloned().unwrap_or_default();
         let Some(member) = self.members.get(member_id) else {
-            return HeartbeatResult::error(
-                ResponseError::UnknownMemberId,
-                member_id,
-                "unknown member",
-            );
+            return HeartbeatResult::unknown_member(member_id);
         };
         let owned = member.owned.clone();
         let revoke = minus(&owned, &target);
@@ -463,11 +442,7 @@ impl ConsumerGroup {
             (free, self.assignment_epoch)
         };
         let Some(member) = self.members.get_mut(member_id) else {
-            return HeartbeatResult::error(
-                ResponseError::UnknownMemberId,
-                member_id,
-                "unknown member",
-            );
+            return HeartbeatResult::unknown_member(member_id);
         };
         let changed = assignment != member.owned || epoch != member.epoch;
         if revoke.is_empty() {

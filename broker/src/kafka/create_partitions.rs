@@ -12,9 +12,9 @@ use super::str_bytes;
 use crate::controller::{self, ApiError, CONTROLLER_SHARD};
 use crate::shard::Shard;
 
-/// What can be checked before the controller: explicit assignments name one new partition
-/// each, on this broker only (a single node has one replica per partition); internal topics
-/// keep their partition count (it decides which partition holds a group).
+/// What does not need the controller: internal topics keep their partition count (it decides
+/// which partition holds a group), and explicit assignments put each new partition on this
+/// broker only.
 fn check(shard: &Shard, t: &CreatePartitionsTopic) -> Result<(), ApiError> {
     let name = t.name.0.as_str();
     if is_internal(name) {
@@ -23,29 +23,11 @@ fn check(shard: &Shard, t: &CreatePartitionsTopic) -> Result<(), ApiError> {
             format!("the partition count of internal topic {name} cannot change"),
         ));
     }
-    let Some(assignments) = &t.assignments else {
-        return Ok(());
-    };
-    let current = shard
-        .meta
-        .snapshot()
-        .topics
-        .get(name)
-        .map_or(0, |m| m.shards.len() as i32);
     let node = shard.config.node_id;
-    if assignments.len() as i32 != t.count - current {
-        return Err(ApiError::new(
-            ResponseError::InvalidReplicaAssignment,
-            format!(
-                "{} assignments given for {} new partitions",
-                assignments.len(),
-                t.count - current
-            ),
-        ));
-    }
+    let assignments = t.assignments.iter().flatten();
     if assignments
-        .iter()
-        .any(|a| a.broker_ids.len() != 1 || a.broker_ids[0].0 != node)
+        .clone()
+        .any(|a| !controller::on_this_node_only(node, &a.broker_ids))
     {
         return Err(ApiError::new(
             ResponseError::InvalidReplicaAssignment,
@@ -73,9 +55,17 @@ pub async fn handle(shard: &Rc<Shard>, req: CreatePartitionsRequest) -> Response
                 Err(e) => Err(e),
                 Ok(()) => {
                     let (count, validate_only) = (t.count, req.validate_only);
+                    let assignments = t.assignments.as_ref().map(Vec::len);
                     shard
                         .run_on(CONTROLLER_SHARD, move |s| async move {
-                            controller::create_partitions(&s, name, count, validate_only).await
+                            controller::create_partitions(
+                                &s,
+                                name,
+                                count,
+                                assignments,
+                                validate_only,
+                            )
+                            .await
                         })
                         .await
                 }

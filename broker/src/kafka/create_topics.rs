@@ -49,7 +49,7 @@ fn new_topic(
         if indexes != (0..indexes.len() as i32).collect::<Vec<_>>()
             || t.assignments
                 .iter()
-                .any(|a| a.broker_ids.len() != 1 || a.broker_ids[0].0 != node)
+                .any(|a| !controller::on_this_node_only(node, &a.broker_ids))
         {
             return Err(ApiError::new(
                 ResponseError::InvalidReplicaAssignment,

@@ -55,20 +55,13 @@ pub async fn handle(shard: &Rc<Shard>, req: ListOffsetsRequest, version: i16) ->
                 .or_default() += 1;
         }
     }
-    let duplicated: Vec<(String, i32)> = named
-        .into_iter()
-        .filter(|&(_, n)| n > 1)
-        .map(|((t, p), _)| (t.to_string(), p))
-        .collect();
     let mut topics = Vec::new();
-    for t in req.topics {
+    for t in &req.topics {
         let name = t.name.0.to_string();
         let lookups = t.partitions.iter().map(|p| {
             let (topic, partition, timestamp) = (name.clone(), p.partition_index, p.timestamp);
             let owner = meta.owner(&name, partition);
-            let duplicate = duplicated
-                .iter()
-                .any(|(t, p)| *t == name && *p == partition);
+            let duplicate = named[&(t.name.0.as_str(), partition)] > 1;
             async move {
                 if duplicate {
                     return (ResponseError::InvalidRequest.code(), -1, -1);
@@ -99,7 +92,7 @@ pub async fn handle(shard: &Rc<Shard>, req: ListOffsetsRequest, version: i16) ->
             .collect();
         topics.push(
             ListOffsetsTopicResponse::default()
-                .with_name(t.name)
+                .with_name(t.name.clone())
                 .with_partitions(partitions),
         );
     }

@@ -14,5 +14,6 @@ fuzz_target!(|data: &[u8]| {
         batch::set_log_append_time(head, rest, 7);
         assert!(batch::validate(&copy).is_ok());
     }
-    let _ = batch::validate_produce(data, 1 << 20);
+    let _ = batch::validate_produce(data, 1 << 20, Some(&mut Vec::new()));
+    let _ = batch::keyless_records(data, 64);
 });
