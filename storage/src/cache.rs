@@ -44,7 +44,8 @@ impl BatchCache {
         }
     }
 
-    /// Removes every batch at or after `offset` (a failed write rolled them back).
+    /// Removes every batch at or after `offset` (a failed write rolled them back, or the log was
+    /// truncated).
     pub fn truncate_from(&mut self, offset: i64) {
         while self
             .batches
@@ -57,9 +58,9 @@ impl BatchCache {
     }
 
     /// Whole batches from the one containing `offset`, up to `max_bytes` (the first batch is
-    /// returned even if larger when `min_one`), shared, not copied. `None` if the cache does
-    /// not reach back to `offset`.
-    pub fn read(&self, offset: i64, max_bytes: usize, min_one: bool) -> Option<Records> {
+    /// returned even if larger when `min_one`) and none starting at or after `upto`, shared,
+    /// not copied. `None` if the cache does not reach back to `offset`.
+    pub fn read(&self, offset: i64, max_bytes: usize, min_one: bool, upto: i64) -> Option<Records> {
         let first = self.batches.front()?;
         if offset < first.0 {
             return None;
@@ -67,7 +68,10 @@ impl BatchCache {
         let start = self.batches.partition_point(|&(_, last, _)| last < offset);
         let mut taken = 0;
         let mut total = 0;
-        for (_, _, b) in self.batches.range(start..) {
+        for (base, _, b) in self.batches.range(start..) {
+            if *base >= upto {
+                break;
+            }
             if total + b.len() > max_bytes && !(min_one && taken == 0) {
                 break;
             }
@@ -84,6 +88,11 @@ impl BatchCache {
 
     pub fn bytes(&self) -> usize {
         self.bytes
+    }
+
+    pub fn clear(&mut self) {
+        self.batches.clear();
+        self.bytes = 0;
     }
 }
 
@@ -110,23 +119,35 @@ mod tests {
     #[test]
     fn reads_whole_batches_within_budget() {
         let c = cache();
-        assert_eq!(c.read(0, 250, true).unwrap().len(), 200);
-        assert_eq!(first_byte(c.read(7, 1000, true)), 1);
-        assert_eq!(c.read(7, 1000, true).unwrap().len(), 200);
+        assert_eq!(c.read(0, 250, true, i64::MAX).unwrap().len(), 200);
+        assert_eq!(first_byte(c.read(7, 1000, true, i64::MAX)), 1);
+        assert_eq!(c.read(7, 1000, true, i64::MAX).unwrap().len(), 200);
         assert_eq!(
-            c.read(7, 10, true).unwrap().len(),
+            c.read(7, 10, true, i64::MAX).unwrap().len(),
             100,
             "first batch always"
         );
-        assert_eq!(c.read(7, 10, false).unwrap().len(), 0);
-        assert_eq!(c.read(11, 1000, true).unwrap().len(), 0);
+        assert_eq!(c.read(7, 10, false, i64::MAX).unwrap().len(), 0);
+        assert_eq!(c.read(11, 1000, true, i64::MAX).unwrap().len(), 0);
+    }
+
+    #[test]
+    fn reads_stop_at_the_limit() {
+        let c = cache();
+        assert_eq!(c.read(0, 1000, true, 10).unwrap().len(), 200);
+        assert_eq!(c.read(0, 1000, true, 5).unwrap().len(), 100);
+        assert_eq!(
+            c.read(5, 1000, true, 5).unwrap().len(),
+            0,
+            "nothing below it"
+        );
     }
 
     #[test]
     fn trims_only_written_batches() {
         let mut c = cache();
         c.trim(100, 5);
-        assert!(c.read(0, 1000, true).is_none());
+        assert!(c.read(0, 1000, true, i64::MAX).is_none());
         assert_eq!(
             c.bytes(),
             200,
@@ -138,7 +159,7 @@ mod tests {
         assert_eq!(c.bytes(), 0);
         let mut c = cache();
         c.drop_before(10);
-        assert!(c.read(0, 1000, true).is_none());
-        assert_eq!(first_byte(c.read(10, 1000, true)), 2);
+        assert!(c.read(0, 1000, true, i64::MAX).is_none());
+        assert_eq!(first_byte(c.read(10, 1000, true, i64::MAX)), 2);
     }
 }

@@ -142,15 +142,21 @@ pub async fn write_file(path: &Path, data: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
+/// Makes the directory's entries (files created, renamed or removed) durable.
+pub async fn sync_dir(dir: &Path) -> io::Result<()> {
+    let dir = glommio::io::Directory::open(dir).await?;
+    dir.sync().await?;
+    dir.close().await?;
+    Ok(())
+}
+
 /// Replaces `path` atomically: write a temporary file, sync it, rename it over `path`.
 pub async fn write_file_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
     let tmp = path.with_extension("tmp");
     write_file(&tmp, data).await?;
     glommio::io::rename(&tmp, path).await?;
-    if let Some(dir) = path.parent() {
-        let dir = glommio::io::Directory::open(dir).await?;
-        dir.sync().await?;
-        dir.close().await?;
+    match path.parent() {
+        Some(dir) => sync_dir(dir).await,
+        None => Ok(()),
     }
-    Ok(())
 }

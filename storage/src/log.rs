@@ -62,6 +62,13 @@ pub enum LogError {
     Producer(#[from] ProducerError),
     #[error("a produce request must carry exactly one record batch per partition, not {0}")]
     BatchCount(usize),
+    /// A replicated batch that does not start where the log ends.
+    #[error("a replicated batch at offset {offset} does not start at the log end {end}")]
+    NotAtEnd { offset: i64, end: i64 },
+    /// A write of this replica failed while it led: it appends nothing more as leader in this
+    /// epoch, lest it reissue offsets its followers may already hold.
+    #[error("this replica is fenced after a failed write")]
+    Fenced,
     /// Records without a key sent to a compacted topic, by index in their batch.
     #[error("a compacted topic cannot accept records without a key ({} in this batch)", .0.len())]
     KeylessRecords(Vec<i32>),
@@ -114,7 +121,8 @@ pub struct PartitionLog {
     /// Segment writes the shard lets run at once, shared by its partitions (see
     /// `share_write_slots`).
     write_slots: RefCell<Rc<Semaphore>>,
-    appended: Event,
+    /// Fires when the high watermark moves (consumers' long polls wait on it).
+    advanced: Event,
     /// Fires when a write in flight completes or fails.
     write_done: Event,
     sealer: Rc<Sealer>,
@@ -190,6 +198,26 @@ struct Issued {
     slot: glommio::sync::StaticPermit,
 }
 
+/// A cut of the log's tail requested and not yet applied to its files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cut {
+    /// Everything from this offset (a batch boundary) on goes.
+    Truncate(i64),
+    /// Everything goes; the log restarts, empty, at this offset.
+    Reset(i64),
+}
+
+impl Cut {
+    /// This cut followed by `later`, as one.
+    fn then(self, later: Cut) -> Cut {
+        match (self, later) {
+            (Cut::Truncate(a), Cut::Truncate(b)) => Cut::Truncate(a.min(b)),
+            (Cut::Reset(s), Cut::Truncate(_)) => Cut::Reset(s),
+            (_, reset) => reset,
+        }
+    }
+}
+
 struct State {
     segments: BTreeMap<i64, Rc<Segment>>,
     log_start: i64,
@@ -213,6 +241,17 @@ struct State {
     producers: ProducerStates,
     /// Closed segments below this offset were compacted with nothing newer to apply.
     compacted_upto: i64,
+    /// `partitionLeaderEpoch` stamped into the batches this replica appends as leader.
+    leader_epoch: i32,
+    /// Epoch of the newest batch appended since the log was opened (epochs never decrease).
+    last_epoch: i32,
+    /// Set by replication (the Raft commit index). `None` for a log with one replica: then
+    /// it is `written`, so no reader sees a batch that a failed write may roll back.
+    high_watermark: Option<i64>,
+    /// A write failed while replicated: appends as leader are refused until the next epoch.
+    fenced: bool,
+    /// A truncation or reset done in memory, to apply to the files before the next write.
+    cut: Option<Cut>,
 }
 
 impl State {
@@ -343,11 +382,16 @@ impl PartitionLog {
                 rollbacks: Vec::new(),
                 producers,
                 compacted_upto: 0,
+                leader_epoch: 0,
+                last_epoch: -1,
+                high_watermark: None,
+                fenced: false,
+                cut: None,
             }),
             write_lock: Semaphore::new(1),
             sync_lock: Semaphore::new(1),
             write_slots: RefCell::new(Rc::new(Semaphore::new(u64::MAX >> 1))),
-            appended: Event::new(),
+            advanced: Event::new(),
             write_done: Event::new(),
             sealer: Rc::new(Sealer {
                 rolled: RefCell::new(Vec::new()),
@@ -412,6 +456,9 @@ impl PartitionLog {
             }
         }
         let mut st = self.state.borrow_mut();
+        if st.fenced {
+            return Err(LogError::Fenced);
+        }
         let generation = st.rollbacks.len();
         if let SequenceCheck::Duplicate {
             base_offset,
@@ -430,7 +477,8 @@ impl PartitionLog {
         let mut head = BytesMut::from(&records[..batch::HEADER_LEN]);
         let rest = records.slice(batch::HEADER_LEN..);
         batch::set_base_offset(&mut head, base_offset);
-        batch::set_leader_epoch(&mut head, 0);
+        batch::set_leader_epoch(&mut head, st.leader_epoch);
+        st.last_epoch = st.leader_epoch;
         let (log_append_time, max_ts) = if config.log_append_time {
             batch::set_log_append_time(&mut head, &rest, now_ms);
             (now_ms, now_ms)
@@ -451,14 +499,151 @@ impl PartitionLog {
         st.next_offset = last_offset + 1;
         let written = st.written;
         st.cache.trim(config.cache_bytes, written);
-        drop(st);
-        self.appended.notify(usize::MAX);
         Ok(Appended {
             base_offset,
             last_offset,
             log_append_time,
             generation,
         })
+    }
+
+    /// Appends one batch a leader sent this follower replica, as it is: its offsets and epoch
+    /// are the leader's (Raft has checked that it follows this log). It must start at the log
+    /// end. Idempotent-producer state is built from it as on the leader, so a new leader
+    /// recognises retries.
+    pub fn append_replica(&self, data: Bytes) -> Result<Appended, LogError> {
+        let header = batch::validate(&data)?;
+        if header.total_len() != data.len() {
+            return Err(LogError::BatchCount(batch::headers(&data).count()));
+        }
+        let mut st = self.state.borrow_mut();
+        if header.base_offset != st.next_offset {
+            return Err(LogError::NotAtEnd {
+                offset: header.base_offset,
+                end: st.next_offset,
+            });
+        }
+        debug_assert!(
+            header.partition_leader_epoch >= st.last_epoch,
+            "epochs never decrease along a log"
+        );
+        st.last_epoch = header.partition_leader_epoch;
+        if header.max_timestamp > st.max_timestamp.0 {
+            st.max_timestamp = (header.max_timestamp, header.base_offset);
+        }
+        st.producers.record(&header);
+        let (base_offset, last_offset) = (header.base_offset, header.last_offset());
+        let data = StoredBatch::from(data);
+        st.cache.push(base_offset, last_offset, data.clone());
+        st.pending.push(data);
+        st.next_offset = last_offset + 1;
+        let (limit, written) = (self.config.borrow().cache_bytes, st.written);
+        st.cache.trim(limit, written);
+        Ok(Appended {
+            base_offset,
+            last_offset,
+            log_append_time: -1,
+            generation: st.rollbacks.len(),
+        })
+    }
+
+    /// Starts a new leader epoch: this replica's appends as leader are stamped with `epoch`
+    /// from now on, and a fence left by a failed write is lifted.
+    pub fn set_leader_epoch(&self, epoch: i32) {
+        let mut st = self.state.borrow_mut();
+        debug_assert!(epoch >= st.last_epoch, "leader epochs never go back");
+        st.leader_epoch = epoch;
+        st.fenced = false;
+    }
+
+    /// Whether a failed write fenced this replica (see [`LogError::Fenced`]).
+    pub fn is_fenced(&self) -> bool {
+        self.state.borrow().fenced
+    }
+
+    /// Replication decides the high watermark from now on (see [`Self::high_watermark`]).
+    /// It never goes back, and never passes what this replica has written.
+    pub fn set_high_watermark(&self, hw: i64) {
+        let mut st = self.state.borrow_mut();
+        debug_assert!(
+            st.high_watermark.is_none_or(|old| hw >= old),
+            "the high watermark never goes back"
+        );
+        debug_assert!(hw <= st.next_offset, "the high watermark is inside the log");
+        st.high_watermark = Some(hw);
+        drop(st);
+        self.advanced.notify(usize::MAX);
+    }
+
+    /// Offsets below this are visible to consumers: the commit index of a replicated log, or
+    /// what is written for a log with one replica.
+    pub fn high_watermark(&self) -> i64 {
+        let st = self.state.borrow();
+        st.high_watermark
+            .map_or(st.written, |hw| hw.min(st.written))
+    }
+
+    /// Removes every batch from offset `end` (a batch boundary, not below the high watermark)
+    /// on: a follower whose tail diverged from its leader's. Done in memory at once (later
+    /// appends go at `end`); the files are cut before the next write, and that cut is synced
+    /// before anything written after it. Waiters for removed batches fail.
+    pub fn truncate(&self, end: i64) -> Result<(), LogError> {
+        let mut st = self.state.borrow_mut();
+        if end >= st.next_offset {
+            return Ok(());
+        }
+        if end < st.log_start || st.high_watermark.is_some_and(|hw| end < hw) {
+            return Err(LogError::OffsetOutOfRange {
+                offset: end,
+                start: st.log_start,
+                end: st.next_offset,
+            });
+        }
+        let on_file = st.issued() > end;
+        st.rollbacks.push(end);
+        st.pending.retain(|b| batch::base_offset(b.head()) < end);
+        st.next_offset = end;
+        st.written = st.written.min(end);
+        st.synced = st.synced.min(end);
+        st.cache.truncate_from(end);
+        st.producers.truncate_from(end);
+        st.last_epoch = -1; // unknown until the next append
+        if st.max_timestamp.1 >= end {
+            st.max_timestamp = (-1, -1);
+        }
+        if on_file {
+            st.cut = Some(
+                st.cut
+                    .map_or(Cut::Truncate(end), |c| c.then(Cut::Truncate(end))),
+            );
+        }
+        drop(st);
+        self.write_done.notify(usize::MAX);
+        Ok(())
+    }
+
+    /// Drops every batch and restarts the log, empty, at `start` (a follower too far behind
+    /// its leader's log start). In memory at once; the files follow before the next write.
+    pub fn reset(&self, start: i64) {
+        let mut st = self.state.borrow_mut();
+        // Every batch appended before, written or not, is lost to its waiters.
+        st.rollbacks.push(i64::MIN);
+        st.pending.clear();
+        st.cache.clear();
+        st.producers = ProducerStates::default();
+        st.log_start = start;
+        st.next_offset = start;
+        st.written = start;
+        st.synced = start;
+        st.max_timestamp = (-1, -1);
+        st.last_epoch = -1;
+        st.high_watermark = st.high_watermark.map(|hw| hw.max(start));
+        st.cut = Some(
+            st.cut
+                .map_or(Cut::Reset(start), |c| c.then(Cut::Reset(start))),
+        );
+        drop(st);
+        self.write_done.notify(usize::MAX);
     }
 
     /// Waits until `appended` is written (or synced), writing (and syncing) pending batches
@@ -517,17 +702,22 @@ impl PartitionLog {
         let _permit = take(&self.sync_lock).await?;
         // Sealed segments are synced; the active one and those rolled but not sealed yet hold
         // everything written but not synced. All are read before any await.
-        let (target, unsynced) = {
+        let (target, unsynced, generation) = {
             let st = self.state.borrow();
             if st.synced > offset {
                 return Ok(());
             }
             let mut unsynced = self.sealer.rolled.borrow().clone();
             unsynced.push(self.active());
-            (st.written, unsynced)
+            (st.written, unsynced, st.rollbacks.len())
         };
         futures::future::try_join_all(unsynced.iter().map(|s| s.sync())).await?;
         let mut st = self.state.borrow_mut();
+        // What a truncation (or failed write) meanwhile removed may have been written anew
+        // after the sync began: it does not count.
+        let target = st.rollbacks[generation..]
+            .iter()
+            .fold(target, |t, &cut| t.min(cut.max(st.log_start)));
         st.synced = st.synced.max(target);
         st.last_sync = std::time::Instant::now();
         Ok(())
@@ -546,8 +736,9 @@ impl PartitionLog {
             .await
             .map_err(|_| LogError::WriteFailed)?;
         // After a failure, the active segment is reset once no write is in flight (see
-        // `complete`); nothing may be prepared on it before.
-        if self.state.borrow().reset_active {
+        // `complete`), and a truncation is applied to the files; nothing may be prepared on
+        // the active segment before.
+        if self.state.borrow().reset_active || self.state.borrow().cut.is_some() {
             self.drain().await?;
         }
         let first_len = match self.state.borrow().pending.first() {
@@ -620,9 +811,19 @@ impl PartitionLog {
                 let interval = self.config.borrow().index_interval_bytes;
                 issued.segment.commit(&issued.batches, interval);
                 let mut st = self.state.borrow_mut();
-                st.written = issued.to;
+                // A truncation while the write was in flight removed its batches past the cut.
+                st.written = match st.cut {
+                    Some(Cut::Truncate(end)) => issued.to.min(end),
+                    _ => issued.to,
+                };
                 let limit = self.config.borrow().cache_bytes;
-                st.cache.trim(limit, issued.to);
+                let written = st.written;
+                st.cache.trim(limit, written);
+                let visible = st.high_watermark.is_none();
+                drop(st);
+                if visible {
+                    self.advanced.notify(usize::MAX);
+                }
                 Ok(())
             }
             Err(e) => {
@@ -647,6 +848,9 @@ impl PartitionLog {
     fn roll_back(&self, from: i64, error: &io::Error) {
         tracing::error!(dir = %self.dir.display(), from, %error, "segment write failed; rolling back unwritten batches");
         let mut st = self.state.borrow_mut();
+        // Followers may hold the rolled-back batches: a replicated leader must not give their
+        // offsets to other batches in this epoch.
+        st.fenced = st.high_watermark.is_some();
         st.written = from;
         st.rollbacks.push(from);
         st.next_offset = from;
@@ -661,13 +865,69 @@ impl PartitionLog {
         self.write_done.notify(usize::MAX);
     }
 
-    /// Waits until no write is in flight. Caller holds the write lock, so none starts
+    /// Waits until no write is in flight, then brings the files in line with the log (after a
+    /// failed write, or a truncation). Caller holds the write lock, so no write starts
     /// meanwhile.
     async fn drain(&self) -> io::Result<()> {
         while self.state.borrow().in_flight > 0 {
             self.write_done.listen().await;
         }
-        self.reset_active_segment().await
+        self.reset_active_segment().await?;
+        self.apply_cut().await
+    }
+
+    /// Applies a truncation or reset made in memory to the segment files: whole segments past
+    /// the cut are deleted, the one holding it is cut (and synced), and the directory is
+    /// synced, all before any later write. If it fails, the next write tries again.
+    async fn apply_cut(&self) -> io::Result<()> {
+        let Some(cut) = self.state.borrow().cut else {
+            return Ok(());
+        };
+        // A seal in progress would write the index files of a segment being cut or deleted.
+        self.sealer.seal_rolled().await?;
+        let segments: Vec<Rc<Segment>> = self.state.borrow().segments.values().cloned().collect();
+        let keep = match cut {
+            // The first segment stays (emptied, at worst): a log always has one.
+            Cut::Truncate(end) => segments
+                .iter()
+                .take_while(|s| s.base_offset < end)
+                .count()
+                .max(1),
+            Cut::Reset(_) => 0,
+        };
+        for segment in &segments[keep..] {
+            segment.remove().await?;
+            self.state
+                .borrow_mut()
+                .segments
+                .remove(&segment.base_offset);
+        }
+        match cut {
+            Cut::Truncate(end) => {
+                let interval = self.config.borrow().index_interval_bytes;
+                segments[keep - 1].truncate_to(end, interval).await?;
+            }
+            Cut::Reset(start) => {
+                let segment = Rc::new(Segment::create(&self.dir, start).await?);
+                self.state.borrow_mut().segments.insert(start, segment);
+                fs::write_file_atomic(&self.dir.join(LOG_START), start.to_string().as_bytes())
+                    .await?;
+            }
+        }
+        fs::sync_dir(&self.dir).await?;
+        let mut st = self.state.borrow_mut();
+        // Batches appended since the cut are in `max_timestamp` already.
+        st.max_timestamp = st
+            .segments
+            .values()
+            .map(|s| (s.max_timestamp(), s.base_offset))
+            .chain([st.max_timestamp])
+            .max_by_key(|&(ts, _)| ts)
+            .unwrap_or((-1, -1));
+        st.compacted_upto = st.compacted_upto.min(st.written);
+        st.cut = None;
+        tracing::info!(dir = %self.dir.display(), ?cut, "cut the log");
+        Ok(())
     }
 
     /// After a failed write, with none in flight: the active segment forgets the writes that
@@ -768,10 +1028,7 @@ impl PartitionLog {
     /// Moves the log start offset to `offset` (DeleteRecords; -1: the high watermark) and
     /// deletes segments that hold only older records. Returns the new log start offset.
     pub async fn delete_records(&self, offset: i64) -> Result<i64, LogError> {
-        let (start, end) = {
-            let st = self.state.borrow();
-            (st.log_start, st.next_offset)
-        };
+        let (start, end) = (self.log_start_offset(), self.high_watermark());
         let offset = if offset == -1 { end } else { offset };
         if offset < 0 || offset > end {
             return Err(LogError::OffsetOutOfRange { offset, start, end });
@@ -804,8 +1061,8 @@ impl PartitionLog {
             self.write_all().await?;
             self.roll().await?;
         }
-        let segments: Vec<Rc<Segment>> = self.state.borrow().segments.values().cloned().collect();
-        let closed = &segments[..segments.len() - 1];
+        let segments = self.settled_segments();
+        let closed = self.closed_below_high_watermark(&segments);
         let mut total: u64 = segments.iter().map(|s| s.size()).sum();
         let mut new_start = None;
         for (i, segment) in closed.iter().enumerate() {
@@ -833,8 +1090,8 @@ impl PartitionLog {
         if !config.compact_enabled {
             return Ok(0);
         }
-        let segments: Vec<Rc<Segment>> = self.state.borrow().segments.values().cloned().collect();
-        let closed = &segments[..segments.len() - 1];
+        let segments = self.settled_segments();
+        let closed = self.closed_below_high_watermark(&segments);
         // As Kafka's cleaner: closed segments are compactable once their newest record is
         // min.compaction.lag.ms old; they are compacted when min.cleanable.dirty.ratio of them
         // is dirty, or when a dirty record is older than max.compaction.lag.ms.
@@ -905,6 +1162,25 @@ impl PartitionLog {
         Ok(removed)
     }
 
+    /// The segments, or none while a truncation is still to be applied to them.
+    fn settled_segments(&self) -> Vec<Rc<Segment>> {
+        let st = self.state.borrow();
+        match st.cut {
+            Some(_) => Vec::new(),
+            None => st.segments.values().cloned().collect(),
+        }
+    }
+
+    /// The closed segments of `segments` (all of the log's) that hold only committed batches:
+    /// retention and compaction touch nothing a truncation could still remove (and retention
+    /// never moves the log start past the high watermark).
+    fn closed_below_high_watermark<'a>(&self, segments: &'a [Rc<Segment>]) -> &'a [Rc<Segment>] {
+        let hw = self.high_watermark();
+        let closed = &segments[..segments.len().saturating_sub(1)];
+        let n = closed.iter().take_while(|s| s.next_offset() <= hw).count();
+        &closed[..n]
+    }
+
     /// Deletes closed segments whose records are all below the log start offset.
     async fn delete_segments_below_start(&self) -> Result<usize, LogError> {
         // A seal in progress would write the index files of a deleted segment.
@@ -929,7 +1205,8 @@ impl PartitionLog {
     }
 
     /// Whole batches from the one holding `offset`, at most `max_bytes` (the first one even if
-    /// larger, when `min_one`, as KIP-74 asks). Empty at the log end.
+    /// larger, when `min_one`, as KIP-74 asks), below the high watermark: what a consumer may
+    /// read. Empty at the high watermark.
     pub async fn read(
         &self,
         offset: i64,
@@ -951,6 +1228,19 @@ impl PartitionLog {
         max_bytes: usize,
         min_one: bool,
     ) -> Result<Records, LogError> {
+        let hw = self.high_watermark();
+        self.read_upto(offset, max_bytes, min_one, hw).await
+    }
+
+    /// Like [`read_records`](Self::read_records), but up to offset `upto` (a batch boundary
+    /// at most the log end): replication reads past the high watermark.
+    pub async fn read_upto(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+        min_one: bool,
+        upto: i64,
+    ) -> Result<Records, LogError> {
         let segment = {
             let st = self.state.borrow();
             if offset < st.log_start || offset > st.next_offset {
@@ -960,10 +1250,10 @@ impl PartitionLog {
                     end: st.next_offset,
                 });
             }
-            if offset == st.next_offset {
+            if offset >= upto {
                 return Ok(Records::default());
             }
-            if let Some(records) = st.cache.read(offset, max_bytes, min_one) {
+            if let Some(records) = st.cache.read(offset, max_bytes, min_one, upto) {
                 return Ok(records);
             }
             st.segments
@@ -972,9 +1262,12 @@ impl PartitionLog {
                 .map(|(_, s)| s.clone())
                 .expect("offset >= log start has a segment")
         };
+        // Files hold nothing of use from `written` on (the cache has it), and may still hold
+        // batches a truncation removed.
+        let upto = upto.min(self.state.borrow().written);
         let mut segment = segment;
         loop {
-            if let Some(range) = segment.read(offset, max_bytes, min_one).await? {
+            if let Some(range) = segment.read(offset, max_bytes, min_one, upto).await? {
                 let mut records = Records::default();
                 records.push(Chunk::File(range));
                 return Ok(records);
@@ -995,23 +1288,18 @@ impl PartitionLog {
         }
     }
 
-    /// First record with timestamp >= `ts`: `(timestamp, offset)`, `None` if there is none.
+    /// First record below the high watermark with timestamp >= `ts`: `(timestamp, offset)`,
+    /// `None` if there is none.
     pub async fn find_timestamp(&self, ts: i64) -> Result<Option<(i64, i64)>, LogError> {
+        let hw = self.high_watermark();
+        // Batches a truncation removed may still be in the files: they are past `hw`.
         let segments: Vec<Rc<Segment>> = self.state.borrow().segments.values().cloned().collect();
         for segment in segments {
-            if let Some(found) = segment.find_timestamp(ts).await? {
-                return Ok(Some(found));
+            if segment.base_offset >= hw {
+                break;
             }
-        }
-        // Not on disk yet: look in pending batches through the cache (they are its newest).
-        let written = self.state.borrow().written;
-        let pending = self.state.borrow().cache.read(written, usize::MAX, true);
-        if let Some(records) = pending {
-            let data = records.into_bytes().await?;
-            for (pos, h) in batch::headers(&data) {
-                if h.max_timestamp >= ts {
-                    return Ok(crate::segment::first_record_at_or_after(&data[pos..], ts)?);
-                }
+            if let Some(found) = segment.find_timestamp(ts).await? {
+                return Ok(Some(found).filter(|&(_, offset)| offset < hw));
             }
         }
         Ok(None)
@@ -1039,9 +1327,9 @@ impl PartitionLog {
         self.state.borrow().next_offset
     }
 
-    /// A listener that fires on the next append (for long-polling fetches).
+    /// A listener that fires when the high watermark next moves (for long-polling fetches).
     pub fn listen(&self) -> EventListener {
-        self.appended.listen()
+        self.advanced.listen()
     }
 
     /// Writes everything pending, seals the active segment and leaves the clean-shutdown mark,

@@ -596,19 +596,25 @@ impl Segment {
     }
 
     /// Whole batches starting with the one that contains `offset`, up to `max_bytes` (the
-    /// first batch even if larger, when `min_one`), as a range of the file. `None` if `offset`
-    /// is past this segment. Reads only the batch headers it walks; the range ends at a batch
-    /// boundary the index or the segment's size gives, so no data is read to find it.
+    /// first batch even if larger, when `min_one`) and none from offset `upto` on, as a range
+    /// of the file. `None` if `offset` is past this segment or at `upto`. Reads only the batch
+    /// headers it walks; the range ends at a batch boundary the index or the segment's size
+    /// gives, so no data is read to find it (unless `upto` falls inside the segment).
     pub async fn read(
         &self,
         offset: i64,
         max_bytes: usize,
         min_one: bool,
+        upto: i64,
     ) -> io::Result<Option<FileRange>> {
-        let size = self.size.get();
+        let mut size = self.size.get();
         // Compaction can leave a segment with no batches at all.
-        if size == 0 || offset >= self.next_offset.get() {
+        if size == 0 || offset >= self.next_offset.get() || offset >= upto {
             return Ok(None);
+        }
+        if upto < self.next_offset.get() {
+            // The high watermark is inside: the range ends where its batch starts.
+            size = self.position_of(upto).await?;
         }
         // A consumer reading on from where its last read ended asks for an indexed batch (the
         // ends below are index entries) or a segment's first: then no header needs reading.
@@ -650,6 +656,43 @@ impl Segment {
             offset: start,
             len: (end - start) as usize,
         }))
+    }
+
+    /// Where the batch holding `offset` starts (the size if no batch holds it).
+    async fn position_of(&self, offset: i64) -> io::Result<u64> {
+        if offset <= self.base_offset {
+            return Ok(0);
+        }
+        let size = self.size.get();
+        let from = self
+            .index
+            .borrow()
+            .lookup((offset - self.base_offset) as u32);
+        Ok(self
+            .locate(from as u64, offset, size)
+            .await?
+            .map_or(size, |(pos, _)| pos))
+    }
+
+    /// Cuts the segment before the batch holding `offset` (a batch boundary): the file, synced,
+    /// and its indexes. No write may be in flight. Rebuilding the indexes re-reads the batch
+    /// headers before the cut; truncation is rare (a replica whose tail diverged from its
+    /// leader's), and mostly hits the active segment.
+    pub async fn truncate_to(&self, offset: i64, index_interval: u64) -> io::Result<()> {
+        let pos = self.position_of(offset).await?;
+        self.file.truncate(pos).await?;
+        self.file.fdatasync().await?;
+        self.allocated.set(pos);
+        *self.last_write.borrow_mut() = None;
+        self.next_offset.set(self.base_offset);
+        self.max_timestamp.set(-1);
+        let end = self.rebuild(0, pos, false, index_interval).await?;
+        debug_assert_eq!(end, pos, "a cut falls on a batch boundary");
+        for h in [self.index_path(), self.time_index_path()] {
+            fs::remove_file(&h).await?;
+        }
+        self.size.set(pos);
+        self.load_tail().await
     }
 
     /// Position and length of the first batch ending at or after `offset`, walking batch

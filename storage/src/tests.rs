@@ -324,6 +324,7 @@ fn log_append_time_is_stamped() {
         let log = PartitionLog::open(&dir, config).await.unwrap();
         let a = log.append(client_batch(3, 5, 10).into(), 777).unwrap();
         assert_eq!(a.log_append_time, 777);
+        log.wait(&a, Durability::Written).await.unwrap();
         let data = log.read(0, 1 << 20, true).await.unwrap();
         let h = batch::validate(&data).unwrap();
         assert!(h.is_log_append_time());
@@ -1009,5 +1010,241 @@ fn compaction_follows_the_lags_and_the_dirty_ratio() {
             ..base
         });
         assert!(log.compact(late).await.unwrap() > 0, "dirty enough at 0.1");
+    });
+}
+
+/// The batches of `log` from offset 0 to its end (past the high watermark), as stored.
+async fn stored_batches(log: &PartitionLog) -> Vec<bytes::Bytes> {
+    let end = log.end_offset();
+    let mut next = log.log_start_offset();
+    let mut out = Vec::new();
+    while next < end {
+        let data = log
+            .read_upto(next, usize::MAX, true, end)
+            .await
+            .unwrap()
+            .into_bytes()
+            .await
+            .unwrap();
+        assert!(!data.is_empty(), "a read below the end returns a batch");
+        for (pos, h) in batch::headers(&data) {
+            out.push(data.slice(pos..pos + h.total_len()));
+            next = h.last_offset() + 1;
+        }
+    }
+    out
+}
+
+#[test]
+fn a_leader_stamps_its_epoch_and_a_follower_takes_its_batches_at_their_offsets() {
+    let (_tmp, dir) = partition_dir();
+    run(move || async move {
+        let leader = PartitionLog::open(&dir.join("leader"), small_segments())
+            .await
+            .unwrap();
+        leader.set_high_watermark(0);
+        leader.set_leader_epoch(3);
+        fill(&leader, 3).await;
+        leader.set_leader_epoch(5);
+        fill(&leader, 2).await;
+        let batches = stored_batches(&leader).await;
+        let epochs: Vec<i32> = batches
+            .iter()
+            .map(|b| batch::BatchHeader::parse(b).unwrap().partition_leader_epoch)
+            .collect();
+        assert_eq!(epochs, [3, 3, 3, 5, 5]);
+
+        let follower = PartitionLog::open(&dir.join("follower"), small_segments())
+            .await
+            .unwrap();
+        follower.set_high_watermark(0);
+        let a = follower.append_replica(batches[0].clone()).unwrap();
+        assert_eq!((a.base_offset, a.last_offset), (0, 4));
+        // Not at the log end: refused, nothing changes.
+        assert!(matches!(
+            follower.append_replica(batches[0].clone()),
+            Err(LogError::NotAtEnd { offset: 0, end: 5 })
+        ));
+        assert!(matches!(
+            follower.append_replica(batches[2].clone()),
+            Err(LogError::NotAtEnd { offset: 10, end: 5 })
+        ));
+        let mut corrupt = batches[1].to_vec();
+        *corrupt.last_mut().unwrap() ^= 1;
+        assert!(matches!(
+            follower.append_replica(corrupt.into()),
+            Err(LogError::Batch(_))
+        ));
+        let two: Vec<u8> = [&batches[1][..], &batches[2][..]].concat();
+        assert!(matches!(
+            follower.append_replica(two.into()),
+            Err(LogError::BatchCount(2))
+        ));
+        for b in &batches[1..] {
+            let a = follower.append_replica(b.clone()).unwrap();
+            follower.wait(&a, Durability::Synced).await.unwrap();
+        }
+        assert_eq!(stored_batches(&follower).await, batches);
+        // After a crash the follower holds the same bytes.
+        let reopened = PartitionLog::open(&dir.join("follower"), small_segments())
+            .await
+            .unwrap();
+        assert_eq!(stored_batches(&reopened).await, batches);
+    });
+}
+
+#[test]
+fn consumers_read_below_the_high_watermark_only() {
+    let (_tmp, dir) = partition_dir();
+    run(move || async move {
+        // One replica: the high watermark is what is written.
+        let single = PartitionLog::open(&dir.join("single"), LogConfig::default())
+            .await
+            .unwrap();
+        let a = single.append(client_batch(5, 0, 10).into(), 0).unwrap();
+        assert_eq!((single.end_offset(), single.high_watermark()), (5, 0));
+        assert!(single.read(0, 1 << 20, true).await.unwrap().is_empty());
+        let advanced = single.listen();
+        single.wait(&a, Durability::Written).await.unwrap();
+        advanced.await;
+        assert_eq!(single.high_watermark(), 5);
+        assert_eq!(read_all(&single).await, (0..5).collect::<Vec<_>>());
+
+        // Replicated: replication moves it, whatever is written or synced.
+        let log = PartitionLog::open(&dir.join("replicated"), small_segments())
+            .await
+            .unwrap();
+        log.set_high_watermark(0);
+        fill(&log, 30).await;
+        assert_eq!(log.high_watermark(), 0);
+        assert!(read_all(&log).await.is_empty());
+        assert_eq!(stored_batches(&log).await.len(), 30);
+        // Inside a closed segment, then in the cache.
+        log.set_high_watermark(35);
+        assert_eq!(read_all(&log).await, (0..35).collect::<Vec<_>>());
+        let advanced = log.listen();
+        log.set_high_watermark(145);
+        advanced.await;
+        assert_eq!(read_all(&log).await, (0..145).collect::<Vec<_>>());
+        assert_eq!(log.find_timestamp(1145).await.unwrap(), None);
+        assert_eq!(log.find_timestamp(1144).await.unwrap(), Some((1144, 144)));
+        // DeleteRecords cannot pass it.
+        assert!(log.delete_records(146).await.is_err());
+        assert_eq!(log.delete_records(-1).await.unwrap(), 145);
+    });
+}
+
+#[test]
+fn a_truncation_cuts_the_tail_in_memory_at_once_and_in_the_files_before_the_next_write() {
+    let (_tmp, dir) = partition_dir();
+    run(move || async move {
+        let log = PartitionLog::open(&dir, small_segments()).await.unwrap();
+        log.set_high_watermark(0);
+        fill(&log, 40).await;
+        let segments_before = dir_files(&dir, "log").len();
+        assert!(segments_before > 3);
+        log.set_high_watermark(50);
+        // Not below the high watermark, and only at the log's batch boundaries.
+        assert!(log.truncate(45).is_err());
+        log.truncate(60).unwrap();
+        assert_eq!(log.end_offset(), 60);
+        assert_eq!(stored_batches(&log).await.len(), 12);
+        // New batches go at the cut; the files are cut before they are written.
+        log.set_leader_epoch(1);
+        fill(&log, 2).await;
+        assert_eq!(log.end_offset(), 70);
+        let batches = stored_batches(&log).await;
+        let epochs: Vec<i32> = batches
+            .iter()
+            .map(|b| batch::BatchHeader::parse(b).unwrap().partition_leader_epoch)
+            .collect();
+        assert_eq!(epochs, [vec![0; 12], vec![1; 2]].concat());
+        assert!(dir_files(&dir, "log").len() < segments_before);
+        // As after a crash: the cut holds.
+        let reopened = PartitionLog::open(&dir, small_segments()).await.unwrap();
+        assert_eq!(stored_batches(&reopened).await, batches);
+        // A reset drops everything: the log restarts, empty, further on.
+        log.reset(500);
+        assert_eq!((log.log_start_offset(), log.end_offset()), (500, 500));
+        let b = client_batch(5, 0, 10);
+        let mut replicated = b.clone();
+        batch::set_base_offset(&mut replicated, 500);
+        let a = log.append_replica(replicated.into()).unwrap();
+        log.wait(&a, Durability::Synced).await.unwrap();
+        let reopened = PartitionLog::open(&dir, small_segments()).await.unwrap();
+        assert_eq!(reopened.log_start_offset(), 500);
+        assert_eq!(stored_batches(&reopened).await.len(), 1);
+        assert_eq!(dir_files(&dir, "log").len(), 1);
+    });
+}
+
+#[test]
+fn a_truncation_while_a_write_is_in_flight_fails_its_waiters_and_keeps_offsets_dense() {
+    use crate::segment::{Latch, WRITE_GATE};
+    use std::rc::Rc;
+    let (_tmp, dir) = partition_dir();
+    run(move || async move {
+        let log = PartitionLog::open(&dir, uncached()).await.unwrap();
+        log.set_high_watermark(0);
+        fill(&log, 2).await;
+        // Three batches in one write, held in flight.
+        let gate = Rc::new(Latch::default());
+        WRITE_GATE.with(|g| *g.borrow_mut() = Some((gate.clone(), std::cell::Cell::new(99))));
+        let appended: Vec<_> = (0..3)
+            .map(|i| log.append(client_batch(5, i, 50).into(), 0).unwrap())
+            .collect();
+        let waits: Vec<_> = appended
+            .iter()
+            .map(|&a| {
+                let log = log.clone();
+                glommio::spawn_local(async move { log.wait(&a, Durability::Synced).await })
+            })
+            .collect();
+        glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
+        // The follower learns its tail diverged: the last two batches go.
+        log.truncate(15).unwrap();
+        gate.open();
+        let mut results = Vec::new();
+        for w in waits {
+            results.push(w.await.is_ok());
+        }
+        assert_eq!(results, [true, false, false]);
+        WRITE_GATE.with(|g| *g.borrow_mut() = None);
+        let a = log.append(client_batch(2, 9, 50).into(), 0).unwrap();
+        assert_eq!(a.base_offset, 15);
+        log.wait(&a, Durability::Synced).await.unwrap();
+        assert_eq!(log.synced_offset(), 17);
+        let reopened = PartitionLog::open(&dir, uncached()).await.unwrap();
+        reopened.set_high_watermark(17);
+        assert_eq!(read_all(&reopened).await, (0..17).collect::<Vec<_>>());
+    });
+}
+
+#[test]
+fn a_failed_write_fences_a_replicated_leader_until_its_next_epoch() {
+    use crate::segment::{Latch, WRITE_GATE};
+    use std::rc::Rc;
+    let (_tmp, dir) = partition_dir();
+    run(move || async move {
+        let log = PartitionLog::open(&dir, uncached()).await.unwrap();
+        log.set_high_watermark(0);
+        log.set_leader_epoch(1);
+        fill(&log, 1).await;
+        let gate = Rc::new(Latch::default());
+        WRITE_GATE.with(|g| *g.borrow_mut() = Some((gate.clone(), std::cell::Cell::new(0))));
+        gate.open();
+        let a = log.append(client_batch(5, 0, 50).into(), 0).unwrap();
+        assert!(log.wait(&a, Durability::Written).await.is_err());
+        WRITE_GATE.with(|g| *g.borrow_mut() = None);
+        // Offsets 5.. may be on followers: not reissued in this epoch.
+        assert!(log.is_fenced());
+        assert!(matches!(
+            log.append(client_batch(5, 0, 50).into(), 0),
+            Err(LogError::Fenced)
+        ));
+        log.set_leader_epoch(2);
+        let a = log.append(client_batch(5, 0, 50).into(), 0).unwrap();
+        log.wait(&a, Durability::Synced).await.unwrap();
+        assert_eq!(a.base_offset, 5);
     });
 }

@@ -293,7 +293,7 @@ pub async fn load(shard: &Rc<Shard>) -> anyhow::Result<()> {
             continue;
         };
         let mut offset = log.log_start_offset();
-        while offset < log.end_offset() {
+        while offset < log.high_watermark() {
             let data = log.read(offset, 1 << 20, true).await?;
             if data.is_empty() {
                 break;

@@ -50,7 +50,7 @@ async fn read_local(
             ..Read::default()
         };
     };
-    let high_watermark = log.end_offset();
+    let high_watermark = log.high_watermark();
     let log_start = log.log_start_offset();
     match log.read_records(offset, max_bytes, true).await {
         Ok(records) => Read {
@@ -75,7 +75,7 @@ async fn wait_local(shard: Rc<Shard>, parts: Vec<(String, i32, i64)>, deadline: 
         if let Some(log) = shard.partition(topic, *partition) {
             // Listen before checking, so an append in between is not missed.
             listeners.push(log.listen());
-            if log.end_offset() > *offset {
+            if log.high_watermark() > *offset {
                 return;
             }
         }

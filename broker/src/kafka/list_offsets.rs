@@ -27,7 +27,7 @@ async fn lookup(
         return (ResponseError::NotLeaderOrFollower.code(), -1, -1);
     };
     match timestamp {
-        LATEST => (0, -1, log.end_offset()),
+        LATEST => (0, -1, log.high_watermark()),
         EARLIEST | EARLIEST_LOCAL => (0, -1, log.log_start_offset()),
         MAX_TIMESTAMP => match log.max_timestamp().await {
             Ok(Some((ts, offset))) => (0, ts, offset),

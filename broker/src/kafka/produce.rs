@@ -44,6 +44,10 @@ pub fn log_error_code(e: &LogError) -> i16 {
         LogError::Batch(b) => b.error_code(),
         LogError::OffsetOutOfRange { .. } => ResponseError::OffsetOutOfRange.code(),
         LogError::Io(_) | LogError::WriteFailed => ResponseError::KafkaStorageError.code(),
+        // The replica stopped leading after a failed write: clients look for the new leader.
+        LogError::Fenced => ResponseError::NotLeaderOrFollower.code(),
+        // Only replication appends at given offsets; a client never reaches it.
+        LogError::NotAtEnd { .. } => ResponseError::UnknownServerError.code(),
         LogError::BatchCount(_) | LogError::KeylessRecords(_) => {
             ResponseError::InvalidRecord.code()
         }
