@@ -7,6 +7,7 @@ pub mod batch;
 pub mod fetch;
 pub mod frame;
 pub mod legacy;
+pub mod rpc;
 pub mod wire;
 
 pub use kafka_protocol;
