@@ -1,0 +1,289 @@
+//! The internal RPC of a node: the `--rpc-listen` listener, and one outgoing connection per peer
+//! node, carrying Raft envelopes as `protocol::rpc` frames.
+//!
+//! Each direction of a node pair has its own connection, opened by the sender, so a node only
+//! ever writes to connections it opened and reads from ones it accepted. Sending never waits:
+//! each peer has a bounded queue, and an envelope that does not fit is dropped (Raft resends
+//! what a follower misses; heartbeats come again next interval) and counted. Receiving applies
+//! backpressure: a connection is read only as fast as the node takes its envelopes.
+//!
+//! Exists once per node, on shard 0 (connections per shard pair are planned with partitions
+//! spread over shards).
+
+use bytes::{Bytes, BytesMut};
+use futures::future::{select, Either};
+use futures::io::{AsyncReadExt, AsyncWriteExt};
+use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
+use glommio::net::{TcpListener, TcpStream};
+use std::cell::Cell;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Duration;
+use tern_protocol::rpc::{self, Encoded, Frame, Hello};
+use tern_raft::{Envelope, NodeId};
+
+/// Frames queued per peer before sends are dropped.
+const QUEUE_FRAMES: usize = 256;
+/// Envelopes received and not yet taken before connections stop being read.
+const INBOUND_FRAMES: usize = 256;
+/// A peer that connects must say hello within this.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Reconnect delays double from the first to the last.
+const RECONNECT_MIN: Duration = Duration::from_millis(50);
+const RECONNECT_MAX: Duration = Duration::from_secs(1);
+/// Batch data smaller than this is copied into the frame's write buffer; larger batches are
+/// written from their own buffers.
+const COALESCE_BELOW: usize = 16 << 10;
+
+/// Who this node is and whom it talks to.
+#[derive(Clone, Debug)]
+pub struct RpcConfig {
+    pub node_id: NodeId,
+    /// Nodes of another cluster are refused.
+    pub cluster: String,
+    /// Every other node's RPC address.
+    pub peers: BTreeMap<NodeId, SocketAddr>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum SendError {
+    UnknownPeer(NodeId),
+    /// The peer's queue is full (it is slow, or unreachable): the envelope was dropped.
+    Full,
+}
+
+/// The node's side of the internal RPC. Exists once per node, on shard 0.
+pub struct Transport {
+    config: Rc<RpcConfig>,
+    queues: BTreeMap<NodeId, LocalSender<Encoded>>,
+    dropped: Cell<u64>,
+}
+
+impl Transport {
+    /// Starts accepting on `listener` and connecting to every peer. Envelopes that arrive (from
+    /// a known node of this cluster, addressed to this node, well-formed) come out of the
+    /// returned receiver.
+    pub fn start(
+        config: RpcConfig,
+        listener: TcpListener,
+    ) -> (Rc<Transport>, LocalReceiver<Envelope>) {
+        let config = Rc::new(config);
+        let (inbound, received) = local_channel::new_bounded(INBOUND_FRAMES);
+        let inbound = Rc::new(inbound);
+        glommio::spawn_local(accept_loop(config.clone(), listener, inbound)).detach();
+        let mut queues = BTreeMap::new();
+        for (&peer, &addr) in &config.peers {
+            let (tx, rx) = local_channel::new_bounded(QUEUE_FRAMES);
+            queues.insert(peer, tx);
+            glommio::spawn_local(connect_loop(config.clone(), peer, addr, rx)).detach();
+        }
+        let transport = Rc::new(Transport {
+            config,
+            queues,
+            dropped: Cell::new(0),
+        });
+        (transport, received)
+    }
+
+    pub fn node_id(&self) -> NodeId {
+        self.config.node_id
+    }
+
+    /// Queues `envelope` for its destination without waiting.
+    pub fn send(&self, envelope: &Envelope) -> Result<(), SendError> {
+        let queue = self
+            .queues
+            .get(&envelope.to)
+            .ok_or(SendError::UnknownPeer(envelope.to))?;
+        queue.try_send(rpc::encode_envelope(envelope)).map_err(|_| {
+            self.dropped.set(self.dropped.get() + 1);
+            SendError::Full
+        })
+    }
+
+    /// Envelopes dropped because a peer's queue was full.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.get()
+    }
+}
+
+async fn connect_loop(
+    config: Rc<RpcConfig>,
+    peer: NodeId,
+    addr: SocketAddr,
+    queue: LocalReceiver<Encoded>,
+) {
+    let hello = rpc::encode_hello(&Hello {
+        version: rpc::VERSION,
+        cluster: config.cluster.clone(),
+        from: config.node_id,
+        to: peer,
+    });
+    let mut delay = RECONNECT_MIN;
+    let mut scratch = Vec::new();
+    loop {
+        let stream = match with_timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+            Some(Ok(stream)) => stream,
+            _ => {
+                // Frames queued meanwhile wait: the queue bounds them.
+                glommio::timer::sleep(delay).await;
+                delay = (delay * 2).min(RECONNECT_MAX);
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let mut stream = stream;
+        if write_frame(&mut stream, &hello, &mut scratch)
+            .await
+            .is_err()
+        {
+            continue;
+        }
+        tracing::info!(peer, %addr, "connected to node");
+        delay = RECONNECT_MIN;
+        loop {
+            let Some(frame) = queue.recv().await else {
+                return; // the transport is gone
+            };
+            if let Err(error) = write_frame(&mut stream, &frame, &mut scratch).await {
+                // The frame is lost; Raft resends what matters.
+                tracing::info!(peer, %addr, %error, "connection to node lost; reconnecting");
+                break;
+            }
+        }
+    }
+}
+
+async fn with_timeout<T>(limit: Duration, f: impl std::future::Future<Output = T>) -> Option<T> {
+    match select(Box::pin(f), Box::pin(glommio::timer::sleep(limit))).await {
+        Either::Left((v, _)) => Some(v),
+        Either::Right(_) => None,
+    }
+}
+
+/// Writes a frame: small pieces gathered into one buffer, large batches from their own.
+async fn write_frame(
+    stream: &mut TcpStream,
+    frame: &Encoded,
+    scratch: &mut Vec<u8>,
+) -> std::io::Result<()> {
+    scratch.clear();
+    scratch.extend_from_slice(&frame.head);
+    for data in &frame.data {
+        if data.len() < COALESCE_BELOW {
+            scratch.extend_from_slice(data);
+            continue;
+        }
+        stream.write_all(scratch).await?;
+        scratch.clear();
+        stream.write_all(data).await?;
+    }
+    if !scratch.is_empty() {
+        stream.write_all(scratch).await?;
+    }
+    Ok(())
+}
+
+async fn accept_loop(
+    config: Rc<RpcConfig>,
+    listener: TcpListener,
+    inbound: Rc<LocalSender<Envelope>>,
+) {
+    loop {
+        match listener.accept().await {
+            Ok(stream) => {
+                let (config, inbound) = (config.clone(), inbound.clone());
+                glommio::spawn_local(async move {
+                    let peer = stream
+                        .peer_addr()
+                        .map(|a| a.to_string())
+                        .unwrap_or_default();
+                    if let Err(why) = serve(&config, stream, &inbound).await {
+                        tracing::warn!(%peer, %why, "closing internal RPC connection");
+                    }
+                })
+                .detach();
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "internal RPC accept failed");
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+/// Reads one frame; `None` at a clean end of the stream.
+async fn read_frame(stream: &mut TcpStream) -> Result<Option<Bytes>, String> {
+    let mut prefix = [0u8; 4];
+    match stream.read_exact(&mut prefix).await {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e.to_string()),
+    }
+    let len = rpc::frame_length(prefix).map_err(|e| e.to_string())?;
+    let mut body = BytesMut::zeroed(len);
+    stream
+        .read_exact(&mut body)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(Some(body.freeze()))
+}
+
+/// One accepted connection: a hello from a known node of this cluster calling this node, then
+/// envelopes from it to this node. Anything else closes the connection (the error says why)
+/// with nothing of it applied.
+async fn serve(
+    config: &RpcConfig,
+    mut stream: TcpStream,
+    inbound: &LocalSender<Envelope>,
+) -> Result<(), String> {
+    let first = with_timeout(HELLO_TIMEOUT, read_frame(&mut stream))
+        .await
+        .ok_or("no hello in time")??
+        .ok_or("closed before hello")?;
+    let hello = match rpc::decode(first).map_err(|e| e.to_string())? {
+        Frame::Hello(h) => h,
+        Frame::Envelope(_) => return Err("an envelope before hello".into()),
+    };
+    if hello.version != rpc::VERSION {
+        return Err(format!("protocol version {}", hello.version));
+    }
+    if hello.cluster != config.cluster {
+        return Err(format!("node of another cluster ({:?})", hello.cluster));
+    }
+    if hello.to != config.node_id {
+        return Err(format!("hello for node {}", hello.to));
+    }
+    if !config.peers.contains_key(&hello.from) {
+        return Err(format!("node {} is not in the cluster", hello.from));
+    }
+    tracing::info!(peer = hello.from, "node connected");
+    while let Some(frame) = read_frame(&mut stream).await? {
+        let envelope = match rpc::decode(frame) {
+            Ok(Frame::Envelope(e)) => e,
+            Ok(Frame::Hello(_)) => return Err("a second hello".into()),
+            Err(e) => return Err(format!("node {}: {e}", hello.from)),
+        };
+        let addressed = |from, to| from == hello.from && to == config.node_id;
+        if !addressed(envelope.from, envelope.to)
+            || !envelope
+                .messages
+                .iter()
+                .all(|(_, m)| addressed(m.from, m.to))
+        {
+            return Err(format!(
+                "node {} sent an envelope from {} to {}",
+                hello.from, envelope.from, envelope.to
+            ));
+        }
+        if inbound.send(envelope).await.is_err() {
+            return Ok(()); // the node is shutting down
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;
