@@ -4,6 +4,7 @@
 
 pub mod apis;
 pub mod batch;
+pub mod control;
 pub mod fetch;
 pub mod frame;
 pub mod legacy;
