@@ -19,6 +19,20 @@ impl EpochTable {
         Self::default()
     }
 
+    /// A table as persisted: the term before the first epoch, and the epochs (term, start),
+    /// strictly increasing in both.
+    pub fn from_parts(base_term: Term, epochs: Vec<(Term, Offset)>) -> Self {
+        debug_assert!(epochs
+            .windows(2)
+            .all(|w| w[0].0 < w[1].0 && w[0].1 < w[1].1));
+        EpochTable { base_term, epochs }
+    }
+
+    /// The term of the entry just before the first epoch listed.
+    pub fn base_term(&self) -> Term {
+        self.base_term
+    }
+
     /// The epochs listed, oldest first.
     pub fn epochs(&self) -> &[(Term, Offset)] {
         &self.epochs

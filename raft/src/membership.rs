@@ -65,6 +65,23 @@ impl MembershipLog {
         }
     }
 
+    /// A log of configurations as persisted: the one at the log start, then each change with
+    /// its offset, in order.
+    pub fn from_parts(base: Membership, changes: Vec<(Offset, Membership)>) -> Self {
+        debug_assert!(changes.windows(2).all(|w| w[0].0 < w[1].0));
+        MembershipLog { base, changes }
+    }
+
+    /// The configuration at the log start.
+    pub fn base(&self) -> &Membership {
+        &self.base
+    }
+
+    /// The changes in the log, with their offsets.
+    pub fn changes(&self) -> &[(Offset, Membership)] {
+        &self.changes
+    }
+
     /// The configuration in effect.
     pub fn current(&self) -> &Membership {
         self.changes.last().map_or(&self.base, |(_, m)| m)

@@ -2,6 +2,7 @@
 //! written. Tail consumers are served from here without touching the disk.
 
 use crate::records::{Records, StoredBatch};
+use bytes::Bytes;
 use std::collections::VecDeque;
 
 /// Exists per partition, on the shard that owns it.
@@ -86,6 +87,25 @@ impl BatchCache {
         )
     }
 
+    /// Whole batches from the one starting at `offset`, at most `max_bytes` after the first,
+    /// each as one buffer. `None` if no cached batch starts at `offset`.
+    pub fn batches_from(&self, offset: i64, max_bytes: usize) -> Option<Vec<Bytes>> {
+        let start = self.batches.partition_point(|&(base, _, _)| base < offset);
+        if self.batches.get(start)?.0 != offset {
+            return None;
+        }
+        let mut out = Vec::new();
+        let mut total = 0;
+        for (_, _, b) in self.batches.range(start..) {
+            if !out.is_empty() && total + b.len() > max_bytes {
+                break;
+            }
+            total += b.len();
+            out.push(b.to_contiguous());
+        }
+        Some(out)
+    }
+
     pub fn bytes(&self) -> usize {
         self.bytes
     }
@@ -99,7 +119,6 @@ impl BatchCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::Bytes;
 
     fn first_byte(r: Option<Records>) -> u8 {
         match r.unwrap().into_chunks().first() {

@@ -12,7 +12,7 @@ pub mod records;
 pub mod segment;
 
 pub use config::LogConfig;
-pub use log::{Appended, Durability, LogError, PartitionLog};
+pub use log::{Appended, Durability, LogError, PartitionLog, Prepared};
 pub use records::{Chunk, Records};
 
 #[cfg(test)]

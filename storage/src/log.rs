@@ -85,6 +85,21 @@ pub struct Appended {
     generation: usize,
 }
 
+/// A produced batch made ready for a replicated leader to propose.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Prepared {
+    Batch {
+        data: Bytes,
+        base_offset: i64,
+        last_offset: i64,
+        records: u64,
+        /// Broker timestamp when the topic uses LogAppendTime, else -1.
+        log_append_time: i64,
+    },
+    /// A retry of a batch already in the log, at these offsets.
+    Duplicate { base_offset: i64, last_offset: i64 },
+}
+
 /// How far an append must have gone before its producer is answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Durability {
@@ -432,29 +447,8 @@ impl PartitionLog {
     /// and answered with its original offsets. The data is readable at once; use `wait` for
     /// durability.
     pub fn append(&self, records: Bytes, now_ms: i64) -> Result<Appended, LogError> {
+        let header = self.validate_produced(&records)?;
         let config = self.config.borrow();
-        // Compacted topics refuse records without a key; the produce walk finds them in an
-        // uncompressed batch, compaction's bounded decompression in a compressed one.
-        let mut keyless = Vec::new();
-        let summary = batch::validate_produce(
-            &records,
-            config.max_message_bytes,
-            config.compact_enabled.then_some(&mut keyless),
-        )?;
-        if summary.count != 1 {
-            return Err(LogError::BatchCount(summary.count));
-        }
-        let header = batch::BatchHeader::parse(&records)?;
-        if config.compact_enabled {
-            if header.compression() != 0 {
-                keyless = crate::compaction::keyless_records(&records, &header).map_err(|_| {
-                    BatchError::BadRecords("records that do not decompress or parse")
-                })?;
-            }
-            if !keyless.is_empty() {
-                return Err(LogError::KeylessRecords(keyless));
-            }
-        }
         let mut st = self.state.borrow_mut();
         if st.fenced {
             return Err(LogError::Fenced);
@@ -504,6 +498,77 @@ impl PartitionLog {
             last_offset,
             log_append_time,
             generation,
+        })
+    }
+
+    /// Checks a producer's payload: exactly one valid batch (as Kafka requires), within
+    /// max.message.bytes, every record keyed for a compacted topic.
+    fn validate_produced(&self, records: &Bytes) -> Result<batch::BatchHeader, LogError> {
+        let config = self.config.borrow();
+        // Compacted topics refuse records without a key; the produce walk finds them in an
+        // uncompressed batch, compaction's bounded decompression in a compressed one.
+        let mut keyless = Vec::new();
+        let summary = batch::validate_produce(
+            records,
+            config.max_message_bytes,
+            config.compact_enabled.then_some(&mut keyless),
+        )?;
+        if summary.count != 1 {
+            return Err(LogError::BatchCount(summary.count));
+        }
+        let header = batch::BatchHeader::parse(records)?;
+        if config.compact_enabled {
+            if header.compression() != 0 {
+                keyless = crate::compaction::keyless_records(records, &header).map_err(|_| {
+                    BatchError::BadRecords("records that do not decompress or parse")
+                })?;
+            }
+            if !keyless.is_empty() {
+                return Err(LogError::KeylessRecords(keyless));
+            }
+        }
+        Ok(header)
+    }
+
+    /// A replicated leader's side of a produce: validates `records` as [`Self::append`] does
+    /// and, unless it is a retry of a batch already in the log, returns it as one buffer with
+    /// the offsets it will take (from the log end), `epoch` and LogAppendTime stamped, for Raft
+    /// to propose (Raft then appends it through [`Self::append_replica`]). The batch is copied
+    /// once here: Raft entries are single buffers.
+    pub fn prepare_leader_batch(
+        &self,
+        records: Bytes,
+        now_ms: i64,
+        epoch: i32,
+    ) -> Result<Prepared, LogError> {
+        let header = self.validate_produced(&records)?;
+        let st = self.state.borrow();
+        if let SequenceCheck::Duplicate {
+            base_offset,
+            last_offset,
+        } = st.producers.check(&header)?
+        {
+            return Ok(Prepared::Duplicate {
+                base_offset,
+                last_offset,
+            });
+        }
+        let mut data = BytesMut::from(&records[..]);
+        batch::set_base_offset(&mut data, st.next_offset);
+        batch::set_leader_epoch(&mut data, epoch);
+        let log_append_time = match self.config.borrow().log_append_time {
+            true => {
+                batch::set_log_append_time(&mut data, &[], now_ms);
+                now_ms
+            }
+            false => -1,
+        };
+        Ok(Prepared::Batch {
+            data: data.freeze(),
+            base_offset: st.next_offset,
+            last_offset: st.next_offset + header.last_offset_delta as i64,
+            records: header.record_count.max(0) as u64,
+            log_append_time,
         })
     }
 
@@ -1285,6 +1350,39 @@ impl PartitionLog {
                 Some(s) => segment = s,
                 None => return Ok(Records::default()),
             }
+        }
+    }
+
+    /// Whole batches from the one starting at `offset` to the log end, at most `max_bytes`
+    /// after the first, each as one buffer, if the batch cache holds them (replication reads
+    /// recent batches from memory; `None` sends it to the files). Batches a leader appended
+    /// through [`Self::append`] are joined from their two parts (a copy); replicated logs
+    /// append whole batches.
+    pub fn read_cached(&self, offset: i64, max_bytes: usize) -> Option<Vec<Bytes>> {
+        let st = self.state.borrow();
+        if offset >= st.next_offset {
+            return Some(Vec::new());
+        }
+        st.cache.batches_from(offset, max_bytes)
+    }
+
+    /// Writes what is pending and makes the log durable up to `end` (exclusive). Fails if a
+    /// truncation or a failed write removed part of it meanwhile.
+    pub async fn sync_to(&self, end: i64) -> Result<(), LogError> {
+        if self.state.borrow().synced >= end {
+            return Ok(());
+        }
+        if self.state.borrow().written < end {
+            let _permit = take(&self.write_lock).await?;
+            self.write_all().await?;
+        }
+        if self.state.borrow().written < end {
+            return Err(LogError::WriteFailed);
+        }
+        self.sync_upto(end - 1).await?;
+        match self.state.borrow().synced >= end {
+            true => Ok(()),
+            false => Err(LogError::WriteFailed),
         }
     }
 

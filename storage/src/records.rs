@@ -39,6 +39,17 @@ impl StoredBatch {
     pub fn rest(&self) -> &Bytes {
         &self.rest
     }
+
+    /// The batch as one buffer: shared when it is one already, else joined (a copy).
+    pub fn to_contiguous(&self) -> Bytes {
+        if self.rest.is_empty() {
+            return self.head.clone();
+        }
+        let mut joined = BytesMut::with_capacity(self.len());
+        joined.extend_from_slice(&self.head);
+        joined.extend_from_slice(&self.rest);
+        joined.freeze()
+    }
 }
 
 impl From<Bytes> for StoredBatch {

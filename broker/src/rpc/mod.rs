@@ -156,7 +156,10 @@ async fn connect_loop(
     }
 }
 
-async fn with_timeout<T>(limit: Duration, f: impl std::future::Future<Output = T>) -> Option<T> {
+pub async fn with_timeout<T>(
+    limit: Duration,
+    f: impl std::future::Future<Output = T>,
+) -> Option<T> {
     match select(Box::pin(f), Box::pin(glommio::timer::sleep(limit))).await {
         Either::Left((v, _)) => Some(v),
         Either::Right(_) => None,

@@ -1,0 +1,482 @@
+//! The replication driver: joins a node's Raft groups (one per replicated partition) to their
+//! storage logs and to the internal RPC.
+//!
+//! One task takes the groups' output in rounds: it persists each group's hard state and meta
+//! (atomically, synced), **then** sends the round's envelopes, then sets high watermarks and
+//! starts the log syncs Raft asked for (each reports back with `synced`, and concurrent syncs
+//! of a log share one fdatasync). A ticker and the transport's inbound envelopes feed it.
+//! Producers waiting for acks=all are answered when the commit index passes their batch and the
+//! batch there is still theirs (same term at that offset).
+//!
+//! Exists once per node, on shard 0 (per shard with partitions spread over shards: planned).
+
+pub mod log;
+pub mod state;
+
+use bytes::Bytes;
+use event_listener::Event;
+use futures::channel::oneshot;
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::time::Duration;
+use tern_raft::{
+    Config, Envelope, Group, GroupId, Membership, MultiRaft, MultiReady, NodeId, Offset,
+    ProposeError, Role, RoleChange, Term,
+};
+use tern_storage::{Appended, LogError, PartitionLog, Prepared};
+use thiserror::Error;
+
+use crate::rpc::Transport;
+use log::ReplicaLog;
+use state::Persisted;
+
+/// Raft timing: ticks of `tick`; elections after 10-20 ticks without a leader, heartbeats
+/// every 2.
+#[derive(Clone, Copy, Debug)]
+pub struct Timing {
+    pub tick: Duration,
+    pub election_ticks: u32,
+    pub heartbeat_ticks: u32,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing {
+            tick: Duration::from_millis(50),
+            election_ticks: 10,
+            heartbeat_ticks: 2,
+        }
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum ReplicateError {
+    #[error("not the leader")]
+    NotLeader { leader: Option<NodeId> },
+    #[error("no such replicated partition")]
+    UnknownGroup,
+    #[error(transparent)]
+    Log(#[from] LogError),
+    #[error("leadership changed before the batch committed; it may be lost")]
+    LeadershipLost,
+}
+
+/// A batch a leader proposed: its offsets, the term it was proposed in, and its local append
+/// (acks=1 waits for that to be written).
+#[derive(Debug)]
+pub struct Proposed {
+    pub base_offset: i64,
+    pub last_offset: i64,
+    pub term: Term,
+    pub log_append_time: i64,
+    /// `None` for a retried batch found in the log.
+    pub appended: Option<Appended>,
+}
+
+struct Waiter {
+    last: Offset,
+    term: Term,
+    done: oneshot::Sender<Result<(), ReplicateError>>,
+}
+
+/// What the driver keeps per group besides Raft's state.
+struct Host {
+    log: Rc<PartitionLog>,
+    dir: PathBuf,
+    persisted: Persisted,
+    role: RoleChange,
+    waiters: Vec<Waiter>,
+    loading: bool,
+}
+
+/// A node's replicated partitions. Exists once per node, on shard 0.
+pub struct Replicator {
+    node: NodeId,
+    timing: Timing,
+    multi: RefCell<MultiRaft<ReplicaLog>>,
+    hosts: RefCell<BTreeMap<GroupId, Host>>,
+    transport: Rc<Transport>,
+    misses: log::Misses,
+    work: Event,
+    /// Takes no input and sends nothing: a node cut off (tests).
+    paused: Cell<bool>,
+}
+
+impl Replicator {
+    /// Starts the driver: its ticker, its inbound envelopes from `inbound`, its round loop.
+    pub fn start(
+        transport: Rc<Transport>,
+        inbound: glommio::channels::local_channel::LocalReceiver<Envelope>,
+        timing: Timing,
+    ) -> Rc<Replicator> {
+        let node = transport.node_id();
+        let r = Rc::new(Replicator {
+            node,
+            timing,
+            multi: RefCell::new(MultiRaft::new(node, timing.heartbeat_ticks)),
+            hosts: RefCell::new(BTreeMap::new()),
+            transport,
+            misses: Default::default(),
+            work: Event::new(),
+            paused: Cell::new(false),
+        });
+        let me = r.clone();
+        glommio::spawn_local(async move {
+            loop {
+                glommio::timer::sleep(me.timing.tick).await;
+                if !me.paused.get() {
+                    me.multi.borrow_mut().tick();
+                    me.work.notify(1);
+                }
+            }
+        })
+        .detach();
+        let me = r.clone();
+        glommio::spawn_local(async move {
+            while let Some(envelope) = inbound.recv().await {
+                if me.paused.get() {
+                    continue; // lost, as on a cut link
+                }
+                me.multi.borrow_mut().step(envelope);
+                me.work.notify(1);
+            }
+        })
+        .detach();
+        glommio::spawn_local(r.clone().rounds()).detach();
+        r
+    }
+
+    /// Cuts the node off (`true`: what arrives is lost, its clock stands still, it sends
+    /// nothing) or reconnects it (tests).
+    pub fn set_paused(&self, paused: bool) {
+        self.paused.set(paused);
+        self.work.notify(usize::MAX);
+    }
+
+    fn config(&self, group: GroupId) -> Config {
+        let mut cfg = Config::new(self.node);
+        cfg.election_ticks = self.timing.election_ticks;
+        cfg.heartbeat_ticks = self.timing.heartbeat_ticks;
+        cfg.coalesced_heartbeats = true;
+        cfg.seed = self.node.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ group;
+        cfg
+    }
+
+    /// Starts replicating `log` (in `dir`) as group `group`: from its persisted Raft state if
+    /// it has one, else as a new replica with `membership`.
+    pub async fn add_group(
+        &self,
+        group: GroupId,
+        log: Rc<PartitionLog>,
+        membership: Membership,
+    ) -> anyhow::Result<()> {
+        let dir = log.dir().to_path_buf();
+        let stored = tern_storage::fs::read_file(&state::path(&dir))
+            .await?
+            .map(|d| {
+                Persisted::from_bytes(&d)
+                    .ok_or_else(|| anyhow::anyhow!("damaged Raft state in {}", dir.display()))
+            })
+            .transpose()?;
+        let cfg = self.config(group);
+        let replica = ReplicaLog::new(log.clone(), group, self.misses.clone());
+        let g = match &stored {
+            Some(p) => Group::restore(cfg, replica, p.hard_state, p.meta.clone(), p.commit),
+            None => Group::new(cfg, replica, membership),
+        };
+        log.set_high_watermark(g.commit() as i64);
+        let persisted = stored.unwrap_or_else(|| Persisted {
+            hard_state: Default::default(),
+            meta: g.meta(),
+            commit: g.commit(),
+        });
+        let role = RoleChange {
+            role: g.role(),
+            term: g.term(),
+            leader: g.leader(),
+        };
+        self.hosts.borrow_mut().insert(
+            group,
+            Host {
+                log,
+                dir,
+                persisted,
+                role,
+                waiters: Vec::new(),
+                loading: false,
+            },
+        );
+        self.multi.borrow_mut().add_group(group, g);
+        self.work.notify(1);
+        Ok(())
+    }
+
+    /// The group's role, term and leader as this node knows them.
+    pub fn role(&self, group: GroupId) -> Option<RoleChange> {
+        self.hosts.borrow().get(&group).map(|h| h.role)
+    }
+
+    /// The leader's side of a produce: validates and proposes `records`. Wait for the outcome
+    /// with [`Self::committed`] (acks=all) or on the local write (acks=1).
+    pub fn propose(
+        &self,
+        group: GroupId,
+        records: Bytes,
+        now_ms: i64,
+    ) -> Result<Proposed, ReplicateError> {
+        let mut multi = self.multi.borrow_mut();
+        let g = multi.group_mut(group).ok_or(ReplicateError::UnknownGroup)?;
+        if g.role() != Role::Leader {
+            return Err(ReplicateError::NotLeader { leader: g.leader() });
+        }
+        let term = g.term();
+        let log = g.log().storage().clone();
+        let prepared = log.prepare_leader_batch(records, now_ms, term as i32)?;
+        let (data, records, log_append_time) = match prepared {
+            Prepared::Duplicate {
+                base_offset,
+                last_offset,
+            } => {
+                return Ok(Proposed {
+                    base_offset,
+                    last_offset,
+                    term,
+                    log_append_time: -1,
+                    appended: None,
+                })
+            }
+            Prepared::Batch {
+                data,
+                records,
+                log_append_time,
+                ..
+            } => (data, records, log_append_time),
+        };
+        let (base, last) = g.propose(data, records).map_err(|e| match e {
+            ProposeError::NotLeader { leader } => ReplicateError::NotLeader { leader },
+            _ => ReplicateError::NotLeader { leader: None },
+        })?;
+        let appended = g.log_mut().take_last_appended();
+        drop(multi);
+        self.work.notify(1);
+        Ok(Proposed {
+            base_offset: base as i64,
+            last_offset: last as i64,
+            term,
+            log_append_time,
+            appended,
+        })
+    }
+
+    /// Waits until the batch ending at `last_offset`, proposed in `term`, is committed.
+    pub async fn committed(
+        &self,
+        group: GroupId,
+        last_offset: i64,
+        term: Term,
+    ) -> Result<(), ReplicateError> {
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut hosts = self.hosts.borrow_mut();
+            let host = hosts.get_mut(&group).ok_or(ReplicateError::UnknownGroup)?;
+            host.waiters.push(Waiter {
+                last: last_offset as Offset,
+                term,
+                done: tx,
+            });
+        }
+        // Committed already?
+        self.resolve_waiters(group);
+        rx.await.unwrap_or(Err(ReplicateError::LeadershipLost))
+    }
+
+    fn resolve_waiters(&self, group: GroupId) {
+        let multi = self.multi.borrow();
+        let Some(g) = multi.group(group) else {
+            return;
+        };
+        let mut hosts = self.hosts.borrow_mut();
+        let Some(host) = hosts.get_mut(&group) else {
+            return;
+        };
+        let commit = g.commit();
+        let epochs = g.epochs();
+        for w in std::mem::take(&mut host.waiters) {
+            if w.last >= commit {
+                host.waiters.push(w);
+                continue;
+            }
+            // Log matching: the same term at the same offset is the same batch.
+            let outcome = match epochs.term_before(w.last + 1) == w.term {
+                true => Ok(()),
+                false => Err(ReplicateError::LeadershipLost),
+            };
+            let _ = w.done.send(outcome);
+        }
+    }
+
+    async fn rounds(self: Rc<Self>) {
+        loop {
+            let listener = self.work.listen();
+            if !self.paused.get() {
+                self.load_missed();
+            }
+            if self.paused.get() || !self.multi.borrow().has_ready() {
+                listener.await;
+                continue;
+            }
+            let ready = self.multi.borrow_mut().ready();
+            self.round(ready).await;
+        }
+    }
+
+    async fn round(self: &Rc<Self>, ready: MultiReady) {
+        // 1. Persist, before anything of this round is sent.
+        let mut writes = Vec::new();
+        {
+            let mut hosts = self.hosts.borrow_mut();
+            let multi = self.multi.borrow();
+            for (gid, r) in &ready.groups {
+                let Some(host) = hosts.get_mut(gid) else {
+                    continue;
+                };
+                if r.hard_state.is_none() && r.meta.is_none() {
+                    continue;
+                }
+                if let Some(hs) = r.hard_state {
+                    host.persisted.hard_state = hs;
+                }
+                if let Some(meta) = &r.meta {
+                    host.persisted.meta = meta.clone();
+                }
+                if let Some(g) = multi.group(*gid) {
+                    host.persisted.commit = g.durable_commit();
+                }
+                writes.push((state::path(&host.dir), host.persisted.to_bytes()));
+            }
+        }
+        let results = futures::future::join_all(
+            writes
+                .iter()
+                .map(|(path, data)| tern_storage::fs::write_file_atomic(path, data)),
+        )
+        .await;
+        if let Some(error) = results.into_iter().find_map(Result::err) {
+            // Nothing of this round may be sent: Raft resends once state is stored again.
+            tracing::error!(%error, "persisting Raft state failed; this round's messages are dropped");
+            return;
+        }
+        // 2. Send.
+        for envelope in &ready.envelopes {
+            let _ = self.transport.send(envelope);
+        }
+        // 3. Roles, high watermarks, syncs.
+        for (gid, r) in ready.groups {
+            let log = match self.hosts.borrow_mut().get_mut(&gid) {
+                Some(host) => {
+                    if let Some(role) = r.role {
+                        host.role = role;
+                    }
+                    host.log.clone()
+                }
+                None => continue,
+            };
+            if let Some(commit) = r.commit {
+                log.set_high_watermark(commit as i64);
+                self.resolve_waiters(gid);
+            }
+            if let Some(token) = r.sync {
+                let me = self.clone();
+                let log = log.clone();
+                glommio::spawn_local(async move {
+                    match log.sync_to(token.end as i64).await {
+                        Ok(()) => me.multi.borrow_mut().synced(gid, token),
+                        // A truncation meanwhile: Raft ignores the token anyway.
+                        Err(LogError::WriteFailed) if !log.is_fenced() => {}
+                        Err(error) => {
+                            tracing::error!(dir = %log.dir().display(), %error, "replica log write failed; rebuilding its group from storage");
+                            me.rebuild(gid);
+                        }
+                    }
+                    me.work.notify(1);
+                })
+                .detach();
+            }
+            let broken = self
+                .multi
+                .borrow()
+                .group(gid)
+                .is_some_and(|g| g.log().is_broken());
+            if broken {
+                self.rebuild(gid);
+            }
+        }
+    }
+
+    /// After the storage lost appends Raft counts on (a failed write): the group restarts from
+    /// what is stored, as after a crash, which Raft is proven to handle. Waiters stay: the
+    /// commit index decides them.
+    fn rebuild(&self, gid: GroupId) {
+        let mut multi = self.multi.borrow_mut();
+        let Some(old) = multi.remove_group(gid) else {
+            return;
+        };
+        let Some(host) = self
+            .hosts
+            .borrow()
+            .get(&gid)
+            .map(|h| (h.log.clone(), h.persisted.clone()))
+        else {
+            return;
+        };
+        let (log, persisted) = host;
+        drop(old);
+        let g = Group::restore(
+            self.config(gid),
+            ReplicaLog::new(log, gid, self.misses.clone()),
+            persisted.hard_state,
+            persisted.meta,
+            persisted.commit,
+        );
+        multi.add_group(gid, g);
+        self.work.notify(1);
+    }
+
+    /// Followers behind the cache: load their batches from the files for Raft's next reads.
+    fn load_missed(self: &Rc<Self>) {
+        let misses = std::mem::take(&mut *self.misses.borrow_mut());
+        for (gid, from) in misses {
+            self.load(gid, from);
+        }
+    }
+
+    fn load(self: &Rc<Self>, gid: GroupId, from: Offset) {
+        let log = {
+            let mut hosts = self.hosts.borrow_mut();
+            let Some(host) = hosts.get_mut(&gid) else {
+                return;
+            };
+            if host.loading {
+                return;
+            }
+            host.loading = true;
+            host.log.clone()
+        };
+        let me = self.clone();
+        glommio::spawn_local(async move {
+            let entries = ReplicaLog::load(&log, from).await;
+            if let Some(g) = me.multi.borrow_mut().group_mut(gid) {
+                g.log_mut().add_loaded(entries);
+            }
+            if let Some(host) = me.hosts.borrow_mut().get_mut(&gid) {
+                host.loading = false;
+            }
+        })
+        .detach();
+    }
+}
+
+#[cfg(test)]
+mod tests;
