@@ -32,6 +32,8 @@ pub struct BrokerConfig {
     pub retention_check_interval: std::time::Duration,
     /// Segment writes each shard runs at once (its partitions share them).
     pub write_slots: usize,
+    /// Cluster mode (`--controller-quorum`); `None`: a single node.
+    pub cluster: Option<crate::cluster::ClusterConfig>,
 }
 
 impl BrokerConfig {

@@ -57,6 +57,10 @@ pub struct NewTopic {
     pub name: String,
     pub partitions: i32,
     pub configs: BTreeMap<String, String>,
+    /// Replicas per partition (-1: the default); cluster mode only, a single node has 1.
+    pub replication_factor: i16,
+    /// Explicit replica assignments, by partition (cluster mode).
+    pub assignments: Option<Vec<Vec<i32>>>,
 }
 
 /// Checks a topic request without creating anything.
@@ -90,16 +94,25 @@ pub async fn create_topic(shard: &Rc<Shard>, topic: NewTopic) -> Result<Uuid, Ap
         ));
     }
     let id = Uuid::new_v4();
-    let shards = meta.place(topic.partitions as usize, shard.shard_count());
-    meta.topics.insert(
-        topic.name.clone(),
-        crate::metadata::TopicMeta {
-            id,
-            shards: shards.clone(),
-            configs: topic.configs.clone(),
-        },
-    );
-    persist_change(shard, &mut meta).await?;
+    let clustered = shard.cluster().is_some();
+    let shards = match clustered {
+        // Replicated partitions live on shard 0, with the replication driver.
+        true => vec![0; topic.partitions as usize],
+        false => meta.place(topic.partitions as usize, shard.shard_count()),
+    };
+    let mut created = crate::metadata::TopicMeta::local(id, shards.clone(), topic.configs.clone());
+    if clustered {
+        created.replicas = place_replicas(&meta, &topic)?;
+        created.groups = (0..topic.partitions as u64)
+            .map(|i| meta.next_group.max(1) + i)
+            .collect();
+        meta.next_group = meta.next_group.max(1) + topic.partitions as u64;
+    }
+    meta.topics.insert(topic.name.clone(), created);
+    if !persist_change(shard, &mut meta).await? {
+        tracing::info!(topic = %topic.name, partitions = topic.partitions, "created topic");
+        return Ok(id);
+    }
     let opens = shards.iter().enumerate().map(|(p, &owner)| {
         let name = topic.name.clone();
         let configs = topic.configs.clone();
@@ -164,6 +177,12 @@ pub async fn create_partitions(
     if validate_only {
         return Ok(());
     }
+    if shard.cluster().is_some() {
+        return Err(ApiError::new(
+            ResponseError::InvalidRequest,
+            "adding partitions to a replicated topic is not supported yet",
+        ));
+    }
     let added = meta.place((count - current) as usize, shard.shard_count());
     let configs = topic.configs.clone();
     if let Some(topic) = meta.topics.get_mut(&name) {
@@ -194,7 +213,10 @@ pub async fn delete_topic(shard: &Rc<Shard>, name: String) -> Result<Uuid, ApiEr
     let Some(topic) = meta.topics.remove(&name) else {
         return Err(unknown_topic(&name));
     };
-    persist_change(shard, &mut meta).await?;
+    if !persist_change(shard, &mut meta).await? {
+        tracing::info!(topic = %name, "deleted topic");
+        return Ok(topic.id);
+    }
     shard.meta.publish(meta);
     let removals = topic.shards.iter().enumerate().map(|(p, &owner)| {
         let name = name.clone();
@@ -228,7 +250,10 @@ pub async fn set_topic_configs(
     let mut owners: Vec<usize> = topic.shards.clone();
     owners.sort();
     owners.dedup();
-    persist_change(shard, &mut meta).await?;
+    if !persist_change(shard, &mut meta).await? {
+        tracing::info!(topic = %name, ?configs, "changed topic configs");
+        return Ok(());
+    }
     shard.meta.publish(meta);
     for owner in owners {
         let (name, configs) = (name.clone(), configs.clone());
@@ -245,6 +270,9 @@ pub async fn set_topic_configs(
 /// Hands out a new producer id, persisted first so it is never given out twice.
 /// Must run on the controller shard.
 pub async fn allocate_producer_id(shard: &Rc<Shard>) -> Result<i64, ApiError> {
+    if shard.cluster().is_some() {
+        return allocate_node_producer_id(shard).await;
+    }
     let (_lock, mut meta) = begin_change(shard).await?;
     let id = meta.next_producer_id;
     meta.next_producer_id += 1;
@@ -253,9 +281,96 @@ pub async fn allocate_producer_id(shard: &Rc<Shard>) -> Result<i64, ApiError> {
     Ok(id)
 }
 
+/// Cluster mode: producer ids from this node's own range (node id × 2^40 on), counted in a
+/// file of the node, so nodes hand out ids without asking the controller and never clash.
+async fn allocate_node_producer_id(shard: &Rc<Shard>) -> Result<i64, ApiError> {
+    let _permit = shard
+        .controller_lock
+        .acquire_permit(1)
+        .await
+        .map_err(|_| ApiError::new(ResponseError::UnknownServerError, "shutting down"))?;
+    let path = shard.config.data_dir.join("producer-ids");
+    let base = i64::from(shard.config.node_id) << 40;
+    let stored = tern_storage::fs::read_file(&path)
+        .await
+        .map_err(|e| storage_error(e.into()))?
+        .and_then(|d| String::from_utf8(d).ok())
+        .and_then(|s| s.trim().parse::<i64>().ok());
+    let id = stored.unwrap_or(base).max(base);
+    tern_storage::fs::write_file_atomic(&path, (id + 1).to_string().as_bytes())
+        .await
+        .map_err(|e| storage_error(e.into()))?;
+    Ok(id)
+}
+
+/// Cluster mode: replicas for a new topic's partitions, from explicit assignments (checked
+/// against the registered nodes) or placed on the nodes holding the fewest replicas.
+fn place_replicas(meta: &ClusterMeta, topic: &NewTopic) -> Result<Vec<Vec<i32>>, ApiError> {
+    let nodes: Vec<i32> = meta.nodes.keys().copied().collect();
+    if let Some(assignments) = &topic.assignments {
+        for replicas in assignments {
+            let mut distinct = replicas.clone();
+            distinct.sort();
+            distinct.dedup();
+            if replicas.is_empty()
+                || distinct.len() != replicas.len()
+                || replicas.iter().any(|n| !meta.nodes.contains_key(n))
+            {
+                return Err(ApiError::new(
+                    ResponseError::InvalidReplicaAssignment,
+                    format!("replicas {replicas:?} must be distinct nodes of {nodes:?}"),
+                ));
+            }
+        }
+        return Ok(assignments.clone());
+    }
+    let factor = match topic.replication_factor {
+        -1 => nodes.len().min(3),
+        n if n >= 1 => n as usize,
+        _ => 0,
+    };
+    if factor == 0 || factor > nodes.len() {
+        return Err(ApiError::new(
+            ResponseError::InvalidReplicationFactor,
+            format!(
+                "replication factor {} must be 1..={} (the nodes registered)",
+                topic.replication_factor,
+                nodes.len()
+            ),
+        ));
+    }
+    let mut load: BTreeMap<i32, usize> = nodes.iter().map(|&n| (n, 0)).collect();
+    for t in meta.topics.values() {
+        for replicas in &t.replicas {
+            for n in replicas {
+                *load.entry(*n).or_default() += 1;
+            }
+        }
+    }
+    let mut placed = Vec::new();
+    for p in 0..topic.partitions as usize {
+        let mut order = nodes.clone();
+        // Least loaded first; ties rotate with the partition, so first replicas (the preferred
+        // leaders) spread too.
+        order.sort_by_key(|n| {
+            (
+                load[n],
+                (*n as usize + nodes.len() - p % nodes.len()) % nodes.len(),
+            )
+        });
+        let replicas: Vec<i32> = order.into_iter().take(factor).collect();
+        for n in &replicas {
+            *load.entry(*n).or_default() += 1;
+        }
+        placed.push(replicas);
+    }
+    Ok(placed)
+}
+
 /// Takes the controller lock (held by the returned permit) and a copy of the metadata to
-/// change. Must run on the controller shard.
-async fn begin_change(
+/// change. Must run on the controller shard. In cluster mode, this node must be the
+/// controller, caught up with the metadata log.
+pub(crate) async fn begin_change(
     shard: &Rc<Shard>,
 ) -> Result<(glommio::sync::Permit<'_>, ClusterMeta), ApiError> {
     assert_eq!(
@@ -268,13 +383,23 @@ async fn begin_change(
             "controller is shutting down",
         )
     })?;
+    if let Some(cluster) = shard.cluster() {
+        cluster.ready_to_change().await?;
+    }
     Ok((permit, (*shard.meta.snapshot()).clone()))
 }
 
-/// Gives the changed metadata a new version and stores it durably (not yet published).
-async fn persist_change(shard: &Rc<Shard>, meta: &mut ClusterMeta) -> Result<(), ApiError> {
+/// Gives the changed metadata a new version and stores it durably. On a single node it is
+/// not yet published, and the caller applies it (returns true); in cluster mode it is
+/// committed to the metadata log, and every node, this one included, has applied it.
+async fn persist_change(shard: &Rc<Shard>, meta: &mut ClusterMeta) -> Result<bool, ApiError> {
     meta.version += 1;
-    shard.meta.persist(meta).await.map_err(storage_error)
+    if let Some(cluster) = shard.cluster() {
+        cluster.commit(meta).await?;
+        return Ok(false);
+    }
+    shard.meta.persist(meta).await.map_err(storage_error)?;
+    Ok(true)
 }
 
 fn unknown_topic(name: &str) -> ApiError {
@@ -307,6 +432,8 @@ pub async fn ensure_topic(
         name: name.to_string(),
         partitions: shard.config.default_partitions,
         configs: BTreeMap::new(),
+        replication_factor: -1,
+        assignments: None,
     };
     match shard
         .run_on(CONTROLLER_SHARD, move |s| async move {
@@ -316,6 +443,10 @@ pub async fn ensure_topic(
     {
         Ok(_) => Ok(()),
         Err(e) if e.code == ResponseError::TopicAlreadyExists.code() => Ok(()),
+        // Only the controller creates topics: the client retries, as while a leader is elected.
+        Err(e) if e.code == ResponseError::NotController.code() => {
+            Err(ApiError::new(ResponseError::LeaderNotAvailable, e.message))
+        }
         Err(e) => Err(e),
     }
 }

@@ -9,16 +9,14 @@ use std::sync::Arc;
 
 mod admin;
 mod buffers;
+mod cluster;
 mod config;
 mod controller;
 mod cpus;
 mod group;
 mod kafka;
 mod metadata;
-// Not wired to `tern start` yet (issue 17): tested on their own until the controller is.
-#[allow(dead_code)]
 mod replication;
-#[allow(dead_code)]
 mod rpc;
 mod send;
 mod server;
@@ -69,6 +67,17 @@ struct StartArgs {
     /// This node's broker id.
     #[arg(long, default_value_t = 0)]
     node_id: i32,
+    /// Cluster mode: the controller quorum's voters, `ID@HOST:PORT,...` (their RPC listeners;
+    /// KRaft's controller.quorum.voters). Every node of the cluster must be one of them for
+    /// now. Without it, the node is a single-node cluster.
+    #[arg(long, requires = "rpc_listen")]
+    controller_quorum: Option<String>,
+    /// Cluster mode: this node's internal listener, for replication and controller traffic.
+    #[arg(long, requires = "controller_quorum")]
+    rpc_listen: Option<String>,
+    /// This node's rack (broker.rack), shown in Metadata.
+    #[arg(long)]
+    rack: Option<String>,
     /// Create unknown topics on Metadata and Produce requests (auto.create.topics.enable).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     auto_create_topics: bool,
@@ -123,7 +132,7 @@ struct StartArgs {
     write_slots: u64,
 }
 
-fn resolve(addr: &str) -> Result<SocketAddr> {
+pub(crate) fn resolve(addr: &str) -> Result<SocketAddr> {
     addr.to_socket_addrs()
         .with_context(|| format!("resolve {addr}"))?
         .next()
@@ -212,6 +221,15 @@ fn start(args: StartArgs) -> Result<()> {
             args.retention_check_interval_ms,
         ),
         write_slots: args.write_slots as usize,
+        cluster: match (&args.controller_quorum, &args.rpc_listen) {
+            (Some(quorum), Some(rpc)) => Some(cluster::ClusterConfig {
+                node_id: u64::try_from(args.node_id).context("--node-id must not be negative")?,
+                rpc_listen: resolve(rpc)?,
+                quorum: cluster::ClusterConfig::parse_quorum(quorum)?,
+                rack: args.rack.clone(),
+            }),
+            _ => None,
+        },
     });
     let idle_poll = std::time::Duration::from_micros(args.idle_poll_us);
     // Installed before any shard starts, so a signal is never missed.
@@ -224,15 +242,24 @@ fn start(args: StartArgs) -> Result<()> {
         .with_context(|| format!("create data dir {}", config.data_dir.display()))?;
     let _data_lock = lock_data_dir(&config.data_dir)?;
     let meta = Arc::new(MetaStore::load(&config.data_dir, cpus.len())?);
-    meta.ensure_internal_topic(
-        group::OFFSETS_TOPIC,
-        config.offsets_partitions,
-        &[
-            ("cleanup.policy", "compact"),
-            ("segment.bytes", "104857600"),
-        ],
-        cpus.len(),
-    )?;
+    if config.cluster.is_some() {
+        // The metadata log is the cluster's metadata; a single node's file is not migrated.
+        anyhow::ensure!(
+            meta.snapshot().topics.is_empty(),
+            "data dir {} holds a single node's topics; moving them into a cluster is not supported yet",
+            config.data_dir.display()
+        );
+    } else {
+        meta.ensure_internal_topic(
+            group::OFFSETS_TOPIC,
+            config.offsets_partitions,
+            &[
+                ("cleanup.policy", "compact"),
+                ("segment.bytes", "104857600"),
+            ],
+            cpus.len(),
+        )?;
+    }
 
     let (senders, inboxes): (Vec<_>, Vec<_>) =
         cpus.iter().map(|_| mpsc::unbounded::<Job>()).unzip();

@@ -18,6 +18,50 @@ pub struct TopicMeta {
     pub shards: Vec<usize>,
     /// Configs set explicitly for this topic (the rest take defaults).
     pub configs: BTreeMap<String, String>,
+    /// Cluster mode: the nodes holding each partition's replicas, by partition index (empty
+    /// on a single node: this node alone).
+    #[serde(default)]
+    pub replicas: Vec<Vec<i32>>,
+    /// Cluster mode: each partition's Raft group, by partition index.
+    #[serde(default)]
+    pub groups: Vec<u64>,
+}
+
+impl TopicMeta {
+    /// A topic of this node alone (single-node mode).
+    pub fn local(id: Uuid, shards: Vec<usize>, configs: BTreeMap<String, String>) -> TopicMeta {
+        TopicMeta {
+            id,
+            shards,
+            configs,
+            replicas: Vec::new(),
+            groups: Vec::new(),
+        }
+    }
+
+    /// The Raft group of partition `p`, if the topic is replicated.
+    pub fn group(&self, p: i32) -> Option<u64> {
+        usize::try_from(p)
+            .ok()
+            .and_then(|p| self.groups.get(p).copied())
+    }
+
+    /// The replicas of partition `p`: its nodes in cluster mode, else `node` alone.
+    pub fn replicas_of(&self, p: i32, node: i32) -> Vec<i32> {
+        usize::try_from(p)
+            .ok()
+            .and_then(|p| self.replicas.get(p).cloned())
+            .unwrap_or_else(|| vec![node])
+    }
+}
+
+/// A node of the cluster, as it registered.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NodeInfo {
+    /// The Kafka listener clients are told to use, `host:port`.
+    pub kafka: String,
+    #[serde(default)]
+    pub rack: Option<String>,
 }
 
 /// A versioned snapshot of the cluster's metadata. Node-wide view, shared by every shard.
@@ -29,6 +73,12 @@ pub struct ClusterMeta {
     /// Next producer id to hand out (InitProducerId); ids are never reused.
     #[serde(default)]
     pub next_producer_id: i64,
+    /// Cluster mode: the nodes, by id.
+    #[serde(default)]
+    pub nodes: BTreeMap<i32, NodeInfo>,
+    /// Cluster mode: the next Raft group id to give a partition (0 is the metadata group).
+    #[serde(default)]
+    pub next_group: u64,
 }
 
 impl ClusterMeta {
@@ -64,10 +114,16 @@ impl ClusterMeta {
     }
 }
 
+/// A partition leader as this node knows it: (node, leader epoch).
+pub type Leader = (i32, i32);
+
 /// The published snapshot. Node-wide; every shard holds an `Arc` of it.
 pub struct MetaStore {
     current: ArcSwap<ClusterMeta>,
     path: PathBuf,
+    /// Cluster mode: the leader of each Raft group this node hosts, as its replica knows it
+    /// (the replication driver on shard 0 writes it on each role change; Metadata reads it).
+    leaders: std::sync::RwLock<std::collections::HashMap<u64, Leader>>,
 }
 
 impl MetaStore {
@@ -92,6 +148,7 @@ impl MetaStore {
         Ok(MetaStore {
             current: ArcSwap::from_pointee(meta),
             path,
+            leaders: Default::default(),
         })
     }
 
@@ -111,14 +168,14 @@ impl MetaStore {
         let placed = meta.place(partitions as usize, shards);
         meta.topics.insert(
             name.to_string(),
-            TopicMeta {
-                id: Uuid::new_v4(),
-                shards: placed,
-                configs: configs
+            TopicMeta::local(
+                Uuid::new_v4(),
+                placed,
+                configs
                     .iter()
                     .map(|(k, v)| (k.to_string(), v.to_string()))
                     .collect(),
-            },
+            ),
         );
         meta.version += 1;
         let tmp = self.path.with_extension("tmp");
@@ -146,6 +203,21 @@ impl MetaStore {
     pub fn publish(&self, meta: ClusterMeta) {
         self.current.store(Arc::new(meta));
     }
+
+    /// The leader of Raft group `group` as this node knows it (`None`: no leader known, or
+    /// the group is not hosted here).
+    pub fn leader(&self, group: u64) -> Option<Leader> {
+        self.leaders.read().ok()?.get(&group).copied()
+    }
+
+    pub fn set_leader(&self, group: u64, leader: Option<Leader>) {
+        if let Ok(mut leaders) = self.leaders.write() {
+            match leader {
+                Some(l) => leaders.insert(group, l),
+                None => leaders.remove(&group),
+            };
+        }
+    }
 }
 
 #[cfg(test)]
@@ -157,11 +229,7 @@ mod tests {
         let mut meta = ClusterMeta::default();
         meta.topics.insert(
             "a".into(),
-            TopicMeta {
-                id: Uuid::new_v4(),
-                shards: vec![0, 0, 0],
-                configs: BTreeMap::new(),
-            },
+            TopicMeta::local(Uuid::new_v4(), vec![0, 0, 0], BTreeMap::new()),
         );
         assert_eq!(meta.place(4, 2), vec![1, 1, 1, 0]);
         assert_eq!(meta.owner("a", 2), Some(0));

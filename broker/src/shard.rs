@@ -37,11 +37,18 @@ pub struct Shard {
     /// Segment writes in flight at once on this shard (`--write-slots`), shared by its
     /// partitions.
     pub write_slots: Rc<glommio::sync::Semaphore>,
+    /// Cluster mode, on shard 0: the node's metadata and replication.
+    cluster: RefCell<Option<Rc<crate::cluster::Cluster>>>,
 }
 
 impl Shard {
     pub fn shard_count(&self) -> usize {
         self.peers.len()
+    }
+
+    /// Cluster mode, on shard 0 (where the controller and the replication driver run).
+    pub fn cluster(&self) -> Option<Rc<crate::cluster::Cluster>> {
+        self.cluster.borrow().clone()
     }
 
     /// Runs `f` on shard `target` and returns its result. Local calls run inline.
@@ -71,6 +78,25 @@ impl Shard {
             .borrow()
             .get(&(topic.to_string(), partition))
             .cloned()
+    }
+
+    /// The Raft group of a replicated partition (cluster mode).
+    pub fn replica_group(&self, topic: &str, partition: i32) -> Option<u64> {
+        self.meta.snapshot().topics.get(topic)?.group(partition)
+    }
+
+    /// A partition this node serves consumers from, on its owner shard: in cluster mode only
+    /// its leader does (NOT_LEADER_OR_FOLLOWER elsewhere).
+    pub fn readable_partition(&self, topic: &str, partition: i32) -> Result<Rc<PartitionLog>, i16> {
+        let not_leader = kafka_protocol::ResponseError::NotLeaderOrFollower.code();
+        let log = self.partition(topic, partition).ok_or(not_leader)?;
+        match self.replica_group(topic, partition) {
+            None => Ok(log),
+            Some(group) => match self.cluster() {
+                Some(c) if c.leads(group) => Ok(log),
+                _ => Err(not_leader),
+            },
+        }
     }
 
     pub fn partition_dir(&self, topic: &str, partition: i32) -> std::path::PathBuf {
@@ -208,6 +234,7 @@ impl ShardSeed {
             write_slots: Rc::new(glommio::sync::Semaphore::new(
                 self.config.write_slots as u64,
             )),
+            cluster: RefCell::new(None),
         });
         tern_storage::fs::probe_direct_io(&shard.config.data_dir)
             .await
@@ -219,6 +246,12 @@ impl ShardSeed {
                     shard.open_partition(name, p as i32, &topic.configs).await?;
                 }
             }
+        }
+        if let (0, Some(config)) = (shard.id, &shard.config.cluster) {
+            let cluster = crate::cluster::Cluster::start(&shard, config.clone())
+                .await
+                .context("join the cluster")?;
+            *shard.cluster.borrow_mut() = Some(cluster);
         }
         crate::group::load(&shard)
             .await

@@ -55,13 +55,18 @@ pub enum RpcError {
     NotDense(u64),
 }
 
-/// The first frame on a connection: who is calling whom, in which cluster.
+/// The first frame on a connection: who is calling whom, in which cluster, and where the
+/// caller serves Kafka clients (so the controller can register it).
 #[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct Hello {
     pub version: u16,
     pub cluster: String,
     pub from: u64,
     pub to: u64,
+    /// The caller's advertised Kafka listener, `host:port`.
+    pub kafka: String,
+    /// The caller's rack (`client.rack` matching, KIP-392); empty when it has none.
+    pub rack: String,
 }
 
 /// A decoded frame.
@@ -651,6 +656,8 @@ mod tests {
             cluster: "c1".into(),
             from: 3,
             to: 1,
+            kafka: "127.0.0.1:9092".into(),
+            rack: String::new(),
         };
         let wire = encode_hello(&hello).to_bytes();
         assert_eq!(decode(wire.slice(4..)).unwrap(), Frame::Hello(hello));

@@ -22,7 +22,8 @@ fn new_topic(
     t: &kafka_protocol::messages::create_topics_request::CreatableTopic,
 ) -> Result<NewTopic, ApiError> {
     let node = shard.config.node_id;
-    if t.replication_factor > 1 {
+    let clustered = shard.config.cluster.is_some();
+    if t.replication_factor > 1 && !clustered {
         return Err(ApiError::new(
             ResponseError::InvalidReplicationFactor,
             format!(
@@ -46,8 +47,15 @@ fn new_topic(
         }
         let mut indexes: Vec<i32> = t.assignments.iter().map(|a| a.partition_index).collect();
         indexes.sort();
-        if indexes != (0..indexes.len() as i32).collect::<Vec<_>>()
-            || t.assignments
+        if indexes != (0..indexes.len() as i32).collect::<Vec<_>>() {
+            return Err(ApiError::new(
+                ResponseError::InvalidReplicaAssignment,
+                "assignments must cover partitions 0..n once each",
+            ));
+        }
+        // The controller checks a cluster's assignments against its nodes.
+        if !clustered
+            && t.assignments
                 .iter()
                 .any(|a| !controller::on_this_node_only(node, &a.broker_ids))
         {
@@ -68,10 +76,19 @@ fn new_topic(
             configs.insert(c.name.to_string(), v.to_string());
         }
     }
+    let mut assignments: Vec<_> = t.assignments.iter().collect();
+    assignments.sort_by_key(|a| a.partition_index);
     let topic = NewTopic {
         name: t.name.0.to_string(),
         partitions,
         configs,
+        replication_factor: t.replication_factor,
+        assignments: (clustered && !assignments.is_empty()).then(|| {
+            assignments
+                .iter()
+                .map(|a| a.broker_ids.iter().map(|b| b.0).collect())
+                .collect()
+        }),
     };
     controller::validate_new_topic(&topic)?;
     Ok(topic)

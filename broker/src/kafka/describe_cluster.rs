@@ -25,15 +25,20 @@ pub fn handle(shard: &Rc<Shard>, req: DescribeClusterRequest, version: i16) -> R
                 ))),
         );
     }
-    let node = shard.config.node_id;
-    let broker = DescribeClusterBroker::default()
-        .with_broker_id(BrokerId(node))
-        .with_host(str_bytes(&shard.config.advertised_host))
-        .with_port(shard.config.advertised_port);
+    let brokers = super::nodes::nodes(shard)
+        .into_iter()
+        .map(|n| {
+            DescribeClusterBroker::default()
+                .with_broker_id(BrokerId(n.id))
+                .with_host(str_bytes(&n.host))
+                .with_port(n.port)
+                .with_rack(n.rack.as_deref().map(str_bytes))
+        })
+        .collect();
     ResponseKind::DescribeCluster(
         resp.with_cluster_id(str_bytes(&shard.meta.snapshot().cluster_id))
-            .with_controller_id(BrokerId(node))
-            .with_brokers(vec![broker])
+            .with_controller_id(BrokerId(super::nodes::controller(shard)))
+            .with_brokers(brokers)
             .with_cluster_authorized_operations(authorized::if_requested(
                 req.include_cluster_authorized_operations,
                 authorized::CLUSTER,

@@ -42,13 +42,16 @@ async fn read_local(
     offset: i64,
     max_bytes: usize,
 ) -> Read {
-    let Some(log) = shard.partition(&topic, partition) else {
-        return Read {
-            error: ResponseError::NotLeaderOrFollower.code(),
-            high_watermark: -1,
-            log_start: -1,
-            ..Read::default()
-        };
+    let log = match shard.readable_partition(&topic, partition) {
+        Ok(log) => log,
+        Err(error) => {
+            return Read {
+                error,
+                high_watermark: -1,
+                log_start: -1,
+                ..Read::default()
+            }
+        }
     };
     let high_watermark = log.high_watermark();
     let log_start = log.log_start_offset();

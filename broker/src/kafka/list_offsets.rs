@@ -23,8 +23,9 @@ async fn lookup(
     partition: i32,
     timestamp: i64,
 ) -> (i16, i64, i64) {
-    let Some(log) = shard.partition(&topic, partition) else {
-        return (ResponseError::NotLeaderOrFollower.code(), -1, -1);
+    let log = match shard.readable_partition(&topic, partition) {
+        Ok(log) => log,
+        Err(code) => return (code, -1, -1),
     };
     match timestamp {
         LATEST => (0, -1, log.high_watermark()),

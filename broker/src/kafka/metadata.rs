@@ -8,7 +8,7 @@ use kafka_protocol::ResponseError;
 use std::rc::Rc;
 use uuid::Uuid;
 
-use super::{authorized, str_bytes, topic_name};
+use super::{authorized, nodes, str_bytes, topic_name};
 use crate::controller;
 use crate::metadata::TopicMeta;
 use crate::shard::Shard;
@@ -18,15 +18,24 @@ pub fn is_internal(name: &str) -> bool {
     name.starts_with("__")
 }
 
-pub fn describe_topic(node: i32, name: &str, topic: &TopicMeta) -> MetadataResponseTopic {
+pub fn describe_topic(shard: &Shard, name: &str, topic: &TopicMeta) -> MetadataResponseTopic {
     let partitions = (0..topic.shards.len() as i32)
         .map(|p| {
+            let (leader, epoch, replicas) = nodes::partition(shard, topic, p);
+            let replicas: Vec<BrokerId> = replicas.into_iter().map(BrokerId).collect();
+            let error = match leader {
+                -1 => ResponseError::LeaderNotAvailable.code(),
+                _ => 0,
+            };
+            // Every replica counts as in sync for now: the ISR is the leader's knowledge and
+            // is not published yet.
             MetadataResponsePartition::default()
+                .with_error_code(error)
                 .with_partition_index(p)
-                .with_leader_id(BrokerId(node))
-                .with_leader_epoch(0)
-                .with_replica_nodes(vec![BrokerId(node)])
-                .with_isr_nodes(vec![BrokerId(node)])
+                .with_leader_id(BrokerId(leader))
+                .with_leader_epoch(epoch)
+                .with_isr_nodes(replicas.clone())
+                .with_replica_nodes(replicas)
         })
         .collect();
     MetadataResponseTopic::default()
@@ -44,7 +53,6 @@ fn missing_topic(name: Option<&str>, id: Uuid, code: i16) -> MetadataResponseTop
 }
 
 pub async fn handle(shard: &Rc<Shard>, req: MetadataRequest, version: i16) -> ResponseKind {
-    let node = shard.config.node_id;
     // v0: an empty list means all topics; v1+: null means all, empty means none.
     let requested = match req.topics {
         Some(t) if !(version == 0 && t.is_empty()) => Some(t),
@@ -55,7 +63,7 @@ pub async fn handle(shard: &Rc<Shard>, req: MetadataRequest, version: i16) -> Re
     match requested {
         None => {
             let meta = shard.meta.snapshot();
-            topics.extend(meta.topics.iter().map(|(n, t)| describe_topic(node, n, t)));
+            topics.extend(meta.topics.iter().map(|(n, t)| describe_topic(shard, n, t)));
         }
         Some(requested) => {
             for t in requested {
@@ -78,7 +86,7 @@ pub async fn handle(shard: &Rc<Shard>, req: MetadataRequest, version: i16) -> Re
                     continue;
                 }
                 match shard.meta.snapshot().topics.get(&name) {
-                    Some(topic) => topics.push(describe_topic(node, &name, topic)),
+                    Some(topic) => topics.push(describe_topic(shard, &name, topic)),
                     None => topics.push(missing_topic(
                         Some(&name),
                         Uuid::nil(),
@@ -104,12 +112,20 @@ pub async fn handle(shard: &Rc<Shard>, req: MetadataRequest, version: i16) -> Re
     ResponseKind::Metadata(
         MetadataResponse::default()
             .with_cluster_authorized_operations(cluster_ops)
-            .with_brokers(vec![MetadataResponseBroker::default()
-                .with_node_id(BrokerId(node))
-                .with_host(str_bytes(&shard.config.advertised_host))
-                .with_port(shard.config.advertised_port)])
+            .with_brokers(
+                nodes::nodes(shard)
+                    .into_iter()
+                    .map(|n| {
+                        MetadataResponseBroker::default()
+                            .with_node_id(BrokerId(n.id))
+                            .with_host(str_bytes(&n.host))
+                            .with_port(n.port)
+                            .with_rack(n.rack.as_deref().map(str_bytes))
+                    })
+                    .collect(),
+            )
             .with_cluster_id(Some(str_bytes(&meta.cluster_id)))
-            .with_controller_id(BrokerId(node))
+            .with_controller_id(BrokerId(nodes::controller(shard)))
             .with_topics(topics),
     )
 }

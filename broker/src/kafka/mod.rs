@@ -32,6 +32,7 @@ mod leave_group;
 pub mod list_groups;
 mod list_offsets;
 mod metadata;
+mod nodes;
 mod offset_commit;
 mod offset_delete;
 mod offset_fetch;

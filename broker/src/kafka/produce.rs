@@ -12,6 +12,7 @@ use tern_storage::{Durability, LogError};
 
 use super::{now_ms, str_bytes};
 use crate::controller;
+use crate::replication::ReplicateError;
 use crate::shard::Shard;
 
 /// What a partition's owner shard reports back.
@@ -74,6 +75,9 @@ async fn produce_local(
             format!("{topic}-{partition} is not on this shard"),
         );
     };
+    if let Some(group) = shard.replica_group(&topic, partition) {
+        return produce_replicated(&shard, log, group, records, acks).await;
+    }
     let appended = match log.append(records, now_ms()) {
         Ok(a) => a,
         Err(e) => {
@@ -106,6 +110,76 @@ async fn produce_local(
         message: None,
         base_offset: appended.base_offset,
         log_append_time: appended.log_append_time,
+        log_start: log.log_start_offset(),
+        record_errors: Vec::new(),
+    }
+}
+
+/// How long acks=all waits for a replicated batch to commit before REQUEST_TIMED_OUT.
+const COMMIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The leader's side of a produce to a replicated partition: propose through Raft, then wait
+/// for the local write (acks=1) or the commit (acks=all).
+async fn produce_replicated(
+    shard: &Rc<Shard>,
+    log: Rc<tern_storage::PartitionLog>,
+    group: u64,
+    records: Bytes,
+    acks: i16,
+) -> Outcome {
+    let not_leader = |why: &str| Outcome::error(ResponseError::NotLeaderOrFollower.code(), why);
+    let Some(cluster) = shard.cluster() else {
+        return not_leader("replicated partitions are served by shard 0");
+    };
+    let proposed = match cluster.replicator.propose(group, records, now_ms()) {
+        Ok(p) => p,
+        Err(ReplicateError::Log(e)) => {
+            let mut outcome = Outcome::error(log_error_code(&e), e.to_string());
+            if let LogError::KeylessRecords(indexes) = e {
+                outcome.record_errors = indexes;
+            }
+            return outcome;
+        }
+        Err(e) => return not_leader(&e.to_string()),
+    };
+    let waited = match (acks, &proposed.appended) {
+        (0, Some(appended)) => {
+            let (log, appended) = (log.clone(), *appended);
+            glommio::spawn_local(async move {
+                let _ = log.wait(&appended, Durability::Written).await;
+            })
+            .detach();
+            Ok(())
+        }
+        (0, None) => Ok(()),
+        (1, Some(appended)) => log
+            .wait(appended, Durability::Written)
+            .await
+            .map_err(|e| Outcome::error(log_error_code(&e), e.to_string())),
+        _ => {
+            // A retried batch found in the log was proposed in some term: wait for its commit.
+            let term = proposed.appended.map(|_| proposed.term);
+            let committed = cluster
+                .replicator
+                .committed(group, proposed.last_offset, term);
+            match crate::rpc::with_timeout(COMMIT_TIMEOUT, committed).await {
+                Some(Ok(())) => Ok(()),
+                Some(Err(e)) => Err(not_leader(&e.to_string())),
+                None => Err(Outcome::error(
+                    ResponseError::RequestTimedOut.code(),
+                    "the batch was not committed in time",
+                )),
+            }
+        }
+    };
+    if let Err(outcome) = waited {
+        return outcome;
+    }
+    Outcome {
+        error: 0,
+        message: None,
+        base_offset: proposed.base_offset,
+        log_append_time: proposed.log_append_time,
         log_start: log.log_start_offset(),
         record_errors: Vec::new(),
     }

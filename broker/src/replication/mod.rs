@@ -77,7 +77,7 @@ pub struct Proposed {
 
 struct Waiter {
     last: Offset,
-    term: Term,
+    term: Option<Term>,
     done: oneshot::Sender<Result<(), ReplicateError>>,
 }
 
@@ -102,7 +102,12 @@ pub struct Replicator {
     work: Event,
     /// Takes no input and sends nothing: a node cut off (tests).
     paused: Cell<bool>,
+    /// Told of every change of a group's role, term or known leader.
+    role_listener: RefCell<Option<RoleListener>>,
 }
+
+/// Told of a group's new role, term or leader (after the change is persisted).
+pub type RoleListener = Box<dyn Fn(GroupId, RoleChange)>;
 
 impl Replicator {
     /// Starts the driver: its ticker, its inbound envelopes from `inbound`, its round loop.
@@ -121,6 +126,7 @@ impl Replicator {
             misses: Default::default(),
             work: Event::new(),
             paused: Cell::new(false),
+            role_listener: RefCell::new(None),
         });
         let me = r.clone();
         glommio::spawn_local(async move {
@@ -148,6 +154,7 @@ impl Replicator {
         r
     }
 
+    #[cfg(test)]
     /// Cuts the node off (`true`: what arrives is lost, its clock stands still, it sends
     /// nothing) or reconnects it (tests).
     pub fn set_paused(&self, paused: bool) {
@@ -213,6 +220,34 @@ impl Replicator {
         Ok(())
     }
 
+    pub fn on_role_change(&self, listener: RoleListener) {
+        *self.role_listener.borrow_mut() = Some(listener);
+    }
+
+    /// Stops replicating group `group` (the partition left this node). Its waiters fail.
+    pub fn remove_group(&self, group: GroupId) {
+        self.multi.borrow_mut().remove_group(group);
+        if let Some(host) = self.hosts.borrow_mut().remove(&group) {
+            for w in host.waiters {
+                let _ = w.done.send(Err(ReplicateError::UnknownGroup));
+            }
+        }
+    }
+
+    /// Whether this node leads `group` and has committed an entry of its own term (so its
+    /// high watermark covers everything committed before it was elected).
+    pub fn commit_in_term(&self, group: GroupId) -> bool {
+        let multi = self.multi.borrow();
+        let Some(g) = multi.group(group) else {
+            return false;
+        };
+        g.role() == Role::Leader
+            && g.epochs()
+                .epochs()
+                .last()
+                .is_some_and(|&(term, start)| term == g.term() && g.commit() > start)
+    }
+
     /// The group's role, term and leader as this node knows them.
     pub fn role(&self, group: GroupId) -> Option<RoleChange> {
         self.hosts.borrow().get(&group).map(|h| h.role)
@@ -270,12 +305,13 @@ impl Replicator {
         })
     }
 
-    /// Waits until the batch ending at `last_offset`, proposed in `term`, is committed.
+    /// Waits until the batch ending at `last_offset`, proposed in `term`, is committed (with
+    /// `term` `None`: whatever batch is there, for a retried batch found in the log).
     pub async fn committed(
         &self,
         group: GroupId,
         last_offset: i64,
-        term: Term,
+        term: Option<Term>,
     ) -> Result<(), ReplicateError> {
         let (tx, rx) = oneshot::channel();
         {
@@ -309,7 +345,8 @@ impl Replicator {
                 continue;
             }
             // Log matching: the same term at the same offset is the same batch.
-            let outcome = match epochs.term_before(w.last + 1) == w.term {
+            let ours = w.term.is_none_or(|t| epochs.term_before(w.last + 1) == t);
+            let outcome = match ours {
                 true => Ok(()),
                 false => Err(ReplicateError::LeadershipLost),
             };
@@ -383,6 +420,9 @@ impl Replicator {
                 }
                 None => continue,
             };
+            if let (Some(role), Some(listener)) = (r.role, &*self.role_listener.borrow()) {
+                listener(gid, role);
+            }
             if let Some(commit) = r.commit {
                 log.set_high_watermark(commit as i64);
                 self.resolve_waiters(gid);

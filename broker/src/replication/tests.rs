@@ -43,6 +43,8 @@ async fn cluster(dir: &std::path::Path, n: u64, log_config: LogConfig) -> Vec<No
                 .filter(|&p| p != id)
                 .map(|p| (p, addrs[p as usize - 1]))
                 .collect(),
+            kafka: String::new(),
+            rack: None,
         };
         let (transport, inbound) = Transport::start(config, listener);
         let timing = Timing {
@@ -94,7 +96,9 @@ async fn committed_batches(log: &PartitionLog) -> Vec<Bytes> {
 /// Proposes a batch on the leader and waits for acks=all; returns its offsets.
 async fn produce(node: &Node, tag: u8) -> Result<(i64, i64), ReplicateError> {
     let p = node.replicator.propose(GROUP, client_batch(5, tag), 0)?;
-    let committed = node.replicator.committed(GROUP, p.last_offset, p.term);
+    let committed = node
+        .replicator
+        .committed(GROUP, p.last_offset, Some(p.term));
     crate::rpc::with_timeout(Duration::from_secs(10), committed)
         .await
         .unwrap_or_else(|| {
@@ -157,7 +161,7 @@ fn three_replicas_commit_and_a_new_leader_keeps_every_acknowledged_batch() {
             .unwrap();
         nodes[first]
             .replicator
-            .committed(GROUP, p.last_offset, p.term)
+            .committed(GROUP, p.last_offset, Some(p.term))
             .await
             .unwrap();
         acked.push((20, (p.base_offset, p.last_offset)));

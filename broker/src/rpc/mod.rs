@@ -15,7 +15,7 @@ use futures::future::{select, Either};
 use futures::io::{AsyncReadExt, AsyncWriteExt};
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use glommio::net::{TcpListener, TcpStream};
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -45,6 +45,9 @@ pub struct RpcConfig {
     pub cluster: String,
     /// Every other node's RPC address.
     pub peers: BTreeMap<NodeId, SocketAddr>,
+    /// This node's advertised Kafka listener and rack, told to peers in its hello.
+    pub kafka: String,
+    pub rack: Option<String>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -59,7 +62,11 @@ pub struct Transport {
     config: Rc<RpcConfig>,
     queues: BTreeMap<NodeId, LocalSender<Encoded>>,
     dropped: Cell<u64>,
+    /// The newest hello of each peer that connected (its Kafka listener and rack).
+    hellos: Hellos,
 }
+
+type Hellos = Rc<RefCell<BTreeMap<NodeId, Hello>>>;
 
 impl Transport {
     /// Starts accepting on `listener` and connecting to every peer. Envelopes that arrive (from
@@ -72,7 +79,14 @@ impl Transport {
         let config = Rc::new(config);
         let (inbound, received) = local_channel::new_bounded(INBOUND_FRAMES);
         let inbound = Rc::new(inbound);
-        glommio::spawn_local(accept_loop(config.clone(), listener, inbound)).detach();
+        let hellos = Hellos::default();
+        glommio::spawn_local(accept_loop(
+            config.clone(),
+            listener,
+            inbound,
+            hellos.clone(),
+        ))
+        .detach();
         let mut queues = BTreeMap::new();
         for (&peer, &addr) in &config.peers {
             let (tx, rx) = local_channel::new_bounded(QUEUE_FRAMES);
@@ -83,6 +97,7 @@ impl Transport {
             config,
             queues,
             dropped: Cell::new(0),
+            hellos,
         });
         (transport, received)
     }
@@ -103,7 +118,13 @@ impl Transport {
         })
     }
 
+    /// The newest hello of each peer that connected.
+    pub fn hellos(&self) -> BTreeMap<NodeId, Hello> {
+        self.hellos.borrow().clone()
+    }
+
     /// Envelopes dropped because a peer's queue was full.
+    #[cfg(test)]
     pub fn dropped(&self) -> u64 {
         self.dropped.get()
     }
@@ -120,6 +141,8 @@ async fn connect_loop(
         cluster: config.cluster.clone(),
         from: config.node_id,
         to: peer,
+        kafka: config.kafka.clone(),
+        rack: config.rack.clone().unwrap_or_default(),
     });
     let mut delay = RECONNECT_MIN;
     let mut scratch = Vec::new();
@@ -193,17 +216,18 @@ async fn accept_loop(
     config: Rc<RpcConfig>,
     listener: TcpListener,
     inbound: Rc<LocalSender<Envelope>>,
+    hellos: Hellos,
 ) {
     loop {
         match listener.accept().await {
             Ok(stream) => {
-                let (config, inbound) = (config.clone(), inbound.clone());
+                let (config, inbound, hellos) = (config.clone(), inbound.clone(), hellos.clone());
                 glommio::spawn_local(async move {
                     let peer = stream
                         .peer_addr()
                         .map(|a| a.to_string())
                         .unwrap_or_default();
-                    if let Err(why) = serve(&config, stream, &inbound).await {
+                    if let Err(why) = serve(&config, stream, &inbound, &hellos).await {
                         tracing::warn!(%peer, %why, "closing internal RPC connection");
                     }
                 })
@@ -241,6 +265,7 @@ async fn serve(
     config: &RpcConfig,
     mut stream: TcpStream,
     inbound: &LocalSender<Envelope>,
+    hellos: &RefCell<BTreeMap<NodeId, Hello>>,
 ) -> Result<(), String> {
     let first = with_timeout(HELLO_TIMEOUT, read_frame(&mut stream))
         .await
@@ -262,7 +287,8 @@ async fn serve(
     if !config.peers.contains_key(&hello.from) {
         return Err(format!("node {} is not in the cluster", hello.from));
     }
-    tracing::info!(peer = hello.from, "node connected");
+    tracing::info!(peer = hello.from, kafka = %hello.kafka, "node connected");
+    hellos.borrow_mut().insert(hello.from, hello.clone());
     while let Some(frame) = read_frame(&mut stream).await? {
         let envelope = match rpc::decode(frame) {
             Ok(Frame::Envelope(e)) => e,

@@ -65,6 +65,8 @@ fn pair() -> (Node, Node, SocketAddr) {
         node_id: me,
         cluster: "test".into(),
         peers: [(peer, addr)].into(),
+        kafka: format!("127.0.0.1:{}", 9090 + me),
+        rack: None,
     };
     let one = Transport::start(config(1, 2, a2), l1);
     let two = Transport::start(config(2, 1, a1), l2);
@@ -78,6 +80,8 @@ async fn raw_hello(addr: SocketAddr, cluster: &str, from: NodeId, to: NodeId) ->
         cluster: cluster.into(),
         from,
         to,
+        kafka: String::new(),
+        rack: String::new(),
     });
     s.write_all(&hello.to_bytes()).await.unwrap();
     s
@@ -105,6 +109,9 @@ fn envelopes_travel_both_ways_with_their_batches() {
         let back = append(2, 1, 0);
         two.send(&back).unwrap();
         assert_eq!(from_two.recv().await.unwrap(), back);
+        // Each learned where the other serves Kafka clients.
+        assert_eq!(two.hellos()[&1].kafka, "127.0.0.1:9091");
+        assert_eq!(one.hellos()[&2].kafka, "127.0.0.1:9092");
         assert_eq!(one.send(&append(1, 7, 0)), Err(SendError::UnknownPeer(7)));
         // An unreachable peer fills its queue; sends are then dropped, never waited for.
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -114,6 +121,8 @@ fn envelopes_travel_both_ways_with_their_batches() {
                 node_id: 3,
                 cluster: "test".into(),
                 peers: [(4, "127.0.0.1:1".parse().unwrap())].into(),
+                kafka: String::new(),
+                rack: None,
             },
             l,
         );

@@ -1,0 +1,481 @@
+//! Cluster mode: this node's part in the metadata Raft group (the controller quorum, KRaft's
+//! `controller.quorum.voters`) and in the Raft groups of the partitions it holds.
+//!
+//! The metadata log (group 0, `<data>/__cluster_metadata-0`) holds the cluster metadata as a
+//! sequence of whole snapshots, each one version after the one before: the controller (the
+//! group's leader) proposes the next version, and every node applies each committed version in
+//! order (opening the partitions it now holds and starting their Raft groups, removing those it
+//! no longer holds, applying configs) and publishes it to its shards. A version proposed on a
+//! stale base is refused by every node alike when applied, so two controllers in succession
+//! never overwrite each other's changes.
+//!
+//! Nodes register through their RPC hello (Kafka listener, rack): the controller adds the nodes
+//! it hears from to the metadata.
+//!
+//! Exists on shard 0 only: the replication driver runs there, and replicated partitions are
+//! placed there (per shard: planned).
+
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use event_listener::Event;
+use kafka_protocol::records::Compression;
+use kafka_protocol::ResponseError;
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Duration;
+use tern_protocol::batch;
+use tern_raft::{GroupId, Membership, NodeId, Role};
+use tern_storage::{LogConfig, PartitionLog};
+
+use crate::controller::ApiError;
+use crate::metadata::{ClusterMeta, NodeInfo};
+use crate::replication::{Replicator, Timing};
+use crate::rpc::{RpcConfig, Transport};
+use crate::shard::Shard;
+
+/// The metadata log's Raft group.
+pub const METADATA_GROUP: GroupId = 0;
+const METADATA_DIR: &str = "__cluster_metadata-0";
+/// Key of the records holding a metadata snapshot.
+const SNAPSHOT_KEY: &[u8] = b"cluster-metadata";
+/// How long a controller change may wait for its commit.
+const COMMIT_TIMEOUT: Duration = Duration::from_secs(15);
+/// How often the controller checks the nodes it hears from against the metadata.
+const REGISTER_INTERVAL: Duration = Duration::from_millis(200);
+
+/// `tern start` flags of cluster mode.
+#[derive(Clone, Debug)]
+pub struct ClusterConfig {
+    pub node_id: NodeId,
+    pub rpc_listen: SocketAddr,
+    /// The controller quorum's voters and their RPC addresses.
+    pub quorum: BTreeMap<NodeId, SocketAddr>,
+    pub rack: Option<String>,
+}
+
+impl ClusterConfig {
+    /// Parses `--controller-quorum`: `1@host:port,2@host:port,...`.
+    pub fn parse_quorum(s: &str) -> Result<BTreeMap<NodeId, SocketAddr>> {
+        let mut quorum = BTreeMap::new();
+        for voter in s.split(',').map(str::trim).filter(|v| !v.is_empty()) {
+            let (id, addr) = voter
+                .split_once('@')
+                .with_context(|| format!("quorum voter {voter:?} is not ID@HOST:PORT"))?;
+            let id: NodeId = id
+                .parse()
+                .with_context(|| format!("node id of quorum voter {voter:?}"))?;
+            let addr = crate::resolve(addr)?;
+            if quorum.insert(id, addr).is_some() {
+                anyhow::bail!("node {id} is named twice in the controller quorum");
+            }
+        }
+        if quorum.is_empty() {
+            anyhow::bail!("the controller quorum names no voter");
+        }
+        Ok(quorum)
+    }
+
+    /// Names the cluster in RPC hellos: nodes configured with another quorum are refused.
+    fn cluster_name(&self) -> String {
+        self.quorum
+            .iter()
+            .map(|(id, addr)| format!("{id}@{addr}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+/// The node's cluster membership. Exists on shard 0 only.
+pub struct Cluster {
+    pub config: ClusterConfig,
+    pub replicator: Rc<Replicator>,
+    transport: Rc<Transport>,
+    metadata: Rc<PartitionLog>,
+    /// Partitions this node holds: their Raft group → (topic, partition).
+    hosted: RefCell<BTreeMap<GroupId, (String, i32)>>,
+    /// The metadata log is applied up to here.
+    applied: Cell<i64>,
+    /// Outcomes of the newest snapshots applied: (offset, accepted).
+    outcomes: RefCell<VecDeque<(i64, bool)>>,
+    applied_event: Event,
+}
+
+impl Cluster {
+    /// Joins the cluster: starts the RPC listener, the replication driver and the metadata
+    /// group, then applies the metadata log in the background.
+    pub async fn start(shard: &Rc<Shard>, config: ClusterConfig) -> Result<Rc<Cluster>> {
+        let me = config.node_id;
+        if !config.quorum.contains_key(&me) {
+            anyhow::bail!(
+                "node {me} is not in the controller quorum; nodes that are brokers only are not supported yet"
+            );
+        }
+        let listener = glommio::net::TcpListener::bind(config.rpc_listen)
+            .map_err(|e| anyhow::anyhow!("bind RPC listener {}: {e}", config.rpc_listen))?;
+        let rpc = RpcConfig {
+            node_id: me,
+            cluster: config.cluster_name(),
+            peers: config
+                .quorum
+                .iter()
+                .filter(|(&id, _)| id != me)
+                .map(|(&id, &addr)| (id, addr))
+                .collect(),
+            kafka: advertised(shard),
+            rack: config.rack.clone(),
+        };
+        let (transport, inbound) = Transport::start(rpc, listener);
+        let replicator = Replicator::start(transport.clone(), inbound, Timing::default());
+        let metadata = PartitionLog::open(
+            &shard.config.data_dir.join(METADATA_DIR),
+            LogConfig::default(),
+        )
+        .await
+        .context("open the metadata log")?;
+        let meta_store = shard.meta.clone();
+        replicator.on_role_change(Box::new(move |group, role| {
+            let leader = match (role.leader, role.role) {
+                (Some(l), _) => Some((l as i32, role.term as i32)),
+                (None, _) => None,
+            };
+            meta_store.set_leader(group, leader);
+        }));
+        replicator
+            .add_group(
+                METADATA_GROUP,
+                metadata.clone(),
+                Membership::new(config.quorum.keys().copied()),
+            )
+            .await
+            .context("start the metadata group")?;
+        let cluster = Rc::new(Cluster {
+            config,
+            replicator,
+            transport,
+            metadata,
+            hosted: RefCell::new(BTreeMap::new()),
+            applied: Cell::new(0),
+            outcomes: RefCell::new(VecDeque::new()),
+            applied_event: Event::new(),
+        });
+        glommio::spawn_local(cluster.clone().apply_loop(shard.clone())).detach();
+        glommio::spawn_local(cluster.clone().register_loop(shard.clone())).detach();
+        Ok(cluster)
+    }
+
+    pub fn node_id(&self) -> i32 {
+        self.config.node_id as i32
+    }
+
+    pub fn is_controller(&self) -> bool {
+        self.replicator
+            .role(METADATA_GROUP)
+            .is_some_and(|r| r.role == Role::Leader)
+    }
+
+    /// Whether this node leads partition group `group`.
+    pub fn leads(&self, group: GroupId) -> bool {
+        self.replicator
+            .role(group)
+            .is_some_and(|r| r.role == Role::Leader)
+    }
+
+    /// Before a controller change: this node must be the controller, with every committed
+    /// snapshot applied (a new controller may not have applied its predecessor's last ones).
+    pub async fn ready_to_change(&self) -> Result<(), ApiError> {
+        let deadline = std::time::Instant::now() + COMMIT_TIMEOUT;
+        loop {
+            if !self.is_controller() {
+                return Err(not_controller());
+            }
+            let listener = self.applied_event.listen();
+            if self.applied.get() >= self.metadata.high_watermark() && self.term_committed() {
+                return Ok(());
+            }
+            if crate::rpc::with_timeout(
+                deadline.saturating_duration_since(std::time::Instant::now()),
+                listener,
+            )
+            .await
+            .is_none()
+            {
+                return Err(ApiError::new(
+                    ResponseError::RequestTimedOut,
+                    "the controller is still catching up",
+                ));
+            }
+        }
+    }
+
+    /// Whether the metadata group committed an entry of the leader's own term (then everything
+    /// before it is committed, and the high watermark is final up to there).
+    fn term_committed(&self) -> bool {
+        self.replicator.commit_in_term(METADATA_GROUP)
+    }
+
+    /// Commits `meta` (the next version) through the metadata log and waits until this node
+    /// applied it. Other nodes apply it as they learn of the commit.
+    pub async fn commit(&self, meta: &ClusterMeta) -> Result<(), ApiError> {
+        let value = serde_json::to_vec(meta).map_err(|e| {
+            ApiError::new(
+                ResponseError::UnknownServerError,
+                format!("encode metadata: {e}"),
+            )
+        })?;
+        let record = batch::plain_record(
+            0,
+            crate::kafka::now_ms(),
+            Some(Bytes::from_static(SNAPSHOT_KEY)),
+            Some(value.into()),
+        );
+        let records = batch::encode_plain(&[record], Compression::None)
+            .map_err(|e| ApiError::new(ResponseError::UnknownServerError, format!("{e:#}")))?;
+        let proposed = self
+            .replicator
+            .propose(METADATA_GROUP, records, crate::kafka::now_ms())
+            .map_err(|_| not_controller())?;
+        let committed =
+            self.replicator
+                .committed(METADATA_GROUP, proposed.last_offset, Some(proposed.term));
+        match crate::rpc::with_timeout(COMMIT_TIMEOUT, committed).await {
+            Some(Ok(())) => {}
+            Some(Err(_)) => return Err(not_controller()),
+            None => {
+                return Err(ApiError::new(
+                    ResponseError::RequestTimedOut,
+                    "the metadata change was not committed in time",
+                ))
+            }
+        }
+        loop {
+            let listener = self.applied_event.listen();
+            if self.applied.get() > proposed.last_offset {
+                break;
+            }
+            listener.await;
+        }
+        let accepted = self
+            .outcomes
+            .borrow()
+            .iter()
+            .find(|(o, _)| *o == proposed.last_offset)
+            .is_some_and(|&(_, ok)| ok);
+        match accepted {
+            true => Ok(()),
+            false => Err(ApiError::new(
+                ResponseError::NotController,
+                "a concurrent metadata change won; retry",
+            )),
+        }
+    }
+
+    /// Applies committed metadata snapshots in log order, for as long as the node runs.
+    async fn apply_loop(self: Rc<Self>, shard: Rc<Shard>) {
+        let mut next = self.metadata.log_start_offset();
+        loop {
+            let listener = self.metadata.listen();
+            let hw = self.metadata.high_watermark();
+            if next >= hw {
+                listener.await;
+                continue;
+            }
+            let data = match self.metadata.read(next, 1 << 20, true).await {
+                Ok(data) if !data.is_empty() => data,
+                Ok(_) => {
+                    listener.await;
+                    continue;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "read the metadata log");
+                    glommio::timer::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            for (pos, h) in batch::headers(&data) {
+                if h.base_offset >= hw {
+                    break;
+                }
+                next = h.last_offset() + 1;
+                if h.is_control() {
+                    continue;
+                }
+                let snapshot = decode_snapshot(&data.slice(pos..pos + h.total_len()));
+                let accepted = match snapshot {
+                    Some(meta) => self.apply(&shard, meta).await,
+                    None => {
+                        tracing::error!(
+                            offset = h.base_offset,
+                            "undecodable metadata record; skipped"
+                        );
+                        false
+                    }
+                };
+                let mut outcomes = self.outcomes.borrow_mut();
+                outcomes.push_back((h.last_offset(), accepted));
+                if outcomes.len() > 64 {
+                    outcomes.pop_front();
+                }
+            }
+            self.applied.set(next);
+            self.applied_event.notify(usize::MAX);
+        }
+    }
+
+    /// Applies one committed snapshot if it is the next version; returns whether it was.
+    async fn apply(&self, shard: &Rc<Shard>, meta: ClusterMeta) -> bool {
+        let current = shard.meta.snapshot();
+        if meta.version != current.version + 1 {
+            tracing::warn!(
+                version = meta.version,
+                current = current.version,
+                "metadata snapshot proposed on a stale version; refused"
+            );
+            return false;
+        }
+        let me = self.node_id();
+        let mut wanted = BTreeMap::new();
+        for (name, t) in &meta.topics {
+            for (p, replicas) in t.replicas.iter().enumerate() {
+                if let (true, Some(&group)) = (replicas.contains(&me), t.groups.get(p)) {
+                    wanted.insert(group, (name.clone(), p as i32, replicas.clone()));
+                }
+            }
+        }
+        let gone: Vec<(GroupId, (String, i32))> = self
+            .hosted
+            .borrow()
+            .iter()
+            .filter(|(g, _)| !wanted.contains_key(g))
+            .map(|(g, tp)| (*g, tp.clone()))
+            .collect();
+        for (group, (name, p)) in gone {
+            self.replicator.remove_group(group);
+            shard.meta.set_leader(group, None);
+            self.hosted.borrow_mut().remove(&group);
+            if let Err(e) = shard.remove_partition(&name, p).await {
+                tracing::error!(error = %format!("{e:#}"), "remove a partition no longer held");
+            }
+        }
+        for (group, (name, p, replicas)) in wanted {
+            if self.hosted.borrow().contains_key(&group) {
+                continue;
+            }
+            let configs = &meta.topics[&name].configs;
+            let opened = async {
+                shard.open_partition(&name, p, configs).await?;
+                let log = shard.partition(&name, p).context("partition just opened")?;
+                self.replicator
+                    .add_group(
+                        group,
+                        log,
+                        Membership::new(replicas.iter().map(|&n| n as u64)),
+                    )
+                    .await
+            };
+            match opened.await {
+                Ok(()) => {
+                    self.hosted.borrow_mut().insert(group, (name, p));
+                }
+                Err(e) => {
+                    tracing::error!(topic = %name, partition = p, error = %format!("{e:#}"), "open a replicated partition")
+                }
+            }
+        }
+        for (name, t) in &meta.topics {
+            if current
+                .topics
+                .get(name)
+                .is_some_and(|old| old.configs != t.configs)
+            {
+                shard.reconfigure_topic(name, &t.configs);
+            }
+        }
+        tracing::info!(
+            version = meta.version,
+            nodes = meta.nodes.len(),
+            "applied cluster metadata"
+        );
+        shard.meta.publish(meta);
+        true
+    }
+
+    /// The controller registers the nodes it hears from (and itself): their Kafka listener and
+    /// rack, so Metadata can name them.
+    async fn register_loop(self: Rc<Self>, shard: Rc<Shard>) {
+        loop {
+            glommio::timer::sleep(REGISTER_INTERVAL).await;
+            if !self.is_controller() {
+                continue;
+            }
+            let mut nodes: BTreeMap<i32, NodeInfo> = self
+                .transport
+                .hellos()
+                .into_iter()
+                .filter(|(id, _)| self.config.quorum.contains_key(id))
+                .map(|(id, h)| {
+                    let rack = Some(h.rack).filter(|r| !r.is_empty());
+                    (
+                        id as i32,
+                        NodeInfo {
+                            kafka: h.kafka,
+                            rack,
+                        },
+                    )
+                })
+                .collect();
+            nodes.insert(
+                self.node_id(),
+                NodeInfo {
+                    kafka: advertised(&shard),
+                    rack: self.config.rack.clone(),
+                },
+            );
+            let current = shard.meta.snapshot();
+            let changed = nodes.iter().any(|(id, n)| current.nodes.get(id) != Some(n))
+                || current.cluster_id.is_empty();
+            if !changed {
+                continue;
+            }
+            let Ok((_lock, mut meta)) = crate::controller::begin_change(&shard).await else {
+                continue;
+            };
+            if meta.cluster_id.is_empty() {
+                meta.cluster_id = uuid::Uuid::new_v4().simple().to_string();
+            }
+            for (id, n) in nodes {
+                meta.nodes.insert(id, n);
+            }
+            meta.version += 1;
+            if let Err(e) = self.commit(&meta).await {
+                tracing::debug!(error = %e.message, "register nodes");
+            }
+        }
+    }
+}
+
+fn advertised(shard: &Shard) -> String {
+    format!(
+        "{}:{}",
+        shard.config.advertised_host, shard.config.advertised_port
+    )
+}
+
+fn not_controller() -> ApiError {
+    ApiError::new(
+        ResponseError::NotController,
+        "this node is not the controller",
+    )
+}
+
+/// The metadata snapshot in a metadata log batch.
+fn decode_snapshot(batch: &Bytes) -> Option<ClusterMeta> {
+    let mut buf = batch.clone();
+    let set = kafka_protocol::records::RecordBatchDecoder::decode(&mut buf).ok()?;
+    let record = set.records.into_iter().last()?;
+    if record.key.as_deref() != Some(SNAPSHOT_KEY) {
+        return None;
+    }
+    serde_json::from_slice(&record.value?).ok()
+}

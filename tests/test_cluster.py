@@ -1,0 +1,199 @@
+"""A real 3-node cluster on loopback (scripts/cluster), driven by real clients: replicated
+topics, metadata, produce with acks=all through leader failures, consumers reading across
+Raft's control batches."""
+
+import os
+import random
+import socket
+import subprocess
+import time
+
+import pytest
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from conftest import ROOT, TERN_BIN, wait_for
+
+SCRIPT = os.path.join(ROOT, "scripts", "cluster")
+
+
+def ports_free(base, n):
+    for port in [base + i for i in range(n)] + [base + 100 + i for i in range(n)]:
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                return False
+    return True
+
+
+class Cluster:
+    def __init__(self, workdir, n=3):
+        self.n = n
+        self.dir = os.path.join(workdir, f"cluster-{random.randrange(1 << 30):x}")
+        while True:
+            self.port = random.randrange(20000, 40000)
+            if ports_free(self.port, n):
+                break
+        self.env = dict(
+            os.environ,
+            TERN_CLUSTER_DIR=self.dir,
+            TERN_CLUSTER_PORT=str(self.port),
+            TERN_BIN=TERN_BIN,
+        )
+
+    def run(self, *args):
+        out = subprocess.run(
+            [SCRIPT, *map(str, args)], env=self.env, capture_output=True, text=True, timeout=60
+        )
+        assert out.returncode == 0, f"scripts/cluster {args}: {out.stdout}{out.stderr}"
+        return out.stdout
+
+    def start(self):
+        self.bootstrap = self.run("start", self.n).strip().splitlines()[-1]
+        return self
+
+    def port_of(self, node):
+        return self.port + node - 1
+
+    def logs(self):
+        return "\n".join(
+            open(os.path.join(self.dir, f"node{i}.log"), errors="replace").read()[-3000:]
+            for i in range(1, self.n + 1)
+        )
+
+
+@pytest.fixture
+def cluster(workdir):
+    c = Cluster(workdir).start()
+    yield c
+    c.run("stop")
+
+
+def admin(cluster):
+    # Kept with the cluster: a future of a dropped client fails.
+    if not hasattr(cluster, "admin"):
+        cluster.admin = AdminClient({"bootstrap.servers": cluster.bootstrap})
+    return cluster.admin
+
+
+def leaders(cluster, topic):
+    md = admin(cluster).list_topics(topic, timeout=10)
+    return {p.id: p.leader for p in md.topics[topic].partitions.values()}
+
+
+def create(cluster, topic, partitions=3, rf=3):
+    fs = admin(cluster).create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=rf)])
+    fs[topic].result(timeout=30)
+    wait_for(lambda: all(l >= 0 for l in leaders(cluster, topic).values()), what="leaders elected")
+
+
+def consume_all(cluster, topic, partitions, expect, timeout=60):
+    """Every record of `topic` from offset 0: {value: (partition, offset)} and the duplicates."""
+    c = Consumer({"bootstrap.servers": cluster.bootstrap, "group.id": "unused", "enable.auto.commit": False})
+    c.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
+    seen, dups = {}, 0
+    deadline = time.time() + timeout
+    while time.time() < deadline and not all(v in seen for v in expect):
+        m = c.poll(0.5)
+        if m is None or m.error():
+            continue
+        if m.value() in seen:
+            dups += 1
+        seen[m.value()] = (m.partition(), m.offset())
+    c.close()
+    return seen, dups
+
+
+def test_replicated_topics_are_described_and_read_across_control_batches(cluster, topic_name):
+    md = admin(cluster).list_topics(timeout=10)
+    assert sorted(md.brokers) == [1, 2, 3]
+    assert md.controller_id in (1, 2, 3)
+    create(cluster, topic_name, partitions=3, rf=3)
+    md = admin(cluster).list_topics(topic_name, timeout=10)
+    for p in md.topics[topic_name].partitions.values():
+        assert sorted(p.replicas) == [1, 2, 3]
+        assert p.leader in p.replicas
+    # More replicas than nodes: refused.
+    fs = admin(cluster).create_topics([NewTopic(topic_name + "-rf4", num_partitions=1, replication_factor=4)])
+    with pytest.raises(KafkaException) as e:
+        fs[topic_name + "-rf4"].result(timeout=30)
+    assert "INVALID_REPLICATION_FACTOR" in str(e.value)
+
+    p = Producer({"bootstrap.servers": cluster.bootstrap, "acks": "all", "enable.idempotence": True})
+    acked = {}
+    for i in range(300):
+        p.produce(topic_name, value=b"v%d" % i, partition=i % 3,
+                  on_delivery=lambda err, m: err is None and acked.__setitem__(m.value(), (m.partition(), m.offset())))
+    assert p.flush(30) == 0
+    assert len(acked) == 300
+    seen, dups = consume_all(cluster, topic_name, 3, acked)
+    assert seen == acked and dups == 0
+    # Each partition's log starts with its leader's LeaderChange control batch: the first
+    # record is at offset 1 and the end offset counts the control batch, as with transaction
+    # markers; clients skip it silently.
+    c = Consumer({"bootstrap.servers": cluster.bootstrap, "group.id": "lag"})
+    for part in range(3):
+        low, high = c.get_watermark_offsets(TopicPartition(topic_name, part), timeout=10)
+        offsets = sorted(o for (q, o) in acked.values() if q == part)
+        assert low == 0 and offsets[0] >= 1 and high == offsets[-1] + 1
+    c.close()
+    out = subprocess.run(
+        ["kcat", "-b", cluster.bootstrap, "-C", "-t", topic_name, "-e", "-q", "-f", "%p %o %s\n"],
+        capture_output=True, text=True, timeout=60,
+    )
+    lines = [l.split() for l in out.stdout.splitlines()]
+    assert sorted((int(q), int(o), v.encode()) for q, o, v in lines) == sorted(
+        (q, o, v) for v, (q, o) in acked.items()
+    )
+
+
+def test_acknowledged_records_survive_killing_and_pausing_leaders(cluster, topic_name):
+    create(cluster, topic_name, partitions=3, rf=3)
+    p = Producer({
+        "bootstrap.servers": cluster.bootstrap,
+        "acks": "all",
+        "enable.idempotence": True,
+        "linger.ms": 5,
+        "message.timeout.ms": 120000,
+    })
+    acked, errors = {}, []
+
+    def delivered(err, m):
+        if err:
+            errors.append(str(err))
+        else:
+            acked[m.value()] = (m.partition(), m.offset())
+
+    sent = 0
+
+    def produce_for(seconds):
+        nonlocal sent
+        end = time.time() + seconds
+        while time.time() < end:
+            p.produce(topic_name, value=b"x%d" % sent, partition=sent % 3, on_delivery=delivered)
+            sent += 1
+            p.poll(0)
+            time.sleep(0.002)
+
+    produce_for(1.5)
+    # SIGKILL the leader of partition 0 mid-write, then bring it back.
+    victim = leaders(cluster, topic_name)[0]
+    cluster.run("kill", victim)
+    produce_for(4)
+    cluster.run("restart", victim)
+    # SIGSTOP the leader of partition 1 for longer than an election timeout, then resume it.
+    victim = leaders(cluster, topic_name)[1]
+    cluster.run("pause", victim)
+    produce_for(4)
+    cluster.run("resume", victim)
+    produce_for(1.5)
+    assert p.flush(120) == 0
+    assert errors == []
+    assert len(acked) == sent
+    seen, dups = consume_all(cluster, topic_name, 3, acked)
+    lost = [v for v in acked if v not in seen]
+    moved = [v for v in acked if v in seen and seen[v] != acked[v]]
+    assert (lost, moved, dups) == ([], [], 0), cluster.logs()
+    status = cluster.run("status")
+    assert status.count("running") == 3, status
