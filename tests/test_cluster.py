@@ -197,3 +197,44 @@ def test_acknowledged_records_survive_killing_and_pausing_leaders(cluster, topic
     assert (lost, moved, dups) == ([], [], 0), cluster.logs()
     status = cluster.run("status")
     assert status.count("running") == 3, status
+
+
+def test_group_offsets_survive_the_coordinator_dying(cluster, topic_name):
+    create(cluster, topic_name, partitions=3, rf=3)
+    p = Producer({"bootstrap.servers": cluster.bootstrap, "acks": "all"})
+    for i in range(300):
+        p.produce(topic_name, value=b"%d" % i, partition=i % 3)
+    assert p.flush(30) == 0
+    group = topic_name + "-group"
+
+    def consume(n):
+        c = Consumer({
+            "bootstrap.servers": cluster.bootstrap,
+            "group.id": group,
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        })
+        c.subscribe([topic_name])
+        got = []
+        deadline = time.time() + 60
+        while len(got) < n and time.time() < deadline:
+            m = c.poll(0.5)
+            if m is not None and not m.error():
+                got.append(int(m.value()))
+        c.commit(asynchronous=False)
+        # Nothing more than asked for is waiting.
+        extra = c.poll(3)
+        c.close()
+        return got, extra
+
+    first, _ = consume(150)
+    assert len(first) == 150
+    described = admin(cluster).describe_consumer_groups([group])[group].result()
+    victim = described.coordinator.id
+    cluster.run("kill", victim)
+    # A new member of the group resumes at the committed offsets, on the new coordinator.
+    second, extra = consume(150)
+    assert sorted(first + second) == list(range(300)), cluster.logs()
+    assert extra is None or extra.error()
+    described = admin(cluster).describe_consumer_groups([group])[group].result()
+    assert described.coordinator.id != victim

@@ -425,7 +425,10 @@ pub async fn ensure_topic(
         return Ok(());
     }
     validate_topic_name(name)?;
-    if !(allow_auto_create && shard.config.auto_create_topics) {
+    // The groups' topic is made by the broker, with its own settings, never by a client.
+    if !(allow_auto_create && shard.config.auto_create_topics)
+        || name == crate::group::OFFSETS_TOPIC
+    {
         return Err(unknown_topic(name));
     }
     let topic = NewTopic {

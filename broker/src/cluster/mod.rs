@@ -26,10 +26,11 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
 use tern_protocol::batch;
-use tern_raft::{GroupId, Membership, NodeId, Role};
+use tern_raft::{GroupId, Membership, NodeId, Role, RoleChange};
 use tern_storage::{LogConfig, PartitionLog};
 
 use crate::controller::ApiError;
+use crate::group::OFFSETS_TOPIC;
 use crate::metadata::{ClusterMeta, NodeInfo};
 use crate::replication::{Replicator, Timing};
 use crate::rpc::{RpcConfig, Transport};
@@ -134,14 +135,6 @@ impl Cluster {
         )
         .await
         .context("open the metadata log")?;
-        let meta_store = shard.meta.clone();
-        replicator.on_role_change(Box::new(move |group, role| {
-            let leader = match (role.leader, role.role) {
-                (Some(l), _) => Some((l as i32, role.term as i32)),
-                (None, _) => None,
-            };
-            meta_store.set_leader(group, leader);
-        }));
         replicator
             .add_group(
                 METADATA_GROUP,
@@ -160,6 +153,15 @@ impl Cluster {
             outcomes: RefCell::new(VecDeque::new()),
             applied_event: Event::new(),
         });
+        shard.groups.set_clustered();
+        let (weak, shard_ref) = (Rc::downgrade(&cluster), shard.clone());
+        cluster
+            .replicator
+            .on_role_change(Box::new(move |group, role| {
+                if let Some(cluster) = weak.upgrade() {
+                    cluster.role_changed(&shard_ref, group, role);
+                }
+            }));
         glommio::spawn_local(cluster.clone().apply_loop(shard.clone())).detach();
         glommio::spawn_local(cluster.clone().register_loop(shard.clone())).detach();
         Ok(cluster)
@@ -167,6 +169,54 @@ impl Cluster {
 
     pub fn node_id(&self) -> i32 {
         self.config.node_id as i32
+    }
+
+    /// A group's role, term or leader changed: published for Metadata; for a
+    /// `__consumer_offsets` partition, its groups come to or leave this node's coordinator.
+    fn role_changed(self: &Rc<Self>, shard: &Rc<Shard>, group: GroupId, role: RoleChange) {
+        shard
+            .meta
+            .set_leader(group, role.leader.map(|l| (l as i32, role.term as i32)));
+        let Some((topic, p)) = self.hosted.borrow().get(&group).cloned() else {
+            return;
+        };
+        if topic != OFFSETS_TOPIC {
+            return;
+        }
+        let partitions = shard
+            .meta
+            .snapshot()
+            .topics
+            .get(OFFSETS_TOPIC)
+            .map_or(1, |t| t.shards.len());
+        if role.role != Role::Leader {
+            shard.groups.stop_leading(p, partitions);
+            return;
+        }
+        shard.groups.begin_leading(p, partitions);
+        let (me, shard) = (self.clone(), shard.clone());
+        glommio::spawn_local(async move {
+            // Everything committed before this term is in the log (and under the high
+            // watermark) once an entry of this term commits.
+            while !me.replicator.commit_in_term(group) {
+                if !me.leads(group) {
+                    return;
+                }
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+            }
+            match crate::group::load_partition(&shard, p).await {
+                Ok(records) => {
+                    tracing::info!(
+                        partition = p,
+                        records,
+                        "coordinating the groups of an offsets partition"
+                    );
+                    shard.groups.finish_loading(p);
+                }
+                Err(e) => tracing::error!(partition = p, error = %format!("{e:#}"), "load groups"),
+            }
+        })
+        .detach();
     }
 
     pub fn is_controller(&self) -> bool {
@@ -436,6 +486,12 @@ impl Cluster {
             let changed = nodes.iter().any(|(id, n)| current.nodes.get(id) != Some(n))
                 || current.cluster_id.is_empty();
             if !changed {
+                // Every voter registered: the groups' topic can get its replicas.
+                if !current.topics.contains_key(OFFSETS_TOPIC)
+                    && current.nodes.len() >= self.config.quorum.len()
+                {
+                    self.create_offsets_topic(&shard).await;
+                }
                 continue;
             }
             let Ok((_lock, mut meta)) = crate::controller::begin_change(&shard).await else {
@@ -451,6 +507,30 @@ impl Cluster {
             if let Err(e) = self.commit(&meta).await {
                 tracing::debug!(error = %e.message, "register nodes");
             }
+        }
+    }
+}
+
+impl Cluster {
+    /// Creates `__consumer_offsets` (replication factor min(3, nodes)), as Kafka does when
+    /// the first group needs it.
+    async fn create_offsets_topic(&self, shard: &Rc<Shard>) {
+        let topic = crate::controller::NewTopic {
+            name: OFFSETS_TOPIC.to_string(),
+            partitions: shard.config.offsets_partitions,
+            configs: [
+                ("cleanup.policy", "compact"),
+                ("segment.bytes", "104857600"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+            replication_factor: -1,
+            assignments: None,
+        };
+        match crate::controller::create_topic(shard, topic).await {
+            Ok(_) => tracing::info!("created the consumer offsets topic"),
+            Err(e) => tracing::debug!(error = %e.message, "create the consumer offsets topic"),
         }
     }
 }

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use kafka_protocol::records::{Compression, Record, RecordBatchDecoder};
 use kafka_protocol::ResponseError;
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 use tern_protocol::batch;
@@ -58,6 +58,11 @@ pub struct Coordinator {
     /// coordinator restart members rejoin (their committed offsets are stored as usual).
     consumer_groups: RefCell<HashMap<String, consumer::ConsumerGroup>>,
     loaded: Cell<bool>,
+    /// Cluster mode: coordination follows the leadership of `__consumer_offsets` partitions.
+    /// The partitions led here and read back (their groups are served), and those being read.
+    led: RefCell<HashSet<i32>>,
+    loading: RefCell<HashSet<i32>>,
+    clustered: Cell<bool>,
 }
 
 impl Coordinator {
@@ -68,16 +73,65 @@ impl Coordinator {
             offsets: RefCell::new(HashMap::new()),
             consumer_groups: RefCell::new(HashMap::new()),
             loaded: Cell::new(false),
+            led: RefCell::new(HashSet::new()),
+            loading: RefCell::new(HashSet::new()),
+            clustered: Cell::new(false),
         }
     }
 
-    /// COORDINATOR_LOAD_IN_PROGRESS until this shard has read its groups back.
-    pub fn check_loaded(&self) -> Result<(), i16> {
+    /// COORDINATOR_LOAD_IN_PROGRESS until this shard has read back the groups of `__consumer_offsets`
+    /// partition `partition`; in cluster mode NOT_COORDINATOR unless this node leads it.
+    pub fn check_loaded(&self, partition: i32) -> Result<(), i16> {
+        if self.clustered.get() {
+            if self.loading.borrow().contains(&partition) {
+                return Err(ResponseError::CoordinatorLoadInProgress.code());
+            }
+            if !self.led.borrow().contains(&partition) {
+                return Err(ResponseError::NotCoordinator.code());
+            }
+            return Ok(());
+        }
         if self.loaded.get() {
             Ok(())
         } else {
             Err(ResponseError::CoordinatorLoadInProgress.code())
         }
+    }
+
+    /// Cluster mode: coordination follows `__consumer_offsets` leadership from now on.
+    pub fn set_clustered(&self) {
+        self.clustered.set(true);
+    }
+
+    /// Cluster mode: this node now leads `__consumer_offsets` partition `partition`; its
+    /// groups are read back before they are served.
+    pub fn begin_leading(&self, partition: i32, partitions: usize) {
+        self.clustered.set(true);
+        self.forget_partition(partition, partitions);
+        self.loading.borrow_mut().insert(partition);
+    }
+
+    /// Cluster mode: the partition's groups were read back; serve them.
+    pub fn finish_loading(&self, partition: i32) {
+        if self.loading.borrow_mut().remove(&partition) {
+            self.led.borrow_mut().insert(partition);
+        }
+    }
+
+    /// Cluster mode: another node leads `partition` now; its groups leave this node.
+    pub fn stop_leading(&self, partition: i32, partitions: usize) {
+        self.clustered.set(true);
+        self.loading.borrow_mut().remove(&partition);
+        self.led.borrow_mut().remove(&partition);
+        self.forget_partition(partition, partitions);
+    }
+
+    /// Drops the groups of `partition` (of `partitions`) from memory.
+    fn forget_partition(&self, partition: i32, partitions: usize) {
+        let here = |g: &String| partition_for(g, partitions) == partition;
+        self.groups.borrow_mut().retain(|g, _| !here(g));
+        self.offsets.borrow_mut().retain(|g, _| !here(g));
+        self.consumer_groups.borrow_mut().retain(|g, _| !here(g));
     }
 
     /// Runs `f` on the group, creating it (empty) if needed. Never hold this across an await.
@@ -233,6 +287,9 @@ pub fn group_record(group: &Group) -> GroupRecord {
     }
 }
 
+/// How long storing group records waits for a replicated commit.
+const STORE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Appends records to a `__consumer_offsets` partition this shard owns, synced. Offset
 /// records take effect once stored; group records only persist the live group's state.
 pub async fn store(
@@ -261,10 +318,33 @@ pub async fn store(
         tracing::error!(error = %e, "store group records");
         ResponseError::KafkaStorageError.code()
     };
-    let appended = log.append(batch, now).map_err(storage_error)?;
-    log.wait(&appended, Durability::Synced)
-        .await
-        .map_err(storage_error)?;
+    match shard.replica_group(OFFSETS_TOPIC, partition) {
+        // Cluster mode: committed by a majority of the partition's replicas.
+        Some(group) => {
+            let cluster = shard
+                .cluster()
+                .ok_or(ResponseError::NotCoordinator.code())?;
+            let proposed = cluster
+                .replicator
+                .propose(group, batch, now)
+                .map_err(|_| ResponseError::NotCoordinator.code())?;
+            let committed =
+                cluster
+                    .replicator
+                    .committed(group, proposed.last_offset, Some(proposed.term));
+            match crate::rpc::with_timeout(STORE_TIMEOUT, committed).await {
+                Some(Ok(())) => {}
+                Some(Err(_)) => return Err(ResponseError::NotCoordinator.code()),
+                None => return Err(ResponseError::RequestTimedOut.code()),
+            }
+        }
+        None => {
+            let appended = log.append(batch, now).map_err(storage_error)?;
+            log.wait(&appended, Durability::Synced)
+                .await
+                .map_err(storage_error)?;
+        }
+    }
     let at = Instant::now();
     for r in records {
         if matches!(r, GroupRecord::Offset { .. }) {
@@ -272,6 +352,40 @@ pub async fn store(
         }
     }
     Ok(())
+}
+
+/// Reads one `__consumer_offsets` partition of this shard back into its coordinator, up to its
+/// high watermark; returns the records applied.
+pub async fn load_partition(shard: &Rc<Shard>, p: i32) -> anyhow::Result<usize> {
+    let Some(log) = shard.partition(OFFSETS_TOPIC, p) else {
+        return Ok(0);
+    };
+    let now = Instant::now();
+    let mut count = 0;
+    let mut offset = log.log_start_offset();
+    while offset < log.high_watermark() {
+        let data = log.read(offset, 1 << 20, true).await?;
+        if data.is_empty() {
+            break;
+        }
+        let mut buf: Bytes = data;
+        while !buf.is_empty() {
+            let set = RecordBatchDecoder::decode(&mut buf)
+                .map_err(|e| anyhow::anyhow!("decode {OFFSETS_TOPIC}-{p}: {e:#}"))?;
+            for r in set.records {
+                offset = r.offset + 1;
+                // Control records (Raft's, in a cluster) have no group record key.
+                if r.control {
+                    continue;
+                }
+                if let Some(record) = r.key.and_then(|k| GroupRecord::decode(k, r.value)) {
+                    shard.groups.apply(record, now);
+                    count += 1;
+                }
+            }
+        }
+    }
+    Ok(count)
 }
 
 /// Reads this shard's `__consumer_offsets` partitions back into its coordinator.
@@ -286,31 +400,9 @@ pub async fn load(shard: &Rc<Shard>) -> anyhow::Result<()> {
                 .collect()
         })
         .unwrap_or_default();
-    let now = Instant::now();
     let mut count = 0usize;
     for p in owned {
-        let Some(log) = shard.partition(OFFSETS_TOPIC, p) else {
-            continue;
-        };
-        let mut offset = log.log_start_offset();
-        while offset < log.high_watermark() {
-            let data = log.read(offset, 1 << 20, true).await?;
-            if data.is_empty() {
-                break;
-            }
-            let mut buf: Bytes = data;
-            while !buf.is_empty() {
-                let set = RecordBatchDecoder::decode(&mut buf)
-                    .map_err(|e| anyhow::anyhow!("decode {OFFSETS_TOPIC}-{p}: {e:#}"))?;
-                for r in set.records {
-                    offset = r.offset + 1;
-                    if let Some(record) = r.key.and_then(|k| GroupRecord::decode(k, r.value)) {
-                        shard.groups.apply(record, now);
-                        count += 1;
-                    }
-                }
-            }
-        }
+        count += load_partition(shard, p).await?;
     }
     shard.groups.loaded.set(true);
     if count > 0 {

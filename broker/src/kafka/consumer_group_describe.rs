@@ -38,9 +38,12 @@ pub async fn handle(shard: &Rc<Shard>, req: ConsumerGroupDescribeRequest) -> Res
         let group_id = id.0.to_string();
         let described = match group::coordinator_of(shard, &group_id) {
             Err(code) => DescribedGroup::default().with_error_code(code),
-            Ok((owner, _)) => {
+            Ok((owner, partition)) => {
                 shard
                     .run_on(owner, move |s| async move {
+                        if let Err(code) = s.groups.check_loaded(partition) {
+                            return DescribedGroup::default().with_error_code(code);
+                        }
                         let meta = s.meta.snapshot();
                         s.groups
                             .with_existing_consumer_group(&group_id, |g| {

@@ -55,10 +55,10 @@ pub async fn handle(
             member_epoch: -1,
             assignment: None,
         },
-        Ok((owner, _)) => {
+        Ok((owner, partition)) => {
             shard
                 .run_on(owner, move |s| async move {
-                    if let Err(code) = s.groups.check_loaded() {
+                    if let Err(code) = s.groups.check_loaded(partition) {
                         return HeartbeatResult {
                             error: code,
                             message: None,

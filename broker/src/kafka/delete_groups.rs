@@ -19,7 +19,7 @@ pub async fn handle(shard: &Rc<Shard>, req: DeleteGroupsRequest) -> ResponseKind
             Ok((owner, partition)) => {
                 shard
                     .run_on(owner, move |s| async move {
-                        if let Err(code) = s.groups.check_loaded() {
+                        if let Err(code) = s.groups.check_loaded(partition) {
                             return code;
                         }
                         let members = s.groups.with_existing(&group_id, |g| g.members.len());

@@ -41,14 +41,28 @@ pub fn handle(shard: &Rc<Shard>, req: FindCoordinatorRequest, version: i16) -> R
             } else {
                 None
             };
-            match error {
-                Some((e, message)) => c
+            // In a cluster, the coordinator is the leader of the group's offsets partition.
+            let node = match (error, &cfg.cluster) {
+                (None, Some(_)) => coordinator_node(shard, &key),
+                (None, None) => Some(super::nodes::NodeView {
+                    id: cfg.node_id,
+                    host: cfg.advertised_host.clone(),
+                    port: cfg.advertised_port,
+                    rack: None,
+                }),
+                (Some(_), _) => None,
+            };
+            match (error, node) {
+                (Some((e, message)), _) => c
                     .with_error_code(e.code())
                     .with_error_message(Some(str_bytes(message))),
-                None => c
-                    .with_node_id(BrokerId(cfg.node_id))
-                    .with_host(str_bytes(&cfg.advertised_host))
-                    .with_port(cfg.advertised_port),
+                (None, None) => c
+                    .with_error_code(ResponseError::CoordinatorNotAvailable.code())
+                    .with_error_message(Some(str_bytes("the coordinator is being elected"))),
+                (None, Some(n)) => c
+                    .with_node_id(BrokerId(n.id))
+                    .with_host(str_bytes(&n.host))
+                    .with_port(n.port),
             }
         })
         .collect();
@@ -66,4 +80,15 @@ pub fn handle(shard: &Rc<Shard>, req: FindCoordinatorRequest, version: i16) -> R
         }
     }
     ResponseKind::FindCoordinator(resp)
+}
+
+/// Cluster mode: the node leading the `__consumer_offsets` partition of group `key`.
+fn coordinator_node(shard: &Shard, key: &str) -> Option<super::nodes::NodeView> {
+    let meta = shard.meta.snapshot();
+    let topic = meta.topics.get(group::OFFSETS_TOPIC)?;
+    let (_, partition) = group::coordinator_of(shard, key).ok()?;
+    let (leader, _, _) = super::nodes::partition(shard, topic, partition);
+    super::nodes::nodes(shard)
+        .into_iter()
+        .find(|n| n.id == leader)
 }

@@ -15,10 +15,10 @@ pub async fn handle(shard: &Rc<Shard>, req: HeartbeatRequest) -> ResponseKind {
     let generation = req.generation_id;
     let error = match group::coordinator_of(shard, &group_id) {
         Err(code) => code,
-        Ok((owner, _)) => {
+        Ok((owner, partition)) => {
             shard
                 .run_on(owner, move |s| async move {
-                    if let Err(code) = s.groups.check_loaded() {
+                    if let Err(code) = s.groups.check_loaded(partition) {
                         return code;
                     }
                     s.groups

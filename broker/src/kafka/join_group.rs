@@ -47,10 +47,10 @@ pub async fn handle(
             error: code,
             ..JoinResult::error(ResponseError::CoordinatorNotAvailable, &member_id)
         },
-        Ok((owner, _)) => {
+        Ok((owner, partition)) => {
             shard
                 .run_on(owner, move |s| async move {
-                    if let Err(code) = s.groups.check_loaded() {
+                    if let Err(code) = s.groups.check_loaded(partition) {
                         return JoinResult {
                             error: code,
                             ..JoinResult::error(

@@ -31,7 +31,7 @@ pub async fn handle(shard: &Rc<Shard>, req: LeaveGroupRequest, version: i16) -> 
         Ok((owner, partition)) => {
             shard
                 .run_on(owner, move |s| async move {
-                    if let Err(code) = s.groups.check_loaded() {
+                    if let Err(code) = s.groups.check_loaded(partition) {
                         return (code, vec![code; request.len()]);
                     }
                     let config = s.groups.config;

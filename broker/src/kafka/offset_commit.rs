@@ -119,7 +119,7 @@ pub async fn handle(shard: &Rc<Shard>, req: OffsetCommitRequest) -> ResponseKind
         Ok((owner, partition)) => {
             shard
                 .run_on(owner, move |s| async move {
-                    s.groups.check_loaded()?;
+                    s.groups.check_loaded(partition)?;
                     check_generation(&s, &group, &member, instance.as_deref(), generation)?;
                     group::store(&s, partition, records).await
                 })

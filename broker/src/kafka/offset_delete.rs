@@ -43,7 +43,7 @@ pub async fn handle(shard: &Rc<Shard>, req: OffsetDeleteRequest) -> ResponseKind
         Ok((owner, partition)) => {
             shard
                 .run_on(owner, move |s| async move {
-                    s.groups.check_loaded()?;
+                    s.groups.check_loaded(partition)?;
                     let committed = s.groups.committed(&group_id);
                     let group = s.groups.with_existing(&group_id, |g| {
                         let protocol = g.protocol.clone().unwrap_or_default();

@@ -22,10 +22,10 @@ async fn fetch_group(
     group_id: String,
     wanted: Option<Vec<(String, Vec<i32>)>>,
 ) -> Result<Fetched, i16> {
-    let (owner, _) = group::coordinator_of(shard, &group_id)?;
+    let (owner, partition) = group::coordinator_of(shard, &group_id)?;
     shard
         .run_on(owner, move |s| async move {
-            s.groups.check_loaded()?;
+            s.groups.check_loaded(partition)?;
             let committed = s.groups.committed(&group_id);
             Ok(match wanted {
                 Some(topics) => topics

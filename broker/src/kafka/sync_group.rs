@@ -26,7 +26,7 @@ pub async fn handle(shard: &Rc<Shard>, req: SyncGroupRequest, version: i16) -> R
         Err(code) => (code, Bytes::new(), None, None),
         Ok((owner, partition)) => shard
             .run_on(owner, move |s| async move {
-                if let Err(code) = s.groups.check_loaded() {
+                if let Err(code) = s.groups.check_loaded(partition) {
                     return (code, Bytes::new(), None, None);
                 }
                 let (tx, rx) = oneshot::channel();
