@@ -1,0 +1,296 @@
+"""Fault injection against a local 3-node cluster, with a checker for Jepsen's Kafka anomalies.
+
+A workload runs throughout: an idempotent producer (acks=all) writing unique values to a
+replicated topic, and a consumer reading it live. Meanwhile faults hit random nodes, one at a
+time: SIGKILL then restart, SIGSTOP then SIGCONT (longer than an election timeout), and a cut
+network (iptables drops every packet of the node's internal RPC listener, so it hears no other
+node; skipped, and said so, where iptables cannot be used). Then everything heals, the whole
+topic is read back, and the history is checked:
+
+- lost write: an acknowledged value is not in the log;
+- duplicate: a value is in the log twice;
+- inconsistent offset: a value acknowledged at one offset is at another;
+- non-monotonic or skipping read: the live consumer's reads of a partition are not the log's
+  records in order, consecutive;
+- read of uncommitted data: the live consumer read a record that is not in the final log at
+  that offset (it was truncated later).
+
+Used by tests/test_chaos.py (a short run in CI) and by scripts/chaos (the soak).
+"""
+
+import argparse
+import os
+import random
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, "scripts", "cluster")
+PARTITIONS = 3
+
+
+def iptables_works():
+    if shutil.which("iptables") is None:
+        return False
+    probe = ["-p", "tcp", "--dport", "1", "-j", "DROP"]
+    if subprocess.run(["iptables", "-A", "INPUT", *probe], capture_output=True).returncode != 0:
+        return False
+    subprocess.run(["iptables", "-D", "INPUT", *probe], capture_output=True)
+    return True
+
+
+class Cluster:
+    def __init__(self, workdir, tern_bin, nodes=3):
+        self.n = nodes
+        self.dir = os.path.join(workdir, f"chaos-{random.randrange(1 << 30):x}")
+        while True:
+            self.port = random.randrange(20000, 40000)
+            if all(self._free(p) for i in range(nodes) for p in (self.port + i, self.port + 100 + i)):
+                break
+        self.env = dict(os.environ, TERN_CLUSTER_DIR=self.dir, TERN_CLUSTER_PORT=str(self.port), TERN_BIN=tern_bin)
+        self.cut = set()
+
+    @staticmethod
+    def _free(port):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+                return True
+            except OSError:
+                return False
+
+    def run(self, *args):
+        out = subprocess.run([SCRIPT, *map(str, args)], env=self.env, capture_output=True, text=True, timeout=120)
+        if out.returncode != 0:
+            raise RuntimeError(f"scripts/cluster {args}: {out.stdout}{out.stderr}")
+        return out.stdout
+
+    def rpc_port(self, node):
+        return self.port + 100 + node - 1
+
+    def _rules(self, node):
+        port = str(self.rpc_port(node))
+        return [["-p", "tcp", "--dport", port, "-j", "DROP"], ["-p", "tcp", "--sport", port, "-j", "DROP"]]
+
+    def cut_off(self, node):
+        for rule in self._rules(node):
+            subprocess.run(["iptables", "-A", "INPUT", *rule], check=True)
+        self.cut.add(node)
+
+    def heal(self, node):
+        for rule in self._rules(node):
+            subprocess.run(["iptables", "-D", "INPUT", *rule], capture_output=True)
+        self.cut.discard(node)
+
+    def heal_all(self):
+        for node in list(self.cut):
+            self.heal(node)
+
+
+class Workload:
+    """The producer and the live consumer, each on its own thread."""
+
+    def __init__(self, bootstrap, topic, rate=400):
+        self.bootstrap, self.topic, self.rate = bootstrap, topic, rate
+        self.acked = {}  # value -> (partition, offset)
+        self.failed = []
+        self.reads = {p: [] for p in range(PARTITIONS)}  # partition -> [(offset, value)]
+        self.sent = 0
+        self.stop = threading.Event()
+        self.producing = threading.Event()
+        self.producing.set()
+        self.threads = [
+            threading.Thread(target=self._produce, daemon=True),
+            threading.Thread(target=self._consume, daemon=True),
+        ]
+
+    def start(self):
+        for t in self.threads:
+            t.start()
+
+    def _produce(self):
+        p = Producer({
+            "bootstrap.servers": self.bootstrap,
+            "acks": "all",
+            "enable.idempotence": True,
+            "linger.ms": 5,
+            "message.timeout.ms": 300000,
+        })
+
+        def delivered(err, m):
+            if err:
+                self.failed.append((m.value(), str(err)))
+            else:
+                self.acked[m.value()] = (m.partition(), m.offset())
+
+        while self.producing.is_set():
+            value = b"v%d" % self.sent
+            p.produce(self.topic, value=value, partition=self.sent % PARTITIONS, on_delivery=delivered)
+            self.sent += 1
+            p.poll(0)
+            time.sleep(1 / self.rate)
+        p.flush(300)
+
+    def _consume(self):
+        c = Consumer({
+            "bootstrap.servers": self.bootstrap,
+            "group.id": "chaos-live",
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+        })
+        c.assign([TopicPartition(self.topic, p, 0) for p in range(PARTITIONS)])
+        while not self.stop.is_set():
+            m = c.poll(0.2)
+            if m is None or m.error():
+                continue
+            self.reads[m.partition()].append((m.offset(), m.value()))
+        c.close()
+
+    def finish(self):
+        self.producing.clear()
+        self.threads[0].join()
+        # The live consumer catches up with everything acknowledged, then stops.
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            read = {v for rs in self.reads.values() for (_, v) in rs}
+            if all(v in read for v in self.acked):
+                break
+            time.sleep(0.5)
+        self.stop.set()
+        self.threads[1].join()
+
+
+def read_log(bootstrap, topic):
+    """Every record of the topic: partition -> [(offset, value)]. Reads until nothing more comes
+    for a while (the ends of partitions may be control batches, which consumers skip)."""
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "chaos-final", "enable.auto.commit": False})
+    c.assign([TopicPartition(topic, p, 0) for p in range(PARTITIONS)])
+    log = {p: [] for p in range(PARTITIONS)}
+    quiet_until = time.time() + 10
+    deadline = time.time() + 300
+    while time.time() < min(quiet_until, deadline):
+        m = c.poll(0.5)
+        if m is None or m.error():
+            continue
+        log[m.partition()].append((m.offset(), m.value()))
+        quiet_until = time.time() + 5
+    c.close()
+    return log
+
+
+def check(workload, log):
+    """The anomalies found, by kind."""
+    anomalies = {"lost": [], "duplicate": [], "inconsistent offset": [], "non-monotonic or skipping read": [], "uncommitted read": []}
+    at = {}
+    for p, records in log.items():
+        for (offset, value) in records:
+            if value in at:
+                anomalies["duplicate"].append(value)
+            at[value] = (p, offset)
+    for value, where in workload.acked.items():
+        if value not in at:
+            anomalies["lost"].append(value)
+        elif at[value] != where:
+            anomalies["inconsistent offset"].append((value, where, at[value]))
+    for p, reads in workload.reads.items():
+        index = {offset: i for i, (offset, _) in enumerate(log[p])}
+        previous = None
+        for (offset, value) in reads:
+            i = index.get(offset)
+            if i is None or log[p][i][1] != value:
+                anomalies["uncommitted read"].append((p, offset, value))
+                continue
+            if previous is not None and i != previous + 1:
+                anomalies["non-monotonic or skipping read"].append((p, log[p][previous][0], offset))
+            previous = i
+    return anomalies
+
+
+def run(faults, workdir, tern_bin, seed=None, log=print):
+    rng = random.Random(seed)
+    cluster = Cluster(workdir, tern_bin)
+    kinds = ["kill", "pause"] + (["cut"] if iptables_works() else [])
+    if "cut" not in kinds:
+        log("iptables is not usable here: network faults skipped")
+    bootstrap = cluster.run("start", cluster.n).strip().splitlines()[-1]
+    counts = {k: 0 for k in kinds}
+    workload = None
+    try:
+        admin = AdminClient({"bootstrap.servers": bootstrap})
+        topic = f"chaos-{rng.randrange(1 << 30):x}"
+        admin.create_topics([NewTopic(topic, num_partitions=PARTITIONS, replication_factor=3)])[topic].result(60)
+        time.sleep(2)
+        workload = Workload(bootstrap, topic)
+        workload.start()
+        for i in range(faults):
+            time.sleep(rng.uniform(0.3, 1.0))
+            node = rng.randrange(1, cluster.n + 1)
+            kind = rng.choice(kinds)
+            counts[kind] += 1
+            hold = rng.uniform(1.5, 3.0)  # longer than an election timeout (0.5-1 s)
+            if kind == "kill":
+                cluster.run("kill", node)
+                time.sleep(rng.uniform(0.2, 1.0))
+                cluster.run("restart", node)
+            elif kind == "pause":
+                cluster.run("pause", node)
+                time.sleep(hold)
+                cluster.run("resume", node)
+            else:
+                cluster.cut_off(node)
+                time.sleep(hold)
+                cluster.heal(node)
+            if (i + 1) % 50 == 0:
+                log(f"{i + 1} faults, {len(workload.acked)} acknowledged")
+        cluster.heal_all()
+        workload.finish()
+        final = read_log(bootstrap, topic)
+        anomalies = check(workload, final)
+        return {
+            "faults": counts,
+            "sent": workload.sent,
+            "acknowledged": len(workload.acked),
+            "failed": len(workload.failed),
+            "read live": sum(len(r) for r in workload.reads.values()),
+            "anomalies": {k: len(v) for k, v in anomalies.items()},
+            "examples": {k: v[:5] for k, v in anomalies.items() if v},
+            "logs": cluster.dir,
+        }
+    finally:
+        if workload is not None:
+            workload.producing.clear()
+            workload.stop.set()
+        cluster.heal_all()
+        try:
+            cluster.run("stop")
+        except Exception as e:  # noqa: BLE001 - report, the result matters more
+            log(f"stopping the cluster: {e}")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--faults", type=int, default=100)
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--keep", action="store_true", help="keep the cluster's data and logs")
+    args = parser.parse_args()
+    tern_bin = os.environ.get("TERN_BIN", os.path.join(ROOT, "target", "release", "tern"))
+    workdir = tempfile.mkdtemp(prefix="tern-chaos-")
+    result = run(args.faults, workdir, tern_bin, seed=args.seed)
+    for k, v in result.items():
+        print(f"{k}: {v}")
+    bad = sum(result["anomalies"].values())
+    if not args.keep and bad == 0:
+        shutil.rmtree(workdir, ignore_errors=True)
+    sys.exit(1 if bad else 0)
+
+
+if __name__ == "__main__":
+    main()
