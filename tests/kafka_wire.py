@@ -147,3 +147,50 @@ def single_partition_error(resp, after_partition_header=0):
     pos += 4
     partition, error = struct.unpack_from(">ih", resp, pos)
     return error
+
+
+class Reader:
+    """Reads big-endian fields of a non-flexible response body in order."""
+
+    def __init__(self, data):
+        self.data, self.at = data, 0
+
+    def take(self, fmt):
+        v = struct.unpack_from(fmt, self.data, self.at)
+        self.at += struct.calcsize(fmt)
+        return v[0]
+
+    def string(self):
+        n = self.take(">h")
+        if n < 0:
+            return None
+        s = self.data[self.at:self.at + n].decode()
+        self.at += n
+        return s
+
+    def array(self, item):
+        return [item() for _ in range(self.take(">i"))]
+
+
+def metadata_v1(sock, topic):
+    """Metadata v1 for one topic from the broker at the other end of `sock`:
+    {partition: (leader, replicas, isr)}."""
+    body = struct.pack(">i", 1) + string(topic)
+    r = Reader(roundtrip(sock, request(3, 1, body)))
+    r.array(lambda: (r.take(">i"), r.string(), r.take(">i"), r.string()))  # brokers
+    r.take(">i")  # controller
+    parts = {}
+
+    def partition():
+        r.take(">h")
+        p, leader = r.take(">i"), r.take(">i")
+        replicas = r.array(lambda: r.take(">i"))
+        isr = r.array(lambda: r.take(">i"))
+        parts[p] = (leader, replicas, isr)
+
+    def topic_entry():
+        r.take(">h"), r.string(), r.take(">b")
+        r.array(partition)
+
+    r.array(topic_entry)
+    return parts

@@ -12,6 +12,7 @@ import pytest
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
+import kafka_wire
 from conftest import ROOT, TERN_BIN, wait_for
 
 SCRIPT = os.path.join(ROOT, "scripts", "cluster")
@@ -28,7 +29,7 @@ def ports_free(base, n):
 
 
 class Cluster:
-    def __init__(self, workdir, n=3):
+    def __init__(self, workdir, n=3, flags=""):
         self.n = n
         self.dir = os.path.join(workdir, f"cluster-{random.randrange(1 << 30):x}")
         while True:
@@ -40,6 +41,7 @@ class Cluster:
             TERN_CLUSTER_DIR=self.dir,
             TERN_CLUSTER_PORT=str(self.port),
             TERN_BIN=TERN_BIN,
+            TERN_CLUSTER_FLAGS=flags,
         )
 
     def run(self, *args):
@@ -238,3 +240,42 @@ def test_group_offsets_survive_the_coordinator_dying(cluster, topic_name):
     assert extra is None or extra.error()
     described = admin(cluster).describe_consumer_groups([group])[group].result()
     assert described.coordinator.id != victim
+
+
+def test_min_insync_replicas_and_the_isr_follow_a_dead_follower(workdir, topic_name):
+    cluster = Cluster(workdir, flags="--replica-lag-time-max-ms 1500").start()
+    try:
+        fs = admin(cluster).create_topics([
+            NewTopic(topic_name, num_partitions=1, replication_factor=3, config={"min.insync.replicas": "3"})
+        ])
+        fs[topic_name].result(timeout=30)
+        wait_for(lambda: leaders(cluster, topic_name)[0] >= 0, what="a leader")
+        leader = leaders(cluster, topic_name)[0]
+
+        def isr():
+            # Asked of the leader itself: the ISR is the leader's knowledge.
+            with kafka_wire.connect(f"127.0.0.1:{cluster.port_of(leader)}") as sock:
+                return sorted(kafka_wire.metadata_v1(sock, topic_name)[0][2])
+
+        def produce(acks):
+            # No retries: NOT_ENOUGH_REPLICAS is retriable, and would end as a timeout.
+            p = Producer({"bootstrap.servers": cluster.bootstrap, "acks": acks, "retries": 0,
+                          "message.timeout.ms": 10000})
+            outcome = []
+            p.produce(topic_name, value=b"x", on_delivery=lambda err, m: outcome.append(err))
+            p.flush(30)
+            return outcome[0]
+
+        wait_for(lambda: isr() == [1, 2, 3], what="all replicas in sync")
+        assert produce("all") is None
+        follower = next(n for n in (1, 2, 3) if n != leader)
+        cluster.run("kill", follower)
+        wait_for(lambda: follower not in isr(), what="the dead follower to leave the ISR")
+        err = produce("all")
+        assert err is not None and err.name() == "NOT_ENOUGH_REPLICAS", err
+        assert produce("1") is None
+        cluster.run("restart", follower)
+        wait_for(lambda: isr() == [1, 2, 3], what="the follower back in sync")
+        assert produce("all") is None
+    finally:
+        cluster.run("stop")

@@ -78,6 +78,10 @@ struct StartArgs {
     /// This node's rack (broker.rack), shown in Metadata.
     #[arg(long)]
     rack: Option<String>,
+    /// Cluster mode: a follower that has not caught up for this long leaves the ISR
+    /// (replica.lag.time.max.ms).
+    #[arg(long, default_value_t = 30_000)]
+    replica_lag_time_max_ms: u64,
     /// Create unknown topics on Metadata and Produce requests (auto.create.topics.enable).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     auto_create_topics: bool,
@@ -227,6 +231,7 @@ fn start(args: StartArgs) -> Result<()> {
                 rpc_listen: resolve(rpc)?,
                 quorum: cluster::ClusterConfig::parse_quorum(quorum)?,
                 rack: args.rack.clone(),
+                replica_lag: std::time::Duration::from_millis(args.replica_lag_time_max_ms),
             }),
             _ => None,
         },

@@ -124,6 +124,8 @@ pub struct MetaStore {
     /// Cluster mode: the leader of each Raft group this node hosts, as its replica knows it
     /// (the replication driver on shard 0 writes it on each role change; Metadata reads it).
     leaders: std::sync::RwLock<std::collections::HashMap<u64, Leader>>,
+    /// Cluster mode: the in-sync replicas of each Raft group this node leads.
+    isr: std::sync::RwLock<std::collections::HashMap<u64, Vec<i32>>>,
 }
 
 impl MetaStore {
@@ -149,6 +151,7 @@ impl MetaStore {
             current: ArcSwap::from_pointee(meta),
             path,
             leaders: Default::default(),
+            isr: Default::default(),
         })
     }
 
@@ -208,6 +211,20 @@ impl MetaStore {
     /// the group is not hosted here).
     pub fn leader(&self, group: u64) -> Option<Leader> {
         self.leaders.read().ok()?.get(&group).copied()
+    }
+
+    /// The in-sync replicas of a group this node leads.
+    pub fn isr(&self, group: u64) -> Option<Vec<i32>> {
+        self.isr.read().ok()?.get(&group).cloned()
+    }
+
+    pub fn set_isr(&self, group: u64, isr: Option<Vec<i32>>) {
+        if let Ok(mut all) = self.isr.write() {
+            match isr {
+                Some(isr) => all.insert(group, isr),
+                None => all.remove(&group),
+            };
+        }
     }
 
     pub fn set_leader(&self, group: u64, leader: Option<Leader>) {

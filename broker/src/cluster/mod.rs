@@ -54,6 +54,9 @@ pub struct ClusterConfig {
     /// The controller quorum's voters and their RPC addresses.
     pub quorum: BTreeMap<NodeId, SocketAddr>,
     pub rack: Option<String>,
+    /// A follower that has not held everything committed for this long leaves the ISR
+    /// (replica.lag.time.max.ms).
+    pub replica_lag: Duration,
 }
 
 impl ClusterConfig {
@@ -164,6 +167,7 @@ impl Cluster {
             }));
         glommio::spawn_local(cluster.clone().apply_loop(shard.clone())).detach();
         glommio::spawn_local(cluster.clone().register_loop(shard.clone())).detach();
+        glommio::spawn_local(cluster.clone().isr_loop(shard.clone())).detach();
         Ok(cluster)
     }
 
@@ -223,6 +227,24 @@ impl Cluster {
         self.replicator
             .role(METADATA_GROUP)
             .is_some_and(|r| r.role == Role::Leader)
+    }
+
+    /// The in-sync replicas of a group this node leads (`None` elsewhere).
+    pub fn in_sync(&self, group: GroupId) -> Option<Vec<i32>> {
+        let isr = self.replicator.in_sync(group, self.config.replica_lag)?;
+        Some(isr.into_iter().map(|n| n as i32).collect())
+    }
+
+    /// Publishes the ISR of the partitions this node leads, for Metadata, twice a second (a
+    /// follower leaves it by time, not by an event).
+    async fn isr_loop(self: Rc<Self>, shard: Rc<Shard>) {
+        loop {
+            glommio::timer::sleep(Duration::from_millis(500)).await;
+            let groups: Vec<GroupId> = self.hosted.borrow().keys().copied().collect();
+            for group in groups {
+                shard.meta.set_isr(group, self.in_sync(group));
+            }
+        }
     }
 
     /// Whether this node leads partition group `group`.

@@ -87,7 +87,7 @@ fn coordinator_node(shard: &Shard, key: &str) -> Option<super::nodes::NodeView> 
     let meta = shard.meta.snapshot();
     let topic = meta.topics.get(group::OFFSETS_TOPIC)?;
     let (_, partition) = group::coordinator_of(shard, key).ok()?;
-    let (leader, _, _) = super::nodes::partition(shard, topic, partition);
+    let leader = super::nodes::partition(shard, topic, partition).leader;
     super::nodes::nodes(shard)
         .into_iter()
         .find(|n| n.id == leader)

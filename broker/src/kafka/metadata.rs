@@ -21,21 +21,30 @@ pub fn is_internal(name: &str) -> bool {
 pub fn describe_topic(shard: &Shard, name: &str, topic: &TopicMeta) -> MetadataResponseTopic {
     let partitions = (0..topic.shards.len() as i32)
         .map(|p| {
-            let (leader, epoch, replicas) = nodes::partition(shard, topic, p);
-            let replicas: Vec<BrokerId> = replicas.into_iter().map(BrokerId).collect();
-            let error = match leader {
+            let view = nodes::partition(shard, topic, p);
+            let error = match view.leader {
                 -1 => ResponseError::LeaderNotAvailable.code(),
                 _ => 0,
             };
-            // Every replica counts as in sync for now: the ISR is the leader's knowledge and
-            // is not published yet.
+            let offline: Vec<BrokerId> = match shard.config.cluster {
+                Some(_) => {
+                    let registered = &shard.meta.snapshot().nodes;
+                    view.replicas
+                        .iter()
+                        .filter(|n| !registered.contains_key(n))
+                        .map(|&n| BrokerId(n))
+                        .collect()
+                }
+                None => Vec::new(),
+            };
             MetadataResponsePartition::default()
                 .with_error_code(error)
                 .with_partition_index(p)
-                .with_leader_id(BrokerId(leader))
-                .with_leader_epoch(epoch)
-                .with_isr_nodes(replicas.clone())
-                .with_replica_nodes(replicas)
+                .with_leader_id(BrokerId(view.leader))
+                .with_leader_epoch(view.epoch)
+                .with_isr_nodes(view.isr.into_iter().map(BrokerId).collect())
+                .with_replica_nodes(view.replicas.into_iter().map(BrokerId).collect())
+                .with_offline_replicas(offline)
         })
         .collect();
     MetadataResponseTopic::default()

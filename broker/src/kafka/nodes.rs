@@ -50,18 +50,39 @@ pub fn controller(shard: &Shard) -> i32 {
     }
 }
 
-/// A partition's leader, leader epoch and replicas as this node knows them. A partition this
-/// node does not hold is named with its first replica as leader and epoch -1: a client that
-/// finds it wrong is told the leader there (NOT_LEADER_OR_FOLLOWER) and asks again.
-pub fn partition(shard: &Shard, topic: &TopicMeta, p: i32) -> (i32, i32, Vec<i32>) {
+/// A partition as this node knows it.
+pub struct PartitionView {
+    pub leader: i32,
+    pub epoch: i32,
+    pub replicas: Vec<i32>,
+    pub isr: Vec<i32>,
+}
+
+/// A partition's leader, leader epoch, replicas and in-sync replicas as this node knows them.
+/// The ISR is the leader's knowledge: elsewhere every replica is listed. A partition this node
+/// does not hold is named with its first replica as leader and epoch -1: a client that finds
+/// it wrong is told so there (NOT_LEADER_OR_FOLLOWER) and asks again.
+pub fn partition(shard: &Shard, topic: &TopicMeta, p: i32) -> PartitionView {
     let node = shard.config.node_id;
     let replicas = topic.replicas_of(p, node);
     let Some(group) = topic.group(p) else {
-        return (node, 0, replicas);
+        return PartitionView {
+            leader: node,
+            epoch: 0,
+            isr: replicas.clone(),
+            replicas,
+        };
     };
-    match shard.meta.leader(group) {
-        Some((leader, epoch)) => (leader, epoch, replicas),
-        None if replicas.contains(&node) => (-1, -1, replicas),
-        None => (replicas.first().copied().unwrap_or(-1), -1, replicas),
+    let (leader, epoch) = match shard.meta.leader(group) {
+        Some(known) => known,
+        None if replicas.contains(&node) => (-1, -1),
+        None => (replicas.first().copied().unwrap_or(-1), -1),
+    };
+    let isr = shard.meta.isr(group).unwrap_or_else(|| replicas.clone());
+    PartitionView {
+        leader,
+        epoch,
+        replicas,
+        isr,
     }
 }

@@ -76,7 +76,7 @@ async fn produce_local(
         );
     };
     if let Some(group) = shard.replica_group(&topic, partition) {
-        return produce_replicated(&shard, log, group, records, acks).await;
+        return produce_replicated(&shard, &topic, log, group, records, acks).await;
     }
     let appended = match log.append(records, now_ms()) {
         Ok(a) => a,
@@ -122,6 +122,7 @@ const COMMIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 /// for the local write (acks=1) or the commit (acks=all).
 async fn produce_replicated(
     shard: &Rc<Shard>,
+    topic: &str,
     log: Rc<tern_storage::PartitionLog>,
     group: u64,
     records: Bytes,
@@ -131,6 +132,26 @@ async fn produce_replicated(
     let Some(cluster) = shard.cluster() else {
         return not_leader("replicated partitions are served by shard 0");
     };
+    // acks=all needs min.insync.replicas in sync, before the append and after it (Kafka's
+    // NOT_ENOUGH_REPLICAS and NOT_ENOUGH_REPLICAS_AFTER_APPEND).
+    let min_isr = shard
+        .meta
+        .snapshot()
+        .topics
+        .get(topic)
+        .and_then(|t| t.configs.get("min.insync.replicas")?.parse::<usize>().ok())
+        .unwrap_or(1);
+    let enough = |cluster: &crate::cluster::Cluster| {
+        cluster
+            .in_sync(group)
+            .is_some_and(|isr| isr.len() >= min_isr)
+    };
+    if acks == -1 && cluster.leads(group) && !enough(&cluster) {
+        return Outcome::error(
+            ResponseError::NotEnoughReplicas.code(),
+            format!("fewer than min.insync.replicas={min_isr} replicas are in sync"),
+        );
+    }
     let proposed = match cluster.replicator.propose(group, records, now_ms()) {
         Ok(p) => p,
         Err(ReplicateError::Log(e)) => {
@@ -163,6 +184,10 @@ async fn produce_replicated(
                 .replicator
                 .committed(group, proposed.last_offset, term);
             match crate::rpc::with_timeout(COMMIT_TIMEOUT, committed).await {
+                Some(Ok(())) if !enough(&cluster) => Err(Outcome::error(
+                    ResponseError::NotEnoughReplicasAfterAppend.code(),
+                    format!("the batch committed, but fewer than min.insync.replicas={min_isr} replicas are in sync"),
+                )),
                 Some(Ok(())) => Ok(()),
                 Some(Err(e)) => Err(not_leader(&e.to_string())),
                 None => Err(Outcome::error(

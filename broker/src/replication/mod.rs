@@ -20,7 +20,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tern_raft::{
     Config, Envelope, Group, GroupId, Membership, MultiRaft, MultiReady, NodeId, Offset,
     ProposeError, Role, RoleChange, Term,
@@ -89,6 +89,8 @@ struct Host {
     role: RoleChange,
     waiters: Vec<Waiter>,
     loading: bool,
+    /// Leader: when each follower last held everything committed (for the ISR).
+    caught_up: BTreeMap<NodeId, Instant>,
 }
 
 /// A node's replicated partitions. Exists once per node, on shard 0.
@@ -104,6 +106,9 @@ pub struct Replicator {
     paused: Cell<bool>,
     /// Told of every change of a group's role, term or known leader.
     role_listener: RefCell<Option<RoleListener>>,
+    /// When each node was last heard from (any envelope: heartbeat answers come at least
+    /// every heartbeat interval from a live follower).
+    heard: RefCell<BTreeMap<NodeId, Instant>>,
 }
 
 /// Told of a group's new role, term or leader (after the change is persisted).
@@ -127,6 +132,7 @@ impl Replicator {
             work: Event::new(),
             paused: Cell::new(false),
             role_listener: RefCell::new(None),
+            heard: RefCell::new(BTreeMap::new()),
         });
         let me = r.clone();
         glommio::spawn_local(async move {
@@ -145,6 +151,7 @@ impl Replicator {
                 if me.paused.get() {
                     continue; // lost, as on a cut link
                 }
+                me.heard.borrow_mut().insert(envelope.from, Instant::now());
                 me.multi.borrow_mut().step(envelope);
                 me.work.notify(1);
             }
@@ -213,6 +220,7 @@ impl Replicator {
                 role,
                 waiters: Vec::new(),
                 loading: false,
+                caught_up: BTreeMap::new(),
             },
         );
         self.multi.borrow_mut().add_group(group, g);
@@ -246,6 +254,49 @@ impl Replicator {
                 .epochs()
                 .last()
                 .is_some_and(|&(term, start)| term == g.term() && g.commit() > start)
+    }
+
+    /// Leader: the replicas in sync (Kafka's ISR): itself, and each follower heard from within
+    /// `lag` (replica.lag.time.max.ms) that holds everything committed, or did within `lag`.
+    /// `None` elsewhere.
+    pub fn in_sync(&self, group: GroupId, lag: Duration) -> Option<Vec<NodeId>> {
+        let multi = self.multi.borrow();
+        let g = multi.group(group)?;
+        if g.role() != Role::Leader {
+            return None;
+        }
+        let hosts = self.hosts.borrow();
+        let caught_up = &hosts.get(&group)?.caught_up;
+        let heard = self.heard.borrow();
+        let mut isr = vec![self.node];
+        for member in g.membership().members().filter(|&m| m != self.node) {
+            let alive = heard.get(&member).is_some_and(|t| t.elapsed() <= lag);
+            let now_in = g.progress(member).is_some_and(|p| p.matched >= g.commit());
+            let lately = caught_up.get(&member).is_some_and(|t| t.elapsed() <= lag);
+            if alive && (now_in || lately) {
+                isr.push(member);
+            }
+        }
+        isr.sort_unstable();
+        Some(isr)
+    }
+
+    /// Leader: notes which followers hold everything committed now.
+    fn note_caught_up(&self, group: GroupId) {
+        let multi = self.multi.borrow();
+        let Some(g) = multi.group(group).filter(|g| g.role() == Role::Leader) else {
+            return;
+        };
+        let mut hosts = self.hosts.borrow_mut();
+        let Some(host) = hosts.get_mut(&group) else {
+            return;
+        };
+        let now = Instant::now();
+        for member in g.membership().members() {
+            if g.progress(member).is_some_and(|p| p.matched >= g.commit()) {
+                host.caught_up.insert(member, now);
+            }
+        }
     }
 
     /// The group's role, term and leader as this node knows them.
@@ -427,6 +478,7 @@ impl Replicator {
                 log.set_high_watermark(commit as i64);
                 self.resolve_waiters(gid);
             }
+            self.note_caught_up(gid);
             if let Some(token) = r.sync {
                 let me = self.clone();
                 let log = log.clone();
