@@ -279,3 +279,41 @@ def test_min_insync_replicas_and_the_isr_follow_a_dead_follower(workdir, topic_n
         assert produce("all") is None
     finally:
         cluster.run("stop")
+
+
+def tern(cluster, *args):
+    out = subprocess.run([TERN_BIN, *args, "-b", cluster.bootstrap], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def test_topic_and_cluster_commands(cluster, topic_name):
+    import json
+
+    assert "created topic" in tern(cluster, "topic", "create", topic_name, "-p", "3", "-r", "3", "-c", "retention.ms=3600000")
+    wait_for(lambda: all(l >= 0 for l in leaders(cluster, topic_name).values()), what="leaders elected")
+    p = Producer({"bootstrap.servers": cluster.bootstrap, "acks": "all"})
+    for i in range(30):
+        p.produce(topic_name, value=b"%d" % i, partition=i % 3)
+    assert p.flush(30) == 0
+    listed = json.loads(tern(cluster, "topic", "list", "--json"))
+    assert {"topic": topic_name, "partitions": 3, "replication_factor": 3, "internal": False} in listed
+    described = json.loads(tern(cluster, "topic", "describe", topic_name, "--json"))
+    assert [d["partition"] for d in described] == [0, 1, 2]
+    for d in described:
+        assert sorted(d["replicas"]) == [1, 2, 3] and d["leader"] in d["replicas"]
+        assert d["log_start"] == 0 and d["high_watermark"] >= 10  # 10 records and a control batch
+    assert "changed the configs" in tern(cluster, "topic", "alter-config", topic_name, "--set", "retention.ms=7200000")
+    info = lambda: json.loads(tern(cluster, "cluster", "info", "--json"))  # noqa: E731
+    # Partitions created moments ago (the groups' topic) may still be electing leaders.
+    wait_for(lambda: info()["offline"] == [], what="every partition led")
+    assert [n["node"] for n in info()["nodes"]] == [1, 2, 3]
+    assert all(n["reachable"] for n in info()["nodes"]) and info()["controller"] in (1, 2, 3)
+    cluster.run("kill", 3)
+    assert [n["reachable"] for n in info()["nodes"]] == [True, True, False]
+    assert "deleted topic" in tern(cluster, "topic", "delete", topic_name)
+    # Every node applies the change as it learns of the commit.
+    wait_for(
+        lambda: topic_name not in [t["topic"] for t in json.loads(tern(cluster, "topic", "list", "--json"))],
+        what="the topic gone from metadata",
+    )

@@ -44,6 +44,10 @@ enum Command {
     Start(StartArgs),
     /// Administer consumer groups: list, describe, delete, reset offsets.
     Group(admin::group::GroupArgs),
+    /// Administer topics: list, describe, create, delete, alter configs.
+    Topic(admin::topic::TopicArgs),
+    /// See the cluster: nodes, controller, under-replicated and offline partitions.
+    Cluster(admin::cluster::ClusterArgs),
 }
 
 #[derive(Args)]
@@ -170,11 +174,18 @@ fn main() -> Result<()> {
         .init();
     match Cli::parse().command {
         Command::Start(args) => start(args),
-        Command::Group(args) => admin::group::run(args).or_else(|e| {
-            eprintln!("error: {e:#}");
-            std::process::exit(1)
-        }),
+        Command::Group(args) => admin_command(admin::group::run(args)),
+        Command::Topic(args) => admin_command(admin::topic::run(args)),
+        Command::Cluster(args) => admin_command(admin::cluster::run(args)),
     }
+}
+
+/// An admin command's outcome: errors as one line and exit status 1.
+fn admin_command(result: Result<()>) -> Result<()> {
+    result.or_else(|e| {
+        eprintln!("error: {e:#}");
+        std::process::exit(1)
+    })
 }
 
 fn start(args: StartArgs) -> Result<()> {

@@ -91,3 +91,68 @@ impl Client {
         Ok(resp)
     }
 }
+
+/// The cluster as the CLI reaches it: a connection to a bootstrap broker, the nodes it names
+/// and connections to them opened as needed (requests go to partition leaders and to the
+/// controller).
+pub struct Brokers {
+    pub nodes: std::collections::BTreeMap<i32, String>,
+    pub controller: i32,
+    clients: HashMap<i32, Client>,
+    bootstrap: Client,
+}
+
+impl Brokers {
+    /// Connects to the first reachable of `brokers` (comma-separated) and learns the nodes.
+    pub fn connect(brokers: &str) -> Result<Brokers> {
+        let mut last = None;
+        for addr in brokers.split(',').map(str::trim).filter(|a| !a.is_empty()) {
+            match Client::connect(addr) {
+                Ok(mut bootstrap) => {
+                    let meta = bootstrap.send(
+                        kafka_protocol::messages::MetadataRequest::default()
+                            .with_topics(Some(vec![])),
+                    )?;
+                    let nodes = meta
+                        .brokers
+                        .iter()
+                        .map(|b| (b.node_id.0, format!("{}:{}", b.host, b.port)))
+                        .collect();
+                    return Ok(Brokers {
+                        nodes,
+                        controller: meta.controller_id.0,
+                        clients: HashMap::new(),
+                        bootstrap,
+                    });
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| anyhow::anyhow!("no broker given")))
+    }
+
+    pub fn bootstrap(&mut self) -> &mut Client {
+        &mut self.bootstrap
+    }
+
+    /// A connection to node `id`.
+    pub fn node(&mut self, id: i32) -> Result<&mut Client> {
+        if !self.clients.contains_key(&id) {
+            let addr = self
+                .nodes
+                .get(&id)
+                .with_context(|| format!("node {id} is not in the cluster's metadata"))?;
+            let client = Client::connect(addr)?;
+            self.clients.insert(id, client);
+        }
+        Ok(self.clients.get_mut(&id).expect("inserted above"))
+    }
+
+    /// A connection to the controller (where topic changes go).
+    pub fn controller(&mut self) -> Result<&mut Client> {
+        if self.controller < 0 {
+            bail!("the cluster has no controller right now; try again");
+        }
+        self.node(self.controller)
+    }
+}

@@ -4,7 +4,6 @@
 use anyhow::{bail, Context, Result};
 use bytes::Buf;
 use clap::{Args, Subcommand};
-use comfy_table::{presets::NOTHING, Table};
 use kafka_protocol::messages::consumer_protocol_assignment::ConsumerProtocolAssignment;
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::offset_commit_request::{
@@ -21,6 +20,7 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 
 use super::client::Client;
+use super::{check, emit, print_json, table};
 
 #[derive(Args)]
 pub struct GroupArgs {
@@ -61,29 +61,6 @@ struct ResetArgs {
     to_datetime: Option<String>,
     #[arg(long, group = "target")]
     to_offset: Option<i64>,
-}
-
-fn error_text(code: i16) -> String {
-    match ResponseError::try_from_code(code) {
-        Some(e) => format!("{e:?} ({code})"),
-        None => "none".into(),
-    }
-}
-
-fn check(code: i16, what: &str) -> Result<()> {
-    if code != 0 {
-        bail!("{what}: {}", error_text(code));
-    }
-    Ok(())
-}
-
-fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
-    let mut t = Table::new();
-    t.load_preset(NOTHING).set_header(header.to_vec());
-    for r in rows {
-        t.add_row(r);
-    }
-    t.to_string()
 }
 
 /// Partitions by topic in a consumer-protocol assignment.
@@ -400,21 +377,6 @@ fn reset(client: &mut Client, args: &ResetArgs) -> Result<Vec<OffsetRow>> {
             }
         })
         .collect())
-}
-
-fn print_json<T: Serialize>(value: &T) -> Result<()> {
-    emit(&serde_json::to_string_pretty(value)?)
-}
-
-/// Writes a line of the command's output. A reader that went away (`tern group list | head -1`)
-/// ends the output quietly; `println!` would panic. Other write errors are reported.
-fn emit(text: &str) -> Result<()> {
-    use std::io::Write;
-    let mut stdout = std::io::stdout().lock();
-    match writeln!(stdout, "{text}").and_then(|()| stdout.flush()) {
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-        written => Ok(written.context("write to stdout")?),
-    }
 }
 
 fn offsets_table(rows: &[OffsetRow]) -> String {
