@@ -317,3 +317,31 @@ def test_topic_and_cluster_commands(cluster, topic_name):
         lambda: topic_name not in [t["topic"] for t in json.loads(tern(cluster, "topic", "list", "--json"))],
         what="the topic gone from metadata",
     )
+
+
+def test_a_follower_names_the_leader_when_it_refuses_a_produce(cluster, topic_name):
+    """KIP-951: NOT_LEADER_OR_FOLLOWER comes with the current leader and its endpoint."""
+    from kafka.protocol.producer import ProduceRequest, ProduceResponse
+
+    create(cluster, topic_name, partitions=1, rf=3)
+    leader = leaders(cluster, topic_name)[0]
+    follower = next(n for n in (1, 2, 3) if n != leader)
+    req = ProduceRequest[11](
+        transactional_id=None,
+        acks=-1,
+        timeout_ms=10000,
+        topic_data=[ProduceRequest[11].TopicProduceData(
+            name=topic_name,
+            partition_data=[ProduceRequest[11].TopicProduceData.PartitionProduceData(
+                index=0, records=kafka_wire.record_batch(b"x"))],
+        )],
+    )
+    req.with_header(correlation_id=7, client_id="kip-951")
+    with kafka_wire.connect(f"127.0.0.1:{cluster.port_of(follower)}") as sock:
+        sock.sendall(req.encode(header=True, framed=True))
+        size = int.from_bytes(kafka_wire.recv_exact(sock, 4), "big")
+        resp = ProduceResponse.decode(kafka_wire.recv_exact(sock, size), version=11, header=True)
+    part = resp.responses[0].partition_responses[0]
+    assert part.error_code == 6  # NOT_LEADER_OR_FOLLOWER
+    assert part.current_leader.leader_id == leader and part.current_leader.leader_epoch >= 1
+    assert [(e.node_id, e.port) for e in resp.node_endpoints] == [(leader, cluster.port_of(leader))]

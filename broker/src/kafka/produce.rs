@@ -2,9 +2,10 @@
 
 use bytes::Bytes;
 use kafka_protocol::messages::produce_response::{
-    BatchIndexAndErrorMessage, PartitionProduceResponse, TopicProduceResponse,
+    BatchIndexAndErrorMessage, LeaderIdAndEpoch, NodeEndpoint, PartitionProduceResponse,
+    TopicProduceResponse,
 };
-use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
+use kafka_protocol::messages::{BrokerId, ProduceRequest, ProduceResponse};
 use kafka_protocol::ResponseError;
 use std::rc::Rc;
 use tern_storage::producers::ProducerError;
@@ -263,6 +264,20 @@ pub async fn handle(shard: &Rc<Shard>, req: ProduceRequest) -> Option<ProduceRes
     if acks == 0 {
         return None;
     }
+    // KIP-951: a partition refused with NOT_LEADER_OR_FOLLOWER names its leader as this node
+    // knows it, and the response carries that node's endpoint, so clients move at once.
+    let meta = shard.meta.snapshot();
+    let mut leaders_named = std::collections::BTreeSet::new();
+    let mut current_leader = |topic: &str, p: i32| {
+        let view = super::nodes::partition(shard, meta.topics.get(topic)?, p);
+        (view.leader >= 0).then(|| {
+            leaders_named.insert(view.leader);
+            LeaderIdAndEpoch::default()
+                .with_leader_id(BrokerId(view.leader))
+                .with_leader_epoch(view.epoch)
+        })
+    };
+    let not_leader = ResponseError::NotLeaderOrFollower.code();
     let responses = req
         .topic_data
         .iter()
@@ -272,7 +287,12 @@ pub async fn handle(shard: &Rc<Shard>, req: ProduceRequest) -> Option<ProduceRes
                 .iter()
                 .map(|p| {
                     let o = outcomes.next().expect("one outcome per partition");
+                    let leader = match o.error == not_leader {
+                        true => current_leader(&topic.name.0, p.index),
+                        false => None,
+                    };
                     PartitionProduceResponse::default()
+                        .with_current_leader(leader.unwrap_or_default())
                         .with_index(p.index)
                         .with_error_code(o.error)
                         .with_error_message(o.message.as_deref().map(str_bytes))
@@ -292,7 +312,22 @@ pub async fn handle(shard: &Rc<Shard>, req: ProduceRequest) -> Option<ProduceRes
                 .with_partition_responses(partitions)
         })
         .collect();
-    Some(ProduceResponse::default().with_responses(responses))
+    let endpoints = super::nodes::nodes(shard)
+        .into_iter()
+        .filter(|n| leaders_named.contains(&n.id))
+        .map(|n| {
+            NodeEndpoint::default()
+                .with_node_id(BrokerId(n.id))
+                .with_host(str_bytes(&n.host))
+                .with_port(n.port)
+                .with_rack(n.rack.as_deref().map(str_bytes))
+        })
+        .collect();
+    Some(
+        ProduceResponse::default()
+            .with_responses(responses)
+            .with_node_endpoints(endpoints),
+    )
 }
 
 fn error_response(req: &ProduceRequest, e: ResponseError) -> ProduceResponse {
