@@ -345,3 +345,82 @@ def test_a_follower_names_the_leader_when_it_refuses_a_produce(cluster, topic_na
     assert part.error_code == 6  # NOT_LEADER_OR_FOLLOWER
     assert part.current_leader.leader_id == leader and part.current_leader.leader_epoch >= 1
     assert [(e.node_id, e.port) for e in resp.node_endpoints] == [(leader, cluster.port_of(leader))]
+
+
+def test_full_disks_on_a_follower_then_the_leader_lose_nothing(workdir, tmp_path, topic_name):
+    """A node whose disk fills: its writes fail cleanly (it stops leading, it falls behind),
+    the others go on, and it catches up once space returns; nothing acknowledged is lost."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a loop filesystem needs root")
+    # One offsets partition: segment files are preallocated 4 MiB at a time.
+    cluster = Cluster(workdir, flags="--offsets-partitions 1")
+    os.makedirs(cluster.dir)
+    mounts = {}
+    for node in (1, 2, 3):
+        image, mnt = tmp_path / f"fs{node}.img", os.path.join(cluster.dir, f"node{node}")
+        os.makedirs(mnt)
+        subprocess.run(["truncate", "-s", "128M", str(image)], check=True)
+        subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], check=True)
+        mounted = subprocess.run(["mount", "-o", "loop", str(image), mnt], capture_output=True)
+        if mounted.returncode != 0:
+            pytest.skip(f"cannot mount a loop filesystem here: {mounted.stderr.decode().strip()}")
+        mounts[node] = mnt
+    try:
+        cluster.start()
+        # Small segments: preallocation (never past segment.bytes) leaves little slack.
+        admin(cluster).create_topics([NewTopic(topic_name, num_partitions=1, replication_factor=3,
+                                               config={"segment.bytes": str(8 << 20)})])[topic_name].result(30)
+        wait_for(lambda: leaders(cluster, topic_name)[0] >= 0, what="a leader")
+        p = Producer({"bootstrap.servers": cluster.bootstrap, "acks": "all", "enable.idempotence": True,
+                      "linger.ms": 5, "message.timeout.ms": 120000})
+        acked = {}
+
+        def produce(n, start):
+            for i in range(start, start + n):
+                while True:
+                    try:
+                        p.produce(topic_name, value=b"%06d" % i + b"x" * 2000, partition=0,
+                                  on_delivery=lambda e, m: e is None and acked.__setitem__(m.value()[:6], m.offset()))
+                        break
+                    except BufferError:
+                        p.poll(0.1)
+                p.poll(0)
+            return start + n
+
+        def fill(node):
+            st = os.statvfs(mounts[node])
+            filler = os.path.join(mounts[node], "filler")
+            subprocess.run(["fallocate", "-l", str(st.f_bavail * st.f_frsize - 2 * 1024 * 1024), filler], check=True)
+            return filler
+
+        def isr():
+            leader = leaders(cluster, topic_name)[0]
+            with kafka_wire.connect(f"127.0.0.1:{cluster.port_of(leader)}") as sock:
+                return sorted(kafka_wire.metadata_v1(sock, topic_name)[0][2])
+
+        nxt = produce(500, 0)
+        assert p.flush(60) == 0
+        for role in ("follower", "leader"):
+            leader = leaders(cluster, topic_name)[0]
+            victim = leader if role == "leader" else next(n for n in (1, 2, 3) if n != leader)
+            filler = fill(victim)
+            nxt = produce(10000, nxt)
+            assert p.flush(120) == 0, cluster.logs()
+            os.remove(filler)
+            # Space is back: the node writes again and catches up.
+            wait_for(lambda: isr() == [1, 2, 3], timeout=90, what=f"node {victim} back in sync")
+        assert len(acked) == nxt
+        seen, dups = consume_all(cluster, topic_name, 1, {v + b"x" * 2000 for v in acked})
+        assert dups == 0
+        by_key = {v[:6]: o for v, (_, o) in seen.items()}
+        assert by_key == acked, cluster.logs()
+        assert cluster.run("status").count("running") == 3, cluster.logs()
+        # The disks did fill: writes failed on both victims.
+        failed = [i for i in (1, 2, 3) if "write failed" in open(os.path.join(cluster.dir, f"node{i}.log"), errors="replace").read()]
+        assert len(failed) == 2, failed
+    finally:
+        try:
+            cluster.run("stop")
+        finally:
+            for mnt in mounts.values():
+                subprocess.run(["umount", "-l", mnt], check=False)
