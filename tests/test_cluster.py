@@ -424,3 +424,62 @@ def test_full_disks_on_a_follower_then_the_leader_lose_nothing(workdir, tmp_path
         finally:
             for mnt in mounts.values():
                 subprocess.run(["umount", "-l", mnt], check=False)
+
+
+def wire_call(port, request, response_class, version):
+    """Sends a kafka-python protocol request to one node and decodes its answer."""
+    request.with_header(correlation_id=9, client_id="epoch-test")
+    with kafka_wire.connect(f"127.0.0.1:{port}") as sock:
+        sock.sendall(request.encode(header=True, framed=True))
+        size = int.from_bytes(kafka_wire.recv_exact(sock, 4), "big")
+        return response_class.decode(kafka_wire.recv_exact(sock, size), version=version, header=True)
+
+
+def test_leader_epochs_fence_stale_readers_and_say_where_epochs_end(cluster, topic_name):
+    """KIP-320: OffsetForLeaderEpoch answers where an epoch ends; a Fetch naming an older
+    epoch is FENCED_LEADER_EPOCH, a newer one UNKNOWN_LEADER_EPOCH."""
+    from kafka.protocol.consumer import (
+        FetchRequest, FetchResponse, OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse)
+
+    create(cluster, topic_name, partitions=1, rf=3)
+    p = Producer({"bootstrap.servers": cluster.bootstrap, "acks": "all"})
+    for i in range(5):
+        p.produce(topic_name, value=b"%d" % i, partition=0)
+    assert p.flush(30) == 0
+    first = leaders(cluster, topic_name)[0]
+    # A new leader, in a later epoch, takes five more.
+    cluster.run("kill", first)
+    wait_for(lambda: leaders(cluster, topic_name)[0] not in (-1, first), what="a new leader")
+    for i in range(5, 10):
+        p.produce(topic_name, value=b"%d" % i, partition=0)
+    assert p.flush(60) == 0
+    leader = leaders(cluster, topic_name)[0]
+    port = cluster.port_of(leader)
+
+    def epoch_end(current, epoch):
+        req = OffsetForLeaderEpochRequest[4](replica_id=-1, topics=[
+            OffsetForLeaderEpochRequest[4].OffsetForLeaderTopic(topic=topic_name, partitions=[
+                OffsetForLeaderEpochRequest[4].OffsetForLeaderTopic.OffsetForLeaderPartition(
+                    partition=0, current_leader_epoch=current, leader_epoch=epoch)])])
+        part = wire_call(port, req, OffsetForLeaderEpochResponse, 4).topics[0].partitions[0]
+        return part.error_code, part.leader_epoch, part.end_offset
+
+    def fetch_error(current):
+        req = FetchRequest[12](
+            replica_id=-1, max_wait_ms=0, min_bytes=1, max_bytes=1 << 20, isolation_level=0,
+            session_id=0, session_epoch=-1, forgotten_topics_data=[], rack_id="",
+            topics=[FetchRequest[12].FetchTopic(topic=topic_name, partitions=[
+                FetchRequest[12].FetchTopic.FetchPartition(
+                    partition=0, current_leader_epoch=current, fetch_offset=0, last_fetched_epoch=-1,
+                    log_start_offset=-1, partition_max_bytes=1 << 20)])])
+        return wire_call(port, req, FetchResponse, 12).responses[0].partitions[0].error_code
+
+    error, epoch, end = epoch_end(-1, 1 << 20)
+    assert error == 0 and epoch >= 2
+    # Epoch 1 (the first leader's) ends where the new leader's first entry starts: after the
+    # first leader's control batch and five records.
+    assert epoch_end(epoch, 1) == (0, 1, 6)
+    assert fetch_error(epoch) == 0
+    assert fetch_error(epoch - 1) == 74  # FENCED_LEADER_EPOCH
+    assert fetch_error(epoch + 1) == 75  # UNKNOWN_LEADER_EPOCH
+    assert epoch_end(epoch - 1, 1)[0] == 74

@@ -85,17 +85,30 @@ impl Shard {
         self.meta.snapshot().topics.get(topic)?.group(partition)
     }
 
-    /// A partition this node serves consumers from, on its owner shard: in cluster mode only
-    /// its leader does (NOT_LEADER_OR_FOLLOWER elsewhere).
-    pub fn readable_partition(&self, topic: &str, partition: i32) -> Result<Rc<PartitionLog>, i16> {
-        let not_leader = kafka_protocol::ResponseError::NotLeaderOrFollower.code();
+    /// A partition this node serves consumers from, on its owner shard, and its leader epoch:
+    /// in cluster mode only its leader does (NOT_LEADER_OR_FOLLOWER elsewhere). A client's
+    /// `current_leader_epoch` (-1: none given) must be the leader's: older is
+    /// FENCED_LEADER_EPOCH, newer UNKNOWN_LEADER_EPOCH (KIP-320).
+    pub fn readable_partition(
+        &self,
+        topic: &str,
+        partition: i32,
+        current_leader_epoch: i32,
+    ) -> Result<(Rc<PartitionLog>, i32), i16> {
+        use kafka_protocol::ResponseError;
+        let not_leader = ResponseError::NotLeaderOrFollower.code();
         let log = self.partition(topic, partition).ok_or(not_leader)?;
-        match self.replica_group(topic, partition) {
-            None => Ok(log),
+        let epoch = match self.replica_group(topic, partition) {
+            None => 0,
             Some(group) => match self.cluster() {
-                Some(c) if c.leads(group) => Ok(log),
-                _ => Err(not_leader),
+                Some(c) if c.leads(group) => c.leader_epoch(group).ok_or(not_leader)?,
+                _ => return Err(not_leader),
             },
+        };
+        match current_leader_epoch {
+            e if e >= 0 && e < epoch => Err(ResponseError::FencedLeaderEpoch.code()),
+            e if e > epoch => Err(ResponseError::UnknownLeaderEpoch.code()),
+            _ => Ok((log, epoch)),
         }
     }
 

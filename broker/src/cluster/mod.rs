@@ -247,6 +247,19 @@ impl Cluster {
         }
     }
 
+    /// The leader epoch (Raft term) of a group this node leads.
+    pub fn leader_epoch(&self, group: GroupId) -> Option<i32> {
+        let role = self.replicator.role(group)?;
+        (role.role == Role::Leader).then_some(role.term as i32)
+    }
+
+    /// OffsetForLeaderEpoch on a group this node leads: the largest epoch not above `epoch`
+    /// and where it ends.
+    pub fn epoch_end(&self, group: GroupId, epoch: i32) -> Option<(i32, i64)> {
+        let (term, end) = self.replicator.epoch_end(group, epoch.max(0) as u64)?;
+        Some((term as i32, end as i64))
+    }
+
     /// Whether this node leads partition group `group`.
     pub fn leads(&self, group: GroupId) -> bool {
         self.replicator

@@ -20,6 +20,8 @@ struct Wanted {
     topic: String,
     partition: i32,
     offset: i64,
+    /// The leader epoch the client knows (-1: none).
+    current_leader_epoch: i32,
     max_bytes: usize,
     owner: Option<usize>,
     /// Set when the topic or partition is unknown.
@@ -41,9 +43,10 @@ async fn read_local(
     partition: i32,
     offset: i64,
     max_bytes: usize,
+    current_leader_epoch: i32,
 ) -> Read {
-    let log = match shard.readable_partition(&topic, partition) {
-        Ok(log) => log,
+    let log = match shard.readable_partition(&topic, partition, current_leader_epoch) {
+        Ok((log, _)) => log,
         Err(error) => {
             return Read {
                 error,
@@ -125,6 +128,7 @@ fn resolve(shard: &Shard, req: &FetchRequest, version: i16) -> Vec<(String, Uuid
                         topic: name.clone(),
                         partition: p.partition,
                         offset: p.fetch_offset,
+                        current_leader_epoch: p.current_leader_epoch,
                         max_bytes: p.partition_max_bytes.max(0) as usize,
                         owner,
                         error,
@@ -138,15 +142,20 @@ fn resolve(shard: &Shard, req: &FetchRequest, version: i16) -> Vec<(String, Uuid
 
 async fn read_all(shard: &Rc<Shard>, topics: &[(String, Uuid, Vec<Wanted>)]) -> Vec<Read> {
     let reads = topics.iter().flat_map(|(_, _, parts)| parts).map(|w| {
-        let (topic, partition, offset, max_bytes) =
-            (w.topic.clone(), w.partition, w.offset, w.max_bytes);
+        let (topic, partition, offset, max_bytes, epoch) = (
+            w.topic.clone(),
+            w.partition,
+            w.offset,
+            w.max_bytes,
+            w.current_leader_epoch,
+        );
         let (owner, error) = (w.owner, w.error);
         async move {
             match (owner, error) {
                 (Some(owner), None) => {
                     shard
                         .run_on(owner, move |s| {
-                            read_local(s, topic, partition, offset, max_bytes)
+                            read_local(s, topic, partition, offset, max_bytes, epoch)
                         })
                         .await
                 }

@@ -16,18 +16,19 @@ const EARLIEST: i64 = -2;
 const MAX_TIMESTAMP: i64 = -3;
 const EARLIEST_LOCAL: i64 = -4;
 
-/// `(error, timestamp, offset)` computed on the owner shard.
+/// `(error, timestamp, offset, leader epoch)` computed on the owner shard.
 async fn lookup(
     shard: Rc<Shard>,
     topic: String,
     partition: i32,
     timestamp: i64,
-) -> (i16, i64, i64) {
-    let log = match shard.readable_partition(&topic, partition) {
-        Ok(log) => log,
-        Err(code) => return (code, -1, -1),
+    current_leader_epoch: i32,
+) -> (i16, i64, i64, i32) {
+    let (log, epoch) = match shard.readable_partition(&topic, partition, current_leader_epoch) {
+        Ok(found) => found,
+        Err(code) => return (code, -1, -1, -1),
     };
-    match timestamp {
+    let (error, timestamp, offset) = match timestamp {
         LATEST => (0, -1, log.high_watermark()),
         EARLIEST | EARLIEST_LOCAL => (0, -1, log.log_start_offset()),
         MAX_TIMESTAMP => match log.max_timestamp().await {
@@ -41,7 +42,8 @@ async fn lookup(
             Ok(None) => (0, -1, -1),
             Err(e) => (log_error_code(&e), -1, -1),
         },
-    }
+    };
+    (error, timestamp, offset, epoch)
 }
 
 pub async fn handle(shard: &Rc<Shard>, req: ListOffsetsRequest, version: i16) -> ResponseKind {
@@ -61,19 +63,22 @@ pub async fn handle(shard: &Rc<Shard>, req: ListOffsetsRequest, version: i16) ->
         let name = t.name.0.to_string();
         let lookups = t.partitions.iter().map(|p| {
             let (topic, partition, timestamp) = (name.clone(), p.partition_index, p.timestamp);
+            let current_epoch = p.current_leader_epoch;
             let owner = meta.owner(&name, partition);
             let duplicate = named[&(t.name.0.as_str(), partition)] > 1;
             async move {
                 if duplicate {
-                    return (ResponseError::InvalidRequest.code(), -1, -1);
+                    return (ResponseError::InvalidRequest.code(), -1, -1, -1);
                 }
                 match owner {
                     Some(owner) => {
                         shard
-                            .run_on(owner, move |s| lookup(s, topic, partition, timestamp))
+                            .run_on(owner, move |s| {
+                                lookup(s, topic, partition, timestamp, current_epoch)
+                            })
                             .await
                     }
-                    None => (ResponseError::UnknownTopicOrPartition.code(), -1, -1),
+                    None => (ResponseError::UnknownTopicOrPartition.code(), -1, -1, -1),
                 }
             }
         });
@@ -82,13 +87,17 @@ pub async fn handle(shard: &Rc<Shard>, req: ListOffsetsRequest, version: i16) ->
             .partitions
             .iter()
             .zip(results)
-            .map(|(p, (error, timestamp, offset))| {
+            .map(|(p, (error, timestamp, offset, epoch))| {
                 ListOffsetsPartitionResponse::default()
                     .with_partition_index(p.partition_index)
                     .with_error_code(error)
                     .with_timestamp(timestamp)
                     .with_offset(offset)
-                    .with_leader_epoch(if error == 0 && version >= 4 { 0 } else { -1 })
+                    .with_leader_epoch(if error == 0 && version >= 4 {
+                        epoch
+                    } else {
+                        -1
+                    })
             })
             .collect();
         topics.push(

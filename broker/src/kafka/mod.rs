@@ -36,6 +36,7 @@ mod nodes;
 mod offset_commit;
 mod offset_delete;
 mod offset_fetch;
+mod offset_for_leader_epoch;
 mod produce;
 mod sync_group;
 
@@ -87,6 +88,9 @@ pub async fn handle(shard: Rc<Shard>, request: Request, peer: Rc<str>) -> Reply 
         RequestKind::DeleteGroups(req) => delete_groups::handle(&shard, req).await,
         RequestKind::OffsetDelete(req) => offset_delete::handle(&shard, req).await,
         RequestKind::DeleteRecords(req) => delete_records::handle(&shard, req).await,
+        RequestKind::OffsetForLeaderEpoch(req) => {
+            offset_for_leader_epoch::handle(&shard, req).await
+        }
         RequestKind::AlterConfigs(req) => alter_configs::handle_alter(&shard, req).await,
         RequestKind::IncrementalAlterConfigs(req) => {
             alter_configs::handle_incremental(&shard, req).await

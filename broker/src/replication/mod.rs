@@ -299,6 +299,14 @@ impl Replicator {
         }
     }
 
+    /// The largest epoch not above `term` in this replica's log, and where it ends (Kafka's
+    /// OffsetForLeaderEpoch; the last epoch ends at the log end).
+    pub fn epoch_end(&self, group: GroupId, term: Term) -> Option<(Term, Offset)> {
+        let multi = self.multi.borrow();
+        let g = multi.group(group)?;
+        Some(g.epochs().end_for(term, tern_raft::Log::end(g.log())))
+    }
+
     /// The group's role, term and leader as this node knows them.
     pub fn role(&self, group: GroupId) -> Option<RoleChange> {
         self.hosts.borrow().get(&group).map(|h| h.role)
