@@ -73,6 +73,15 @@ fn key_value(s: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("{s:?} is not name=value"))
 }
 
+/// Like `check`, with the broker's message when it gave one.
+fn check_with_message(code: i16, message: Option<&str>, what: &str) -> Result<()> {
+    if code != 0 {
+        let message = message.map_or(String::new(), |m| format!(": {m}"));
+        bail!("{what}: {}{message}", super::error_text(code));
+    }
+    Ok(())
+}
+
 fn name(s: &str) -> TopicName {
     TopicName(StrBytes::from_string(s.to_string()))
 }
@@ -311,16 +320,11 @@ pub fn run(args: TopicArgs) -> Result<()> {
                     )]);
             let resp = brokers.controller()?.send(req)?;
             let r = resp.topics.first().context("empty CreateTopics response")?;
-            if r.error_code != 0 {
-                let message = r
-                    .error_message
-                    .as_ref()
-                    .map_or(String::new(), |m| format!(": {m}"));
-                bail!(
-                    "create {topic}: {}{message}",
-                    super::error_text(r.error_code)
-                );
-            }
+            check_with_message(
+                r.error_code,
+                r.error_message.as_deref(),
+                &format!("create {topic}"),
+            )?;
             if json {
                 return print_json(&serde_json::json!({ "created": topic }));
             }
@@ -376,16 +380,11 @@ pub fn run(args: TopicArgs) -> Result<()> {
                 .responses
                 .first()
                 .context("empty IncrementalAlterConfigs response")?;
-            if r.error_code != 0 {
-                let message = r
-                    .error_message
-                    .as_ref()
-                    .map_or(String::new(), |m| format!(": {m}"));
-                bail!(
-                    "alter {topic}: {}{message}",
-                    super::error_text(r.error_code)
-                );
-            }
+            check_with_message(
+                r.error_code,
+                r.error_message.as_deref(),
+                &format!("alter {topic}"),
+            )?;
             if json {
                 return print_json(&serde_json::json!({ "altered": topic }));
             }

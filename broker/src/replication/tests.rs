@@ -6,13 +6,7 @@ use glommio::net::TcpListener;
 use tern_protocol::batch;
 use tern_storage::{Durability, LogConfig};
 
-fn run<F: std::future::Future<Output = ()> + 'static>(f: impl FnOnce() -> F + Send + 'static) {
-    glommio::LocalExecutorBuilder::default()
-        .spawn(move || async move { f().await })
-        .expect("executor")
-        .join()
-        .expect("join");
-}
+use crate::rpc::tests::run;
 
 fn client_batch(n: usize, tag: u8) -> Bytes {
     let records: Vec<_> = (0..n)

@@ -315,4 +315,4 @@ async fn serve(
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

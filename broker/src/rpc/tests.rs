@@ -4,7 +4,10 @@ use super::*;
 use futures::io::AsyncReadExt;
 use tern_raft::{Body, Entry, Message, Payload};
 
-fn run<F: std::future::Future<Output = ()> + 'static>(f: impl FnOnce() -> F + Send + 'static) {
+/// Runs a test's async body on a glommio executor of its own.
+pub(crate) fn run<F: std::future::Future<Output = ()> + 'static>(
+    f: impl FnOnce() -> F + Send + 'static,
+) {
     glommio::LocalExecutorBuilder::default()
         .spawn(move || async move { f().await })
         .expect("executor")
