@@ -483,3 +483,31 @@ def test_leader_epochs_fence_stale_readers_and_say_where_epochs_end(cluster, top
     assert fetch_error(epoch - 1) == 74  # FENCED_LEADER_EPOCH
     assert fetch_error(epoch + 1) == 75  # UNKNOWN_LEADER_EPOCH
     assert epoch_end(epoch - 1, 1)[0] == 74
+
+
+def test_the_whole_cluster_restarts_with_every_committed_record(cluster, topic_name):
+    create(cluster, topic_name, partitions=3, rf=3)
+    p = Producer({"bootstrap.servers": cluster.bootstrap, "acks": "all", "enable.idempotence": True})
+    acked = {}
+    for i in range(300):
+        p.produce(topic_name, value=b"r%d" % i, partition=i % 3,
+                  on_delivery=lambda err, m: err is None and acked.__setitem__(m.value(), (m.partition(), m.offset())))
+    assert p.flush(30) == 0 and len(acked) == 300
+    # A clean stop of every node, then a crash of all of them after a restart.
+    cluster.run("stop")
+    cluster.start()
+    seen, dups = consume_all(cluster, topic_name, 3, acked)
+    assert seen == acked and dups == 0, cluster.logs()
+    for node in (1, 2, 3):
+        cluster.run("kill", node)
+    cluster.start()
+    # The restarted cluster takes new records after the old ones.
+    more = {}
+    p2 = Producer({"bootstrap.servers": cluster.bootstrap, "acks": "all"})
+    for i in range(30):
+        p2.produce(topic_name, value=b"s%d" % i, partition=i % 3,
+                   on_delivery=lambda err, m: err is None and more.__setitem__(m.value(), (m.partition(), m.offset())))
+    assert p2.flush(60) == 0 and len(more) == 30
+    everything = {**acked, **more}
+    seen, dups = consume_all(cluster, topic_name, 3, everything)
+    assert seen == everything and dups == 0, cluster.logs()
