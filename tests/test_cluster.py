@@ -464,7 +464,7 @@ def test_leader_epochs_fence_stale_readers_and_say_where_epochs_end(cluster, top
         part = wire_call(port, req, OffsetForLeaderEpochResponse, 4).topics[0].partitions[0]
         return part.error_code, part.leader_epoch, part.end_offset
 
-    def fetch_error(current):
+    def fetch_partition(current, node=None):
         req = FetchRequest[12](
             replica_id=-1, max_wait_ms=0, min_bytes=1, max_bytes=1 << 20, isolation_level=0,
             session_id=0, session_epoch=-1, forgotten_topics_data=[], rack_id="",
@@ -472,7 +472,11 @@ def test_leader_epochs_fence_stale_readers_and_say_where_epochs_end(cluster, top
                 FetchRequest[12].FetchTopic.FetchPartition(
                     partition=0, current_leader_epoch=current, fetch_offset=0, last_fetched_epoch=-1,
                     log_start_offset=-1, partition_max_bytes=1 << 20)])])
-        return wire_call(port, req, FetchResponse, 12).responses[0].partitions[0].error_code
+        resp = wire_call(cluster.port_of(node or leader), req, FetchResponse, 12)
+        return resp.responses[0].partitions[0]
+
+    def fetch_error(current):
+        return fetch_partition(current).error_code
 
     error, epoch, end = epoch_end(-1, 1 << 20)
     assert error == 0 and epoch >= 2
@@ -483,6 +487,11 @@ def test_leader_epochs_fence_stale_readers_and_say_where_epochs_end(cluster, top
     assert fetch_error(epoch - 1) == 74  # FENCED_LEADER_EPOCH
     assert fetch_error(epoch + 1) == 75  # UNKNOWN_LEADER_EPOCH
     assert epoch_end(epoch - 1, 1)[0] == 74
+    # A follower refuses the read and names the leader (KIP-951).
+    follower = next(n for n in (1, 2, 3) if n not in (leader, first))
+    refused = fetch_partition(epoch, node=follower)
+    assert refused.error_code == 6
+    assert (refused.current_leader.leader_id, refused.current_leader.leader_epoch) == (leader, epoch)
 
 
 def test_the_whole_cluster_restarts_with_every_committed_record(cluster, topic_name):

@@ -6,7 +6,7 @@
 use bytes::{BufMut, Bytes, BytesMut};
 use uuid::Uuid;
 
-use crate::wire::{put_array_len, put_bytes_len, put_string};
+use crate::wire::{put_array_len, put_bytes_len, put_null_string, put_string, put_uvarint};
 
 /// Fetch versions this encoder writes.
 pub const VERSIONS: std::ops::RangeInclusive<i16> = 4..=16;
@@ -29,6 +29,17 @@ pub struct FetchPartition<R> {
     pub aborted_transactions: Option<Vec<(i64, i64)>>,
     /// Record bytes: their length and what holds them. `None` encodes null records.
     pub records: Option<(usize, R)>,
+    /// v12+: the partition's leader and leader epoch, for a replica that refuses the read as
+    /// not the leader (KIP-951, tagged field 1).
+    pub current_leader: Option<(i32, i32)>,
+}
+
+/// v16+: a node named as a partition's current leader (KIP-951).
+pub struct NodeEndpoint {
+    pub id: i32,
+    pub host: String,
+    pub port: i32,
+    pub rack: Option<String>,
 }
 
 /// A piece of an encoded response, in send order.
@@ -39,11 +50,13 @@ pub enum Piece<R> {
 }
 
 /// Encodes a whole Fetch response frame (size prefix included) for `version` (see
-/// [`VERSIONS`]), with throttle time, top-level error code and session id zero.
+/// [`VERSIONS`]), with throttle time, top-level error code and session id zero. `endpoints`
+/// (v16+) are the nodes named as current leaders.
 pub fn encode_response<R>(
     correlation_id: i32,
     version: i16,
     topics: Vec<FetchTopic<R>>,
+    endpoints: &[NodeEndpoint],
 ) -> Vec<Piece<R>> {
     assert!(VERSIONS.contains(&version), "Fetch v{version} not encoded");
     let flexible = version >= 12;
@@ -107,15 +120,43 @@ pub fn encode_response<R>(
                     }
                 }
             }
-            if flexible {
-                buf.put_u8(0); // partition tagged fields
+            match p.current_leader {
+                // Tagged field 1, CurrentLeader: leader id, leader epoch, no tagged fields.
+                Some((leader, epoch)) if flexible => {
+                    put_uvarint(&mut buf, 1);
+                    put_uvarint(&mut buf, 1);
+                    put_uvarint(&mut buf, 9);
+                    buf.put_i32(leader);
+                    buf.put_i32(epoch);
+                    buf.put_u8(0);
+                }
+                _ if flexible => buf.put_u8(0), // partition tagged fields
+                _ => {}
             }
         }
         if flexible {
             buf.put_u8(0); // topic tagged fields
         }
     }
-    if flexible {
+    if version >= 16 && !endpoints.is_empty() {
+        // Tagged field 0, NodeEndpoints.
+        let mut field = BytesMut::new();
+        put_array_len(&mut field, true, endpoints.len());
+        for e in endpoints {
+            field.put_i32(e.id);
+            put_string(&mut field, true, &e.host);
+            field.put_i32(e.port);
+            match &e.rack {
+                Some(rack) => put_string(&mut field, true, rack),
+                None => put_null_string(&mut field, true),
+            }
+            field.put_u8(0);
+        }
+        put_uvarint(&mut buf, 1);
+        put_uvarint(&mut buf, 0);
+        put_uvarint(&mut buf, field.len() as u64);
+        buf.put_slice(&field);
+    } else if flexible {
         buf.put_u8(0); // response tagged fields
     }
     let size = (buf.len() - 4 + records_len) as i32;
@@ -140,7 +181,7 @@ mod tests {
     use super::*;
     use crate::frame::encode_response as encode_with_kafka_protocol;
     use kafka_protocol::messages::fetch_response::{
-        AbortedTransaction, FetchableTopicResponse, PartitionData,
+        AbortedTransaction, FetchableTopicResponse, LeaderIdAndEpoch, PartitionData,
     };
     use kafka_protocol::messages::{FetchResponse, ResponseKind, TopicName};
     use kafka_protocol::protocol::StrBytes;
@@ -150,6 +191,25 @@ mod tests {
         String,
         Vec<(i32, i16, i64, Option<Vec<(i64, i64)>>, Option<Vec<u8>>)>,
     )>;
+
+    /// The current leader a partition of `index` names: some do, some do not.
+    fn leader_of(index: i32) -> Option<(i32, i32)> {
+        (index % 3 == 0).then_some((index.rem_euclid(7), index.rem_euclid(5)))
+    }
+
+    /// Endpoints named in a response with `shape` (one per topic, for variety).
+    fn endpoints(shape: &Shape) -> Vec<NodeEndpoint> {
+        shape
+            .iter()
+            .enumerate()
+            .map(|(i, (name, _))| NodeEndpoint {
+                id: i as i32,
+                host: name.clone(),
+                port: 9092 + i as i32,
+                rack: (i % 2 == 0).then(|| format!("rack-{i}")),
+            })
+            .collect()
+    }
 
     /// The topics of `shape`, with each partition's records as `records` makes them.
     fn topics<R>(shape: &Shape, records: impl Fn(&Vec<u8>) -> R) -> Vec<FetchTopic<R>> {
@@ -168,6 +228,7 @@ mod tests {
                         log_start_offset: hw / 2,
                         aborted_transactions: aborted.clone(),
                         records: data.as_ref().map(|d| (d.len(), records(d))),
+                        current_leader: leader_of(*index),
                     })
                     .collect(),
             })
@@ -177,7 +238,7 @@ mod tests {
     fn ours(version: i16, shape: &Shape) -> Vec<u8> {
         let mut out = Vec::new();
         let topics = topics(shape, |d| Bytes::from(d.clone()));
-        for piece in encode_response(42, version, topics) {
+        for piece in encode_response(42, version, topics, &endpoints(shape)) {
             match piece {
                 Piece::Bytes(b) | Piece::Records(b) => out.extend_from_slice(&b),
             }
@@ -220,12 +281,36 @@ mod tests {
                                             .collect()
                                     }))
                                     .with_records(records.clone().map(Bytes::from))
+                                    .with_current_leader(match leader_of(*index) {
+                                        Some((leader, epoch)) => LeaderIdAndEpoch::default()
+                                            .with_leader_id(leader.into())
+                                            .with_leader_epoch(epoch),
+                                        None => LeaderIdAndEpoch::default(),
+                                    })
                             })
                             .collect(),
                     )
             })
             .collect();
-        let body = ResponseKind::Fetch(FetchResponse::default().with_responses(responses));
+        let node_endpoints = endpoints(shape)
+            .into_iter()
+            .map(|e| {
+                kafka_protocol::messages::fetch_response::NodeEndpoint::default()
+                    .with_node_id(e.id.into())
+                    .with_host(StrBytes::from_string(e.host))
+                    .with_port(e.port)
+                    .with_rack(e.rack.map(StrBytes::from_string))
+            })
+            .collect();
+        let body = ResponseKind::Fetch(
+            FetchResponse::default()
+                .with_responses(responses)
+                .with_node_endpoints(if version >= 16 {
+                    node_endpoints
+                } else {
+                    Vec::new()
+                }),
+        );
         encode_with_kafka_protocol(42, version, &body)
             .unwrap()
             .to_vec()
@@ -266,7 +351,7 @@ mod tests {
             ],
         )];
         let topics = topics(&shape, |d| d.len());
-        let pieces = encode_response(1, 12, topics);
+        let pieces = encode_response(1, 12, topics, &[]);
         let records: Vec<usize> = pieces
             .iter()
             .filter_map(|p| match p {

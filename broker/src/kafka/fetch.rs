@@ -7,7 +7,7 @@ use kafka_protocol::ResponseError;
 use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
-use tern_protocol::fetch::{self as framing, FetchPartition, FetchTopic, Piece};
+use tern_protocol::fetch::{self as framing, FetchPartition, FetchTopic, NodeEndpoint, Piece};
 use tern_storage::{Chunk, Records};
 use uuid::Uuid;
 
@@ -216,9 +216,9 @@ pub async fn handle(
         });
         select_all(waits).await;
     };
-    let topics = build_response(topics, reads, max_bytes, req.isolation_level);
+    let (topics, endpoints) = build_response(shard, topics, reads, max_bytes, req.isolation_level);
     let mut chunks = Vec::new();
-    for piece in framing::encode_response(correlation_id, version, topics) {
+    for piece in framing::encode_response(correlation_id, version, topics, &endpoints) {
         match piece {
             Piece::Bytes(header) => chunks.push(Chunk::Memory(header)),
             Piece::Records(records) => chunks.extend(records.into_chunks()),
@@ -228,15 +228,34 @@ pub async fn handle(
 }
 
 fn build_response(
+    shard: &Shard,
     topics: Vec<(String, Uuid, Vec<Wanted>)>,
     reads: Vec<Read>,
     max_bytes: usize,
     isolation: i8,
-) -> Vec<FetchTopic<Records>> {
+) -> (Vec<FetchTopic<Records>>, Vec<NodeEndpoint>) {
+    let meta = shard.meta.snapshot();
+    // KIP-951: a partition refused as not led here (or with a stale epoch) names its leader,
+    // and the response carries that node's endpoint.
+    let mut named = std::collections::BTreeSet::new();
+    let mut leader_of = |topic: &str, p: i32, error: i16| {
+        let redirect = [
+            ResponseError::NotLeaderOrFollower.code(),
+            ResponseError::FencedLeaderEpoch.code(),
+        ];
+        if !redirect.contains(&error) {
+            return None;
+        }
+        let view = super::nodes::partition(shard, meta.topics.get(topic)?, p);
+        (view.leader >= 0).then(|| {
+            named.insert(view.leader);
+            (view.leader, view.epoch)
+        })
+    };
     let mut reads = reads.into_iter();
     let mut budget = max_bytes;
     let mut first = true;
-    topics
+    let response: Vec<FetchTopic<Records>> = topics
         .into_iter()
         .map(|(name, id, parts)| {
             let partitions = parts
@@ -255,6 +274,7 @@ fn build_response(
                     }
                     FetchPartition {
                         index: w.partition,
+                        current_leader: leader_of(&w.topic, w.partition, r.error),
                         error_code: r.error,
                         high_watermark: r.high_watermark,
                         last_stable_offset: r.high_watermark,
@@ -270,5 +290,16 @@ fn build_response(
                 partitions,
             }
         })
-        .collect()
+        .collect();
+    let endpoints = super::nodes::nodes(shard)
+        .into_iter()
+        .filter(|n| named.contains(&n.id))
+        .map(|n| NodeEndpoint {
+            id: n.id,
+            host: n.host,
+            port: n.port,
+            rack: n.rack,
+        })
+        .collect();
+    (response, endpoints)
 }
