@@ -140,6 +140,17 @@ def test_replicated_topics_are_described_and_read_across_control_batches(cluster
         offsets = sorted(o for (q, o) in acked.values() if q == part)
         assert low == 0 and offsets[0] >= 1 and high == offsets[-1] + 1
     c.close()
+    # kafka-python reads the same records at the same offsets.
+    from kafka import KafkaConsumer
+    from kafka import TopicPartition as KTopicPartition
+
+    kc = KafkaConsumer(bootstrap_servers=cluster.bootstrap, enable_auto_commit=False,
+                       consumer_timeout_ms=10000)
+    kc.assign([KTopicPartition(topic_name, q) for q in range(3)])
+    kc.seek_to_beginning()
+    read = {m.value: (m.partition, m.offset) for m in kc}
+    kc.close()
+    assert read == acked
     out = subprocess.run(
         ["kcat", "-b", cluster.bootstrap, "-C", "-t", topic_name, "-e", "-q", "-f", "%p %o %s\n"],
         capture_output=True, text=True, timeout=60,
