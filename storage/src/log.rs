@@ -621,6 +621,12 @@ impl PartitionLog {
         st.fenced = false;
     }
 
+    /// Lifts a fence once the replication layer has restarted the replica from what is stored
+    /// (it forgot the rolled-back batches; a leader's next appends come in a later term).
+    pub fn unfence(&self) {
+        self.state.borrow_mut().fenced = false;
+    }
+
     /// Whether a failed write fenced this replica (see [`LogError::Fenced`]).
     pub fn is_fenced(&self) -> bool {
         self.state.borrow().fenced

@@ -533,6 +533,8 @@ impl Replicator {
         };
         let (log, persisted) = host;
         drop(old);
+        // Restarted from what is stored: the rolled-back batches are forgotten by Raft too.
+        log.unfence();
         let g = Group::restore(
             self.config(gid),
             ReplicaLog::new(log, gid, self.misses.clone()),
