@@ -545,19 +545,12 @@ fn entry(e: &ArchivedWireEntry, data: &Bytes) -> Result<raft::Entry, RpcError> {
             }
             raft::Payload::Data(batch)
         }
-        ArchivedWirePayload::LeaderChange(n) => {
-            if base != last {
-                return Err(bad("a control entry takes one offset"));
-            }
-            raft::Payload::LeaderChange(n.to_native())
-        }
-        ArchivedWirePayload::Membership(m) => {
-            if base != last {
-                return Err(bad("a control entry takes one offset"));
-            }
-            raft::Payload::Membership(membership(m))
-        }
+        ArchivedWirePayload::LeaderChange(n) => raft::Payload::LeaderChange(n.to_native()),
+        ArchivedWirePayload::Membership(m) => raft::Payload::Membership(membership(m)),
     };
+    if !matches!(payload, raft::Payload::Data(_)) && base != last {
+        return Err(bad("a control entry takes one offset"));
+    }
     Ok(raft::Entry {
         base,
         last,

@@ -88,10 +88,9 @@ pub struct Appended {
 /// A produced batch made ready for a replicated leader to propose.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Prepared {
+    /// Stamped with the offsets it takes at the log end (Raft gives it those same offsets).
     Batch {
         data: Bytes,
-        base_offset: i64,
-        last_offset: i64,
         records: u64,
         /// Broker timestamp when the topic uses LogAppendTime, else -1.
         log_append_time: i64,
@@ -270,6 +269,22 @@ struct State {
 }
 
 impl State {
+    /// Takes a batch at the log end (`header` as stored: final offsets and max timestamp) into
+    /// the producer state, the cache and the pending writes.
+    fn push(&mut self, header: &batch::BatchHeader, data: StoredBatch, cache_bytes: usize) {
+        debug_assert_eq!(header.base_offset, self.next_offset, "offsets are dense");
+        if header.max_timestamp > self.max_timestamp.0 {
+            self.max_timestamp = (header.max_timestamp, header.base_offset);
+        }
+        self.producers.record(header);
+        self.cache
+            .push(header.base_offset, header.last_offset(), data.clone());
+        self.pending.push(data);
+        self.next_offset = header.last_offset() + 1;
+        let written = self.written;
+        self.cache.trim(cache_bytes, written);
+    }
+
     /// Offsets below this are in writes issued (complete or in flight); `pending` holds the
     /// rest.
     fn issued(&self) -> i64 {
@@ -479,20 +494,14 @@ impl PartitionLog {
         } else {
             (-1, header.max_timestamp)
         };
-        if max_ts > st.max_timestamp.0 {
-            st.max_timestamp = (max_ts, base_offset);
-        }
-        let last_offset = base_offset + header.last_offset_delta as i64;
-        st.producers.record(&batch::BatchHeader {
+        let stamped = batch::BatchHeader {
             base_offset,
+            max_timestamp: max_ts,
             ..header
-        });
+        };
+        let last_offset = stamped.last_offset();
         let data = StoredBatch::new(head.freeze(), rest);
-        st.cache.push(base_offset, last_offset, data.clone());
-        st.pending.push(data);
-        st.next_offset = last_offset + 1;
-        let written = st.written;
-        st.cache.trim(config.cache_bytes, written);
+        st.push(&stamped, data, config.cache_bytes);
         Ok(Appended {
             base_offset,
             last_offset,
@@ -565,8 +574,6 @@ impl PartitionLog {
         };
         Ok(Prepared::Batch {
             data: data.freeze(),
-            base_offset: st.next_offset,
-            last_offset: st.next_offset + header.last_offset_delta as i64,
             records: header.record_count.max(0) as u64,
             log_append_time,
         })
@@ -593,17 +600,12 @@ impl PartitionLog {
             "epochs never decrease along a log"
         );
         st.last_epoch = header.partition_leader_epoch;
-        if header.max_timestamp > st.max_timestamp.0 {
-            st.max_timestamp = (header.max_timestamp, header.base_offset);
-        }
-        st.producers.record(&header);
         let (base_offset, last_offset) = (header.base_offset, header.last_offset());
-        let data = StoredBatch::from(data);
-        st.cache.push(base_offset, last_offset, data.clone());
-        st.pending.push(data);
-        st.next_offset = last_offset + 1;
-        let (limit, written) = (self.config.borrow().cache_bytes, st.written);
-        st.cache.trim(limit, written);
+        st.push(
+            &header,
+            StoredBatch::from(data),
+            self.config.borrow().cache_bytes,
+        );
         Ok(Appended {
             base_offset,
             last_offset,

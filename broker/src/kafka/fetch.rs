@@ -291,9 +291,8 @@ fn build_response(
             }
         })
         .collect();
-    let endpoints = super::nodes::nodes(shard)
+    let endpoints = super::nodes::named(shard, &named)
         .into_iter()
-        .filter(|n| named.contains(&n.id))
         .map(|n| NodeEndpoint {
             id: n.id,
             host: n.host,

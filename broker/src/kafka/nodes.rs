@@ -39,6 +39,18 @@ pub fn nodes(shard: &Shard) -> Vec<NodeView> {
         .collect()
 }
 
+/// The nodes among `ids` (KIP-951: the leaders a response names). Nothing is looked up in the
+/// common case of a response that names none.
+pub fn named(shard: &Shard, ids: &std::collections::BTreeSet<i32>) -> Vec<NodeView> {
+    if ids.is_empty() {
+        return Vec::new();
+    }
+    nodes(shard)
+        .into_iter()
+        .filter(|n| ids.contains(&n.id))
+        .collect()
+}
+
 /// The controller's node id (-1 while none is known).
 pub fn controller(shard: &Shard) -> i32 {
     match shard.config.cluster {

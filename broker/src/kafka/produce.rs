@@ -63,10 +63,12 @@ pub fn log_error_code(e: &LogError) -> i16 {
 }
 
 /// Appends on the owner shard and waits as `acks` asks.
+/// `group`: the partition's Raft group in cluster mode, looked up with its owner.
 async fn produce_local(
     shard: Rc<Shard>,
     topic: String,
     partition: i32,
+    group: Option<u64>,
     records: Bytes,
     acks: i16,
 ) -> Outcome {
@@ -76,7 +78,7 @@ async fn produce_local(
             format!("{topic}-{partition} is not on this shard"),
         );
     };
-    if let Some(group) = shard.replica_group(&topic, partition) {
+    if let Some(group) = group {
         return produce_replicated(&shard, &topic, log, group, records, acks).await;
     }
     let appended = match log.append(records, now_ms()) {
@@ -135,13 +137,17 @@ async fn produce_replicated(
     };
     // acks=all needs min.insync.replicas in sync, before the append and after it (Kafka's
     // NOT_ENOUGH_REPLICAS and NOT_ENOUGH_REPLICAS_AFTER_APPEND).
-    let min_isr = shard
-        .meta
-        .snapshot()
-        .topics
-        .get(topic)
-        .and_then(|t| t.configs.get("min.insync.replicas")?.parse::<usize>().ok())
-        .unwrap_or(1);
+    // Looked up only for acks=all.
+    let min_isr = match acks {
+        -1 => shard
+            .meta
+            .snapshot()
+            .topics
+            .get(topic)
+            .and_then(|t| t.configs.get("min.insync.replicas")?.parse::<usize>().ok())
+            .unwrap_or(1),
+        _ => 1,
+    };
     let enough = |cluster: &crate::cluster::Cluster| {
         cluster
             .in_sync(group)
@@ -221,7 +227,9 @@ async fn produce_partition(
     if let Err(e) = controller::ensure_topic(shard, &topic, true).await {
         return Outcome::error(e.code, e.message);
     }
-    let Some(owner) = shard.meta.snapshot().owner(&topic, partition) else {
+    let meta = shard.meta.snapshot();
+    let group = meta.topics.get(&topic).and_then(|t| t.group(partition));
+    let Some(owner) = meta.owner(&topic, partition) else {
         return Outcome::error(
             ResponseError::UnknownTopicOrPartition.code(),
             format!("{topic} has no partition {partition}"),
@@ -232,7 +240,7 @@ async fn produce_partition(
     };
     shard
         .run_on(owner, move |s| {
-            produce_local(s, topic, partition, records, acks)
+            produce_local(s, topic, partition, group, records, acks)
         })
         .await
 }
@@ -312,9 +320,8 @@ pub async fn handle(shard: &Rc<Shard>, req: ProduceRequest) -> Option<ProduceRes
                 .with_partition_responses(partitions)
         })
         .collect();
-    let endpoints = super::nodes::nodes(shard)
+    let endpoints = super::nodes::named(shard, &leaders_named)
         .into_iter()
-        .filter(|n| leaders_named.contains(&n.id))
         .map(|n| {
             NodeEndpoint::default()
                 .with_node_id(BrokerId(n.id))

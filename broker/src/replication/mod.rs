@@ -345,7 +345,6 @@ impl Replicator {
                 data,
                 records,
                 log_append_time,
-                ..
             } => (data, records, log_append_time),
         };
         let (base, last) = g.propose(data, records).map_err(|e| match e {
