@@ -10,7 +10,7 @@ import time
 
 import pytest
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, NewPartitions, NewTopic
 
 import kafka_wire
 from conftest import ROOT, TERN_BIN, wait_for
@@ -531,3 +531,91 @@ def test_the_whole_cluster_restarts_with_every_committed_record(cluster, topic_n
     everything = {**acked, **more}
     seen, dups = consume_all(cluster, topic_name, 3, everything)
     assert seen == everything and dups == 0, cluster.logs()
+
+
+def test_a_broker_joins_and_partitions_move_onto_it_online(workdir, topic_name):
+    """A fourth node joins as a broker (not a voter); partitions move onto it with
+    AlterPartitionReassignments while producers write, preferred leaders are elected with
+    ElectLeaders, and when it dies it is fenced, its replicas shown offline."""
+    import json
+    import threading
+
+    from kafka import KafkaAdminClient
+    from kafka import TopicPartition as KTP
+    from kafka.errors import InvalidReplicationAssignmentError
+
+    cluster = Cluster(workdir, flags="--broker-session-timeout-ms 2000").start()
+    try:
+        create(cluster, topic_name, partitions=2, rf=3)
+        acked, stop = {}, threading.Event()
+
+        def produce():
+            p = Producer({"bootstrap.servers": cluster.bootstrap, "acks": "all", "enable.idempotence": True,
+                          "linger.ms": 5})
+            i = 0
+
+            def done(err, m):
+                if err is None:
+                    acked[m.value()] = (m.partition(), m.offset())
+            while not stop.is_set():
+                try:
+                    p.produce(topic_name, value=b"r%d" % i, partition=i % 2, on_delivery=done)
+                except BufferError:
+                    p.poll(0.1)
+                    continue
+                p.poll(0)
+                i += 1
+                time.sleep(0.002)
+            assert p.flush(60) == 0
+
+        writer = threading.Thread(target=produce)
+        writer.start()
+        cluster.run("add", 4)
+        ka = KafkaAdminClient(bootstrap_servers=cluster.bootstrap)
+        wait_for(lambda: sorted(b["broker_id"] for b in ka.describe_cluster()["brokers"]) == [1, 2, 3, 4],
+                 what="the new broker registered")
+        # A move to a node that does not exist is refused; the partition stays put.
+        refused = ka.alter_partition_reassignments({KTP(topic_name, 0): [9, 2, 3]})
+        assert refused[KTP(topic_name, 0)] is InvalidReplicationAssignmentError, refused
+        moved = ka.alter_partition_reassignments({KTP(topic_name, 0): [4, 2, 3], KTP(topic_name, 1): [4, 3, 2]})
+        assert list(moved.values()) == [None, None], moved
+        moving = ka.list_partition_reassignments()
+        assert all(m["adding_replicas"] == [4] and m["removing_replicas"] == [1] for m in moving.values()), moving
+        wait_for(lambda: ka.list_partition_reassignments() == {}, timeout=60, what="the moves done")
+
+        def partitions():
+            return {p["partition_index"]: p for p in ka.describe_topics([topic_name])[0]["partitions"]}
+        assert [partitions()[p]["replica_nodes"] for p in (0, 1)] == [[4, 2, 3], [4, 3, 2]]
+        result = ka.elect_leaders(0, {topic_name: [0, 1]}, raise_errors=False)
+        assert all(r.error_code in (0, 84) for t in result.replica_election_results for r in t.partition_result)
+        wait_for(lambda: [partitions()[p]["leader_id"] for p in (0, 1)] == [4, 4], what="node 4 leading")
+
+        def dirs(node):
+            found = {}
+            for b in ka.describe_log_dirs():
+                if b["broker"] == node:
+                    for d in b["log_dirs"]:
+                        for t in d["topics"]:
+                            found[t["name"]] = sorted(p["partition_index"] for p in t["partitions"])
+            return found.get(topic_name, [])
+        assert dirs(4) == [0, 1]
+        wait_for(lambda: dirs(1) == [], what="node 1's copies removed")
+        stop.set()
+        writer.join()
+        assert len(acked) > 100
+        seen, dups = consume_all(cluster, topic_name, 2, acked)
+        assert dups == 0 and {v: seen.get(v) for v in acked} == acked
+
+        # Node 4 dies: leadership moves, and the controller fences it.
+        cluster.run("kill", 4)
+        wait_for(lambda: all(partitions()[p]["leader_id"] in (2, 3) for p in (0, 1)), what="new leaders")
+        wait_for(lambda: all(partitions()[p]["offline_replicas"] == [4] for p in (0, 1)), what="offline replicas")
+        info = json.loads(tern(cluster, "cluster", "info", "--json"))
+        assert [(n["node"], n["fenced"]) for n in info["nodes"]] == [(1, False), (2, False), (3, False), (4, True)]
+        assert all(p in info["under_replicated"] for p in (f"{topic_name}-0", f"{topic_name}-1"))
+        # New partitions go to the nodes that are not fenced.
+        admin(cluster).create_partitions([NewPartitions(topic_name, 3)])[topic_name].result(timeout=30)
+        wait_for(lambda: partitions().get(2, {}).get("leader_id", -1) >= 0, what="the new partition led")
+        assert sorted(partitions()[2]["replica_nodes"]) == [1, 2, 3]
+    finally:
+        cluster.run("stop")

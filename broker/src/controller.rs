@@ -130,15 +130,15 @@ pub async fn create_topic(shard: &Rc<Shard>, topic: NewTopic) -> Result<Uuid, Ap
     Ok(id)
 }
 
-/// Grows a topic to `count` partitions: place the new ones on shards, persist, open them on
-/// their owners, publish. `assignments`: how many explicit assignments the request gave (one
-/// per new partition is needed). With `validate_only`, only checks. Must run on the controller
-/// shard.
+/// Grows a topic to `count` partitions: place the new ones on shards (and in cluster mode on
+/// nodes, as many replicas as the topic's first partition has), persist, open them on their
+/// owners, publish. `assignments`: explicit replicas of each new partition (one per new
+/// partition is needed). With `validate_only`, only checks. Must run on the controller shard.
 pub async fn create_partitions(
     shard: &Rc<Shard>,
     name: String,
     count: i32,
-    assignments: Option<usize>,
+    assignments: Option<Vec<Vec<i32>>>,
     validate_only: bool,
 ) -> Result<(), ApiError> {
     let (_lock, mut meta) = begin_change(shard).await?;
@@ -165,7 +165,11 @@ pub async fn create_partitions(
             format!("partition count {count} must be at most {MAX_PARTITIONS}"),
         ));
     }
-    if let Some(given) = assignments.filter(|&n| n as i32 != count - current) {
+    if let Some(given) = assignments
+        .as_ref()
+        .map(Vec::len)
+        .filter(|&n| n as i32 != count - current)
+    {
         return Err(ApiError::new(
             ResponseError::InvalidReplicaAssignment,
             format!(
@@ -174,14 +178,34 @@ pub async fn create_partitions(
             ),
         ));
     }
-    if validate_only {
+    if shard.cluster().is_some() {
+        let factor = topic.replicas.first().map_or(1, Vec::len) as i16;
+        let new = NewTopic {
+            name: name.clone(),
+            partitions: count - current,
+            configs: BTreeMap::new(),
+            replication_factor: factor,
+            assignments,
+        };
+        let replicas = place_replicas(&meta, &new)?;
+        if validate_only {
+            return Ok(());
+        }
+        let first_group = meta.next_group.max(1);
+        meta.next_group = first_group + new.partitions as u64;
+        if let Some(topic) = meta.topics.get_mut(&name) {
+            topic.shards.extend(std::iter::repeat_n(0, replicas.len()));
+            topic
+                .groups
+                .extend((0..replicas.len() as u64).map(|i| first_group + i));
+            topic.replicas.extend(replicas);
+        }
+        persist_change(shard, &mut meta).await?;
+        tracing::info!(topic = %name, from = current, to = count, "added partitions");
         return Ok(());
     }
-    if shard.cluster().is_some() {
-        return Err(ApiError::new(
-            ResponseError::InvalidRequest,
-            "adding partitions to a replicated topic is not supported yet",
-        ));
+    if validate_only {
+        return Ok(());
     }
     let added = meta.place((count - current) as usize, shard.shard_count());
     let configs = topic.configs.clone();
@@ -306,7 +330,13 @@ async fn allocate_node_producer_id(shard: &Rc<Shard>) -> Result<i64, ApiError> {
 /// Cluster mode: replicas for a new topic's partitions, from explicit assignments (checked
 /// against the registered nodes) or placed on the nodes holding the fewest replicas.
 fn place_replicas(meta: &ClusterMeta, topic: &NewTopic) -> Result<Vec<Vec<i32>>, ApiError> {
-    let nodes: Vec<i32> = meta.nodes.keys().copied().collect();
+    let registered: Vec<i32> = meta.nodes.keys().copied().collect();
+    // Fenced nodes take no new replicas unless named.
+    let nodes: Vec<i32> = registered
+        .iter()
+        .copied()
+        .filter(|n| !meta.fenced.contains(n))
+        .collect();
     if let Some(assignments) = &topic.assignments {
         for replicas in assignments {
             let mut distinct = replicas.clone();
@@ -318,7 +348,7 @@ fn place_replicas(meta: &ClusterMeta, topic: &NewTopic) -> Result<Vec<Vec<i32>>,
             {
                 return Err(ApiError::new(
                     ResponseError::InvalidReplicaAssignment,
-                    format!("replicas {replicas:?} must be distinct nodes of {nodes:?}"),
+                    format!("replicas {replicas:?} must be distinct nodes of {registered:?}"),
                 ));
             }
         }
@@ -333,7 +363,7 @@ fn place_replicas(meta: &ClusterMeta, topic: &NewTopic) -> Result<Vec<Vec<i32>>,
         return Err(ApiError::new(
             ResponseError::InvalidReplicationFactor,
             format!(
-                "replication factor {} must be 1..={} (the nodes registered)",
+                "replication factor {} must be 1..={} (the nodes registered and not fenced)",
                 topic.replication_factor,
                 nodes.len()
             ),
@@ -452,6 +482,99 @@ pub async fn ensure_topic(
         }
         Err(e) => Err(e),
     }
+}
+
+/// One partition's requested move: its new replicas, or `None` to cancel a move in progress.
+pub struct Reassignment {
+    pub topic: String,
+    pub partition: i32,
+    pub replicas: Option<Vec<i32>>,
+}
+
+/// AlterPartitionReassignments: records each partition's target replicas in the metadata (the
+/// partition's leader then moves it there); one result per request, in order. With
+/// `allow_factor_change` false, a move must keep the replica count. Must run on the controller
+/// shard.
+pub async fn reassign_partitions(
+    shard: &Rc<Shard>,
+    moves: Vec<Reassignment>,
+    allow_factor_change: bool,
+) -> Result<Vec<Result<(), ApiError>>, ApiError> {
+    let (_lock, mut meta) = begin_change(shard).await?;
+    let clustered = shard.cluster().is_some();
+    let node = shard.config.node_id;
+    let mut results = Vec::with_capacity(moves.len());
+    let mut changed = false;
+    for m in moves {
+        let result = (|| {
+            let topic = meta
+                .topics
+                .get(&m.topic)
+                .filter(|t| m.partition >= 0 && (m.partition as usize) < t.shards.len())
+                .ok_or_else(|| {
+                    ApiError::new(
+                        ResponseError::UnknownTopicOrPartition,
+                        format!("{}-{} does not exist", m.topic, m.partition),
+                    )
+                })?;
+            let current = topic.replicas_of(m.partition, node);
+            let current = &current[..topic.replicas.get(m.partition as usize).map_or(1, Vec::len)];
+            let ongoing = topic.reassigning.get(&m.partition).cloned();
+            let Some(target) = m.replicas else {
+                if ongoing.is_none() {
+                    return Err(ApiError::new(
+                        ResponseError::NoReassignmentInProgress,
+                        format!("{}-{} is not being moved", m.topic, m.partition),
+                    ));
+                }
+                // Cancelled: back to where it was.
+                return Ok(Some(current.to_vec()));
+            };
+            let mut distinct = target.clone();
+            distinct.sort();
+            distinct.dedup();
+            let known = |n: &i32| match clustered {
+                true => meta.nodes.contains_key(n),
+                false => *n == node,
+            };
+            if target.is_empty() || distinct.len() != target.len() || !target.iter().all(known) {
+                return Err(ApiError::new(
+                    ResponseError::InvalidReplicaAssignment,
+                    format!("replicas {target:?} must be distinct registered nodes"),
+                ));
+            }
+            if !allow_factor_change && target.len() != current.len() {
+                return Err(ApiError::new(
+                    ResponseError::InvalidReplicationFactor,
+                    format!(
+                        "the move changes the replica count from {} to {}",
+                        current.len(),
+                        target.len()
+                    ),
+                ));
+            }
+            if target == current && ongoing.is_none() {
+                return Ok(None); // already there
+            }
+            Ok(Some(target))
+        })();
+        match result {
+            Ok(Some(target)) => {
+                if let Some(t) = meta.topics.get_mut(&m.topic) {
+                    t.reassigning.insert(m.partition, target);
+                    changed = true;
+                }
+                results.push(Ok(()));
+            }
+            Ok(None) => results.push(Ok(())),
+            Err(e) => results.push(Err(e)),
+        }
+    }
+    if changed {
+        persist_change(shard, &mut meta).await?;
+        tracing::info!("partition reassignments recorded");
+    }
+    Ok(results)
 }
 
 #[cfg(test)]

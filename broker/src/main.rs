@@ -72,13 +72,21 @@ struct StartArgs {
     #[arg(long, default_value_t = 0)]
     node_id: i32,
     /// Cluster mode: the controller quorum's voters, `ID@HOST:PORT,...` (their RPC listeners;
-    /// KRaft's controller.quorum.voters). Every node of the cluster must be one of them for
-    /// now. Without it, the node is a single-node cluster.
+    /// KRaft's controller.quorum.voters). A node not named in it joins as a broker only.
+    /// Without it, the node is a single-node cluster.
     #[arg(long, requires = "rpc_listen")]
     controller_quorum: Option<String>,
     /// Cluster mode: this node's internal listener, for replication and controller traffic.
     #[arg(long, requires = "controller_quorum")]
     rpc_listen: Option<String>,
+    /// Cluster mode: the RPC address other nodes use to reach this one, when it differs from
+    /// --rpc-listen (NAT, or a wildcard listen address) [default: the --rpc-listen address].
+    #[arg(long, requires = "rpc_listen")]
+    rpc_advertised: Option<String>,
+    /// Cluster mode: a node the controller has not heard from for this long is fenced
+    /// (broker.session.timeout.ms): new replicas avoid it and its replicas show as offline.
+    #[arg(long, default_value_t = 9_000)]
+    broker_session_timeout_ms: u64,
     /// This node's rack (broker.rack), shown in Metadata.
     #[arg(long)]
     rack: Option<String>,
@@ -240,6 +248,8 @@ fn start(args: StartArgs) -> Result<()> {
             (Some(quorum), Some(rpc)) => Some(cluster::ClusterConfig {
                 node_id: u64::try_from(args.node_id).context("--node-id must not be negative")?,
                 rpc_listen: resolve(rpc)?,
+                rpc_advertised: resolve(args.rpc_advertised.as_deref().unwrap_or(rpc))?,
+                session_timeout: std::time::Duration::from_millis(args.broker_session_timeout_ms),
                 quorum: cluster::ClusterConfig::parse_quorum(quorum)?,
                 rack: args.rack.clone(),
                 replica_lag: std::time::Duration::from_millis(args.replica_lag_time_max_ms),

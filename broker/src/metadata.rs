@@ -25,6 +25,10 @@ pub struct TopicMeta {
     /// Cluster mode: each partition's Raft group, by partition index.
     #[serde(default)]
     pub groups: Vec<u64>,
+    /// Cluster mode: partitions being moved, and the replicas they move to
+    /// (AlterPartitionReassignments). `replicas` says where they are until the move is done.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub reassigning: BTreeMap<i32, Vec<i32>>,
 }
 
 impl TopicMeta {
@@ -36,6 +40,7 @@ impl TopicMeta {
             configs,
             replicas: Vec::new(),
             groups: Vec::new(),
+            reassigning: BTreeMap::new(),
         }
     }
 
@@ -46,12 +51,20 @@ impl TopicMeta {
             .and_then(|p| self.groups.get(p).copied())
     }
 
-    /// The replicas of partition `p`: its nodes in cluster mode, else `node` alone.
+    /// The replicas of partition `p`: its nodes in cluster mode, else `node` alone. A
+    /// partition being moved lists its current replicas, then those it moves to (as Kafka
+    /// does during a reassignment).
     pub fn replicas_of(&self, p: i32, node: i32) -> Vec<i32> {
-        usize::try_from(p)
+        let mut replicas = usize::try_from(p)
             .ok()
             .and_then(|p| self.replicas.get(p).cloned())
-            .unwrap_or_else(|| vec![node])
+            .unwrap_or_else(|| vec![node]);
+        for &n in self.reassigning.get(&p).into_iter().flatten() {
+            if !replicas.contains(&n) {
+                replicas.push(n);
+            }
+        }
+        replicas
     }
 }
 
@@ -62,6 +75,9 @@ pub struct NodeInfo {
     pub kafka: String,
     #[serde(default)]
     pub rack: Option<String>,
+    /// The internal RPC listener other nodes use, `host:port`.
+    #[serde(default)]
+    pub rpc: String,
 }
 
 /// A versioned snapshot of the cluster's metadata. Node-wide view, shared by every shard.
@@ -79,6 +95,11 @@ pub struct ClusterMeta {
     /// Cluster mode: the next Raft group id to give a partition (0 is the metadata group).
     #[serde(default)]
     pub next_group: u64,
+    /// Cluster mode: nodes the controller has not heard from within the session timeout
+    /// (KRaft's fenced brokers): new replicas avoid them, Metadata lists their replicas as
+    /// offline.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeSet::is_empty")]
+    pub fenced: std::collections::BTreeSet<i32>,
 }
 
 impl ClusterMeta {
@@ -124,9 +145,15 @@ pub struct MetaStore {
     /// Cluster mode: the leader of each Raft group this node hosts, as its replica knows it
     /// (the replication driver on shard 0 writes it on each role change; Metadata reads it).
     leaders: std::sync::RwLock<std::collections::HashMap<u64, Leader>>,
-    /// Cluster mode: the in-sync replicas of each Raft group this node leads.
+    /// Cluster mode: the in-sync replicas of each Raft group, as its leader last told.
     isr: std::sync::RwLock<std::collections::HashMap<u64, Vec<i32>>>,
+    /// Cluster mode: each Raft group's configuration (voters, learners), as its leader last
+    /// told.
+    configs: std::sync::RwLock<std::collections::HashMap<u64, GroupConfig>>,
 }
+
+/// A Raft group's configuration as its leader reported it: (voters, learners).
+pub type GroupConfig = (Vec<i32>, Vec<i32>);
 
 impl MetaStore {
     /// Loads the metadata at startup (before any shard runs) and fits partition placement to
@@ -152,6 +179,7 @@ impl MetaStore {
             path,
             leaders: Default::default(),
             isr: Default::default(),
+            configs: Default::default(),
         })
     }
 
@@ -207,15 +235,44 @@ impl MetaStore {
         self.current.store(Arc::new(meta));
     }
 
-    /// The leader of Raft group `group` as this node knows it (`None`: no leader known, or
-    /// the group is not hosted here).
+    /// The leader of Raft group `group` as this node knows it, with its term (`None`:
+    /// nothing known; node -1: no leader known in that term).
     pub fn leader(&self, group: u64) -> Option<Leader> {
         self.leaders.read().ok()?.get(&group).copied()
     }
 
-    /// The in-sync replicas of a group this node leads.
+    /// The in-sync replicas of a group, as its leader last told.
     pub fn isr(&self, group: u64) -> Option<Vec<i32>> {
         self.isr.read().ok()?.get(&group).cloned()
+    }
+
+    /// The configuration of a group, as its leader last told.
+    pub fn config(&self, group: u64) -> Option<GroupConfig> {
+        self.configs.read().ok()?.get(&group).cloned()
+    }
+
+    /// A group's leader told its state (term `epoch`): taken unless this node knows a later
+    /// term.
+    pub fn leader_told(
+        &self,
+        group: u64,
+        leader: i32,
+        epoch: i32,
+        isr: Vec<i32>,
+        config: GroupConfig,
+    ) {
+        let Ok(mut leaders) = self.leaders.write() else {
+            return;
+        };
+        if leaders.get(&group).is_some_and(|&(_, known)| known > epoch) {
+            return;
+        }
+        leaders.insert(group, (leader, epoch));
+        drop(leaders);
+        self.set_isr(group, Some(isr));
+        if let Ok(mut configs) = self.configs.write() {
+            configs.insert(group, config);
+        }
     }
 
     pub fn set_isr(&self, group: u64, isr: Option<Vec<i32>>) {
@@ -227,12 +284,20 @@ impl MetaStore {
         }
     }
 
+    /// Sets what this node's own replica of `group` knows of its leader (`None`: forgets the
+    /// group, which left this node).
     pub fn set_leader(&self, group: u64, leader: Option<Leader>) {
         if let Ok(mut leaders) = self.leaders.write() {
             match leader {
                 Some(l) => leaders.insert(group, l),
                 None => leaders.remove(&group),
             };
+        }
+        if leader.is_none() {
+            self.set_isr(group, None);
+            if let Ok(mut configs) = self.configs.write() {
+                configs.remove(&group);
+            }
         }
     }
 }

@@ -18,7 +18,7 @@ use thiserror::Error;
 use crate::batch::{BatchHeader, HEADER_LEN};
 
 /// Bumped when the frame or its messages change incompatibly.
-pub const VERSION: u16 = 1;
+pub const VERSION: u16 = 2;
 /// Largest frame accepted: a replication round is bounded by Raft's append window (a few MiB),
 /// and one batch by `message.max.bytes`.
 pub const MAX_FRAME: usize = 256 << 20;
@@ -29,6 +29,7 @@ const FRAME_HEAD: usize = 5;
 
 const KIND_HELLO: u8 = 1;
 const KIND_ENVELOPE: u8 = 2;
+const KIND_NODE: u8 = 3;
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum RpcError {
@@ -67,6 +68,40 @@ pub struct Hello {
     pub kafka: String,
     /// The caller's rack (`client.rack` matching, KIP-392); empty when it has none.
     pub rack: String,
+    /// The caller's advertised internal RPC listener, `host:port` (so nodes that are not in
+    /// the controller quorum can be reached once registered).
+    pub rpc: String,
+}
+
+/// A message between nodes' brokers (not Raft's): what each node leads, and the controller's
+/// requests to partition leaders.
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub enum NodeMessage {
+    /// Groups the sender leads, with their state (only those that changed, or all of them
+    /// when `full`).
+    Leaders { full: bool, groups: Vec<Leadership> },
+    /// Controller to a group's leader: hand leadership to `to` (ElectLeaders).
+    TransferLeader { group: u64, to: u64 },
+}
+
+/// A group as its leader sees it.
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct Leadership {
+    pub group: u64,
+    pub term: u64,
+    /// The replicas in sync (Kafka's ISR), the leader among them.
+    pub isr: Vec<u64>,
+    /// The group's configuration in effect (committed or not).
+    pub voters: Vec<u64>,
+    pub learners: Vec<u64>,
+}
+
+/// The frame of a [`NodeMessage`].
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct NodeFrame {
+    pub from: u64,
+    pub to: u64,
+    pub message: NodeMessage,
 }
 
 /// A decoded frame.
@@ -74,6 +109,7 @@ pub struct Hello {
 pub enum Frame {
     Hello(Hello),
     Envelope(raft::Envelope),
+    Node(NodeFrame),
 }
 
 // The wire shape of Raft's messages. Batch data is a position in the frame's data section.
@@ -215,6 +251,11 @@ fn frame(kind: u8, meta: &[u8], data: Vec<Bytes>) -> Encoded {
 pub fn encode_hello(hello: &Hello) -> Encoded {
     let meta = rkyv::to_bytes::<rancor::Error>(hello).expect("a hello always serializes");
     frame(KIND_HELLO, &meta, Vec::new())
+}
+
+pub fn encode_node(message: &NodeFrame) -> Encoded {
+    let meta = rkyv::to_bytes::<rancor::Error>(message).expect("a node message always serializes");
+    frame(KIND_NODE, &meta, Vec::new())
 }
 
 fn wire_membership(m: &raft::Membership) -> WireMembership {
@@ -384,6 +425,10 @@ pub fn decode(mut frame: Bytes) -> Result<Frame, RpcError> {
         KIND_ENVELOPE => {
             let wire = rkyv::access::<ArchivedWireEnvelope, rancor::Error>(&meta).map_err(bad)?;
             Ok(Frame::Envelope(envelope(wire, &data)?))
+        }
+        KIND_NODE => {
+            let message = rkyv::from_bytes::<NodeFrame, rancor::Error>(&meta).map_err(bad)?;
+            Ok(Frame::Node(message))
         }
         other => Err(RpcError::UnknownKind(other)),
     }
@@ -651,9 +696,31 @@ mod tests {
             to: 1,
             kafka: "127.0.0.1:9092".into(),
             rack: String::new(),
+            rpc: "127.0.0.1:9192".into(),
         };
         let wire = encode_hello(&hello).to_bytes();
         assert_eq!(decode(wire.slice(4..)).unwrap(), Frame::Hello(hello));
+        for message in [
+            NodeMessage::Leaders {
+                full: true,
+                groups: vec![Leadership {
+                    group: 7,
+                    term: 3,
+                    isr: vec![1, 2],
+                    voters: vec![1, 2, 3],
+                    learners: vec![4],
+                }],
+            },
+            NodeMessage::TransferLeader { group: 7, to: 2 },
+        ] {
+            let node = NodeFrame {
+                from: 1,
+                to: 2,
+                message,
+            };
+            let wire = encode_node(&node).to_bytes();
+            assert_eq!(decode(wire.slice(4..)).unwrap(), Frame::Node(node));
+        }
     }
 
     #[test]

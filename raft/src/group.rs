@@ -335,6 +335,11 @@ impl<L: Log> Group<L> {
     pub fn membership(&self) -> &Membership {
         self.membership.current()
     }
+
+    /// The configuration of the committed log (what a change waits for before it counts).
+    pub fn committed_membership(&self) -> &Membership {
+        self.membership.at(self.commit)
+    }
     /// Leader: what it knows of a follower.
     pub fn progress(&self, id: NodeId) -> Option<&Progress> {
         self.progress.get(&id)
@@ -358,6 +363,16 @@ impl<L: Log> Group<L> {
     #[cfg(test)]
     pub(crate) fn campaign_now(&mut self) {
         self.become_candidate(true);
+    }
+
+    /// Starts a pre-vote now instead of at the election timeout, if this replica may campaign
+    /// and knows no leader (the host's hint that this replica should lead, e.g. the preferred
+    /// replica of a new partition). As safe as any election: the pre-vote fails while a leader
+    /// is heard from.
+    pub fn campaign(&mut self) {
+        if self.role == Role::Follower && self.leader.is_none() && self.may_campaign() {
+            self.become_pre_candidate();
+        }
     }
 
     #[cfg(test)]

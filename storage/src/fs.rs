@@ -11,6 +11,22 @@ pub async fn blocking<T: Send + 'static>(
     glommio::executor().spawn_blocking(f).await
 }
 
+/// The total and available bytes of the filesystem holding `path`.
+pub async fn disk_space(path: &Path) -> io::Result<(u64, u64)> {
+    let path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    blocking(move || {
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: `path` is a NUL-terminated string and `st` a valid out-parameter.
+        if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let block = st.f_frsize as u64;
+        Ok((st.f_blocks as u64 * block, st.f_bavail as u64 * block))
+    })
+    .await
+}
+
 pub async fn create_dir_all(dir: &Path) -> io::Result<()> {
     let dir = dir.to_path_buf();
     blocking(move || std::fs::create_dir_all(dir)).await

@@ -1423,6 +1423,16 @@ impl PartitionLog {
     pub fn log_start_offset(&self) -> i64 {
         self.state.borrow().log_start
     }
+
+    /// Bytes of the log's segment files (DescribeLogDirs' partition size).
+    pub fn size_bytes(&self) -> u64 {
+        self.state
+            .borrow()
+            .segments
+            .values()
+            .map(|s| s.size())
+            .sum()
+    }
     /// Offsets below this are durable (written and fdatasync'ed).
     pub fn synced_offset(&self) -> i64 {
         self.state.borrow().synced

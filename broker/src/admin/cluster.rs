@@ -1,5 +1,6 @@
-//! `tern cluster info`: the nodes, the controller, and partitions that are under-replicated
-//! (fewer in-sync replicas than replicas) or offline (no leader), over the Kafka protocol.
+//! `tern cluster info`: the nodes (alive or fenced), the controller, and partitions that are
+//! under-replicated (fewer in-sync replicas than replicas) or offline (no leader), over the
+//! Kafka protocol.
 
 use anyhow::Result;
 use clap::{Args, Subcommand};
@@ -33,6 +34,8 @@ struct NodeRow {
     address: String,
     rack: Option<String>,
     controller: bool,
+    /// The controller has not heard from it within the session timeout.
+    fenced: bool,
     /// Answered this command (a node that did not may be down or cut off).
     reachable: bool,
 }
@@ -52,7 +55,7 @@ struct Info {
 fn info(brokers: &mut Brokers) -> Result<Info> {
     let described = brokers
         .bootstrap()
-        .send(DescribeClusterRequest::default())?;
+        .send(DescribeClusterRequest::default().with_include_fenced_brokers(true))?;
     check(described.error_code, "describe cluster")?;
     let controller = described.controller_id.0;
     let mut nodes: Vec<NodeRow> = described
@@ -63,6 +66,7 @@ fn info(brokers: &mut Brokers) -> Result<Info> {
             address: format!("{}:{}", b.host, b.port),
             rack: b.rack.as_ref().map(|r| r.to_string()),
             controller: b.broker_id.0 == controller,
+            fenced: b.is_fenced,
             reachable: false,
         })
         .collect();
@@ -127,7 +131,14 @@ pub fn run(args: ClusterArgs) -> Result<()> {
                 if info.offline.is_empty() { "-".into() } else { info.offline.join(" ") },
             ))?;
             emit(&table(
-                &["NODE", "ADDRESS", "RACK", "CONTROLLER", "REACHABLE"],
+                &[
+                    "NODE",
+                    "ADDRESS",
+                    "RACK",
+                    "CONTROLLER",
+                    "FENCED",
+                    "REACHABLE",
+                ],
                 info.nodes
                     .iter()
                     .map(|n| {
@@ -136,6 +147,7 @@ pub fn run(args: ClusterArgs) -> Result<()> {
                             n.address.clone(),
                             n.rack.clone().unwrap_or_else(|| "-".into()),
                             n.controller.to_string(),
+                            n.fenced.to_string(),
                             n.reachable.to_string(),
                         ]
                     })

@@ -9,8 +9,13 @@
 //! stale base is refused by every node alike when applied, so two controllers in succession
 //! never overwrite each other's changes.
 //!
-//! Nodes register through their RPC hello (Kafka listener, rack): the controller adds the nodes
-//! it hears from to the metadata.
+//! Nodes register through their RPC hello (Kafka listener, rack, RPC listener): the controller
+//! adds the nodes it hears from to the metadata, and makes those that are not voters of the
+//! quorum learners of the metadata group, so every node follows the metadata log. A node the
+//! controller has not heard from within the session timeout is fenced in the metadata.
+//!
+//! Leaders tell every node what they lead (`leaders.rs`): Metadata on any node names each
+//! partition's leader, ISR and configuration, and the controller sees reassignments finish.
 //!
 //! Exists on shard 0 only: the replication driver runs there, and replicated partitions are
 //! placed there (per shard: planned).
@@ -24,7 +29,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tern_protocol::batch;
 use tern_raft::{GroupId, Membership, NodeId, Role, RoleChange};
 use tern_storage::{LogConfig, PartitionLog};
@@ -35,6 +40,8 @@ use crate::metadata::{ClusterMeta, NodeInfo};
 use crate::replication::{Replicator, Timing};
 use crate::rpc::{RpcConfig, Transport};
 use crate::shard::Shard;
+
+mod leaders;
 
 /// The metadata log's Raft group.
 pub const METADATA_GROUP: GroupId = 0;
@@ -51,6 +58,10 @@ const REGISTER_INTERVAL: Duration = Duration::from_millis(200);
 pub struct ClusterConfig {
     pub node_id: NodeId,
     pub rpc_listen: SocketAddr,
+    /// Where other nodes reach this one's RPC listener.
+    pub rpc_advertised: SocketAddr,
+    /// A node not heard from for this long is fenced (broker.session.timeout.ms).
+    pub session_timeout: Duration,
     /// The controller quorum's voters and their RPC addresses.
     pub quorum: BTreeMap<NodeId, SocketAddr>,
     pub rack: Option<String>,
@@ -104,6 +115,11 @@ pub struct Cluster {
     /// Outcomes of the newest snapshots applied: (offset, accepted).
     outcomes: RefCell<VecDeque<(i64, bool)>>,
     applied_event: Event,
+    /// Since when this node is the controller (it fences no node before it could hear from
+    /// each for a session timeout).
+    controller_since: Cell<Option<Instant>>,
+    /// What this node last told the others of the groups it leads.
+    told: RefCell<leaders::Told>,
 }
 
 impl Cluster {
@@ -111,11 +127,13 @@ impl Cluster {
     /// group, then applies the metadata log in the background.
     pub async fn start(shard: &Rc<Shard>, config: ClusterConfig) -> Result<Rc<Cluster>> {
         let me = config.node_id;
-        if !config.quorum.contains_key(&me) {
+        if config.rpc_advertised.ip().is_unspecified() {
             anyhow::bail!(
-                "node {me} is not in the controller quorum; nodes that are brokers only are not supported yet"
+                "the RPC address {} cannot be dialled by other nodes: give --rpc-advertised",
+                config.rpc_advertised
             );
         }
+        let voter = config.quorum.contains_key(&me);
         let listener = glommio::net::TcpListener::bind(config.rpc_listen)
             .map_err(|e| anyhow::anyhow!("bind RPC listener {}: {e}", config.rpc_listen))?;
         let rpc = RpcConfig {
@@ -129,8 +147,12 @@ impl Cluster {
                 .collect(),
             kafka: advertised(shard),
             rack: config.rack.clone(),
+            rpc: config.rpc_advertised.to_string(),
         };
         let (transport, inbound) = Transport::start(rpc, listener);
+        let messages = transport
+            .take_messages()
+            .context("the transport's node messages")?;
         let replicator = Replicator::start(transport.clone(), inbound, Timing::default());
         let metadata = PartitionLog::open(
             &shard.config.data_dir.join(METADATA_DIR),
@@ -138,6 +160,8 @@ impl Cluster {
         )
         .await
         .context("open the metadata log")?;
+        // A broker that is not a voter starts outside the group: the controller makes it a
+        // learner once it registered.
         replicator
             .add_group(
                 METADATA_GROUP,
@@ -146,6 +170,11 @@ impl Cluster {
             )
             .await
             .context("start the metadata group")?;
+        tracing::info!(
+            node = me,
+            role = if voter { "controller voter" } else { "broker" },
+            "joining the cluster"
+        );
         let cluster = Rc::new(Cluster {
             config,
             replicator,
@@ -155,6 +184,8 @@ impl Cluster {
             applied: Cell::new(0),
             outcomes: RefCell::new(VecDeque::new()),
             applied_event: Event::new(),
+            controller_since: Cell::new(None),
+            told: RefCell::default(),
         });
         shard.groups.set_clustered();
         let (weak, shard_ref) = (Rc::downgrade(&cluster), shard.clone());
@@ -167,7 +198,8 @@ impl Cluster {
             }));
         glommio::spawn_local(cluster.clone().apply_loop(shard.clone())).detach();
         glommio::spawn_local(cluster.clone().register_loop(shard.clone())).detach();
-        glommio::spawn_local(cluster.clone().isr_loop(shard.clone())).detach();
+        glommio::spawn_local(cluster.clone().report_loop(shard.clone())).detach();
+        glommio::spawn_local(cluster.clone().message_loop(shard.clone(), messages)).detach();
         Ok(cluster)
     }
 
@@ -178,9 +210,14 @@ impl Cluster {
     /// A group's role, term or leader changed: published for Metadata; for a
     /// `__consumer_offsets` partition, its groups come to or leave this node's coordinator.
     fn role_changed(self: &Rc<Self>, shard: &Rc<Shard>, group: GroupId, role: RoleChange) {
+        let leader = role.leader.map_or(-1, |l| l as i32);
         shard
             .meta
-            .set_leader(group, role.leader.map(|l| (l as i32, role.term as i32)));
+            .set_leader(group, Some((leader, role.term as i32)));
+        if group == METADATA_GROUP {
+            let since = (role.role == Role::Leader).then(Instant::now);
+            self.controller_since.set(since);
+        }
         let Some((topic, p)) = self.hosted.borrow().get(&group).cloned() else {
             return;
         };
@@ -233,18 +270,6 @@ impl Cluster {
     pub fn in_sync(&self, group: GroupId) -> Option<Vec<i32>> {
         let isr = self.replicator.in_sync(group, self.config.replica_lag)?;
         Some(isr.into_iter().map(|n| n as i32).collect())
-    }
-
-    /// Publishes the ISR of the partitions this node leads, for Metadata, twice a second (a
-    /// follower leaves it by time, not by an event).
-    async fn isr_loop(self: Rc<Self>, shard: Rc<Shard>) {
-        loop {
-            glommio::timer::sleep(Duration::from_millis(500)).await;
-            let groups: Vec<GroupId> = self.hosted.borrow().keys().copied().collect();
-            for group in groups {
-                shard.meta.set_isr(group, self.in_sync(group));
-            }
-        }
     }
 
     /// The leader epoch (Raft term) of a group this node leads.
@@ -420,10 +445,25 @@ impl Cluster {
             return false;
         }
         let me = self.node_id();
+        for (&id, node) in &meta.nodes {
+            // Voters are reached at their quorum address; other nodes where they registered.
+            let id = id as NodeId;
+            if !self.config.quorum.contains_key(&id) {
+                match node.rpc.parse() {
+                    Ok(addr) => self.transport.add_peer(id, addr),
+                    Err(_) => {
+                        tracing::warn!(node = id, rpc = %node.rpc, "node registered without a usable RPC address")
+                    }
+                }
+            }
+        }
+        // The partitions this node holds, or joins as a reassignment's new replica.
         let mut wanted = BTreeMap::new();
         for (name, t) in &meta.topics {
             for (p, replicas) in t.replicas.iter().enumerate() {
-                if let (true, Some(&group)) = (replicas.contains(&me), t.groups.get(p)) {
+                let target = t.reassigning.get(&(p as i32));
+                let mine = replicas.contains(&me) || target.is_some_and(|t| t.contains(&me));
+                if let (true, Some(&group)) = (mine, t.groups.get(p)) {
                     wanted.insert(group, (name.clone(), p as i32, replicas.clone()));
                 }
             }
@@ -437,7 +477,13 @@ impl Cluster {
             .collect();
         for (group, (name, p)) in gone {
             self.replicator.remove_group(group);
-            shard.meta.set_leader(group, None);
+            let exists = meta
+                .topics
+                .get(&name)
+                .is_some_and(|t| t.groups.contains(&group));
+            if !exists {
+                shard.meta.set_leader(group, None); // else its leader keeps telling
+            }
             self.hosted.borrow_mut().remove(&group);
             if let Err(e) = shard.remove_partition(&name, p).await {
                 tracing::error!(error = %format!("{e:#}"), "remove a partition no longer held");
@@ -461,6 +507,14 @@ impl Cluster {
             };
             match opened.await {
                 Ok(()) => {
+                    // A new partition's first replica is its preferred leader: it stands first.
+                    let new_partition = current
+                        .topics
+                        .get(&name)
+                        .is_none_or(|t| p as usize >= t.replicas.len());
+                    if new_partition && replicas.first() == Some(&me) {
+                        self.replicator.campaign(group);
+                    }
                     self.hosted.borrow_mut().insert(group, (name, p));
                 }
                 Err(e) => {
@@ -486,8 +540,10 @@ impl Cluster {
         true
     }
 
-    /// The controller registers the nodes it hears from (and itself): their Kafka listener and
-    /// rack, so Metadata can name them.
+    /// The controller registers the nodes it hears from (and itself): their Kafka listener,
+    /// rack and RPC listener, so Metadata can name them and nodes can reach each other; fences
+    /// those it stops hearing from; makes brokers learners of the metadata group; finishes
+    /// reassignments.
     async fn register_loop(self: Rc<Self>, shard: Rc<Shard>) {
         loop {
             glommio::timer::sleep(REGISTER_INTERVAL).await;
@@ -498,16 +554,14 @@ impl Cluster {
                 .transport
                 .hellos()
                 .into_iter()
-                .filter(|(id, _)| self.config.quorum.contains_key(id))
                 .map(|(id, h)| {
                     let rack = Some(h.rack).filter(|r| !r.is_empty());
-                    (
-                        id as i32,
-                        NodeInfo {
-                            kafka: h.kafka,
-                            rack,
-                        },
-                    )
+                    let info = NodeInfo {
+                        kafka: h.kafka,
+                        rack,
+                        rpc: h.rpc,
+                    };
+                    (id as i32, info)
                 })
                 .collect();
             nodes.insert(
@@ -515,32 +569,92 @@ impl Cluster {
                 NodeInfo {
                     kafka: advertised(&shard),
                     rack: self.config.rack.clone(),
+                    rpc: self.config.rpc_advertised.to_string(),
                 },
             );
             let current = shard.meta.snapshot();
+            let fenced = self.fenced(&current);
             let changed = nodes.iter().any(|(id, n)| current.nodes.get(id) != Some(n))
-                || current.cluster_id.is_empty();
-            if !changed {
-                // Every voter registered: the groups' topic can get its replicas.
-                if !current.topics.contains_key(OFFSETS_TOPIC)
-                    && current.nodes.len() >= self.config.quorum.len()
-                {
-                    self.create_offsets_topic(&shard).await;
+                || current.cluster_id.is_empty()
+                || fenced != current.fenced;
+            if changed {
+                let Ok((_lock, mut meta)) = crate::controller::begin_change(&shard).await else {
+                    continue;
+                };
+                if meta.cluster_id.is_empty() {
+                    meta.cluster_id = uuid::Uuid::new_v4().simple().to_string();
+                }
+                for (id, n) in nodes {
+                    meta.nodes.insert(id, n);
+                }
+                for id in fenced.symmetric_difference(&meta.fenced) {
+                    let now = if fenced.contains(id) {
+                        "fenced"
+                    } else {
+                        "unfenced"
+                    };
+                    tracing::info!(node = id, "{now}");
+                }
+                meta.fenced = fenced;
+                meta.version += 1;
+                if let Err(e) = self.commit(&meta).await {
+                    tracing::debug!(error = %e.message, "register nodes");
                 }
                 continue;
             }
-            let Ok((_lock, mut meta)) = crate::controller::begin_change(&shard).await else {
-                continue;
-            };
-            if meta.cluster_id.is_empty() {
-                meta.cluster_id = uuid::Uuid::new_v4().simple().to_string();
+            self.add_metadata_learners(&current);
+            // Every voter registered: the groups' topic can get its replicas.
+            if !current.topics.contains_key(OFFSETS_TOPIC)
+                && current.nodes.len() >= self.config.quorum.len()
+            {
+                self.create_offsets_topic(&shard).await;
             }
-            for (id, n) in nodes {
-                meta.nodes.insert(id, n);
-            }
-            meta.version += 1;
-            if let Err(e) = self.commit(&meta).await {
-                tracing::debug!(error = %e.message, "register nodes");
+            self.finish_reassignments(&shard, &current).await;
+        }
+    }
+
+    /// The registered nodes the controller has not heard from within the session timeout
+    /// (counted from when it became controller at the earliest).
+    fn fenced(&self, meta: &ClusterMeta) -> std::collections::BTreeSet<i32> {
+        let Some(since) = self.controller_since.get() else {
+            return meta.fenced.clone();
+        };
+        meta.nodes
+            .keys()
+            .copied()
+            .filter(|&id| id != self.node_id())
+            .filter(|&id| {
+                let timeout = self.config.session_timeout;
+                let heard = self.replicator.heard_from(id as NodeId);
+                if heard.is_some_and(|h| h.elapsed() <= timeout) {
+                    false
+                } else if since.elapsed() <= timeout {
+                    meta.fenced.contains(&id) // not known yet: as the last controller said
+                } else {
+                    true
+                }
+            })
+            .collect()
+    }
+
+    /// Every registered node that is not a voter follows the metadata log as a learner (one
+    /// configuration change at a time: the others wait for the next round).
+    fn add_metadata_learners(&self, meta: &ClusterMeta) {
+        let Some(members) = self.replicator.membership(METADATA_GROUP) else {
+            return;
+        };
+        let broker = meta
+            .nodes
+            .keys()
+            .map(|&id| id as NodeId)
+            .find(|id| !self.config.quorum.contains_key(id) && !members.is_member(*id));
+        if let Some(id) = broker {
+            match self
+                .replicator
+                .propose_membership(METADATA_GROUP, tern_raft::MembershipChange::AddLearner(id))
+            {
+                Ok(_) => tracing::info!(node = id, "broker joins the metadata log as a learner"),
+                Err(e) => tracing::debug!(node = id, error = ?e, "add a metadata learner"),
             }
         }
     }

@@ -13,8 +13,8 @@ use crate::controller::{self, ApiError, CONTROLLER_SHARD};
 use crate::shard::Shard;
 
 /// What does not need the controller: internal topics keep their partition count (it decides
-/// which partition holds a group), and explicit assignments put each new partition on this
-/// broker only.
+/// which partition holds a group), and on a single node explicit assignments put each new
+/// partition on this broker only (the controller checks a cluster's against its nodes).
 fn check(shard: &Shard, t: &CreatePartitionsTopic) -> Result<(), ApiError> {
     let name = t.name.0.as_str();
     if is_internal(name) {
@@ -25,9 +25,10 @@ fn check(shard: &Shard, t: &CreatePartitionsTopic) -> Result<(), ApiError> {
     }
     let node = shard.config.node_id;
     let assignments = t.assignments.iter().flatten();
-    if assignments
-        .clone()
-        .any(|a| !controller::on_this_node_only(node, &a.broker_ids))
+    if shard.config.cluster.is_none()
+        && assignments
+            .clone()
+            .any(|a| !controller::on_this_node_only(node, &a.broker_ids))
     {
         return Err(ApiError::new(
             ResponseError::InvalidReplicaAssignment,
@@ -55,7 +56,11 @@ pub async fn handle(shard: &Rc<Shard>, req: CreatePartitionsRequest) -> Response
                 Err(e) => Err(e),
                 Ok(()) => {
                     let (count, validate_only) = (t.count, req.validate_only);
-                    let assignments = t.assignments.as_ref().map(Vec::len);
+                    let assignments = t.assignments.as_ref().map(|a| {
+                        a.iter()
+                            .map(|a| a.broker_ids.iter().map(|b| b.0).collect())
+                            .collect()
+                    });
                     shard
                         .run_on(CONTROLLER_SHARD, move |s| async move {
                             controller::create_partitions(

@@ -25,14 +25,17 @@ pub fn handle(shard: &Rc<Shard>, req: DescribeClusterRequest, version: i16) -> R
                 ))),
         );
     }
+    // v2 (KIP-1073) names fenced brokers only when asked, and says which they are.
     let brokers = super::nodes::nodes(shard)
         .into_iter()
+        .filter(|n| version < 2 || req.include_fenced_brokers || !n.fenced)
         .map(|n| {
             DescribeClusterBroker::default()
                 .with_broker_id(BrokerId(n.id))
                 .with_host(str_bytes(&n.host))
                 .with_port(n.port)
                 .with_rack(n.rack.as_deref().map(str_bytes))
+                .with_is_fenced(n.fenced)
         })
         .collect();
     ResponseKind::DescribeCluster(

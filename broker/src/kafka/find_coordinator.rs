@@ -49,6 +49,7 @@ pub fn handle(shard: &Rc<Shard>, req: FindCoordinatorRequest, version: i16) -> R
                     host: cfg.advertised_host.clone(),
                     port: cfg.advertised_port,
                     rack: None,
+                    fenced: false,
                 }),
                 (Some(_), _) => None,
             };

@@ -28,10 +28,10 @@ pub fn describe_topic(shard: &Shard, name: &str, topic: &TopicMeta) -> MetadataR
             };
             let offline: Vec<BrokerId> = match shard.config.cluster {
                 Some(_) => {
-                    let registered = &shard.meta.snapshot().nodes;
+                    let meta = shard.meta.snapshot();
                     view.replicas
                         .iter()
-                        .filter(|n| !registered.contains_key(n))
+                        .filter(|n| !meta.nodes.contains_key(n) || meta.fenced.contains(n))
                         .map(|&n| BrokerId(n))
                         .collect()
                 }

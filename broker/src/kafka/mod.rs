@@ -11,6 +11,7 @@ use crate::server::Reply;
 use crate::shard::Shard;
 
 mod alter_configs;
+mod alter_partition_reassignments;
 mod api_versions;
 mod authorized;
 mod consumer_group_describe;
@@ -23,6 +24,8 @@ mod delete_topics;
 mod describe_cluster;
 mod describe_configs;
 mod describe_groups;
+mod describe_log_dirs;
+mod elect_leaders;
 mod fetch;
 mod find_coordinator;
 mod heartbeat;
@@ -31,6 +34,7 @@ mod join_group;
 mod leave_group;
 pub mod list_groups;
 mod list_offsets;
+mod list_partition_reassignments;
 mod metadata;
 mod nodes;
 mod offset_commit;
@@ -92,6 +96,14 @@ pub async fn handle(shard: Rc<Shard>, request: Request, peer: Rc<str>) -> Reply 
             offset_for_leader_epoch::handle(&shard, req).await
         }
         RequestKind::AlterConfigs(req) => alter_configs::handle_alter(&shard, req).await,
+        RequestKind::ElectLeaders(req) => elect_leaders::handle(&shard, req, version).await,
+        RequestKind::AlterPartitionReassignments(req) => {
+            alter_partition_reassignments::handle(&shard, req, version).await
+        }
+        RequestKind::ListPartitionReassignments(req) => {
+            list_partition_reassignments::handle(&shard, req)
+        }
+        RequestKind::DescribeLogDirs(req) => describe_log_dirs::handle(&shard, req).await,
         RequestKind::IncrementalAlterConfigs(req) => {
             alter_configs::handle_incremental(&shard, req).await
         }

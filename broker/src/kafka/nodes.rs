@@ -10,6 +10,8 @@ pub struct NodeView {
     pub host: String,
     pub port: i32,
     pub rack: Option<String>,
+    /// The controller has not heard from it within the session timeout.
+    pub fenced: bool,
 }
 
 /// Every node of the cluster (this one alone on a single node, and until the controller
@@ -20,6 +22,7 @@ pub fn nodes(shard: &Shard) -> Vec<NodeView> {
         host: shard.config.advertised_host.clone(),
         port: shard.config.advertised_port,
         rack: shard.config.cluster.as_ref().and_then(|c| c.rack.clone()),
+        fenced: false,
     };
     let meta = shard.meta.snapshot();
     if shard.config.cluster.is_none() || !meta.nodes.contains_key(&me.id) {
@@ -34,6 +37,7 @@ pub fn nodes(shard: &Shard) -> Vec<NodeView> {
                 host: host.trim_matches(|c| c == '[' || c == ']').to_string(),
                 port: port.parse().ok()?,
                 rack: n.rack.clone(),
+                fenced: meta.fenced.contains(&id),
             })
         })
         .collect()

@@ -22,8 +22,8 @@ use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 use tern_raft::{
-    Config, Envelope, Group, GroupId, Membership, MultiRaft, MultiReady, NodeId, Offset,
-    ProposeError, Role, RoleChange, Term,
+    Config, Envelope, Group, GroupId, Membership, MembershipChange, MultiRaft, MultiReady, NodeId,
+    Offset, ProposeError, Role, RoleChange, Term,
 };
 use tern_storage::{Appended, LogError, PartitionLog, Prepared};
 use thiserror::Error;
@@ -305,6 +305,60 @@ impl Replicator {
         let multi = self.multi.borrow();
         let g = multi.group(group)?;
         Some(g.epochs().end_for(term, tern_raft::Log::end(g.log())))
+    }
+
+    /// Leader: proposes one configuration change of `group`.
+    pub fn propose_membership(
+        &self,
+        group: GroupId,
+        change: MembershipChange,
+    ) -> Result<Offset, ProposeError> {
+        let mut multi = self.multi.borrow_mut();
+        let g = multi
+            .group_mut(group)
+            .ok_or(ProposeError::NotLeader { leader: None })?;
+        let offset = g.propose_membership(change)?;
+        drop(multi);
+        self.work.notify(1);
+        Ok(offset)
+    }
+
+    /// Leader: hands leadership of `group` to `to` once it holds the whole log.
+    pub fn transfer_leader(&self, group: GroupId, to: NodeId) -> Result<(), ProposeError> {
+        let mut multi = self.multi.borrow_mut();
+        let g = multi
+            .group_mut(group)
+            .ok_or(ProposeError::NotLeader { leader: None })?;
+        g.transfer_leader(to)?;
+        drop(multi);
+        self.work.notify(1);
+        Ok(())
+    }
+
+    /// Asks for an election now if `group` has no leader this replica knows (see
+    /// [`Group::campaign`]).
+    pub fn campaign(&self, group: GroupId) {
+        if let Some(g) = self.multi.borrow_mut().group_mut(group) {
+            g.campaign();
+        }
+        self.work.notify(1);
+    }
+
+    /// The configuration of `group` in effect on this replica (committed or not).
+    pub fn membership(&self, group: GroupId) -> Option<Membership> {
+        let multi = self.multi.borrow();
+        Some(multi.group(group)?.membership().clone())
+    }
+
+    /// The committed configuration of `group` on this replica.
+    pub fn committed_membership(&self, group: GroupId) -> Option<Membership> {
+        let multi = self.multi.borrow();
+        Some(multi.group(group)?.committed_membership().clone())
+    }
+
+    /// When node `node` was last heard from (any Raft envelope).
+    pub fn heard_from(&self, node: NodeId) -> Option<Instant> {
+        self.heard.borrow().get(&node).copied()
     }
 
     /// The group's role, term and leader as this node knows them.

@@ -39,6 +39,7 @@ async fn cluster(dir: &std::path::Path, n: u64, log_config: LogConfig) -> Vec<No
                 .collect(),
             kafka: String::new(),
             rack: None,
+            rpc: addrs[i].to_string(),
         };
         let (transport, inbound) = Transport::start(config, listener);
         let timing = Timing {

@@ -1,11 +1,15 @@
 //! The internal RPC of a node: the `--rpc-listen` listener, and one outgoing connection per peer
-//! node, carrying Raft envelopes as `protocol::rpc` frames.
+//! node, carrying Raft envelopes and node messages as `protocol::rpc` frames.
 //!
 //! Each direction of a node pair has its own connection, opened by the sender, so a node only
 //! ever writes to connections it opened and reads from ones it accepted. Sending never waits:
 //! each peer has a bounded queue, and an envelope that does not fit is dropped (Raft resends
 //! what a follower misses; heartbeats come again next interval) and counted. Receiving applies
 //! backpressure: a connection is read only as fast as the node takes its envelopes.
+//!
+//! Peers are the controller quorum's voters at start, then every node the metadata registers
+//! ([`Transport::add_peer`]). A node of the same cluster that is not known yet may connect: that
+//! is how a broker that is not a voter registers.
 //!
 //! Exists once per node, on shard 0 (connections per shard pair are planned with partitions
 //! spread over shards).
@@ -18,15 +22,17 @@ use glommio::net::{TcpListener, TcpStream};
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::time::Duration;
-use tern_protocol::rpc::{self, Encoded, Frame, Hello};
+use tern_protocol::rpc::{self, Encoded, Frame, Hello, NodeFrame, NodeMessage};
 use tern_raft::{Envelope, NodeId};
 
 /// Frames queued per peer before sends are dropped.
 const QUEUE_FRAMES: usize = 256;
 /// Envelopes received and not yet taken before connections stop being read.
 const INBOUND_FRAMES: usize = 256;
+/// Node messages received and not yet taken before connections stop being read.
+const INBOUND_MESSAGES: usize = 64;
 /// A peer that connects must say hello within this.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -43,11 +49,14 @@ pub struct RpcConfig {
     pub node_id: NodeId,
     /// Nodes of another cluster are refused.
     pub cluster: String,
-    /// Every other node's RPC address.
+    /// The other nodes known at start (the controller quorum's voters) and their RPC
+    /// addresses.
     pub peers: BTreeMap<NodeId, SocketAddr>,
-    /// This node's advertised Kafka listener and rack, told to peers in its hello.
+    /// This node's advertised Kafka listener, rack and RPC listener, told to peers in its
+    /// hello.
     pub kafka: String,
     pub rack: Option<String>,
+    pub rpc: String,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -60,13 +69,28 @@ pub enum SendError {
 /// The node's side of the internal RPC. Exists once per node, on shard 0.
 pub struct Transport {
     config: Rc<RpcConfig>,
-    queues: BTreeMap<NodeId, LocalSender<Encoded>>,
+    peers: RefCell<BTreeMap<NodeId, Peer>>,
     dropped: Cell<u64>,
     /// The newest hello of each peer that connected (its Kafka listener and rack).
     hellos: Hellos,
+    /// Node messages received, until the cluster takes them.
+    messages: RefCell<Option<LocalReceiver<NodeFrame>>>,
+}
+
+/// An outgoing connection's queue; dropping it ends the connection's task.
+struct Peer {
+    addr: SocketAddr,
+    queue: LocalSender<Encoded>,
+    _alive: Rc<()>,
 }
 
 type Hellos = Rc<RefCell<BTreeMap<NodeId, Hello>>>;
+
+/// Where received frames go.
+struct Inbound {
+    envelopes: LocalSender<Envelope>,
+    messages: LocalSender<NodeFrame>,
+}
 
 impl Transport {
     /// Starts accepting on `listener` and connecting to every peer. Envelopes that arrive (from
@@ -77,8 +101,12 @@ impl Transport {
         listener: TcpListener,
     ) -> (Rc<Transport>, LocalReceiver<Envelope>) {
         let config = Rc::new(config);
-        let (inbound, received) = local_channel::new_bounded(INBOUND_FRAMES);
-        let inbound = Rc::new(inbound);
+        let (envelopes, received) = local_channel::new_bounded(INBOUND_FRAMES);
+        let (messages, messages_received) = local_channel::new_bounded(INBOUND_MESSAGES);
+        let inbound = Rc::new(Inbound {
+            envelopes,
+            messages,
+        });
         let hellos = Hellos::default();
         glommio::spawn_local(accept_loop(
             config.clone(),
@@ -87,19 +115,53 @@ impl Transport {
             hellos.clone(),
         ))
         .detach();
-        let mut queues = BTreeMap::new();
-        for (&peer, &addr) in &config.peers {
-            let (tx, rx) = local_channel::new_bounded(QUEUE_FRAMES);
-            queues.insert(peer, tx);
-            glommio::spawn_local(connect_loop(config.clone(), peer, addr, rx)).detach();
-        }
         let transport = Rc::new(Transport {
-            config,
-            queues,
+            config: config.clone(),
+            peers: RefCell::new(BTreeMap::new()),
             dropped: Cell::new(0),
             hellos,
+            messages: RefCell::new(Some(messages_received)),
         });
+        for (&peer, &addr) in &config.peers {
+            transport.add_peer(peer, addr);
+        }
         (transport, received)
+    }
+
+    /// Connects to node `peer` at `addr` (again, if it moved). Peers are never forgotten.
+    pub fn add_peer(&self, peer: NodeId, addr: SocketAddr) {
+        if peer == self.config.node_id
+            || self
+                .peers
+                .borrow()
+                .get(&peer)
+                .is_some_and(|p| p.addr == addr)
+        {
+            return;
+        }
+        let (queue, rx) = local_channel::new_bounded(QUEUE_FRAMES);
+        let alive = Rc::new(());
+        glommio::spawn_local(connect_loop(
+            self.config.clone(),
+            peer,
+            addr,
+            rx,
+            Rc::downgrade(&alive),
+        ))
+        .detach();
+        self.peers.borrow_mut().insert(
+            peer,
+            Peer {
+                addr,
+                queue,
+                _alive: alive,
+            },
+        );
+    }
+
+    /// The node messages received (once: the cluster takes them).
+    pub fn take_messages(&self) -> Option<LocalReceiver<NodeFrame>> {
+        self.messages.borrow_mut().take()
     }
 
     pub fn node_id(&self) -> NodeId {
@@ -108,11 +170,23 @@ impl Transport {
 
     /// Queues `envelope` for its destination without waiting.
     pub fn send(&self, envelope: &Envelope) -> Result<(), SendError> {
-        let queue = self
-            .queues
-            .get(&envelope.to)
-            .ok_or(SendError::UnknownPeer(envelope.to))?;
-        queue.try_send(rpc::encode_envelope(envelope)).map_err(|_| {
+        self.send_frame(envelope.to, rpc::encode_envelope(envelope))
+    }
+
+    /// Queues a node message for node `to` without waiting.
+    pub fn send_message(&self, to: NodeId, message: NodeMessage) -> Result<(), SendError> {
+        let frame = rpc::encode_node(&NodeFrame {
+            from: self.config.node_id,
+            to,
+            message,
+        });
+        self.send_frame(to, frame)
+    }
+
+    fn send_frame(&self, to: NodeId, frame: Encoded) -> Result<(), SendError> {
+        let peers = self.peers.borrow();
+        let peer = peers.get(&to).ok_or(SendError::UnknownPeer(to))?;
+        peer.queue.try_send(frame).map_err(|_| {
             self.dropped.set(self.dropped.get() + 1);
             SendError::Full
         })
@@ -135,6 +209,7 @@ async fn connect_loop(
     peer: NodeId,
     addr: SocketAddr,
     queue: LocalReceiver<Encoded>,
+    alive: Weak<()>,
 ) {
     let hello = rpc::encode_hello(&Hello {
         version: rpc::VERSION,
@@ -143,6 +218,7 @@ async fn connect_loop(
         to: peer,
         kafka: config.kafka.clone(),
         rack: config.rack.clone().unwrap_or_default(),
+        rpc: config.rpc.clone(),
     });
     let mut delay = RECONNECT_MIN;
     let mut scratch = Vec::new();
@@ -150,6 +226,9 @@ async fn connect_loop(
         let stream = match with_timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
             Some(Ok(stream)) => stream,
             _ => {
+                if alive.upgrade().is_none() {
+                    return; // the peer moved: another task connects to it
+                }
                 // Frames queued meanwhile wait: the queue bounds them.
                 glommio::timer::sleep(delay).await;
                 delay = (delay * 2).min(RECONNECT_MAX);
@@ -215,7 +294,7 @@ async fn write_frame(
 async fn accept_loop(
     config: Rc<RpcConfig>,
     listener: TcpListener,
-    inbound: Rc<LocalSender<Envelope>>,
+    inbound: Rc<Inbound>,
     hellos: Hellos,
 ) {
     loop {
@@ -258,13 +337,13 @@ async fn read_frame(stream: &mut TcpStream) -> Result<Option<Bytes>, String> {
     Ok(Some(body.freeze()))
 }
 
-/// One accepted connection: a hello from a known node of this cluster calling this node, then
-/// envelopes from it to this node. Anything else closes the connection (the error says why)
-/// with nothing of it applied.
+/// One accepted connection: a hello from another node of this cluster calling this node, then
+/// envelopes and node messages from it to this node. Anything else closes the connection (the
+/// error says why) with nothing of it applied.
 async fn serve(
     config: &RpcConfig,
     mut stream: TcpStream,
-    inbound: &LocalSender<Envelope>,
+    inbound: &Inbound,
     hellos: &RefCell<BTreeMap<NodeId, Hello>>,
 ) -> Result<(), String> {
     let first = with_timeout(HELLO_TIMEOUT, read_frame(&mut stream))
@@ -273,7 +352,7 @@ async fn serve(
         .ok_or("closed before hello")?;
     let hello = match rpc::decode(first).map_err(|e| e.to_string())? {
         Frame::Hello(h) => h,
-        Frame::Envelope(_) => return Err("an envelope before hello".into()),
+        Frame::Envelope(_) | Frame::Node(_) => return Err("a message before hello".into()),
     };
     if hello.version != rpc::VERSION {
         return Err(format!("protocol version {}", hello.version));
@@ -284,18 +363,30 @@ async fn serve(
     if hello.to != config.node_id {
         return Err(format!("hello for node {}", hello.to));
     }
-    if !config.peers.contains_key(&hello.from) {
-        return Err(format!("node {} is not in the cluster", hello.from));
+    if hello.from == config.node_id {
+        return Err(format!("hello from this node's own id {}", hello.from));
     }
     tracing::info!(peer = hello.from, kafka = %hello.kafka, "node connected");
     hellos.borrow_mut().insert(hello.from, hello.clone());
     while let Some(frame) = read_frame(&mut stream).await? {
+        let addressed = |from, to| from == hello.from && to == config.node_id;
         let envelope = match rpc::decode(frame) {
             Ok(Frame::Envelope(e)) => e,
+            Ok(Frame::Node(m)) if addressed(m.from, m.to) => {
+                if inbound.messages.send(m).await.is_err() {
+                    return Ok(());
+                }
+                continue;
+            }
+            Ok(Frame::Node(m)) => {
+                return Err(format!(
+                    "node {} sent a message from {} to {}",
+                    hello.from, m.from, m.to
+                ))
+            }
             Ok(Frame::Hello(_)) => return Err("a second hello".into()),
             Err(e) => return Err(format!("node {}: {e}", hello.from)),
         };
-        let addressed = |from, to| from == hello.from && to == config.node_id;
         if !addressed(envelope.from, envelope.to)
             || !envelope
                 .messages
@@ -307,7 +398,7 @@ async fn serve(
                 hello.from, envelope.from, envelope.to
             ));
         }
-        if inbound.send(envelope).await.is_err() {
+        if inbound.envelopes.send(envelope).await.is_err() {
             return Ok(()); // the node is shutting down
         }
     }

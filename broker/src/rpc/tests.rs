@@ -70,6 +70,7 @@ fn pair() -> (Node, Node, SocketAddr) {
         peers: [(peer, addr)].into(),
         kafka: format!("127.0.0.1:{}", 9090 + me),
         rack: None,
+        rpc: String::new(),
     };
     let one = Transport::start(config(1, 2, a2), l1);
     let two = Transport::start(config(2, 1, a1), l2);
@@ -85,6 +86,7 @@ async fn raw_hello(addr: SocketAddr, cluster: &str, from: NodeId, to: NodeId) ->
         to,
         kafka: String::new(),
         rack: String::new(),
+        rpc: String::new(),
     });
     s.write_all(&hello.to_bytes()).await.unwrap();
     s
@@ -116,6 +118,12 @@ fn envelopes_travel_both_ways_with_their_batches() {
         assert_eq!(two.hellos()[&1].kafka, "127.0.0.1:9091");
         assert_eq!(one.hellos()[&2].kafka, "127.0.0.1:9092");
         assert_eq!(one.send(&append(1, 7, 0)), Err(SendError::UnknownPeer(7)));
+        // Node messages travel beside the envelopes.
+        let messages = two.take_messages().unwrap();
+        let message = NodeMessage::TransferLeader { group: 5, to: 2 };
+        one.send_message(2, message.clone()).unwrap();
+        let got = messages.recv().await.unwrap();
+        assert_eq!((got.from, got.to, got.message), (1, 2, message));
         // An unreachable peer fills its queue; sends are then dropped, never waited for.
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let lonely_addr = l.local_addr().unwrap();
@@ -126,6 +134,7 @@ fn envelopes_travel_both_ways_with_their_batches() {
                 peers: [(4, "127.0.0.1:1".parse().unwrap())].into(),
                 kafka: String::new(),
                 rack: None,
+                rpc: String::new(),
             },
             l,
         );
@@ -145,9 +154,9 @@ fn envelopes_travel_both_ways_with_their_batches() {
 fn strangers_and_malformed_frames_are_refused_and_the_node_keeps_serving() {
     run(|| async {
         let ((one, _), (_, from_one), addr2) = pair();
-        // Another cluster, an unknown node, a hello meant for another node.
+        // Another cluster, a node claiming the callee's own id, a hello meant for another node.
         closed(raw_hello(addr2, "other", 1, 2).await).await;
-        closed(raw_hello(addr2, "test", 9, 2).await).await;
+        closed(raw_hello(addr2, "test", 2, 2).await).await;
         closed(raw_hello(addr2, "test", 1, 3).await).await;
         // An envelope before any hello.
         let mut s = TcpStream::connect(addr2).await.unwrap();
@@ -169,6 +178,16 @@ fn strangers_and_malformed_frames_are_refused_and_the_node_keeps_serving() {
             .await
             .unwrap();
         closed(s).await;
+        let mut s = raw_hello(addr2, "test", 1, 2).await;
+        let forged = NodeFrame {
+            from: 3,
+            to: 2,
+            message: NodeMessage::TransferLeader { group: 5, to: 3 },
+        };
+        s.write_all(&rpc::encode_node(&forged).to_bytes())
+            .await
+            .unwrap();
+        closed(s).await;
         // Nothing of that reached the node, and its real peer still gets through.
         let sent = append(1, 2, 40);
         one.send(&sent).unwrap();
@@ -176,5 +195,35 @@ fn strangers_and_malformed_frames_are_refused_and_the_node_keeps_serving() {
         assert!(with_timeout(Duration::from_millis(50), from_one.recv())
             .await
             .is_none());
+    });
+}
+
+#[test]
+fn a_node_not_known_yet_registers_by_connecting_and_is_then_reached() {
+    run(|| async {
+        let ((_, _), (two, from_one), addr2) = pair();
+        // Node 9 (a broker that is not a voter) says hello; node 2 learns its listeners.
+        let l9 = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr9 = l9.local_addr().unwrap();
+        let (nine, from_two) = Transport::start(
+            RpcConfig {
+                node_id: 9,
+                cluster: "test".into(),
+                peers: [(2, addr2)].into(),
+                kafka: "127.0.0.1:9099".into(),
+                rack: None,
+                rpc: addr9.to_string(),
+            },
+            l9,
+        );
+        let sent = append(9, 2, 0);
+        nine.send(&sent).unwrap();
+        assert_eq!(from_one.recv().await.unwrap(), sent);
+        assert_eq!(two.hellos()[&9].rpc, addr9.to_string());
+        // Once registered it is a peer like any other.
+        two.add_peer(9, addr9);
+        let back = append(2, 9, 4);
+        two.send(&back).unwrap();
+        assert_eq!(from_two.recv().await.unwrap(), back);
     });
 }

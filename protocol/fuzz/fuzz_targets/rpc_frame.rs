@@ -9,6 +9,7 @@ fuzz_target!(|data: &[u8]| {
         let wire = match &frame {
             rpc::Frame::Hello(h) => rpc::encode_hello(h),
             rpc::Frame::Envelope(e) => rpc::encode_envelope(e),
+            rpc::Frame::Node(m) => rpc::encode_node(m),
         }
         .to_bytes();
         assert_eq!(rpc::decode(wire.slice(4..)).ok(), Some(frame));

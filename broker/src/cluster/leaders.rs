@@ -1,0 +1,275 @@
+//! What partition leaders tell every node, and the leader's part in reassignments and
+//! elections.
+//!
+//! Twice a second each node tells the others the groups it leads: term, ISR and committed
+//! configuration (only what changed, and everything every few seconds so a node that restarted
+//! or dropped a message catches up). Any node then answers Metadata with each partition's
+//! leader and ISR, and the controller sees when a reassignment's new configuration is in
+//! place. Information from a leader of an older term than one already known is ignored.
+//!
+//! A reassignment is driven by the partition's leader, one configuration change at a time:
+//! the new replicas join as learners, become voters once caught up, then the replicas not in
+//! the target leave (the leader last: it hands leadership to a new replica first). The
+//! controller then records the target as the partition's replicas, and the nodes that left
+//! drop their copy.
+
+use glommio::channels::local_channel::LocalReceiver;
+use kafka_protocol::ResponseError;
+use std::collections::{BTreeSet, HashMap};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+use tern_protocol::rpc::{Leadership, NodeFrame, NodeMessage};
+use tern_raft::{GroupId, MembershipChange, NodeId, Role};
+
+use super::Cluster;
+use crate::controller::ApiError;
+use crate::metadata::ClusterMeta;
+use crate::shard::Shard;
+
+const REPORT_INTERVAL: Duration = Duration::from_millis(500);
+/// Every this many reports, all of a node's leaderships are told, not only changes.
+const FULL_EVERY: u64 = 10;
+/// How long ElectLeaders waits for the preferred replica to take over.
+const ELECTION_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a node last told the others.
+#[derive(Default)]
+pub(super) struct Told {
+    last: HashMap<GroupId, Leadership>,
+    rounds: u64,
+}
+
+fn ids(nodes: &[u64]) -> Vec<i32> {
+    nodes.iter().map(|&n| n as i32).collect()
+}
+
+impl Cluster {
+    /// Tells every other node the groups this node leads, and moves this node's reassigning
+    /// partitions one step.
+    pub(super) async fn report_loop(self: Rc<Self>, shard: Rc<Shard>) {
+        loop {
+            glommio::timer::sleep(REPORT_INTERVAL).await;
+            let meta = shard.meta.snapshot();
+            let led = self.leaderships(&meta);
+            let me = self.config.node_id;
+            for l in &led {
+                self.take_leadership(&shard, me, l);
+            }
+            let mut told = self.told.borrow_mut();
+            let full = told.rounds.is_multiple_of(FULL_EVERY);
+            let groups: Vec<Leadership> = led
+                .iter()
+                .filter(|l| full || told.last.get(&l.group) != Some(l))
+                .cloned()
+                .collect();
+            told.last = led.into_iter().map(|l| (l.group, l)).collect();
+            told.rounds += 1;
+            drop(told);
+            if full || !groups.is_empty() {
+                for &id in meta.nodes.keys() {
+                    if id as NodeId != me {
+                        let message = NodeMessage::Leaders {
+                            full,
+                            groups: groups.clone(),
+                        };
+                        // A full queue drops it: the next full report repeats it.
+                        let _ = self.transport.send_message(id as NodeId, message);
+                    }
+                }
+            }
+            self.drive_reassignments(&meta);
+        }
+    }
+
+    /// The partition groups this node leads, as it would tell them. Fenced replicas are not
+    /// in sync (as KRaft's controller takes them out of every ISR).
+    fn leaderships(&self, meta: &ClusterMeta) -> Vec<Leadership> {
+        let groups: Vec<GroupId> = self.hosted.borrow().keys().copied().collect();
+        groups
+            .into_iter()
+            .filter_map(|group| {
+                let role = self.replicator.role(group)?;
+                if role.role != Role::Leader {
+                    return None;
+                }
+                let mut isr = self.replicator.in_sync(group, self.config.replica_lag)?;
+                isr.retain(|&n| !meta.fenced.contains(&(n as i32)));
+                let config = self.replicator.committed_membership(group)?;
+                Some(Leadership {
+                    group,
+                    term: role.term,
+                    isr,
+                    voters: config.voters.into_iter().collect(),
+                    learners: config.learners.into_iter().collect(),
+                })
+            })
+            .collect()
+    }
+
+    fn take_leadership(&self, shard: &Shard, leader: NodeId, l: &Leadership) {
+        shard.meta.leader_told(
+            l.group,
+            leader as i32,
+            l.term as i32,
+            ids(&l.isr),
+            (ids(&l.voters), ids(&l.learners)),
+        );
+    }
+
+    /// Takes other nodes' messages for as long as the node runs.
+    pub(super) async fn message_loop(
+        self: Rc<Self>,
+        shard: Rc<Shard>,
+        messages: LocalReceiver<NodeFrame>,
+    ) {
+        while let Some(frame) = messages.recv().await {
+            match frame.message {
+                NodeMessage::Leaders { groups, .. } => {
+                    for l in &groups {
+                        self.take_leadership(&shard, frame.from, l);
+                    }
+                }
+                NodeMessage::TransferLeader { group, to } => self.transfer(group, to),
+            }
+        }
+    }
+
+    fn transfer(&self, group: GroupId, to: NodeId) {
+        match self.replicator.transfer_leader(group, to) {
+            Ok(()) => tracing::info!(group, to, "handing leadership over"),
+            Err(e) => tracing::info!(group, to, error = ?e, "leadership not handed over"),
+        }
+    }
+
+    /// Leader: one configuration change toward each reassigning partition's target.
+    fn drive_reassignments(&self, meta: &ClusterMeta) {
+        let me = self.config.node_id;
+        for t in meta.topics.values() {
+            for (&p, target) in &t.reassigning {
+                let Some(group) = t.group(p) else {
+                    continue;
+                };
+                if !self.leads(group) {
+                    continue;
+                }
+                let Some(config) = self.replicator.membership(group) else {
+                    continue;
+                };
+                let target: Vec<NodeId> = target.iter().map(|&n| n as NodeId).collect();
+                let change = if let Some(&x) = target.iter().find(|&&x| !config.is_member(x)) {
+                    MembershipChange::AddLearner(x)
+                } else if let Some(&x) = target.iter().find(|x| config.learners.contains(x)) {
+                    MembershipChange::Promote(x)
+                } else if let Some(x) = config.members().find(|&x| x != me && !target.contains(&x))
+                {
+                    MembershipChange::Remove(x)
+                } else {
+                    if !target.contains(&me) {
+                        // Only this node is left to go: a new replica takes over first.
+                        self.transfer(group, target[0]);
+                    }
+                    continue;
+                };
+                match self.replicator.propose_membership(group, change) {
+                    Ok(_) => tracing::info!(group, ?change, "reassignment step"),
+                    Err(e) => tracing::debug!(group, ?change, error = ?e, "reassignment waits"),
+                }
+            }
+        }
+    }
+
+    /// Controller: records as done the reassignments whose target is the committed
+    /// configuration of their group (its leader said so).
+    pub(super) async fn finish_reassignments(&self, shard: &Rc<Shard>, meta: &ClusterMeta) {
+        let sorted = |v: &[i32]| v.iter().copied().collect::<BTreeSet<i32>>();
+        let mut done = Vec::new();
+        for (name, t) in &meta.topics {
+            for (&p, target) in &t.reassigning {
+                let Some((voters, learners)) = t.group(p).and_then(|g| shard.meta.config(g)) else {
+                    continue;
+                };
+                if learners.is_empty() && sorted(&voters) == sorted(target) {
+                    done.push((name.clone(), p, target.clone()));
+                }
+            }
+        }
+        if done.is_empty() {
+            return;
+        }
+        let Ok((_lock, mut meta)) = crate::controller::begin_change(shard).await else {
+            return;
+        };
+        for (name, p, target) in &done {
+            let Some(t) = meta.topics.get_mut(name) else {
+                continue;
+            };
+            if t.reassigning.get(p) == Some(target) {
+                if let Some(replicas) = t.replicas.get_mut(*p as usize) {
+                    *replicas = target.clone();
+                }
+                t.reassigning.remove(p);
+            }
+        }
+        meta.version += 1;
+        match self.commit(&meta).await {
+            Ok(()) => tracing::info!(partitions = ?done, "reassignments done"),
+            Err(e) => tracing::debug!(error = %e.message, "finish reassignments"),
+        }
+    }
+
+    /// ElectLeaders (preferred) for one partition: its leader hands leadership to its first
+    /// replica, if that one is in sync; waits until it took over.
+    pub async fn elect_preferred(
+        &self,
+        shard: &Shard,
+        group: GroupId,
+        preferred: i32,
+    ) -> Result<(), ApiError> {
+        let meta = shard.meta.snapshot();
+        let (leader, _) = shard.meta.leader(group).unwrap_or((-1, -1));
+        if leader == preferred {
+            return Err(ApiError::new(
+                ResponseError::ElectionNotNeeded,
+                "the preferred replica leads already",
+            ));
+        }
+        let isr = shard.meta.isr(group).unwrap_or_default();
+        if leader < 0 || meta.fenced.contains(&preferred) || !isr.contains(&preferred) {
+            return Err(ApiError::new(
+                ResponseError::PreferredLeaderNotAvailable,
+                format!("replica {preferred} is not in sync with a leader"),
+            ));
+        }
+        let message = NodeMessage::TransferLeader {
+            group,
+            to: preferred as NodeId,
+        };
+        if leader == self.node_id() {
+            self.transfer(group, preferred as NodeId);
+        } else if self
+            .transport
+            .send_message(leader as NodeId, message)
+            .is_err()
+        {
+            return Err(ApiError::new(
+                ResponseError::PreferredLeaderNotAvailable,
+                format!("the leader {leader} cannot be reached"),
+            ));
+        }
+        let deadline = Instant::now() + ELECTION_TIMEOUT;
+        while Instant::now() < deadline {
+            glommio::timer::sleep(Duration::from_millis(50)).await;
+            if shard
+                .meta
+                .leader(group)
+                .is_some_and(|(l, _)| l == preferred)
+            {
+                return Ok(());
+            }
+        }
+        Err(ApiError::new(
+            ResponseError::RequestTimedOut,
+            "the preferred replica did not take over in time",
+        ))
+    }
+}
