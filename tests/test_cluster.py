@@ -29,7 +29,7 @@ def ports_free(base, n):
 
 
 class Cluster:
-    def __init__(self, workdir, n=3, flags=""):
+    def __init__(self, workdir, n=3, flags="", racks=""):
         self.n = n
         self.dir = os.path.join(workdir, f"cluster-{random.randrange(1 << 30):x}")
         while True:
@@ -42,6 +42,7 @@ class Cluster:
             TERN_CLUSTER_PORT=str(self.port),
             TERN_BIN=TERN_BIN,
             TERN_CLUSTER_FLAGS=flags,
+            TERN_CLUSTER_RACKS=racks,
         )
 
     def run(self, *args):
@@ -617,5 +618,55 @@ def test_a_broker_joins_and_partitions_move_onto_it_online(workdir, topic_name):
         admin(cluster).create_partitions([NewPartitions(topic_name, 3)])[topic_name].result(timeout=30)
         wait_for(lambda: partitions().get(2, {}).get("leader_id", -1) >= 0, what="the new partition led")
         assert sorted(partitions()[2]["replica_nodes"]) == [1, 2, 3]
+    finally:
+        cluster.run("stop")
+
+
+def test_a_consumer_reads_from_the_in_sync_replica_in_its_rack(workdir, topic_name):
+    """KIP-392: the leader sends a consumer with `client.rack` to the in-sync follower in that
+    rack, which serves it up to its high watermark; every record arrives once, in order."""
+    import json
+
+    cluster = Cluster(workdir, racks="rack-a,rack-b,rack-c").start()
+    try:
+        from kafka import KafkaAdminClient
+        from kafka.admin import NewTopic as KNewTopic
+
+        KafkaAdminClient(bootstrap_servers=cluster.bootstrap).create_topics(
+            [KNewTopic(topic_name, num_partitions=-1, replication_factor=-1, replica_assignments={0: [1, 2, 3]})]
+        )
+        wait_for(lambda: leaders(cluster, topic_name).get(0, -1) >= 0, what="a leader")
+        ka_leader = leaders(cluster, topic_name)[0]
+        near = next(n for n in (3, 2, 1) if n != ka_leader)
+        p = Producer({"bootstrap.servers": cluster.bootstrap, "acks": "all"})
+        for i in range(500):
+            p.produce(topic_name, value=b"%d" % i)
+        assert p.flush(30) == 0
+        stats = []
+        c = Consumer({"bootstrap.servers": cluster.bootstrap, "group.id": "near", "client.rack": f"rack-{'abc'[near - 1]}",
+                      "auto.offset.reset": "earliest", "statistics.interval.ms": 200,
+                      "stats_cb": lambda s: stats.append(json.loads(s))})
+        c.subscribe([topic_name])
+        got = []
+        deadline = time.time() + 60
+        while len(got) < 500 and time.time() < deadline:
+            m = c.poll(0.5)
+            if m is not None and not m.error():
+                got.append(int(m.value()))
+        for i in range(500, 600):
+            p.produce(topic_name, value=b"%d" % i)
+        assert p.flush(30) == 0
+        while len(got) < 600 and time.time() < deadline:
+            m = c.poll(0.5)
+            if m is not None and not m.error():
+                got.append(int(m.value()))
+        c.poll(0.5)
+        c.close()
+        assert got == list(range(600))
+
+        def fetched_from(s):
+            part = s.get("topics", {}).get(topic_name, {}).get("partitions", {}).get("0", {})
+            return part.get("leader"), part.get("broker")
+        assert (ka_leader, near) in [fetched_from(s) for s in stats], [fetched_from(s) for s in stats][-5:]
     finally:
         cluster.run("stop")

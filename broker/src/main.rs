@@ -87,7 +87,8 @@ struct StartArgs {
     /// (broker.session.timeout.ms): new replicas avoid it and its replicas show as offline.
     #[arg(long, default_value_t = 9_000)]
     broker_session_timeout_ms: u64,
-    /// This node's rack (broker.rack), shown in Metadata.
+    /// This node's rack (broker.rack), shown in Metadata; consumers with the same
+    /// `client.rack` read from this node's in-sync replicas (KIP-392).
     #[arg(long)]
     rack: Option<String>,
     /// Cluster mode: a follower that has not caught up for this long leaves the ISR

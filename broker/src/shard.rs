@@ -89,11 +89,16 @@ impl Shard {
     /// in cluster mode only its leader does (NOT_LEADER_OR_FOLLOWER elsewhere). A client's
     /// `current_leader_epoch` (-1: none given) must be the leader's: older is
     /// FENCED_LEADER_EPOCH, newer UNKNOWN_LEADER_EPOCH (KIP-320).
+    /// A partition this node may serve reads of: its leader's replica, or with `any_replica`
+    /// (a consumer reading from a follower, KIP-392) any replica it holds (reads stop at that
+    /// replica's high watermark: committed records only). Returns the log and the replica's
+    /// leader epoch, checked against the client's.
     pub fn readable_partition(
         &self,
         topic: &str,
         partition: i32,
         current_leader_epoch: i32,
+        any_replica: bool,
     ) -> Result<(Rc<PartitionLog>, i32), i16> {
         use kafka_protocol::ResponseError;
         let not_leader = ResponseError::NotLeaderOrFollower.code();
@@ -102,6 +107,7 @@ impl Shard {
             None => 0,
             Some(group) => match self.cluster() {
                 Some(c) if c.leads(group) => c.leader_epoch(group).ok_or(not_leader)?,
+                Some(c) if any_replica => c.replica_epoch(group).ok_or(not_leader)?,
                 _ => return Err(not_leader),
             },
         };

@@ -32,6 +32,8 @@ pub struct FetchPartition<R> {
     /// v12+: the partition's leader and leader epoch, for a replica that refuses the read as
     /// not the leader (KIP-951, tagged field 1).
     pub current_leader: Option<(i32, i32)>,
+    /// v11+: the replica the consumer should read from instead (KIP-392), -1 for none.
+    pub preferred_read_replica: i32,
 }
 
 /// v16+: a node named as a partition's current leader (KIP-951).
@@ -107,7 +109,7 @@ pub fn encode_response<R>(
                 }
             }
             if version >= 11 {
-                buf.put_i32(-1); // preferred_read_replica
+                buf.put_i32(p.preferred_read_replica);
             }
             match p.records {
                 None if flexible => buf.put_u8(0),
@@ -229,6 +231,7 @@ mod tests {
                         aborted_transactions: aborted.clone(),
                         records: data.as_ref().map(|d| (d.len(), records(d))),
                         current_leader: leader_of(*index),
+                        preferred_read_replica: index % 4 - 1,
                     })
                     .collect(),
             })
@@ -281,6 +284,11 @@ mod tests {
                                             .collect()
                                     }))
                                     .with_records(records.clone().map(Bytes::from))
+                                    .with_preferred_read_replica(if version >= 11 {
+                                        (index % 4 - 1).into()
+                                    } else {
+                                        (-1).into()
+                                    })
                                     .with_current_leader(match leader_of(*index) {
                                         Some((leader, epoch)) => LeaderIdAndEpoch::default()
                                             .with_leader_id(leader.into())

@@ -278,6 +278,13 @@ impl Cluster {
         (role.role == Role::Leader).then_some(role.term as i32)
     }
 
+    /// The leader epoch (Raft term) of this node's replica of `group`, leader or not, while it
+    /// knows a leader (a follower serving a consumer, KIP-392).
+    pub fn replica_epoch(&self, group: GroupId) -> Option<i32> {
+        let role = self.replicator.role(group)?;
+        role.leader.map(|_| role.term as i32)
+    }
+
     /// OffsetForLeaderEpoch on a group this node leads: the largest epoch not above `epoch`
     /// and where it ends.
     pub fn epoch_end(&self, group: GroupId, epoch: i32) -> Option<(i32, i64)> {

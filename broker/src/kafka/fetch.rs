@@ -1,5 +1,10 @@
 //! Fetch: reads on each partition's owner shard, long-polls until `min_bytes` or `max_wait_ms`,
 //! and honours the response's and each partition's byte limits (KIP-74).
+//!
+//! KIP-392: a consumer that names its rack (`client.rack`) is sent by the leader to an in-sync
+//! replica in that rack (`preferred_read_replica`), and a follower serves such consumers up to
+//! its own high watermark. Consumers that name no rack read from leaders only (a follower
+//! refuses them, naming the leader).
 
 use futures::future::{select, select_all};
 use kafka_protocol::messages::FetchRequest;
@@ -12,6 +17,7 @@ use tern_storage::{Chunk, Records};
 use uuid::Uuid;
 
 use super::produce::log_error_code;
+use crate::metadata::ClusterMeta;
 use crate::server::Reply;
 use crate::shard::Shard;
 
@@ -26,6 +32,8 @@ struct Wanted {
     owner: Option<usize>,
     /// Set when the topic or partition is unknown.
     error: Option<i16>,
+    /// The replica in the consumer's rack it should read from instead of this leader.
+    preferred: Option<i32>,
 }
 
 /// What the owner shard read.
@@ -44,8 +52,9 @@ async fn read_local(
     offset: i64,
     max_bytes: usize,
     current_leader_epoch: i32,
+    any_replica: bool,
 ) -> Read {
-    let log = match shard.readable_partition(&topic, partition, current_leader_epoch) {
+    let log = match shard.readable_partition(&topic, partition, current_leader_epoch, any_replica) {
         Ok((log, _)) => log,
         Err(error) => {
             return Read {
@@ -96,8 +105,34 @@ async fn wait_local(shard: Rc<Shard>, parts: Vec<(String, i32, i64)>, deadline: 
     let _ = select(select_all(listeners), timeout).await;
 }
 
+/// KIP-392: the in-sync replica in the consumer's rack that should serve it instead of this
+/// node, if this node leads the partition and is in another rack.
+fn preferred_replica(
+    shard: &Shard,
+    meta: &ClusterMeta,
+    topic: &str,
+    p: i32,
+    rack: &str,
+) -> Option<i32> {
+    let group = meta.topics.get(topic)?.group(p)?;
+    let me = shard.config.node_id;
+    let rack_of = |n: &i32| meta.nodes.get(n).and_then(|n| n.rack.as_deref());
+    if rack.is_empty() || shard.meta.leader(group)?.0 != me || rack_of(&me) == Some(rack) {
+        return None;
+    }
+    shard
+        .meta
+        .isr(group)?
+        .into_iter()
+        .find(|n| *n != me && rack_of(n) == Some(rack) && !meta.fenced.contains(n))
+}
+
 fn resolve(shard: &Shard, req: &FetchRequest, version: i16) -> Vec<(String, Uuid, Vec<Wanted>)> {
     let meta = shard.meta.snapshot();
+    let rack = match version >= 11 && req.replica_id.0 < 0 && req.replica_state.replica_id.0 < 0 {
+        true => req.rack_id.as_str(),
+        false => "",
+    };
     req.topics
         .iter()
         .map(|t| {
@@ -132,6 +167,7 @@ fn resolve(shard: &Shard, req: &FetchRequest, version: i16) -> Vec<(String, Uuid
                         max_bytes: p.partition_max_bytes.max(0) as usize,
                         owner,
                         error,
+                        preferred: preferred_replica(shard, &meta, &name, p.partition, rack),
                     }
                 })
                 .collect();
@@ -140,7 +176,11 @@ fn resolve(shard: &Shard, req: &FetchRequest, version: i16) -> Vec<(String, Uuid
         .collect()
 }
 
-async fn read_all(shard: &Rc<Shard>, topics: &[(String, Uuid, Vec<Wanted>)]) -> Vec<Read> {
+async fn read_all(
+    shard: &Rc<Shard>,
+    topics: &[(String, Uuid, Vec<Wanted>)],
+    any_replica: bool,
+) -> Vec<Read> {
     let reads = topics.iter().flat_map(|(_, _, parts)| parts).map(|w| {
         let (topic, partition, offset, max_bytes, epoch) = (
             w.topic.clone(),
@@ -155,7 +195,7 @@ async fn read_all(shard: &Rc<Shard>, topics: &[(String, Uuid, Vec<Wanted>)]) -> 
                 (Some(owner), None) => {
                     shard
                         .run_on(owner, move |s| {
-                            read_local(s, topic, partition, offset, max_bytes, epoch)
+                            read_local(s, topic, partition, offset, max_bytes, epoch, any_replica)
                         })
                         .await
                 }
@@ -191,11 +231,22 @@ pub async fn handle(
     }
     let deadline = Instant::now() + Duration::from_millis(req.max_wait_ms.max(0) as u64);
     let min_bytes = req.min_bytes.max(0) as usize;
+    // Consumers that name their rack may read from followers (KIP-392); replicas of Tern
+    // never fetch.
+    let any_replica = version >= 11
+        && req.replica_id.0 < 0
+        && req.replica_state.replica_id.0 < 0
+        && !req.rack_id.is_empty();
+    // A consumer sent to another replica is answered at once.
+    let redirected = topics
+        .iter()
+        .flat_map(|(_, _, parts)| parts)
+        .any(|w| w.preferred.is_some());
     let reads = loop {
-        let reads = read_all(shard, &topics).await;
+        let reads = read_all(shard, &topics, any_replica).await;
         let total: usize = reads.iter().map(|r| r.records.len()).sum();
         let any_error = reads.iter().any(|r| r.error != 0);
-        if total >= min_bytes.max(1) || any_error || Instant::now() >= deadline {
+        if total >= min_bytes.max(1) || any_error || redirected || Instant::now() >= deadline {
             break reads;
         }
         // Long-poll: wait on each owner shard for an append to one of its partitions.
@@ -262,6 +313,9 @@ fn build_response(
                 .iter()
                 .map(|w| {
                     let mut r = reads.next().expect("one read per partition");
+                    if w.preferred.is_some() {
+                        r.records = Records::default(); // read there instead
+                    }
                     // The first non-empty partition is sent whole even past the budget, so a
                     // consumer always progresses; later ones only if they fit.
                     if !r.records.is_empty() {
@@ -281,6 +335,7 @@ fn build_response(
                         log_start_offset: r.log_start,
                         aborted_transactions: (isolation == 1).then(Vec::new),
                         records: Some((r.records.len(), r.records)),
+                        preferred_read_replica: w.preferred.unwrap_or(-1),
                     }
                 })
                 .collect();

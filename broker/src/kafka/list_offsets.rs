@@ -24,10 +24,11 @@ async fn lookup(
     timestamp: i64,
     current_leader_epoch: i32,
 ) -> (i16, i64, i64, i32) {
-    let (log, epoch) = match shard.readable_partition(&topic, partition, current_leader_epoch) {
-        Ok(found) => found,
-        Err(code) => return (code, -1, -1, -1),
-    };
+    let (log, epoch) =
+        match shard.readable_partition(&topic, partition, current_leader_epoch, false) {
+            Ok(found) => found,
+            Err(code) => return (code, -1, -1, -1),
+        };
     let (error, timestamp, offset) = match timestamp {
         LATEST => (0, -1, log.high_watermark()),
         EARLIEST | EARLIEST_LOCAL => (0, -1, log.log_start_offset()),

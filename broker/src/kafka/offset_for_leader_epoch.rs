@@ -23,7 +23,7 @@ async fn lookup(
     epoch: i32,
 ) -> (i16, i32, i64) {
     let (log, leader_epoch) =
-        match shard.readable_partition(&topic, partition, current_leader_epoch) {
+        match shard.readable_partition(&topic, partition, current_leader_epoch, false) {
             Ok(found) => found,
             Err(code) => return (code, -1, -1),
         };
