@@ -670,3 +670,28 @@ def test_a_consumer_reads_from_the_in_sync_replica_in_its_rack(workdir, topic_na
         assert (ka_leader, near) in [fetched_from(s) for s in stats], [fetched_from(s) for s in stats][-5:]
     finally:
         cluster.run("stop")
+
+
+def test_leadership_returns_to_preferred_replicas_after_a_node_comes_back(workdir, topic_name):
+    """Automatic leader rebalance: a restarted node gets its partitions' leadership back once
+    it is in sync, so leadership stays spread over the nodes."""
+    cluster = Cluster(workdir, flags="--leader-imbalance-check-interval-ms 500").start()
+    try:
+        create(cluster, topic_name, partitions=3, rf=3)
+        md = lambda: admin(cluster).list_topics(topic_name, timeout=10).topics[topic_name].partitions  # noqa: E731
+
+        def on_preferred():
+            return all(p.leader == p.replicas[0] for p in md().values())
+        wait_for(on_preferred, what="preferred leaders")
+        assert sorted(p.leader for p in md().values()) == [1, 2, 3]
+        victim = md()[0].leader
+        cluster.run("kill", victim)
+        wait_for(lambda: md()[0].leader not in (-1, victim), what="another leader")
+        p = Producer({"bootstrap.servers": cluster.bootstrap, "acks": "all"})
+        for i in range(30):
+            p.produce(topic_name, value=b"%d" % i, partition=i % 3)
+        assert p.flush(30) == 0
+        cluster.run("restart", victim)
+        wait_for(on_preferred, timeout=60, what="leadership handed back")
+    finally:
+        cluster.run("stop")

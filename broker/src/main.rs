@@ -83,6 +83,11 @@ struct StartArgs {
     /// --rpc-listen (NAT, or a wildcard listen address) [default: the --rpc-listen address].
     #[arg(long, requires = "rpc_listen")]
     rpc_advertised: Option<String>,
+    /// Cluster mode: how often each leader hands partitions back to their preferred (first)
+    /// replica when that one is in sync (auto.leader.rebalance.enable with
+    /// leader.imbalance.check.interval.seconds); 0 turns it off.
+    #[arg(long, default_value_t = 300_000)]
+    leader_imbalance_check_interval_ms: u64,
     /// Cluster mode: a node the controller has not heard from for this long is fenced
     /// (broker.session.timeout.ms): new replicas avoid it and its replicas show as offline.
     #[arg(long, default_value_t = 9_000)]
@@ -251,6 +256,9 @@ fn start(args: StartArgs) -> Result<()> {
                 rpc_listen: resolve(rpc)?,
                 rpc_advertised: resolve(args.rpc_advertised.as_deref().unwrap_or(rpc))?,
                 session_timeout: std::time::Duration::from_millis(args.broker_session_timeout_ms),
+                leader_rebalance: (args.leader_imbalance_check_interval_ms > 0).then(|| {
+                    std::time::Duration::from_millis(args.leader_imbalance_check_interval_ms)
+                }),
                 quorum: cluster::ClusterConfig::parse_quorum(quorum)?,
                 rack: args.rack.clone(),
                 replica_lag: std::time::Duration::from_millis(args.replica_lag_time_max_ms),

@@ -7,6 +7,11 @@
 //! leader and ISR, and the controller sees when a reassignment's new configuration is in
 //! place. Information from a leader of an older term than one already known is ignored.
 //!
+//! Leadership goes back to each partition's preferred (first) replica by itself: every
+//! `--leader-imbalance-check-interval-ms` a leader hands each partition whose preferred replica
+//! is in sync over to it (Kafka's automatic leader rebalance), so leadership spreads over nodes
+//! as placement spread first replicas.
+//!
 //! A reassignment is driven by the partition's leader, one configuration change at a time:
 //! the new replicas join as learners, become voters once caught up, then the replicas not in
 //! the target leave (the leader last: it hands leadership to a new replica first). The
@@ -47,6 +52,7 @@ impl Cluster {
     /// Tells every other node the groups this node leads, and moves this node's reassigning
     /// partitions one step.
     pub(super) async fn report_loop(self: Rc<Self>, shard: Rc<Shard>) {
+        let mut rebalanced = Instant::now();
         loop {
             glommio::timer::sleep(REPORT_INTERVAL).await;
             let meta = shard.meta.snapshot();
@@ -78,6 +84,43 @@ impl Cluster {
                 }
             }
             self.drive_reassignments(&meta);
+            if let Some(interval) = self.config.leader_rebalance {
+                if rebalanced.elapsed() >= interval {
+                    rebalanced = Instant::now();
+                    self.prefer_leaders(&meta);
+                }
+            }
+        }
+    }
+
+    /// Hands each partition this node leads to its preferred replica, if that one is in sync
+    /// and not fenced (and the partition is not being moved).
+    fn prefer_leaders(&self, meta: &ClusterMeta) {
+        let me = self.node_id();
+        let hosted: Vec<(GroupId, String, i32)> = self
+            .hosted
+            .borrow()
+            .iter()
+            .map(|(&g, (t, p))| (g, t.clone(), *p))
+            .collect();
+        for (group, topic, p) in hosted {
+            let Some(t) = meta.topics.get(&topic) else {
+                continue;
+            };
+            let preferred = t.replicas.get(p as usize).and_then(|r| r.first().copied());
+            let Some(preferred) = preferred.filter(|&n| n != me) else {
+                continue;
+            };
+            if t.reassigning.contains_key(&p) || meta.fenced.contains(&preferred) {
+                continue;
+            }
+            let in_sync = self
+                .replicator
+                .in_sync(group, self.config.replica_lag)
+                .is_some_and(|isr| isr.contains(&(preferred as NodeId)));
+            if in_sync {
+                self.transfer(group, preferred as NodeId);
+            }
         }
     }
 

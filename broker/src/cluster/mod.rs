@@ -62,6 +62,8 @@ pub struct ClusterConfig {
     pub rpc_advertised: SocketAddr,
     /// A node not heard from for this long is fenced (broker.session.timeout.ms).
     pub session_timeout: Duration,
+    /// How often leaders hand partitions back to their preferred replicas (`None`: never).
+    pub leader_rebalance: Option<Duration>,
     /// The controller quorum's voters and their RPC addresses.
     pub quorum: BTreeMap<NodeId, SocketAddr>,
     pub rack: Option<String>,
