@@ -154,6 +154,31 @@ struct StartArgs {
     write_slots: u64,
 }
 
+/// Every partition holds files open (segment, indexes), so a node with thousands of them needs
+/// more descriptors than the usual default soft limit: raise it to the hard limit, as Kafka's
+/// and Redpanda's packaging do.
+fn raise_open_files_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `limit` is a valid out-parameter; setrlimit only reads it.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            let old = limit.rlim_cur;
+            limit.rlim_cur = limit.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                tracing::info!(
+                    from = old,
+                    to = limit.rlim_max,
+                    "raised the open files limit"
+                );
+            }
+        }
+    }
+}
+
 pub(crate) fn resolve(addr: &str) -> Result<SocketAddr> {
     addr.to_socket_addrs()
         .with_context(|| format!("resolve {addr}"))?
@@ -276,6 +301,7 @@ fn start(args: StartArgs) -> Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("create data dir {}", config.data_dir.display()))?;
     let _data_lock = lock_data_dir(&config.data_dir)?;
+    raise_open_files_limit();
     let meta = Arc::new(MetaStore::load(&config.data_dir, cpus.len())?);
     if config.cluster.is_some() {
         // The metadata log is the cluster's metadata; a single node's file is not migrated.

@@ -379,6 +379,77 @@ pub fn encode_envelope(env: &raft::Envelope) -> Encoded {
     frame(KIND_ENVELOPE, &meta, data)
 }
 
+/// Meta bytes a piece of a split envelope stays under (far below [`MAX_META`]).
+const SPLIT_META: usize = 1 << 20;
+
+/// A generous estimate of the meta bytes a message takes on the wire.
+fn message_meta(m: &raft::Message) -> usize {
+    let members = |ms: &raft::Membership| 16 * (ms.voters.len() + ms.learners.len());
+    96 + match &m.body {
+        raft::Body::Append { entries, .. } => entries
+            .iter()
+            .map(|e| match &e.payload {
+                raft::Payload::Membership(ms) => 64 + members(ms),
+                _ => 64,
+            })
+            .sum(),
+        raft::Body::InstallStart { membership, .. } => members(membership),
+        _ => 0,
+    }
+}
+
+/// Splits an envelope whose meta would be large (a node pair sharing thousands of groups that
+/// elect or catch up at once) into pieces that each stay far below [`MAX_META`], in the order
+/// the receiver steps them: messages, then heartbeats, then acks. `None` for an envelope that
+/// fits as it is (the common case: nothing is copied).
+pub fn split_envelope(env: &raft::Envelope) -> Option<Vec<raft::Envelope>> {
+    const HEARTBEAT: usize = 32;
+    const ACK: usize = 40;
+    let total = env
+        .messages
+        .iter()
+        .map(|(_, m)| message_meta(m))
+        .sum::<usize>()
+        + HEARTBEAT * env.heartbeats.len()
+        + ACK * env.acks.len();
+    if total <= SPLIT_META {
+        return None;
+    }
+    let empty = || raft::Envelope {
+        from: env.from,
+        to: env.to,
+        messages: Vec::new(),
+        heartbeats: Vec::new(),
+        acks: Vec::new(),
+    };
+    let mut pieces = Vec::new();
+    let mut piece = empty();
+    let mut size = 0;
+    let mut room = |cost: usize, piece: &mut raft::Envelope, size: &mut usize| {
+        if *size + cost > SPLIT_META && !piece.is_empty() {
+            pieces.push(std::mem::replace(piece, empty()));
+            *size = 0;
+        }
+        *size += cost;
+    };
+    for (group, m) in &env.messages {
+        room(message_meta(m), &mut piece, &mut size);
+        piece.messages.push((*group, m.clone()));
+    }
+    for h in &env.heartbeats {
+        room(HEARTBEAT, &mut piece, &mut size);
+        piece.heartbeats.push(h.clone());
+    }
+    for a in &env.acks {
+        room(ACK, &mut piece, &mut size);
+        piece.acks.push(a.clone());
+    }
+    if !piece.is_empty() {
+        pieces.push(piece);
+    }
+    Some(pieces)
+}
+
 /// The length of the frame whose 4-byte prefix is `prefix` (what follows it), checked
 /// against [`MAX_FRAME`] before anything is allocated for it.
 pub fn frame_length(prefix: [u8; 4]) -> Result<usize, RpcError> {
@@ -721,6 +792,59 @@ mod tests {
             let wire = encode_node(&node).to_bytes();
             assert_eq!(decode(wire.slice(4..)).unwrap(), Frame::Node(node));
         }
+    }
+
+    #[test]
+    fn a_large_envelope_is_split_in_order_into_frames_that_fit() {
+        let mut env = raft::Envelope {
+            from: 1,
+            to: 2,
+            messages: Vec::new(),
+            heartbeats: Vec::new(),
+            acks: Vec::new(),
+        };
+        for group in 0..40_000u64 {
+            env.messages.push((
+                group,
+                raft::Message {
+                    from: 1,
+                    to: 2,
+                    term: 3,
+                    body: raft::Body::Vote {
+                        end: 10,
+                        last_term: 2,
+                        transfer: false,
+                    },
+                },
+            ));
+            env.heartbeats.push(raft::HeartbeatItem {
+                group,
+                term: 3,
+                commit: 9,
+            });
+        }
+        let pieces = split_envelope(&env).unwrap();
+        assert!(pieces.len() > 2, "{} pieces", pieces.len());
+        let mut joined = raft::Envelope {
+            from: 1,
+            to: 2,
+            messages: Vec::new(),
+            heartbeats: Vec::new(),
+            acks: Vec::new(),
+        };
+        for p in &pieces {
+            let encoded = encode_envelope(p);
+            assert!(
+                encoded.head.len() < MAX_META / 4,
+                "{} bytes",
+                encoded.head.len()
+            );
+            assert_eq!(round_trip(p).unwrap(), Frame::Envelope(p.clone()));
+            joined.messages.extend(p.messages.iter().cloned());
+            joined.heartbeats.extend(p.heartbeats.iter().cloned());
+        }
+        assert_eq!(joined, env);
+        assert_eq!(split_envelope(&pieces[0]), None);
     }
 
     #[test]

@@ -613,8 +613,11 @@ fn segment_files_grow_in_doubling_steps_and_are_cut_to_size_when_sealed() {
                 sizes.push(file_size());
             }
         }
-        let mib = |n: u64| n << 20;
-        assert_eq!(sizes, [4, 8, 16, 32, 64, 128].map(mib));
+        let kib = |n: u64| n << 10;
+        assert_eq!(
+            sizes,
+            [512, 1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072].map(kib)
+        );
         let logical: u64 = log.read(0, u32::MAX as usize, true).await.unwrap().len() as u64;
         log.close().await.unwrap();
         assert_eq!(file_size(), logical);
@@ -651,7 +654,7 @@ fn segment_files_are_not_preallocated_past_the_segment_size() {
             }
         }
         let mib = |n: u64| n << 20;
-        assert_eq!(seen, [mib(4), mib(6) + 4096]);
+        assert_eq!(seen, [512 << 10, mib(1), mib(2), mib(4), mib(6) + 4096]);
         assert_eq!(file_sizes().len(), 2);
         // A batch larger than a whole segment still gets the room it needs.
         log.set_config(LogConfig {
@@ -660,7 +663,7 @@ fn segment_files_are_not_preallocated_past_the_segment_size() {
         });
         let a = log.append(client_batch(500, 1000, 1000).into(), 0).unwrap();
         log.wait(&a, Durability::Written).await.unwrap();
-        assert_eq!(file_sizes()[2], mib(4));
+        assert_eq!(file_sizes()[2], 512 << 10);
     });
 }
 

@@ -1,8 +1,8 @@
 //! The replication driver: joins a node's Raft groups (one per replicated partition) to their
 //! storage logs and to the internal RPC.
 //!
-//! One task takes the groups' output in rounds: it persists each group's hard state and meta
-//! (atomically, synced), **then** sends the round's envelopes, then sets high watermarks and
+//! One task takes the groups' output in rounds: it persists the groups' hard state and meta
+//! (one node-wide file, replaced atomically and synced), **then** sends the round's envelopes, then sets high watermarks and
 //! starts the log syncs Raft asked for (each reports back with `synced`, and concurrent syncs
 //! of a log share one fdatasync). A ticker and the transport's inbound envelopes feed it.
 //! Producers waiting for acks=all are answered when the commit index passes their batch and the
@@ -18,7 +18,7 @@ use event_listener::Event;
 use futures::channel::oneshot;
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 use tern_raft::{
@@ -84,7 +84,6 @@ struct Waiter {
 /// What the driver keeps per group besides Raft's state.
 struct Host {
     log: Rc<PartitionLog>,
-    dir: PathBuf,
     persisted: Persisted,
     role: RoleChange,
     waiters: Vec<Waiter>,
@@ -109,6 +108,12 @@ pub struct Replicator {
     /// When each node was last heard from (any envelope: heartbeat answers come at least
     /// every heartbeat interval from a live follower).
     heard: RefCell<BTreeMap<NodeId, Instant>>,
+    /// The node's Raft state file, and the state it held at start for groups not added yet
+    /// (kept in every write until they are added or removed).
+    state_path: PathBuf,
+    stored: RefCell<BTreeMap<GroupId, Persisted>>,
+    /// One writer of the state file at a time.
+    state_lock: glommio::sync::Semaphore,
 }
 
 /// Told of a group's new role, term or leader (after the change is persisted).
@@ -116,11 +121,19 @@ pub type RoleListener = Box<dyn Fn(GroupId, RoleChange)>;
 
 impl Replicator {
     /// Starts the driver: its ticker, its inbound envelopes from `inbound`, its round loop.
-    pub fn start(
+    /// The groups' Raft state is kept in `state_dir`.
+    pub async fn start(
         transport: Rc<Transport>,
         inbound: glommio::channels::local_channel::LocalReceiver<Envelope>,
         timing: Timing,
-    ) -> Rc<Replicator> {
+        state_dir: &Path,
+    ) -> anyhow::Result<Rc<Replicator>> {
+        let state_path = state::path(state_dir);
+        let stored = match tern_storage::fs::read_file(&state_path).await? {
+            None => BTreeMap::new(),
+            Some(data) => state::decode_node(&data)
+                .ok_or_else(|| anyhow::anyhow!("damaged Raft state in {}", state_path.display()))?,
+        };
         let node = transport.node_id();
         let r = Rc::new(Replicator {
             node,
@@ -133,6 +146,9 @@ impl Replicator {
             paused: Cell::new(false),
             role_listener: RefCell::new(None),
             heard: RefCell::new(BTreeMap::new()),
+            state_path,
+            stored: RefCell::new(stored),
+            state_lock: glommio::sync::Semaphore::new(1),
         });
         let me = r.clone();
         glommio::spawn_local(async move {
@@ -158,7 +174,24 @@ impl Replicator {
         })
         .detach();
         glommio::spawn_local(r.clone().rounds()).detach();
-        r
+        Ok(r)
+    }
+
+    /// Writes every group's state to the node's file (atomically, synced).
+    async fn write_state(&self) -> std::io::Result<()> {
+        let _permit = self
+            .state_lock
+            .acquire_permit(1)
+            .await
+            .map_err(|_| std::io::Error::other("the Raft state file is closed"))?;
+        let data = {
+            let hosts = self.hosts.borrow();
+            let stored = self.stored.borrow();
+            let added = hosts.iter().map(|(g, h)| (*g, &h.persisted));
+            let pending = stored.iter().filter(|(g, _)| !hosts.contains_key(g));
+            state::encode_node(added.chain(pending.map(|(g, p)| (*g, p))))
+        };
+        tern_storage::fs::write_file_atomic(&self.state_path, &data).await
     }
 
     #[cfg(test)]
@@ -187,13 +220,18 @@ impl Replicator {
         membership: Membership,
     ) -> anyhow::Result<()> {
         let dir = log.dir().to_path_buf();
-        let stored = tern_storage::fs::read_file(&state::path(&dir))
-            .await?
-            .map(|d| {
-                Persisted::from_bytes(&d)
-                    .ok_or_else(|| anyhow::anyhow!("damaged Raft state in {}", dir.display()))
-            })
-            .transpose()?;
+        let kept = self.stored.borrow_mut().remove(&group);
+        let stored = match kept {
+            Some(p) => Some(p),
+            // Written by an earlier version, beside the partition's log.
+            None => tern_storage::fs::read_file(&state::path(&dir))
+                .await?
+                .map(|d| {
+                    Persisted::from_bytes(&d)
+                        .ok_or_else(|| anyhow::anyhow!("damaged Raft state in {}", dir.display()))
+                })
+                .transpose()?,
+        };
         let cfg = self.config(group);
         let replica = ReplicaLog::new(log.clone(), group, self.misses.clone());
         let g = match &stored {
@@ -215,7 +253,6 @@ impl Replicator {
             group,
             Host {
                 log,
-                dir,
                 persisted,
                 role,
                 waiters: Vec::new(),
@@ -232,14 +269,19 @@ impl Replicator {
         *self.role_listener.borrow_mut() = Some(listener);
     }
 
-    /// Stops replicating group `group` (the partition left this node). Its waiters fail.
-    pub fn remove_group(&self, group: GroupId) {
+    /// Stops replicating group `group` (the partition left this node) and forgets its state,
+    /// stored before this returns (the caller deletes the partition's files after). Its waiters
+    /// fail.
+    pub async fn remove_group(&self, group: GroupId) -> std::io::Result<()> {
         self.multi.borrow_mut().remove_group(group);
-        if let Some(host) = self.hosts.borrow_mut().remove(&group) {
+        self.stored.borrow_mut().remove(&group);
+        let removed = self.hosts.borrow_mut().remove(&group);
+        if let Some(host) = removed {
             for w in host.waiters {
                 let _ = w.done.send(Err(ReplicateError::UnknownGroup));
             }
         }
+        self.write_state().await
     }
 
     /// Whether this node leads `group` and has committed an entry of its own term (so its
@@ -483,7 +525,7 @@ impl Replicator {
 
     async fn round(self: &Rc<Self>, ready: MultiReady) {
         // 1. Persist, before anything of this round is sent.
-        let mut writes = Vec::new();
+        let mut changed = false;
         {
             let mut hosts = self.hosts.borrow_mut();
             let multi = self.multi.borrow();
@@ -503,16 +545,14 @@ impl Replicator {
                 if let Some(g) = multi.group(*gid) {
                     host.persisted.commit = g.durable_commit();
                 }
-                writes.push((state::path(&host.dir), host.persisted.to_bytes()));
+                changed = true;
             }
         }
-        let results = futures::future::join_all(
-            writes
-                .iter()
-                .map(|(path, data)| tern_storage::fs::write_file_atomic(path, data)),
-        )
-        .await;
-        if let Some(error) = results.into_iter().find_map(Result::err) {
+        let written = match changed {
+            true => self.write_state().await,
+            false => Ok(()),
+        };
+        if let Err(error) = written {
             // Nothing of this round may be sent: Raft resends once state is stored again.
             tracing::error!(%error, "persisting Raft state failed; this round's messages are dropped");
             return;

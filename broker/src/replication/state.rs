@@ -1,10 +1,18 @@
 //! What a replica's Raft group persists besides its log: term, vote, the epoch table, the
-//! configurations, and a high-watermark checkpoint. One small file per replica
-//! (`raft-state` in the partition directory), replaced atomically.
+//! configurations, and a high-watermark checkpoint. One file per node (`raft-state` in the
+//! data directory) holds every replica's, by group, replaced atomically: a round that changes
+//! the state of thousands of groups (a node restarting, a storm of elections) writes and syncs
+//! one file, not thousands.
+//!
+//! Earlier versions kept one file per replica (`raft-state` in the partition directory); it is
+//! still read for a group the node file does not name.
 
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use tern_raft::{EpochTable, HardState, Membership, MembershipLog, Meta, NodeId, Offset, Term};
+use tern_raft::{
+    EpochTable, GroupId, HardState, Membership, MembershipLog, Meta, NodeId, Offset, Term,
+};
 
 const FILE: &str = "raft-state";
 
@@ -53,13 +61,36 @@ pub struct Persisted {
     pub commit: Offset,
 }
 
+/// The node's state file in data directory `dir`, or (earlier versions) a replica's in its
+/// partition directory `dir`.
 pub fn path(dir: &Path) -> PathBuf {
     dir.join(FILE)
 }
 
+/// Every replica's state, by group, as the node file holds it.
+pub fn encode_node<'a>(states: impl Iterator<Item = (GroupId, &'a Persisted)>) -> Vec<u8> {
+    let files: BTreeMap<GroupId, File> = states.map(|(g, p)| (g, p.to_file())).collect();
+    serde_json::to_vec(&files).expect("serializes")
+}
+
+/// `None` if the file is damaged.
+pub fn decode_node(data: &[u8]) -> Option<BTreeMap<GroupId, Persisted>> {
+    let files: BTreeMap<GroupId, File> = serde_json::from_slice(data).ok()?;
+    files
+        .into_iter()
+        .map(|(g, f)| Some((g, Persisted::from_file(f)?)))
+        .collect()
+}
+
 impl Persisted {
+    /// A replica's own file, as earlier versions wrote it.
+    #[cfg(test)]
     pub fn to_bytes(&self) -> Vec<u8> {
-        let f = File {
+        serde_json::to_vec(&self.to_file()).expect("serializes")
+    }
+
+    fn to_file(&self) -> File {
+        File {
             term: self.hard_state.term,
             vote: self.hard_state.vote,
             lost_data: self.hard_state.lost_data,
@@ -74,14 +105,16 @@ impl Persisted {
                 .iter()
                 .map(|(o, m)| (*o, m.into()))
                 .collect(),
-        };
-        serde_json::to_vec(&f).expect("serializes")
+        }
     }
 
     /// `None` if the file is damaged (it is replaced atomically, so only a bug or a bad disk
     /// does that).
     pub fn from_bytes(data: &[u8]) -> Option<Persisted> {
-        let f: File = serde_json::from_slice(data).ok()?;
+        Self::from_file(serde_json::from_slice(data).ok()?)
+    }
+
+    fn from_file(f: File) -> Option<Persisted> {
         let increasing =
             |a: &[(Term, Offset)]| a.windows(2).all(|w| w[0].0 < w[1].0 && w[0].1 < w[1].1);
         if !increasing(&f.epochs) || !f.changes.windows(2).all(|w| w[0].0 < w[1].0) {
@@ -125,7 +158,10 @@ mod tests {
             },
             commit: 35,
         };
-        assert_eq!(Persisted::from_bytes(&p.to_bytes()), Some(p));
+        assert_eq!(Persisted::from_bytes(&p.to_bytes()), Some(p.clone()));
         assert_eq!(Persisted::from_bytes(b"{"), None);
+        let node = encode_node([(3, &p), (9, &p)].into_iter());
+        assert_eq!(decode_node(&node), Some([(3, p.clone()), (9, p)].into()));
+        assert_eq!(decode_node(b"{\"3\": {}}"), None);
     }
 }

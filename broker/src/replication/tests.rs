@@ -46,7 +46,10 @@ async fn cluster(dir: &std::path::Path, n: u64, log_config: LogConfig) -> Vec<No
             tick: Duration::from_millis(10),
             ..Timing::default()
         };
-        let replicator = Replicator::start(transport, inbound, timing);
+        let replicator =
+            Replicator::start(transport, inbound, timing, &dir.join(format!("node{id}")))
+                .await
+                .unwrap();
         let log = PartitionLog::open(&dir.join(format!("node{id}/t-0")), log_config.clone())
             .await
             .unwrap();

@@ -169,8 +169,14 @@ impl Transport {
     }
 
     /// Queues `envelope` for its destination without waiting.
+    /// A large envelope goes as several frames (see [`rpc::split_envelope`]).
     pub fn send(&self, envelope: &Envelope) -> Result<(), SendError> {
-        self.send_frame(envelope.to, rpc::encode_envelope(envelope))
+        match rpc::split_envelope(envelope) {
+            None => self.send_frame(envelope.to, rpc::encode_envelope(envelope)),
+            Some(pieces) => pieces
+                .iter()
+                .try_for_each(|p| self.send_frame(envelope.to, rpc::encode_envelope(p))),
+        }
     }
 
     /// Queues a node message for node `to` without waiting.
