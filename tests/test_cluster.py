@@ -59,10 +59,10 @@ class Cluster:
     def port_of(self, node):
         return self.port + node - 1
 
-    def logs(self):
+    def logs(self, nodes=None):
         return "\n".join(
-            open(os.path.join(self.dir, f"node{i}.log"), errors="replace").read()[-3000:]
-            for i in range(1, self.n + 1)
+            f"--- node {i}\n" + open(os.path.join(self.dir, f"node{i}.log"), errors="replace").read()[-6000:]
+            for i in range(1, (nodes or self.n) + 1)
         )
 
 
@@ -545,10 +545,10 @@ def test_a_broker_joins_and_partitions_move_onto_it_online(workdir, topic_name):
     from kafka import TopicPartition as KTP
     from kafka.errors import InvalidReplicationAssignmentError
 
+    acked, stop = {}, threading.Event()
     cluster = Cluster(workdir, flags="--broker-session-timeout-ms 2000").start()
     try:
         create(cluster, topic_name, partitions=2, rf=3)
-        acked, stop = {}, threading.Event()
 
         def produce():
             p = Producer({"bootstrap.servers": cluster.bootstrap, "acks": "all", "enable.idempotence": True,
@@ -569,7 +569,7 @@ def test_a_broker_joins_and_partitions_move_onto_it_online(workdir, topic_name):
                 time.sleep(0.002)
             assert p.flush(60) == 0
 
-        writer = threading.Thread(target=produce)
+        writer = threading.Thread(target=produce, daemon=True)
         writer.start()
         cluster.run("add", 4)
         ka = KafkaAdminClient(bootstrap_servers=cluster.bootstrap)
@@ -618,7 +618,11 @@ def test_a_broker_joins_and_partitions_move_onto_it_online(workdir, topic_name):
         admin(cluster).create_partitions([NewPartitions(topic_name, 3)])[topic_name].result(timeout=30)
         wait_for(lambda: partitions().get(2, {}).get("leader_id", -1) >= 0, what="the new partition led")
         assert sorted(partitions()[2]["replica_nodes"]) == [1, 2, 3]
+    except BaseException:
+        print(cluster.logs(nodes=4))
+        raise
     finally:
+        stop.set()
         cluster.run("stop")
 
 

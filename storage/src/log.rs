@@ -892,7 +892,12 @@ impl PartitionLog {
                 let limit = self.config.borrow().cache_bytes;
                 let written = st.written;
                 st.cache.trim(limit, written);
-                let visible = st.high_watermark.is_none();
+                // The high watermark consumers see is min(commit, written): this write moved
+                // it when there is no commit index (one replica) or when the commit index was
+                // already past what was written (a majority of followers stored the batches
+                // before this replica did). Then waiting readers (long polls, the metadata
+                // log's appliers) must hear of it: the commit index will not move again.
+                let visible = st.high_watermark.is_none_or(|hw| hw > from);
                 drop(st);
                 if visible {
                     self.advanced.notify(usize::MAX);

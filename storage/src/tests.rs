@@ -1251,3 +1251,24 @@ fn a_failed_write_fences_a_replicated_leader_until_its_next_epoch() {
         assert_eq!(a.base_offset, 5);
     });
 }
+
+#[test]
+fn readers_hear_when_a_write_makes_an_earlier_commit_visible() {
+    use futures::FutureExt;
+    let (_tmp, dir) = partition_dir();
+    run(move || async move {
+        let log = PartitionLog::open(&dir, uncached()).await.unwrap();
+        log.set_high_watermark(0);
+        let a = log.append(client_batch(5, 0, 50).into(), 0).unwrap();
+        // Followers stored the batch first: the commit index passes it before it is written
+        // here, and readers see only what is written.
+        log.set_high_watermark(5);
+        let listener = log.listen();
+        log.wait(&a, Durability::Written).await.unwrap();
+        assert_eq!(log.high_watermark(), 5);
+        assert!(
+            listener.now_or_never().is_some(),
+            "a reader waiting for the high watermark was not told it moved"
+        );
+    });
+}

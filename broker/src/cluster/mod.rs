@@ -9,6 +9,11 @@
 //! stale base is refused by every node alike when applied, so two controllers in succession
 //! never overwrite each other's changes.
 //!
+//! Every record is a whole snapshot, so the log is compacted by moving its start up to the
+//! newest snapshot this node applied (`COMPACT_AFTER` records behind it at most): a restart
+//! replays one snapshot and what followed, not the cluster's history. The snapshot at a log
+//! start is the base: applied whatever its version, as long as it is newer.
+//!
 //! Nodes register through their RPC hello (Kafka listener, rack, RPC listener): the controller
 //! adds the nodes it hears from to the metadata, and makes those that are not voters of the
 //! quorum learners of the metadata group, so every node follows the metadata log. A node the
@@ -53,6 +58,10 @@ const SNAPSHOT_KEY: &[u8] = b"cluster-metadata";
 const COMMIT_TIMEOUT: Duration = Duration::from_secs(15);
 /// Replicas a node opens at once when metadata gives it new partitions.
 const OPEN_CONCURRENCY: usize = 64;
+/// Metadata records kept before the newest applied snapshot before the log is compacted.
+const COMPACT_AFTER: i64 = 16;
+/// Metadata log segments: small, so compaction deletes files.
+const METADATA_SEGMENT_BYTES: u64 = 8 << 20;
 /// How often the controller checks the nodes it hears from against the metadata.
 const REGISTER_INTERVAL: Duration = Duration::from_millis(200);
 
@@ -125,6 +134,9 @@ pub struct Cluster {
     controller_since: Cell<Option<Instant>>,
     /// What this node last told the others of the groups it leads.
     told: RefCell<leaders::Told>,
+    /// Controller: when it first heard each node's hello (a node just registered is not
+    /// fenced before it could be heard from).
+    first_seen: RefCell<BTreeMap<i32, Instant>>,
 }
 
 impl Cluster {
@@ -168,7 +180,10 @@ impl Cluster {
         .context("start replication")?;
         let metadata = PartitionLog::open(
             &shard.config.data_dir.join(METADATA_DIR),
-            LogConfig::default(),
+            LogConfig {
+                segment_bytes: METADATA_SEGMENT_BYTES,
+                ..LogConfig::default()
+            },
         )
         .await
         .context("open the metadata log")?;
@@ -198,6 +213,7 @@ impl Cluster {
             applied_event: Event::new(),
             controller_since: Cell::new(None),
             told: RefCell::default(),
+            first_seen: RefCell::default(),
         });
         shard.groups.set_clustered();
         let (weak, shard_ref) = (Rc::downgrade(&cluster), shard.clone());
@@ -403,8 +419,16 @@ impl Cluster {
     /// Applies committed metadata snapshots in log order, for as long as the node runs.
     async fn apply_loop(self: Rc<Self>, shard: Rc<Shard>) {
         let mut next = self.metadata.log_start_offset();
+        // The next snapshot is the one at the log start (a base).
+        let mut base = true;
         loop {
             let listener = self.metadata.listen();
+            let start = self.metadata.log_start_offset();
+            if next < start {
+                // Behind the leader's log start: the log was restarted there.
+                next = start;
+                base = true;
+            }
             let hw = self.metadata.high_watermark();
             if next >= hw {
                 listener.await;
@@ -432,7 +456,7 @@ impl Cluster {
                 }
                 let snapshot = decode_snapshot(&data.slice(pos..pos + h.total_len()));
                 let accepted = match snapshot {
-                    Some(meta) => self.apply(&shard, meta).await,
+                    Some(meta) => self.apply(&shard, meta, std::mem::take(&mut base)).await,
                     None => {
                         tracing::error!(
                             offset = h.base_offset,
@@ -449,13 +473,41 @@ impl Cluster {
             }
             self.applied.set(next);
             self.applied_event.notify(usize::MAX);
+            self.compact_metadata().await;
         }
     }
 
-    /// Applies one committed snapshot if it is the next version; returns whether it was.
-    async fn apply(&self, shard: &Rc<Shard>, meta: ClusterMeta) -> bool {
+    /// Moves the metadata log's start up to the newest snapshot applied, once enough records
+    /// lie before it.
+    async fn compact_metadata(&self) {
+        let newest = self
+            .outcomes
+            .borrow()
+            .iter()
+            .rev()
+            .find(|(_, accepted)| *accepted)
+            .map(|&(offset, _)| offset);
+        let Some(offset) = newest else {
+            return;
+        };
+        if offset - self.metadata.log_start_offset() < COMPACT_AFTER {
+            return;
+        }
+        match self.metadata.delete_records(offset).await {
+            Ok(_) => self.replicator.log_start_advanced(METADATA_GROUP),
+            Err(e) => tracing::warn!(error = %e, "compact the metadata log"),
+        }
+    }
+
+    /// Applies one committed snapshot if it is the next version (or, as the `base` at the log
+    /// start, any newer one); returns whether it was.
+    async fn apply(&self, shard: &Rc<Shard>, meta: ClusterMeta, base: bool) -> bool {
         let current = shard.meta.snapshot();
-        if meta.version != current.version + 1 {
+        let next = match base {
+            true => meta.version > current.version,
+            false => meta.version == current.version + 1,
+        };
+        if !next {
             tracing::warn!(
                 version = meta.version,
                 current = current.version,
@@ -611,6 +663,12 @@ impl Cluster {
                     rpc: self.config.rpc_advertised.to_string(),
                 },
             );
+            for &id in nodes.keys() {
+                self.first_seen
+                    .borrow_mut()
+                    .entry(id)
+                    .or_insert_with(Instant::now);
+            }
             let current = shard.meta.snapshot();
             let fenced = self.fenced(&current);
             let changed = nodes.iter().any(|(id, n)| current.nodes.get(id) != Some(n))
@@ -655,15 +713,19 @@ impl Cluster {
     /// The registered nodes the controller has not heard from within the session timeout
     /// (counted from when it became controller at the earliest).
     fn fenced(&self, meta: &ClusterMeta) -> std::collections::BTreeSet<i32> {
-        let Some(since) = self.controller_since.get() else {
+        let Some(controller_since) = self.controller_since.get() else {
             return meta.fenced.clone();
         };
+        let first_seen = self.first_seen.borrow();
         meta.nodes
             .keys()
             .copied()
             .filter(|&id| id != self.node_id())
             .filter(|&id| {
                 let timeout = self.config.session_timeout;
+                let since = first_seen
+                    .get(&id)
+                    .map_or(controller_since, |&s| s.max(controller_since));
                 let heard = self.replicator.heard_from(id as NodeId);
                 if heard.is_some_and(|h| h.elapsed() <= timeout) {
                     false

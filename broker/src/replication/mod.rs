@@ -392,6 +392,14 @@ impl Replicator {
         Some(multi.group(group)?.membership().clone())
     }
 
+    /// The host moved `group`'s log start up (below its commit index).
+    pub fn log_start_advanced(&self, group: GroupId) {
+        if let Some(g) = self.multi.borrow_mut().group_mut(group) {
+            g.log_start_advanced();
+        }
+        self.work.notify(1);
+    }
+
     /// The committed configuration of `group` on this replica.
     pub fn committed_membership(&self, group: GroupId) -> Option<Membership> {
         let multi = self.multi.borrow();
