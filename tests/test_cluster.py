@@ -699,3 +699,32 @@ def test_leadership_returns_to_preferred_replicas_after_a_node_comes_back(workdi
         wait_for(on_preferred, timeout=60, what="leadership handed back")
     finally:
         cluster.run("stop")
+
+
+def test_the_metadata_log_is_compacted_and_nodes_start_from_its_base(cluster, topic_name):
+    """Every metadata record is a whole snapshot: once enough lie behind the newest, each node
+    moves its log start there; a restarted node and a node that joins later start from it."""
+    import json
+
+    names = [f"{topic_name}-{i}" for i in range(12)]
+    for name in names:
+        tern(cluster, "topic", "create", name, "-p", "1", "-r", "3")
+    for name in names[:6]:
+        tern(cluster, "topic", "delete", name)
+
+    def log_start(node):
+        path = os.path.join(cluster.dir, f"node{node}", "data", "__cluster_metadata-0", "log-start-offset")
+        return int(open(path).read()) if os.path.exists(path) else 0
+    wait_for(lambda: all(log_start(n) > 0 for n in (1, 2, 3)), what="the metadata log compacted")
+
+    def topics(node):
+        out = subprocess.run([TERN_BIN, "topic", "list", "--json", "-b", f"127.0.0.1:{cluster.port_of(node)}"],
+                             capture_output=True, text=True, timeout=60)
+        return sorted(t["topic"] for t in json.loads(out.stdout)) if out.returncode == 0 else None
+    expected = sorted(names[6:] + ["__consumer_offsets"])
+    wait_for(lambda: topics(1) == expected, what="the topics on node 1")
+    cluster.run("kill", 3)
+    cluster.run("restart", 3)
+    wait_for(lambda: topics(3) == expected, what="the topics on the restarted node")
+    cluster.run("add", 4)
+    wait_for(lambda: topics(4) == expected, what="the topics on a node that joined after compaction")
