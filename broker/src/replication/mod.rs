@@ -355,35 +355,27 @@ impl Replicator {
         group: GroupId,
         change: MembershipChange,
     ) -> Result<Offset, ProposeError> {
-        let mut multi = self.multi.borrow_mut();
-        let g = multi
-            .group_mut(group)
-            .ok_or(ProposeError::NotLeader { leader: None })?;
-        let offset = g.propose_membership(change)?;
-        drop(multi);
+        self.change(group, |g| g.propose_membership(change))
+            .unwrap_or(Err(ProposeError::NotLeader { leader: None }))
+    }
+
+    /// Runs `f` on `group` (a change the host makes directly), then wakes the round loop.
+    fn change<T>(&self, group: GroupId, f: impl FnOnce(&mut Group<ReplicaLog>) -> T) -> Option<T> {
+        let out = self.multi.borrow_mut().group_mut(group).map(f);
         self.work.notify(1);
-        Ok(offset)
+        out
     }
 
     /// Leader: hands leadership of `group` to `to` once it holds the whole log.
     pub fn transfer_leader(&self, group: GroupId, to: NodeId) -> Result<(), ProposeError> {
-        let mut multi = self.multi.borrow_mut();
-        let g = multi
-            .group_mut(group)
-            .ok_or(ProposeError::NotLeader { leader: None })?;
-        g.transfer_leader(to)?;
-        drop(multi);
-        self.work.notify(1);
-        Ok(())
+        self.change(group, |g| g.transfer_leader(to))
+            .unwrap_or(Err(ProposeError::NotLeader { leader: None }))
     }
 
     /// Asks for an election now if `group` has no leader this replica knows (see
     /// [`Group::campaign`]).
     pub fn campaign(&self, group: GroupId) {
-        if let Some(g) = self.multi.borrow_mut().group_mut(group) {
-            g.campaign();
-        }
-        self.work.notify(1);
+        self.change(group, |g| g.campaign());
     }
 
     /// The configuration of `group` in effect on this replica (committed or not).
@@ -394,10 +386,7 @@ impl Replicator {
 
     /// The host moved `group`'s log start up (below its commit index).
     pub fn log_start_advanced(&self, group: GroupId) {
-        if let Some(g) = self.multi.borrow_mut().group_mut(group) {
-            g.log_start_advanced();
-        }
-        self.work.notify(1);
+        self.change(group, |g| g.log_start_advanced());
     }
 
     /// The committed configuration of `group` on this replica.
