@@ -394,12 +394,25 @@ impl Cluster {
                 ))
             }
         }
-        loop {
-            let listener = self.applied_event.listen();
-            if self.applied.get() > proposed.last_offset {
-                break;
+        // Committed: every node applies it. This one is waited for (bounded: a slow applier
+        // must not hold the controller lock for good; the next change waits for it anyway).
+        let applied = async {
+            loop {
+                let listener = self.applied_event.listen();
+                if self.applied.get() > proposed.last_offset {
+                    break;
+                }
+                listener.await;
             }
-            listener.await;
+        };
+        if crate::rpc::with_timeout(COMMIT_TIMEOUT, applied)
+            .await
+            .is_none()
+        {
+            return Err(ApiError::new(
+                ResponseError::RequestTimedOut,
+                "the metadata change is committed but not yet applied on the controller",
+            ));
         }
         let accepted = self
             .outcomes
