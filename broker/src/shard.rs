@@ -85,14 +85,12 @@ impl Shard {
         self.meta.snapshot().topics.get(topic)?.group(partition)
     }
 
-    /// A partition this node serves consumers from, on its owner shard, and its leader epoch:
-    /// in cluster mode only its leader does (NOT_LEADER_OR_FOLLOWER elsewhere). A client's
-    /// `current_leader_epoch` (-1: none given) must be the leader's: older is
+    /// A partition this node serves reads of, on its owner shard, and its leader epoch. In
+    /// cluster mode only its leader does (NOT_LEADER_OR_FOLLOWER elsewhere), or with
+    /// `any_replica` (a consumer reading from a follower, KIP-392) any replica it holds (reads
+    /// stop at that replica's high watermark: committed records only). A client's
+    /// `current_leader_epoch` (-1: none given) must be the replica's: older is
     /// FENCED_LEADER_EPOCH, newer UNKNOWN_LEADER_EPOCH (KIP-320).
-    /// A partition this node may serve reads of: its leader's replica, or with `any_replica`
-    /// (a consumer reading from a follower, KIP-392) any replica it holds (reads stop at that
-    /// replica's high watermark: committed records only). Returns the log and the replica's
-    /// leader epoch, checked against the client's.
     pub fn readable_partition(
         &self,
         topic: &str,

@@ -77,9 +77,9 @@ pub struct Hello {
 /// requests to partition leaders.
 #[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub enum NodeMessage {
-    /// Groups the sender leads, with their state (only those that changed, or all of them
-    /// when `full`).
-    Leaders { full: bool, groups: Vec<Leadership> },
+    /// Groups the sender leads, with their state (those that changed, and every few seconds
+    /// all of them).
+    Leaders { groups: Vec<Leadership> },
     /// Controller to a group's leader: hand leadership to `to` (ElectLeaders).
     TransferLeader { group: u64, to: u64 },
 }
@@ -773,7 +773,6 @@ mod tests {
         assert_eq!(decode(wire.slice(4..)).unwrap(), Frame::Hello(hello));
         for message in [
             NodeMessage::Leaders {
-                full: true,
                 groups: vec![Leadership {
                     group: 7,
                     term: 3,

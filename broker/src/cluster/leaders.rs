@@ -75,7 +75,6 @@ impl Cluster {
                 for &id in meta.nodes.keys() {
                     if id as NodeId != me {
                         let message = NodeMessage::Leaders {
-                            full,
                             groups: groups.clone(),
                         };
                         // A full queue drops it: the next full report repeats it.
@@ -167,7 +166,7 @@ impl Cluster {
     ) {
         while let Some(frame) = messages.recv().await {
             match frame.message {
-                NodeMessage::Leaders { groups, .. } => {
+                NodeMessage::Leaders { groups } => {
                     for l in &groups {
                         self.take_leadership(&shard, frame.from, l);
                     }

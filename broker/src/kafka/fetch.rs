@@ -114,10 +114,13 @@ fn preferred_replica(
     p: i32,
     rack: &str,
 ) -> Option<i32> {
+    if rack.is_empty() {
+        return None; // the common case: nothing looked up
+    }
     let group = meta.topics.get(topic)?.group(p)?;
     let me = shard.config.node_id;
     let rack_of = |n: &i32| meta.nodes.get(n).and_then(|n| n.rack.as_deref());
-    if rack.is_empty() || shard.meta.leader(group)?.0 != me || rack_of(&me) == Some(rack) {
+    if shard.meta.leader(group)?.0 != me || rack_of(&me) == Some(rack) {
         return None;
     }
     shard
@@ -127,12 +130,23 @@ fn preferred_replica(
         .find(|n| *n != me && rack_of(n) == Some(rack) && !meta.fenced.contains(n))
 }
 
-fn resolve(shard: &Shard, req: &FetchRequest, version: i16) -> Vec<(String, Uuid, Vec<Wanted>)> {
-    let meta = shard.meta.snapshot();
-    let rack = match version >= 11 && req.replica_id.0 < 0 && req.replica_state.replica_id.0 < 0 {
+/// The rack a consumer's Fetch names (v11+, KIP-392); empty when none, or for a replica's
+/// fetch (replicas of Tern never fetch).
+fn consumer_rack(req: &FetchRequest, version: i16) -> &str {
+    let consumer = req.replica_id.0 < 0 && req.replica_state.replica_id.0 < 0;
+    match version >= 11 && consumer {
         true => req.rack_id.as_str(),
         false => "",
-    };
+    }
+}
+
+fn resolve(
+    shard: &Shard,
+    req: &FetchRequest,
+    version: i16,
+    rack: &str,
+) -> Vec<(String, Uuid, Vec<Wanted>)> {
+    let meta = shard.meta.snapshot();
     req.topics
         .iter()
         .map(|t| {
@@ -217,7 +231,8 @@ pub async fn handle(
     version: i16,
     correlation_id: i32,
 ) -> Reply {
-    let mut topics = resolve(shard, &req, version);
+    let rack = consumer_rack(&req, version);
+    let mut topics = resolve(shard, &req, version, rack);
     // The response is bounded by the client's max_bytes and by the shard's memory budget, and
     // shared among the partitions so no more is read than can be sent.
     let max_bytes = (req.max_bytes.max(0) as usize).min(shard.config.memory_per_shard / 8);
@@ -231,12 +246,8 @@ pub async fn handle(
     }
     let deadline = Instant::now() + Duration::from_millis(req.max_wait_ms.max(0) as u64);
     let min_bytes = req.min_bytes.max(0) as usize;
-    // Consumers that name their rack may read from followers (KIP-392); replicas of Tern
-    // never fetch.
-    let any_replica = version >= 11
-        && req.replica_id.0 < 0
-        && req.replica_state.replica_id.0 < 0
-        && !req.rack_id.is_empty();
+    // Consumers that name their rack may read from followers (KIP-392).
+    let any_replica = !rack.is_empty();
     // A consumer sent to another replica is answered at once.
     let redirected = topics
         .iter()
@@ -285,7 +296,6 @@ fn build_response(
     max_bytes: usize,
     isolation: i8,
 ) -> (Vec<FetchTopic<Records>>, Vec<NodeEndpoint>) {
-    let meta = shard.meta.snapshot();
     // KIP-951: a partition refused as not led here (or with a stale epoch) names its leader,
     // and the response carries that node's endpoint.
     let mut named = std::collections::BTreeSet::new();
@@ -297,7 +307,7 @@ fn build_response(
         if !redirect.contains(&error) {
             return None;
         }
-        let view = super::nodes::partition(shard, meta.topics.get(topic)?, p);
+        let view = super::nodes::partition(shard, shard.meta.snapshot().topics.get(topic)?, p);
         (view.leader >= 0).then(|| {
             named.insert(view.leader);
             (view.leader, view.epoch)
