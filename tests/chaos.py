@@ -2,9 +2,12 @@
 
 A workload runs throughout: an idempotent producer (acks=all) writing unique values to a
 replicated topic, and a consumer reading it live. Meanwhile faults hit random nodes, one at a
-time: SIGKILL then restart, SIGSTOP then SIGCONT (longer than an election timeout), and a cut
-network (iptables drops every packet of the node's internal RPC listener, so it hears no other
-node; skipped, and said so, where iptables cannot be used). Then everything heals, the whole
+time: SIGKILL then restart, SIGSTOP then SIGCONT (longer than an election timeout), a node cut
+off (iptables drops every packet of its internal RPC listener, so it hears no other node), and a
+split link (two nodes cannot reach each other while both reach the third: Jepsen's bridge, the
+partition that tests pre-vote and check-quorum; node I's RPC runs on 127.0.0.I and dials from
+there, so rules on addresses cut one link). The network faults are skipped, and said so, where
+iptables cannot be used. Each fault holds longer than an election timeout. Then everything heals, the whole
 topic is read back, and the history is checked:
 
 - lost write: an acknowledged value is not in the log;
@@ -56,7 +59,7 @@ class Cluster:
             if all(self._free(p) for i in range(nodes) for p in (self.port + i, self.port + 100 + i)):
                 break
         self.env = dict(os.environ, TERN_CLUSTER_DIR=self.dir, TERN_CLUSTER_PORT=str(self.port), TERN_BIN=tern_bin)
-        self.cut = set()
+        self.cut = {}  # what is cut (a node, or a pair of nodes) -> its iptables rules
 
     @staticmethod
     def _free(port):
@@ -80,19 +83,29 @@ class Cluster:
         port = str(self.rpc_port(node))
         return [["-p", "tcp", "--dport", port, "-j", "DROP"], ["-p", "tcp", "--sport", port, "-j", "DROP"]]
 
-    def cut_off(self, node):
-        for rule in self._rules(node):
-            subprocess.run(["iptables", "-A", "INPUT", *rule], check=True)
-        self.cut.add(node)
+    @staticmethod
+    def _link_rules(a, b):
+        return [["-s", f"127.0.0.{x}", "-d", f"127.0.0.{y}", "-p", "tcp", "-j", "DROP"] for x, y in ((a, b), (b, a))]
 
-    def heal(self, node):
-        for rule in self._rules(node):
+    def _apply(self, key, rules):
+        for rule in rules:
+            subprocess.run(["iptables", "-A", "INPUT", *rule], check=True)
+        self.cut[key] = rules
+
+    def cut_off(self, node):
+        self._apply(node, self._rules(node))
+
+    def split(self, a, b):
+        """Cuts the link between nodes a and b, both ways; each still reaches the others."""
+        self._apply((a, b), self._link_rules(a, b))
+
+    def heal(self, key):
+        for rule in self.cut.pop(key, []):
             subprocess.run(["iptables", "-D", "INPUT", *rule], capture_output=True)
-        self.cut.discard(node)
 
     def heal_all(self):
-        for node in list(self.cut):
-            self.heal(node)
+        for key in list(self.cut):
+            self.heal(key)
 
 
 class Workload:
@@ -217,7 +230,7 @@ def check(workload, log):
 def run(faults, workdir, tern_bin, seed=None, log=print):
     rng = random.Random(seed)
     cluster = Cluster(workdir, tern_bin)
-    kinds = ["kill", "pause"] + (["cut"] if iptables_works() else [])
+    kinds = ["kill", "pause"] + (["cut", "split"] if iptables_works() else [])
     if "cut" not in kinds:
         log("iptables is not usable here: network faults skipped")
     bootstrap = cluster.run("start", cluster.n).strip().splitlines()[-1]
@@ -244,10 +257,15 @@ def run(faults, workdir, tern_bin, seed=None, log=print):
                 cluster.run("pause", node)
                 time.sleep(hold)
                 cluster.run("resume", node)
-            else:
+            elif kind == "cut":
                 cluster.cut_off(node)
                 time.sleep(hold)
                 cluster.heal(node)
+            else:
+                other = rng.choice([n for n in range(1, cluster.n + 1) if n != node])
+                cluster.split(node, other)
+                time.sleep(hold)
+                cluster.heal((node, other))
             if (i + 1) % 50 == 0:
                 log(f"{i + 1} faults, {len(workload.acked)} acknowledged")
         cluster.heal_all()

@@ -165,6 +165,7 @@ impl Cluster {
             kafka: advertised(shard),
             rack: config.rack.clone(),
             rpc: config.rpc_advertised.to_string(),
+            dial_from: Some(config.rpc_listen.ip()).filter(|ip| !ip.is_unspecified()),
         };
         let (transport, inbound) = Transport::start(rpc, listener);
         let messages = transport

@@ -40,6 +40,7 @@ async fn cluster(dir: &std::path::Path, n: u64, log_config: LogConfig) -> Vec<No
             kafka: String::new(),
             rack: None,
             rpc: addrs[i].to_string(),
+            dial_from: None,
         };
         let (transport, inbound) = Transport::start(config, listener);
         let timing = Timing {

@@ -21,7 +21,7 @@ use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use glommio::net::{TcpListener, TcpStream};
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::rc::{Rc, Weak};
 use std::time::Duration;
 use tern_protocol::rpc::{self, Encoded, Frame, Hello, NodeFrame, NodeMessage};
@@ -57,6 +57,10 @@ pub struct RpcConfig {
     pub kafka: String,
     pub rack: Option<String>,
     pub rpc: String,
+    /// The address this node dials other nodes from: its RPC listener's unless that is a
+    /// wildcard. Its connections then come from the address it is known by, so firewall rules
+    /// between two nodes (and the chaos tests' cut links) can name both ends.
+    pub dial_from: Option<IpAddr>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -229,7 +233,13 @@ async fn connect_loop(
     let mut delay = RECONNECT_MIN;
     let mut scratch = Vec::new();
     loop {
-        let stream = match with_timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+        let connect = async {
+            match config.dial_from {
+                Some(ip) => TcpStream::connect_from(SocketAddr::new(ip, 0), addr).await,
+                None => TcpStream::connect(addr).await,
+            }
+        };
+        let stream = match with_timeout(CONNECT_TIMEOUT, connect).await {
             Some(Ok(stream)) => stream,
             _ => {
                 if alive.upgrade().is_none() {

@@ -62,7 +62,8 @@ type Node = (Rc<Transport>, LocalReceiver<Envelope>);
 
 fn pair() -> (Node, Node, SocketAddr) {
     let l1 = TcpListener::bind("127.0.0.1:0").unwrap();
-    let l2 = TcpListener::bind("127.0.0.1:0").unwrap();
+    // Node 2 listens on, and dials from, an address of its own (as the chaos tests' nodes do).
+    let l2 = TcpListener::bind("127.0.0.2:0").unwrap();
     let (a1, a2) = (l1.local_addr().unwrap(), l2.local_addr().unwrap());
     let config = |me, peer, addr| RpcConfig {
         node_id: me,
@@ -71,6 +72,7 @@ fn pair() -> (Node, Node, SocketAddr) {
         kafka: format!("127.0.0.1:{}", 9090 + me),
         rack: None,
         rpc: String::new(),
+        dial_from: (me == 2).then(|| "127.0.0.2".parse().unwrap()),
     };
     let one = Transport::start(config(1, 2, a2), l1);
     let two = Transport::start(config(2, 1, a1), l2);
@@ -135,6 +137,7 @@ fn envelopes_travel_both_ways_with_their_batches() {
                 kafka: String::new(),
                 rack: None,
                 rpc: String::new(),
+                dial_from: None,
             },
             l,
         );
@@ -213,6 +216,7 @@ fn a_node_not_known_yet_registers_by_connecting_and_is_then_reached() {
                 kafka: "127.0.0.1:9099".into(),
                 rack: None,
                 rpc: addr9.to_string(),
+                dial_from: None,
             },
             l9,
         );

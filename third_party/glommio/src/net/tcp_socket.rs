@@ -428,6 +428,21 @@ impl TcpStream {
         })
     }
 
+    /// Creates a TCP connection to `addr` from the local address `local` (port 0: any).
+    // Tern: dialling from a chosen address lets a node's connections be told apart by
+    // address, as firewall rules between nodes on one host need.
+    pub async fn connect_from(local: SocketAddr, addr: SocketAddr) -> Result<TcpStream> {
+        let socket = make_tcp_socket(&addr)?;
+        socket.bind(&local.into())?;
+        let reactor = crate::executor().reactor();
+        let source = reactor.connect(socket.as_raw_fd(), SockaddrStorage::from(addr));
+        source.collect_rw().await?;
+
+        Ok(TcpStream {
+            stream: GlommioStream::from(socket),
+        })
+    }
+
     /// Creates a TCP connection to the specified address with a timeout.
     ///
     /// It is an error to pass a zero `Duration` to this function.
