@@ -92,8 +92,9 @@ def create(cluster, topic, partitions=3, rf=3):
 
 
 def consume_all(cluster, topic, partitions, expect, timeout=60):
-    """Every record of `topic` from offset 0: {value: (partition, offset)} and the duplicates."""
-    c = Consumer({"bootstrap.servers": cluster.bootstrap, "group.id": "unused", "enable.auto.commit": False})
+    """Every record of `topic` from its start: {value: (partition, offset)} and the duplicates."""
+    c = Consumer({"bootstrap.servers": cluster.bootstrap, "group.id": "unused", "enable.auto.commit": False,
+                  "auto.offset.reset": "earliest"})
     c.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
     seen, dups = {}, 0
     deadline = time.time() + timeout
@@ -532,6 +533,52 @@ def test_the_whole_cluster_restarts_with_every_committed_record(cluster, topic_n
     everything = {**acked, **more}
     seen, dups = consume_all(cluster, topic_name, 3, everything)
     assert seen == everything and dups == 0, cluster.logs()
+
+
+def test_deleted_records_stay_deleted_when_another_replica_leads(cluster, topic_name):
+    create(cluster, topic_name, partitions=1, rf=3)
+    p = Producer({"bootstrap.servers": cluster.bootstrap, "acks": "all"})
+    acked = {}
+    for i in range(100):
+        p.produce(topic_name, value=b"d%d" % i, partition=0,
+                  on_delivery=lambda err, m: err is None and acked.__setitem__(m.value(), m.offset()))
+    assert p.flush(30) == 0 and len(acked) == 100
+    # Raft's control batches take offsets too: delete before record 60, wherever it is.
+    cut = acked[b"d60"]
+    tp = TopicPartition(topic_name, 0, cut)
+    # Answered once every in-sync replica starts there: the low watermark.
+    assert admin(cluster).delete_records([tp])[tp].result(30).low_watermark == cut
+
+    def watermarks():
+        # A new client each time: one that knew the dead leader may keep asking it a while.
+        c = Consumer({"bootstrap.servers": cluster.bootstrap, "group.id": "unused"})
+        try:
+            return c.get_watermark_offsets(TopicPartition(topic_name, 0), timeout=5, cached=False)
+        except KafkaException:
+            return None
+        finally:
+            c.close()
+
+    def in_sync():
+        md = admin(cluster).list_topics(topic_name, timeout=10)
+        return len(md.topics[topic_name].partitions[0].isrs) == 3
+
+    def low_after_failover():
+        wait_for(in_sync, what="every replica in sync")
+        victim = leaders(cluster, topic_name)[0]
+        cluster.run("kill", victim)
+        wait_for(lambda: leaders(cluster, topic_name)[0] not in (victim, -1), what="a new leader")
+        wait_for(watermarks, what="the new leader answers ListOffsets")
+        low, _ = watermarks()
+        cluster.run("restart", victim)
+        return low
+
+    # Two failovers: the first leader's copy, then a second replica's, and the last one serves.
+    assert low_after_failover() == cut, cluster.logs()
+    assert low_after_failover() == cut, cluster.logs()
+    kept = {v: o for v, o in acked.items() if o >= cut}
+    seen, dups = consume_all(cluster, topic_name, 1, kept)
+    assert {v: o for v, (_, o) in seen.items()} == kept and dups == 0, seen
 
 
 def test_a_broker_joins_and_partitions_move_onto_it_online(workdir, topic_name):

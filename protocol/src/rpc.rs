@@ -18,7 +18,7 @@ use thiserror::Error;
 use crate::batch::{BatchHeader, HEADER_LEN};
 
 /// Bumped when the frame or its messages change incompatibly.
-pub const VERSION: u16 = 2;
+pub const VERSION: u16 = 3;
 /// Largest frame accepted: a replication round is bounded by Raft's append window (a few MiB),
 /// and one batch by `message.max.bytes`.
 pub const MAX_FRAME: usize = 256 << 20;
@@ -82,6 +82,9 @@ pub enum NodeMessage {
     Leaders { groups: Vec<Leadership> },
     /// Controller to a group's leader: hand leadership to `to` (ElectLeaders).
     TransferLeader { group: u64, to: u64 },
+    /// Follower to its group's leader: its replica's log start offset, after it followed the
+    /// leader's (DeleteRecords, retention).
+    LogStart { group: u64, start: i64 },
 }
 
 /// A group as its leader sees it.
@@ -94,6 +97,9 @@ pub struct Leadership {
     /// The group's configuration in effect (committed or not).
     pub voters: Vec<u64>,
     pub learners: Vec<u64>,
+    /// The leader's log start offset: followers move theirs up to it (as Kafka's followers
+    /// take the leader's from fetch answers), so records deleted stay deleted after failover.
+    pub log_start: i64,
 }
 
 /// The frame of a [`NodeMessage`].
@@ -779,9 +785,14 @@ mod tests {
                     isr: vec![1, 2],
                     voters: vec![1, 2, 3],
                     learners: vec![4],
+                    log_start: 120,
                 }],
             },
             NodeMessage::TransferLeader { group: 7, to: 2 },
+            NodeMessage::LogStart {
+                group: 7,
+                start: 120,
+            },
         ] {
             let node = NodeFrame {
                 from: 1,

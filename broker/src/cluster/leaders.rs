@@ -31,7 +31,7 @@ use crate::controller::ApiError;
 use crate::metadata::ClusterMeta;
 use crate::shard::Shard;
 
-const REPORT_INTERVAL: Duration = Duration::from_millis(500);
+pub(super) const REPORT_INTERVAL: Duration = Duration::from_millis(500);
 /// Every this many reports, all of a node's leaderships are told, not only changes.
 const FULL_EVERY: u64 = 10;
 /// How long ElectLeaders waits for the preferred replica to take over.
@@ -56,13 +56,16 @@ impl Cluster {
         loop {
             glommio::timer::sleep(REPORT_INTERVAL).await;
             let meta = shard.meta.snapshot();
-            let led = self.leaderships(&meta);
+            let led = self.leaderships(&shard, &meta);
             let me = self.config.node_id;
             for l in &led {
                 self.take_leadership(&shard, me, l);
             }
             let mut told = self.told.borrow_mut();
             let full = told.rounds.is_multiple_of(FULL_EVERY);
+            if full {
+                self.note_log_starts(&shard);
+            }
             let groups: Vec<Leadership> = led
                 .iter()
                 .filter(|l| full || told.last.get(&l.group) != Some(l))
@@ -123,29 +126,38 @@ impl Cluster {
         }
     }
 
-    /// The partition groups this node leads, as it would tell them. Fenced replicas are not
-    /// in sync (as KRaft's controller takes them out of every ISR).
-    fn leaderships(&self, meta: &ClusterMeta) -> Vec<Leadership> {
+    /// The partition groups this node leads, as it would tell them.
+    fn leaderships(&self, shard: &Shard, meta: &ClusterMeta) -> Vec<Leadership> {
         let groups: Vec<GroupId> = self.hosted.borrow().keys().copied().collect();
         groups
             .into_iter()
-            .filter_map(|group| {
-                let role = self.replicator.role(group)?;
-                if role.role != Role::Leader {
-                    return None;
-                }
-                let mut isr = self.replicator.in_sync(group, self.config.replica_lag)?;
-                isr.retain(|&n| !meta.fenced.contains(&(n as i32)));
-                let config = self.replicator.committed_membership(group)?;
-                Some(Leadership {
-                    group,
-                    term: role.term,
-                    isr,
-                    voters: config.voters.into_iter().collect(),
-                    learners: config.learners.into_iter().collect(),
-                })
-            })
+            .filter_map(|group| self.leadership(shard, meta, group))
             .collect()
+    }
+
+    /// A partition group as this node tells it, if it leads it. Fenced replicas are not in
+    /// sync (as KRaft's controller takes them out of every ISR).
+    pub(super) fn leadership(
+        &self,
+        shard: &Shard,
+        meta: &ClusterMeta,
+        group: GroupId,
+    ) -> Option<Leadership> {
+        let role = self.replicator.role(group)?;
+        if role.role != Role::Leader {
+            return None;
+        }
+        let mut isr = self.replicator.in_sync(group, self.config.replica_lag)?;
+        isr.retain(|&n| !meta.fenced.contains(&(n as i32)));
+        let config = self.replicator.committed_membership(group)?;
+        Some(Leadership {
+            group,
+            term: role.term,
+            isr,
+            voters: config.voters.into_iter().collect(),
+            learners: config.learners.into_iter().collect(),
+            log_start: self.hosted_log(shard, group)?.log_start_offset(),
+        })
     }
 
     fn take_leadership(&self, shard: &Shard, leader: NodeId, l: &Leadership) {
@@ -170,8 +182,12 @@ impl Cluster {
                     for l in &groups {
                         self.take_leadership(&shard, frame.from, l);
                     }
+                    self.follow_log_starts(&shard, frame.from, &groups).await;
                 }
                 NodeMessage::TransferLeader { group, to } => self.transfer(group, to),
+                NodeMessage::LogStart { group, start } => {
+                    self.replica_log_start(group, frame.from, start)
+                }
             }
         }
     }

@@ -48,6 +48,7 @@ use crate::rpc::{RpcConfig, Transport};
 use crate::shard::Shard;
 
 mod leaders;
+mod log_start;
 
 /// The metadata log's Raft group.
 pub const METADATA_GROUP: GroupId = 0;
@@ -134,6 +135,8 @@ pub struct Cluster {
     controller_since: Cell<Option<Instant>>,
     /// What this node last told the others of the groups it leads.
     told: RefCell<leaders::Told>,
+    /// Log starts of the replicas of the groups this node holds.
+    starts: RefCell<log_start::LogStarts>,
     /// Controller: when it first heard each node's hello (a node just registered is not
     /// fenced before it could be heard from).
     first_seen: RefCell<BTreeMap<i32, Instant>>,
@@ -214,6 +217,7 @@ impl Cluster {
             applied_event: Event::new(),
             controller_since: Cell::new(None),
             told: RefCell::default(),
+            starts: RefCell::default(),
             first_seen: RefCell::default(),
         });
         shard.groups.set_clustered();
@@ -574,6 +578,7 @@ impl Cluster {
                 shard.meta.set_leader(group, None); // else its leader keeps telling
             }
             self.hosted.borrow_mut().remove(&group);
+            self.starts.borrow_mut().forget(group);
             if let Err(e) = shard.remove_partition(&name, p).await {
                 tracing::error!(error = %format!("{e:#}"), "remove a partition no longer held");
             }

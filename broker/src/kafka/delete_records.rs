@@ -1,4 +1,6 @@
 //! DeleteRecords: moves partitions' log start offsets forward (records before it are gone).
+//! A replicated partition's leader moves its own, then answers once every in-sync replica
+//! followed (`cluster/log_start.rs`), with the lowest start among them.
 
 use kafka_protocol::messages::delete_records_response::{
     DeleteRecordsPartitionResult, DeleteRecordsTopicResult,
@@ -6,12 +8,14 @@ use kafka_protocol::messages::delete_records_response::{
 use kafka_protocol::messages::{DeleteRecordsRequest, DeleteRecordsResponse, ResponseKind};
 use kafka_protocol::ResponseError;
 use std::rc::Rc;
+use std::time::Duration;
 
 use super::produce::log_error_code;
 use crate::shard::Shard;
 
 pub async fn handle(shard: &Rc<Shard>, req: DeleteRecordsRequest) -> ResponseKind {
     let meta = shard.meta.snapshot();
+    let timeout = Duration::from_millis(req.timeout_ms.max(0) as u64);
     let mut topics = Vec::new();
     for t in req.topics {
         let name = t.name.0.to_string();
@@ -24,12 +28,27 @@ pub async fn handle(shard: &Rc<Shard>, req: DeleteRecordsRequest) -> ResponseKin
                 };
                 shard
                     .run_on(owner, move |s| async move {
+                        let not_leader = (ResponseError::NotLeaderOrFollower.code(), -1);
                         let Some(log) = s.partition(&topic, partition) else {
-                            return (ResponseError::NotLeaderOrFollower.code(), -1);
+                            return not_leader;
                         };
-                        match log.delete_records(offset).await {
-                            Ok(start) => (0, start),
-                            Err(e) => (log_error_code(&e), -1),
+                        let replicated =
+                            s.replica_group(&topic, partition).map(|g| (g, s.cluster()));
+                        if let Some((group, cluster)) = &replicated {
+                            if !cluster.as_ref().is_some_and(|c| c.leads(*group)) {
+                                return not_leader;
+                            }
+                        }
+                        let start = match log.delete_records(offset).await {
+                            Ok(start) => start,
+                            Err(e) => return (log_error_code(&e), -1),
+                        };
+                        let Some((group, Some(cluster))) = replicated else {
+                            return (0, start);
+                        };
+                        match cluster.replicate_log_start(&s, group, start, timeout).await {
+                            Ok(low) => (0, low),
+                            Err(e) => (e.code(), -1),
                         }
                     })
                     .await
