@@ -388,3 +388,31 @@ def test_kip848_static_instance_id_held_by_an_active_member(kbroker, topic_name)
     newcomer.close()
     assert holder.assigned == {0, 1}
     holder.close()
+
+
+def test_kip848_regex_subscription_is_resolved_by_the_broker(kbroker, topic_name):
+    """A consumer-protocol member subscribing to `^prefix-.*` (librdkafka sends the regex to
+    the broker, KIP-848): it gets the partitions of the matching topics only, and those of a
+    matching topic created later."""
+    make_topic(kbroker, f"{topic_name}-a", partitions=2, records=10)
+    make_topic(kbroker, f"{topic_name}-other", partitions=2, records=10)
+    c = Consumer({"bootstrap.servers": kbroker.bootstrap, "group.id": "rx-" + uuid.uuid4().hex[:8],
+                  "group.protocol": "consumer", "auto.offset.reset": "earliest",
+                  "topic.metadata.refresh.interval.ms": 1000})
+    c.subscribe([f"^{topic_name}-a.*"])
+    received = set()
+
+    def owns(expected):
+        m = c.poll(0.2)
+        if m is not None and not m.error():
+            received.add((m.topic(), m.value()))
+        return {(tp.topic, tp.partition) for tp in c.assignment()} == expected
+
+    first = {(f"{topic_name}-a", 0), (f"{topic_name}-a", 1)}
+    wait_for(lambda: owns(first), what="the matching topic's partitions")
+    make_topic(kbroker, f"{topic_name}-ab", partitions=3, records=10)
+    both = first | {(f"{topic_name}-ab", p) for p in range(3)}
+    wait_for(lambda: owns(both), what="the new matching topic's partitions")
+    wait_for(lambda: owns(both) and len(received) == 20, what="every matching record")
+    assert {t for t, _ in received} == {f"{topic_name}-a", f"{topic_name}-ab"}
+    c.close()

@@ -16,6 +16,30 @@ pub const ASSIGNORS: [&str; 2] = ["uniform", "range"];
 /// The epoch of a static member that left for now and may come back (KIP-848).
 pub const STATIC_LEAVE_EPOCH: i32 = -2;
 
+/// A topic regex subscription (KIP-848): RE2 syntax, matched against whole topic names,
+/// resolved by the coordinator against the topics that exist (internal ones excepted).
+#[derive(Debug, Clone)]
+pub struct TopicRegex {
+    pub source: String,
+    matcher: regex::Regex,
+}
+
+impl TopicRegex {
+    pub fn new(source: &str) -> Result<TopicRegex, regex::Error> {
+        let matcher = regex::RegexBuilder::new(&format!("^(?:{source})$"))
+            .size_limit(1 << 20)
+            .build()?;
+        Ok(TopicRegex {
+            source: source.to_string(),
+            matcher,
+        })
+    }
+
+    pub fn matches(&self, topic: &str) -> bool {
+        self.matcher.is_match(topic)
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Member {
     pub id: String,
@@ -24,11 +48,21 @@ pub struct Member {
     pub client_id: String,
     pub client_host: String,
     pub epoch: i32,
+    /// Topics subscribed by name, and by regex.
     pub subscribed: Vec<String>,
+    pub regex: Option<TopicRegex>,
     /// What the member owns: what it was last given, minus what it reported released.
     pub owned: Assignment,
     pub session_timeout: Duration,
     pub last_heartbeat: Instant,
+}
+
+impl Member {
+    /// Whether the member subscribes to `topic`, by name or regex.
+    pub fn subscribes(&self, topic: &str) -> bool {
+        self.subscribed.iter().any(|t| t == topic)
+            || self.regex.as_ref().is_some_and(|r| r.matches(topic))
+    }
 }
 
 /// A ConsumerGroupHeartbeat as the coordinator sees it.
@@ -38,6 +72,8 @@ pub struct Heartbeat {
     pub instance_id: Option<String>,
     pub rack_id: Option<String>,
     pub subscribed: Option<Vec<String>>,
+    /// None: unchanged; an empty string: no regex any more.
+    pub regex: Option<String>,
     pub assignor: Option<String>,
     /// Partitions the member says it owns (None: unchanged).
     pub owned: Option<Assignment>,
@@ -165,6 +201,20 @@ impl ConsumerGroup {
                 );
             }
         }
+        let regex = match hb.regex.as_deref() {
+            None => None,
+            Some("") => Some(None),
+            Some(source) => match TopicRegex::new(source) {
+                Ok(r) => Some(Some(r)),
+                Err(e) => {
+                    return HeartbeatResult::error(
+                        ResponseError::InvalidRegularExpression,
+                        &hb.member_id,
+                        &format!("subscribed topic regex: {e}"),
+                    )
+                }
+            },
+        };
         if hb.member_epoch < 0 {
             // -1: leaving. -2: a static member leaving for now (a restart): it keeps its
             // registration and partitions until its session runs out, so its next incarnation
@@ -197,13 +247,14 @@ impl ConsumerGroup {
         }
         let mut changed = false;
         let member_id = if hb.member_epoch == 0 {
-            let Some(subscribed) = hb.subscribed.clone() else {
+            if hb.subscribed.is_none() && regex.is_none() {
                 return HeartbeatResult::error(
                     ResponseError::InvalidRequest,
                     &hb.member_id,
                     "a joining member must give its subscription",
                 );
-            };
+            }
+            let subscribed = hb.subscribed.clone().unwrap_or_default();
             let id = if hb.member_id.is_empty() {
                 uuid::Uuid::new_v4().to_string()
             } else {
@@ -248,6 +299,7 @@ impl ConsumerGroup {
                     client_host: hb.client_host.clone(),
                     epoch: 0,
                     subscribed,
+                    regex: regex.clone().flatten(),
                     owned,
                     session_timeout,
                     last_heartbeat: now,
@@ -268,6 +320,13 @@ impl ConsumerGroup {
             if let Some(subscribed) = &hb.subscribed {
                 if *subscribed != member.subscribed {
                     member.subscribed = subscribed.clone();
+                    changed = true;
+                }
+            }
+            if let Some(regex) = regex {
+                let source = |r: &Option<TopicRegex>| r.as_ref().map(|r| r.source.clone());
+                if source(&regex) != source(&member.regex) {
+                    member.regex = regex;
                     changed = true;
                 }
             }
@@ -294,26 +353,31 @@ impl ConsumerGroup {
         self.reconcile(&member_id)
     }
 
-    fn topics_changed(&self, topics: &BTreeMap<String, i32>) -> bool {
-        let subscribed: BTreeSet<&String> =
+    /// The existing topics some member subscribes to, with their partition counts.
+    fn wanted_topics(&self, topics: &BTreeMap<String, i32>) -> BTreeMap<String, i32> {
+        let by_name: BTreeSet<&String> =
             self.members.values().flat_map(|m| &m.subscribed).collect();
-        subscribed
+        let regexes: Vec<&TopicRegex> = self
+            .members
+            .values()
+            .filter_map(|m| m.regex.as_ref())
+            .collect();
+        topics
             .iter()
-            .any(|t| topics.get(*t) != self.topics_seen.get(*t))
+            .filter(|(t, _)| by_name.contains(t) || regexes.iter().any(|r| r.matches(t)))
+            .map(|(t, n)| (t.clone(), *n))
+            .collect()
+    }
+
+    /// Whether a subscribed topic appeared, grew or went away since the target was computed.
+    fn topics_changed(&self, topics: &BTreeMap<String, i32>) -> bool {
+        self.wanted_topics(topics) != self.topics_seen
     }
 
     /// Moves the group to a new epoch and recomputes the target assignment.
     fn bump(&mut self, topics: &BTreeMap<String, i32>) {
         self.group_epoch += 1;
-        let subscribed: BTreeSet<String> = self
-            .members
-            .values()
-            .flat_map(|m| m.subscribed.clone())
-            .collect();
-        self.topics_seen = subscribed
-            .iter()
-            .filter_map(|t| topics.get(t).map(|n| (t.clone(), *n)))
-            .collect();
+        self.topics_seen = self.wanted_topics(topics);
         self.target = if self.assignor == "range" {
             self.assign_range()
         } else {
@@ -334,7 +398,7 @@ impl ConsumerGroup {
     fn subscribers(&self, topic: &str) -> Vec<&String> {
         self.members
             .values()
-            .filter(|m| m.subscribed.iter().any(|t| t == topic))
+            .filter(|m| m.subscribes(topic))
             .map(|m| &m.id)
             .collect()
     }
@@ -496,6 +560,7 @@ mod tests {
             instance_id: None,
             rack_id: None,
             subscribed: topics.map(|t| t.iter().map(|s| s.to_string()).collect()),
+            regex: None,
             assignor: None,
             owned,
             client_id: "c".into(),
@@ -554,6 +619,46 @@ mod tests {
         g.heartbeat(hb(&a_id, -1, None, None), &topics, s, now);
         let b3 = g.heartbeat(hb(&b_id, b2.member_epoch, None, None), &topics, s, now);
         assert_eq!(parts(&b3.assignment.unwrap()), 6);
+    }
+
+    #[test]
+    fn regex_subscriptions_match_whole_names_and_follow_new_topics() {
+        let mut topics: BTreeMap<String, i32> =
+            [("orders-eu".to_string(), 2), ("orders".to_string(), 3)].into();
+        let (s, now) = (Duration::from_secs(45), Instant::now());
+        let mut g = ConsumerGroup::default();
+        let mut join = hb("", 0, None, None);
+        join.regex = Some("orders-.*".into());
+        let a = g.heartbeat(join, &topics, s, now);
+        assert_eq!(a.error, 0);
+        let got = a.assignment.unwrap();
+        assert_eq!(
+            got.keys().collect::<Vec<_>>(),
+            ["orders-eu"],
+            "whole names only"
+        );
+        assert_eq!(parts(&got), 2);
+        // A matching topic appears: the next heartbeat brings its partitions.
+        topics.insert("orders-us".into(), 4);
+        let a2 = g.heartbeat(
+            hb(&a.member_id, a.member_epoch, None, None),
+            &topics,
+            s,
+            now,
+        );
+        assert!(a2.member_epoch > a.member_epoch);
+        assert_eq!(parts(&a2.assignment.unwrap()), 6);
+        // An empty regex drops it; a bad one is refused.
+        let mut clear = hb(&a.member_id, a2.member_epoch, None, None);
+        clear.regex = Some(String::new());
+        let a3 = g.heartbeat(clear, &topics, s, now);
+        assert_eq!(a3.assignment.map(|a| parts(&a)), Some(0));
+        let mut bad = hb("", 0, None, None);
+        bad.regex = Some("orders-(".into());
+        assert_eq!(
+            g.heartbeat(bad, &topics, s, now).error,
+            ResponseError::InvalidRegularExpression.code()
+        );
     }
 
     #[test]
@@ -652,7 +757,7 @@ mod tests {
 
         fn op() -> impl Strategy<Value = Op> {
             prop_oneof![
-                1 => (0..MEMBERS, any::<bool>(), 0u8..4).prop_map(|(slot, instance, topics)| Op::Join {
+                1 => (0..MEMBERS, any::<bool>(), 0u8..8).prop_map(|(slot, instance, topics)| Op::Join {
                     slot,
                     instance,
                     topics
@@ -715,6 +820,7 @@ mod tests {
                         instance_id: Some(format!("i{slot}")),
                         rack_id: None,
                         subscribed: None,
+                        regex: None,
                         assignor: Some(ASSIGNORS[assignor].to_string()),
                         owned: None,
                         client_id: "c".into(),
@@ -727,6 +833,10 @@ mod tests {
                                 hb.instance_id = None;
                             }
                             hb.subscribed = Some(subscription(mask));
+                            if mask & 4 != 0 {
+                                // Bit 2: the second topic by regex as well.
+                                hb.regex = Some(format!("{}|none-.*", TOPICS[1]));
+                            }
                             Some((slot, g.heartbeat(hb, &topics, session, now)))
                         }
                         Op::Beat { slot, skew, claim, topics: mask } => {

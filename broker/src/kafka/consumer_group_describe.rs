@@ -73,6 +73,11 @@ pub async fn handle(shard: &Rc<Shard>, req: ConsumerGroupDescribeRequest) -> Res
                                                             .map(|t| topic_name(t))
                                                             .collect(),
                                                     )
+                                                    .with_subscribed_topic_regex(
+                                                        m.regex
+                                                            .as_ref()
+                                                            .map(|r| str_bytes(&r.source)),
+                                                    )
                                                     .with_assignment(wire(&meta, &m.owned))
                                                     .with_target_assignment(wire(
                                                         &meta,
