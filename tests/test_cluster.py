@@ -255,6 +255,44 @@ def test_group_offsets_survive_the_coordinator_dying(cluster, topic_name):
     assert described.coordinator.id != victim
 
 
+def test_kip848_members_keep_their_partitions_when_the_coordinator_dies(workdir, topic_name):
+    """A KIP-848 group's records are replicated in __consumer_offsets: the node that takes
+    over coordination knows the members, so they carry on without losing partitions."""
+    from test_groups import Member848, split_ok
+
+    cluster = Cluster(workdir, flags="--group-consumer-heartbeat-interval-ms 300").start()
+    try:
+        create(cluster, topic_name, partitions=4, rf=3)
+        p = Producer({"bootstrap.servers": cluster.bootstrap, "acks": "all"})
+        for i in range(40):
+            p.produce(topic_name, value=b"%d" % i, partition=i % 4)
+        assert p.flush(30) == 0
+        group = topic_name + "-848"
+        members = [Member848(cluster, group, topic_name, {"group.protocol": "consumer"}) for _ in range(2)]
+        wait_for(lambda: split_ok(members, 4) and all(m.assigned for m in members), what="a split")
+        wait_for(lambda: len({v for m in members for _, _, v in m.received}) == 40, what="all records")
+        before = [(set(m.assigned), len(m.events), list(m.revoked_ever)) for m in members]
+        victim = admin(cluster).describe_consumer_groups([group])[group].result().coordinator.id
+        cluster.run("kill", victim)
+        wait_for(lambda: admin(cluster).describe_consumer_groups([group])[group].result().coordinator.id != victim,
+                 what="a new coordinator")
+        for i in range(40, 80):
+            p.produce(topic_name, value=b"%d" % i, partition=i % 4)
+        assert p.flush(60) == 0
+        wait_for(lambda: len({v for m in members for _, _, v in m.received}) == 80, timeout=90,
+                 what="records after the failover")
+        # Several heartbeats went to the new coordinator meanwhile.
+        time.sleep(1)
+        after = [(set(m.assigned), len(m.events), list(m.revoked_ever)) for m in members]
+        assert after == before, (before, after, cluster.logs())
+        desc = admin(cluster).describe_consumer_groups([group])[group].result()
+        assert len(desc.members) == 2
+        for m in members:
+            m.close()
+    finally:
+        cluster.run("stop")
+
+
 def test_min_insync_replicas_and_the_isr_follow_a_dead_follower(workdir, topic_name):
     cluster = Cluster(workdir, flags="--replica-lag-time-max-ms 1500").start()
     try:

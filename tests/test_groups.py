@@ -416,3 +416,29 @@ def test_kip848_regex_subscription_is_resolved_by_the_broker(kbroker, topic_name
     wait_for(lambda: owns(both) and len(received) == 20, what="every matching record")
     assert {t for t, _ in received} == {f"{topic_name}-a", f"{topic_name}-ab"}
     c.close()
+
+
+def test_kip848_members_and_assignments_survive_a_coordinator_crash(fresh_broker, topic_name):
+    """KIP-848 groups are stored as Kafka's records: after a SIGKILL and restart the
+    coordinator knows the members, their epochs and assignments, so live members carry on
+    without losing their partitions or rejoining."""
+    broker = fresh_broker(*GROUP_ARGS, "--group-consumer-heartbeat-interval-ms", "300")
+    make_topic(broker, topic_name, partitions=4, records=40)
+    group = f"crash848-{uuid.uuid4().hex[:6]}"
+    conf = {"group.protocol": "consumer"}
+    members = [Member848(broker, group, topic_name, conf) for _ in range(2)]
+    wait_for(lambda: split_ok(members, 4) and all(m.assigned for m in members), what="a split")
+    wait_for(lambda: len({v for m in members for _, _, v in m.received}) == 40, what="all records")
+    before = [(set(m.assigned), len(m.events), list(m.revoked_ever)) for m in members]
+    broker.kill()
+    broker.start()
+    p = Producer({"bootstrap.servers": broker.bootstrap})
+    for i in range(40, 80):
+        p.produce(topic_name, key=b"k%d" % i, value=b"%d" % i, partition=i % 4)
+    assert p.flush(30) == 0
+    # Both members read what came after the restart: they are past their first heartbeats.
+    wait_for(lambda: len({v for m in members for _, _, v in m.received}) == 80, what="records after the restart")
+    after = [(set(m.assigned), len(m.events), list(m.revoked_ever)) for m in members]
+    assert after == before, (before, after, broker.read_log())
+    for m in members:
+        m.close()

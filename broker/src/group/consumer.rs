@@ -7,6 +7,9 @@
 use kafka_protocol::ResponseError;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+use super::records::{ConsumerRecord, IdAssignment, StoredConsumerMember, StoredMemberAssignment};
 
 /// Partitions by topic name.
 pub type Assignment = BTreeMap<String, BTreeSet<i32>>;
@@ -117,6 +120,9 @@ pub struct ConsumerGroup {
     pub target: BTreeMap<String, Assignment>,
     /// Topic -> partition count the target was computed with.
     topics_seen: BTreeMap<String, i32>,
+    /// The group's records as last written to `__consumer_offsets`, by key: what
+    /// [`ConsumerGroup::changes`] compares with.
+    stored: BTreeMap<(i16, String), ConsumerRecord>,
 }
 
 fn total(a: &Assignment) -> usize {
@@ -162,8 +168,21 @@ impl Default for ConsumerGroup {
             members: BTreeMap::new(),
             target: BTreeMap::new(),
             topics_seen: BTreeMap::new(),
+            stored: BTreeMap::new(),
         }
     }
+}
+
+fn to_ids(a: &Assignment, topic_id: &dyn Fn(&str) -> Option<Uuid>) -> IdAssignment {
+    a.iter()
+        .filter_map(|(t, ps)| Some((topic_id(t)?, ps.iter().copied().collect())))
+        .collect()
+}
+
+fn to_names(a: &IdAssignment, topic_name: &dyn Fn(Uuid) -> Option<String>) -> Assignment {
+    a.iter()
+        .filter_map(|(id, ps)| Some((topic_name(*id)?, ps.iter().copied().collect())))
+        .collect()
 }
 
 impl ConsumerGroup {
@@ -539,6 +558,174 @@ impl ConsumerGroup {
         !expired.is_empty()
     }
 
+    /// The group as records (Kafka's KIP-848 formats), by key: its epoch, each member's
+    /// registration, the target assignment and each member's current assignment. A group that
+    /// never had a member has none.
+    fn image(
+        &self,
+        topic_id: &dyn Fn(&str) -> Option<Uuid>,
+    ) -> BTreeMap<(i16, String), ConsumerRecord> {
+        let mut records = vec![
+            ConsumerRecord::GroupEpoch(Some(self.group_epoch)),
+            ConsumerRecord::TargetEpoch(Some(self.assignment_epoch)),
+        ];
+        if self.group_epoch == 0 && self.members.is_empty() {
+            records.clear();
+        }
+        for m in self.members.values() {
+            records.push(ConsumerRecord::Member(
+                m.id.clone(),
+                Some(StoredConsumerMember {
+                    instance_id: m.instance_id.clone(),
+                    rack_id: m.rack_id.clone(),
+                    client_id: m.client_id.clone(),
+                    client_host: m.client_host.clone(),
+                    subscribed: m.subscribed.clone(),
+                    regex: m.regex.as_ref().map(|r| r.source.clone()),
+                    rebalance_timeout_ms: -1,
+                    assignor: Some(self.assignor.clone()),
+                }),
+            ));
+            let target = self.target.get(&m.id).cloned().unwrap_or_default();
+            records.push(ConsumerRecord::Target(
+                m.id.clone(),
+                Some(to_ids(&target, topic_id)),
+            ));
+            let pending = minus(&m.owned, &target);
+            let state = if !pending.is_empty() {
+                1
+            } else if m.epoch >= 0 && m.epoch < self.assignment_epoch {
+                2
+            } else {
+                0
+            };
+            records.push(ConsumerRecord::Assignment(
+                m.id.clone(),
+                Some(StoredMemberAssignment {
+                    epoch: m.epoch,
+                    previous_epoch: m.epoch,
+                    state,
+                    assigned: to_ids(&intersect(&m.owned, &target), topic_id),
+                    pending_revocation: to_ids(&pending, topic_id),
+                }),
+            ));
+        }
+        records.into_iter().map(|r| (r.key(), r)).collect()
+    }
+
+    /// The records to write so that `__consumer_offsets` holds the group as it is now: those
+    /// that changed since the last call, and tombstones for members gone (members' records
+    /// before their tombstones, as Kafka writes them). Counts them as written.
+    pub fn changes(&mut self, topic_id: &dyn Fn(&str) -> Option<Uuid>) -> Vec<ConsumerRecord> {
+        let image = self.image(topic_id);
+        let mut out: Vec<ConsumerRecord> = image
+            .iter()
+            .filter(|(k, r)| self.stored.get(*k) != Some(*r))
+            .map(|(_, r)| r.clone())
+            .collect();
+        out.extend(
+            self.stored
+                .iter()
+                .rev()
+                .filter(|(k, _)| !image.contains_key(*k))
+                .map(|(_, r)| r.tombstone()),
+        );
+        self.stored = image;
+        out
+    }
+
+    /// Records from [`ConsumerGroup::changes`] that could not be written: written again with
+    /// the next changes. (A lost tombstone leaves a member that, read back, expires.)
+    pub fn unstored(&mut self, records: &[ConsumerRecord]) {
+        for r in records {
+            self.stored.remove(&r.key());
+        }
+    }
+
+    /// Tombstones for every record the group has in `__consumer_offsets` (DeleteGroups).
+    pub fn tombstones(&self) -> Vec<ConsumerRecord> {
+        self.stored.values().rev().map(|r| r.tombstone()).collect()
+    }
+
+    /// Reads one record back (a coordinator loading its partition). Members restored are
+    /// given a new session from `now`.
+    pub fn restore(
+        &mut self,
+        record: ConsumerRecord,
+        topic_name: &dyn Fn(Uuid) -> Option<String>,
+        session_timeout: Duration,
+        now: Instant,
+    ) {
+        let key = record.key();
+        match &record {
+            ConsumerRecord::GroupEpoch(e) => self.group_epoch = e.unwrap_or(0),
+            ConsumerRecord::TargetEpoch(e) => self.assignment_epoch = e.unwrap_or(0),
+            ConsumerRecord::Member(id, None) => {
+                self.members.remove(id);
+                self.target.remove(id);
+            }
+            ConsumerRecord::Member(id, Some(m)) => {
+                if let Some(a) = m
+                    .assignor
+                    .as_ref()
+                    .filter(|a| ASSIGNORS.contains(&a.as_str()))
+                {
+                    self.assignor = a.clone();
+                }
+                let previous = self.members.remove(id);
+                self.members.insert(
+                    id.clone(),
+                    Member {
+                        id: id.clone(),
+                        instance_id: m.instance_id.clone(),
+                        rack_id: m.rack_id.clone(),
+                        client_id: m.client_id.clone(),
+                        client_host: m.client_host.clone(),
+                        epoch: previous.as_ref().map_or(0, |p| p.epoch),
+                        subscribed: m.subscribed.clone(),
+                        // Written by this coordinator, so it compiled; if not, it is dropped.
+                        regex: m.regex.as_deref().and_then(|r| TopicRegex::new(r).ok()),
+                        owned: previous.map(|p| p.owned).unwrap_or_default(),
+                        session_timeout,
+                        last_heartbeat: now,
+                    },
+                );
+            }
+            ConsumerRecord::Target(id, a) => match a {
+                Some(a) => {
+                    self.target.insert(id.clone(), to_names(a, topic_name));
+                }
+                None => {
+                    self.target.remove(id);
+                }
+            },
+            ConsumerRecord::Assignment(id, a) => {
+                if let (Some(m), Some(a)) = (self.members.get_mut(id), a) {
+                    m.epoch = a.epoch;
+                    m.owned = to_names(&a.assigned, topic_name);
+                    for (t, ps) in to_names(&a.pending_revocation, topic_name) {
+                        m.owned.entry(t).or_default().extend(ps);
+                    }
+                }
+            }
+        }
+        if record.is_tombstone() {
+            self.stored.remove(&key);
+        } else {
+            self.stored.insert(key, record);
+        }
+    }
+
+    /// Read back as deleted: nothing stored and no member.
+    pub fn is_deleted(&self) -> bool {
+        self.stored.is_empty() && self.members.is_empty()
+    }
+
+    /// After loading: the target stands as computed for the topics as they are now.
+    pub fn restored(&mut self, topics: &BTreeMap<String, i32>) {
+        self.topics_seen = self.wanted_topics(topics);
+    }
+
     /// Whether `member_id` at `epoch` may commit offsets.
     pub fn check_commit(&self, member_id: &str, epoch: i32) -> Result<(), ResponseError> {
         match self.members.get(member_id) {
@@ -659,6 +846,89 @@ mod tests {
             g.heartbeat(bad, &topics, s, now).error,
             ResponseError::InvalidRegularExpression.code()
         );
+    }
+
+    #[test]
+    fn records_bring_a_group_back_as_it_was() {
+        let topics: BTreeMap<String, i32> = [("t".to_string(), 6), ("u".to_string(), 2)].into();
+        let ids: BTreeMap<String, Uuid> =
+            topics.keys().map(|t| (t.clone(), Uuid::new_v4())).collect();
+        let id_of = |t: &str| ids.get(t).copied();
+        let name_of = |id: Uuid| ids.iter().find(|(_, i)| **i == id).map(|(t, _)| t.clone());
+        let (s, now) = (Duration::from_secs(45), Instant::now());
+        let mut g = ConsumerGroup::default();
+        let mut log: Vec<ConsumerRecord> = Vec::new();
+        let a = g.heartbeat(hb("", 0, Some(&["t"]), None), &topics, s, now);
+        log.extend(g.changes(&id_of));
+        let mut join = hb("", 0, Some(&[]), None);
+        join.regex = Some("u|t".into());
+        let b = g.heartbeat(join, &topics, s, now);
+        log.extend(g.changes(&id_of));
+        // a is told to give up partitions: mid-reconciliation, with partitions pending.
+        g.heartbeat(
+            hb(&a.member_id, a.member_epoch, None, None),
+            &topics,
+            s,
+            now,
+        );
+        log.extend(g.changes(&id_of));
+        assert!(g.changes(&id_of).is_empty(), "nothing changed since");
+
+        let mut back = ConsumerGroup::default();
+        for r in log.clone() {
+            back.restore(r, &name_of, s, now);
+        }
+        back.restored(&topics);
+        assert_eq!(
+            (
+                back.group_epoch,
+                back.assignment_epoch,
+                &back.target,
+                &back.assignor
+            ),
+            (g.group_epoch, g.assignment_epoch, &g.target, &g.assignor)
+        );
+        let view = |g: &ConsumerGroup| -> Vec<String> {
+            g.members
+                .values()
+                .map(|m| {
+                    let regex = m.regex.as_ref().map(|r| r.source.clone());
+                    format!(
+                        "{} {} {:?} {:?} {regex:?}",
+                        m.id, m.epoch, m.owned, m.subscribed
+                    )
+                })
+                .collect()
+        };
+        assert_eq!(view(&back), view(&g));
+        assert!(back.changes(&id_of).is_empty(), "read back as written");
+        // b carries on with the coordinator that read the group back: no rejoin.
+        let b2 = back.heartbeat(
+            hb(&b.member_id, b.member_epoch, None, None),
+            &topics,
+            s,
+            now,
+        );
+        assert_eq!(b2.error, 0);
+        // a leaves: its records are tombstoned, current assignment first.
+        back.heartbeat(hb(&a.member_id, -1, None, None), &topics, s, now);
+        let left = back.changes(&id_of);
+        log.extend(left.clone());
+        let gone: Vec<(i16, bool)> = left
+            .iter()
+            .filter(|r| r.member() == Some(a.member_id.as_str()))
+            .map(|r| (r.key().0, r.is_tombstone()))
+            .collect();
+        assert_eq!(gone, [(8, true), (7, true), (5, true)]);
+        // Deleted: everything tombstoned, and a group read back from that is gone.
+        back.heartbeat(hb(&b.member_id, -1, None, None), &topics, s, now);
+        log.extend(back.changes(&id_of));
+        log.extend(back.tombstones());
+        let mut again = ConsumerGroup::default();
+        for r in log {
+            again.restore(r, &name_of, s, now);
+        }
+        assert!(again.is_deleted());
     }
 
     #[test]
@@ -813,6 +1083,9 @@ mod tests {
                 let start = Instant::now();
                 let mut now = start;
                 let session = Duration::from_secs(30);
+                let id_of = |t: &str| TOPICS.iter().position(|x| *x == t).map(|i| Uuid::from_u128(i as u128 + 1));
+                let name_of = |id: Uuid| TOPICS.get((id.as_u128() as usize).wrapping_sub(1)).map(|t| t.to_string());
+                let mut log: Vec<ConsumerRecord> = Vec::new();
                 for op in ops {
                     let beat = |slot: usize, id: String, epoch: i32| Heartbeat {
                         member_id: id,
@@ -874,7 +1147,22 @@ mod tests {
                         }
                     }
                     prop_assert!(no_partition_owned_twice(&g).is_ok(), "{:?}", no_partition_owned_twice(&g));
+                    log.extend(g.changes(&id_of));
                 }
+                // The records written along the way bring the group back as it is.
+                let mut back = ConsumerGroup::default();
+                for r in log {
+                    back.restore(r, &name_of, session, now);
+                }
+                let view = |g: &ConsumerGroup| {
+                    let members: Vec<_> = g
+                        .members
+                        .values()
+                        .map(|m| (m.id.clone(), m.epoch, m.owned.clone(), m.subscribed.clone()))
+                        .collect();
+                    (g.group_epoch, g.assignment_epoch, g.target.clone(), members)
+                };
+                prop_assert_eq!(view(&back), view(&g));
             }
         }
     }

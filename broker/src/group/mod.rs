@@ -54,8 +54,8 @@ pub struct Coordinator {
     pub config: GroupConfig,
     groups: RefCell<HashMap<String, Group>>,
     offsets: RefCell<HashMap<String, GroupOffsets>>,
-    /// KIP-848 groups (`group.protocol=consumer`). Their membership is not stored: after a
-    /// coordinator restart members rejoin (their committed offsets are stored as usual).
+    /// KIP-848 groups (`group.protocol=consumer`), stored as Kafka's records so members and
+    /// assignments survive a restart or a coordinator moving.
     consumer_groups: RefCell<HashMap<String, consumer::ConsumerGroup>>,
     loaded: Cell<bool>,
     /// Cluster mode: coordination follows the leadership of `__consumer_offsets` partitions.
@@ -162,9 +162,9 @@ impl Coordinator {
     pub fn with_existing_consumer_group<T>(
         &self,
         id: &str,
-        f: impl FnOnce(&consumer::ConsumerGroup) -> T,
+        f: impl FnOnce(&mut consumer::ConsumerGroup) -> T,
     ) -> Option<T> {
-        self.consumer_groups.borrow().get(id).map(f)
+        self.consumer_groups.borrow_mut().get_mut(id).map(f)
     }
 
     /// Whether `id` is a classic group with members (a consumer group may not take its name).
@@ -227,6 +227,8 @@ impl Coordinator {
                     }
                 }
             }
+            // Read back by `load_partition`, which knows the topics' ids.
+            GroupRecord::Consumer { .. } => {}
             GroupRecord::Group { group, value } => {
                 let mut groups = self.groups.borrow_mut();
                 match value {
@@ -361,6 +363,11 @@ pub async fn load_partition(shard: &Rc<Shard>, p: i32) -> anyhow::Result<usize> 
         return Ok(0);
     };
     let now = Instant::now();
+    let meta = shard.meta.snapshot();
+    let names: HashMap<uuid::Uuid, &String> = meta.topics.iter().map(|(n, t)| (t.id, n)).collect();
+    let name_of = |id: uuid::Uuid| names.get(&id).map(|n| n.to_string());
+    let session = shard.groups.config.consumer_session_timeout;
+    let mut consumer_groups = HashSet::new();
     let mut count = 0;
     let mut offset = log.log_start_offset();
     while offset < log.high_watermark() {
@@ -378,10 +385,30 @@ pub async fn load_partition(shard: &Rc<Shard>, p: i32) -> anyhow::Result<usize> 
                 if r.control {
                     continue;
                 }
-                if let Some(record) = r.key.and_then(|k| GroupRecord::decode(k, r.value)) {
-                    shard.groups.apply(record, now);
-                    count += 1;
+                match r.key.and_then(|k| GroupRecord::decode(k, r.value)) {
+                    Some(GroupRecord::Consumer { group, record }) => {
+                        shard.groups.with_consumer_group(&group, |g| {
+                            g.restore(record, &name_of, session, now)
+                        });
+                        consumer_groups.insert(group);
+                        count += 1;
+                    }
+                    Some(record) => {
+                        shard.groups.apply(record, now);
+                        count += 1;
+                    }
+                    None => {}
                 }
+            }
+        }
+    }
+    let topics = topic_partition_counts(shard);
+    let mut groups = shard.groups.consumer_groups.borrow_mut();
+    for id in consumer_groups {
+        if let Some(g) = groups.get_mut(&id) {
+            g.restored(&topics);
+            if g.is_deleted() {
+                groups.remove(&id);
             }
         }
     }
@@ -436,11 +463,24 @@ pub async fn tick_loop(shard: Rc<Shard>) {
                 .collect()
         };
         let topics = topic_partition_counts(&shard);
-        for g in shard.groups.consumer_groups.borrow_mut().values_mut() {
-            g.tick(&topics, now);
+        let meta = shard.meta.snapshot();
+        let id_of = |t: &str| meta.topics.get(t).map(|t| t.id);
+        let mut changed = changed;
+        for (id, g) in shard.groups.consumer_groups.borrow_mut().iter_mut() {
+            if g.tick(&topics, now) {
+                changed.extend(
+                    g.changes(&id_of)
+                        .into_iter()
+                        .map(|record| GroupRecord::Consumer {
+                            group: id.clone(),
+                            record,
+                        }),
+                );
+            }
         }
         for record in changed {
-            let GroupRecord::Group { group, .. } = &record else {
+            let (GroupRecord::Group { group, .. } | GroupRecord::Consumer { group, .. }) = &record
+            else {
                 continue;
             };
             if let Ok((_, partition)) = coordinator_of(&shard, group) {

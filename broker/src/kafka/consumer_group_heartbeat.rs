@@ -13,6 +13,7 @@ use std::time::Instant;
 
 use super::str_bytes;
 use crate::group::consumer::{Assignment, Heartbeat, HeartbeatResult};
+use crate::group::records::GroupRecord;
 use crate::group::{self};
 use crate::shard::Shard;
 
@@ -79,9 +80,35 @@ pub async fn handle(
                     }
                     let topics = group::topic_partition_counts(&s);
                     let session = s.groups.config.consumer_session_timeout;
-                    s.groups.with_consumer_group(&group_id, |g| {
-                        g.heartbeat(hb, &topics, session, Instant::now())
-                    })
+                    let meta = s.meta.snapshot();
+                    let id_of = |t: &str| meta.topics.get(t).map(|t| t.id);
+                    let (result, records) = s.groups.with_consumer_group(&group_id, |g| {
+                        let result = g.heartbeat(hb, &topics, session, Instant::now());
+                        (result, g.changes(&id_of))
+                    });
+                    // The member hears of its new state once the group's records are stored
+                    // (committed, in a cluster), so a coordinator that takes over knows it.
+                    let stored: Vec<GroupRecord> = records
+                        .iter()
+                        .map(|record| GroupRecord::Consumer {
+                            group: group_id.clone(),
+                            record: record.clone(),
+                        })
+                        .collect();
+                    match group::store(&s, partition, stored).await {
+                        Ok(()) => result,
+                        Err(code) => {
+                            s.groups
+                                .with_existing_consumer_group(&group_id, |g| g.unstored(&records));
+                            HeartbeatResult {
+                                error: code,
+                                message: None,
+                                member_id: result.member_id,
+                                member_epoch: -1,
+                                assignment: None,
+                            }
+                        }
+                    }
                 })
                 .await
         }

@@ -23,11 +23,15 @@ pub async fn handle(shard: &Rc<Shard>, req: DeleteGroupsRequest) -> ResponseKind
                             return code;
                         }
                         let members = s.groups.with_existing(&group_id, |g| g.members.len());
+                        let consumer = s.groups.with_existing_consumer_group(&group_id, |g| {
+                            (g.members.len(), g.tombstones())
+                        });
                         let offsets = s.groups.committed(&group_id);
-                        if members.is_none() && offsets.is_empty() {
+                        if members.is_none() && consumer.is_none() && offsets.is_empty() {
                             return ResponseError::GroupIdNotFound.code();
                         }
-                        if members.unwrap_or(0) > 0 {
+                        let consumer_members = consumer.as_ref().map_or(0, |(n, _)| *n);
+                        if members.unwrap_or(0) > 0 || consumer_members > 0 {
                             return ResponseError::NonEmptyGroup.code();
                         }
                         let mut tombstones: Vec<GroupRecord> = offsets
@@ -43,6 +47,13 @@ pub async fn handle(shard: &Rc<Shard>, req: DeleteGroupsRequest) -> ResponseKind
                             group: group_id.clone(),
                             value: None,
                         });
+                        let consumer_records = consumer.map(|(_, t)| t).unwrap_or_default();
+                        tombstones.extend(consumer_records.into_iter().map(|record| {
+                            GroupRecord::Consumer {
+                                group: group_id.clone(),
+                                record,
+                            }
+                        }));
                         match group::store(&s, partition, tombstones).await {
                             Ok(()) => {
                                 s.groups.forget(&group_id);
