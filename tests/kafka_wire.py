@@ -29,9 +29,11 @@ def varint(n):
             return out + bytes([b])
 
 
-def record_batch(value, key=b"k", magic=2, corrupt_crc=False, timestamp=1_700_000_000_000, declared_records=1):
+def record_batch(value, key=b"k", magic=2, corrupt_crc=False, timestamp=1_700_000_000_000, declared_records=1,
+                 producer=(-1, -1, -1)):
     """A one-record RecordBatch v2, as a client would encode it (its header may claim
-    `declared_records` records instead, with a correct CRC)."""
+    `declared_records` records instead, with a correct CRC), from an idempotent producer
+    when `producer` gives its (id, epoch, base sequence)."""
     record = (
         b"\x00"  # attributes
         + varint(0)  # timestamp delta
@@ -45,7 +47,7 @@ def record_batch(value, key=b"k", magic=2, corrupt_crc=False, timestamp=1_700_00
     record = varint(len(record)) + record
     after_crc = (
         # attributes, last offset delta, timestamps, producer id/epoch, base sequence, record count
-        struct.pack(">hiqqqhii", 0, declared_records - 1, timestamp, timestamp, -1, -1, -1, declared_records)
+        struct.pack(">hiqqqhii", 0, declared_records - 1, timestamp, timestamp, *producer, declared_records)
         + record
     )
     crc = crc32c.crc32c(after_crc)
@@ -147,6 +149,16 @@ def single_partition_error(resp, after_partition_header=0):
     pos += 4
     partition, error = struct.unpack_from(">ih", resp, pos)
     return error
+
+
+def single_partition_offset(resp):
+    """(error code, base offset) of the single partition in a Produce v3 response body."""
+    r = Reader(resp)
+    assert r.take(">i") == 1
+    r.string()
+    assert r.take(">i") == 1
+    r.take(">i")
+    return r.take(">h"), r.take(">q")
 
 
 class Reader:

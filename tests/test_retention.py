@@ -6,6 +6,7 @@ import time
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, NewTopic
 
+import kafka_wire as wire
 from conftest import wait_for
 from test_confluent import read_partition
 
@@ -140,3 +141,29 @@ def test_compaction_keeps_latest_value_per_key(fresh_broker, topic_name):
     assert dict(kept) == latest, "exactly the latest value per key, tombstoned keys gone"
     offsets = [m.offset() for m in msgs]
     assert offsets == sorted(offsets) and offsets[-1] == 3399, "offsets unchanged and increasing"
+
+
+def test_idempotent_producers_expire_after_producer_id_expiration_ms(fresh_broker, topic_name):
+    """A retried batch is a duplicate while its producer is remembered; once the producer has
+    not been heard from for producer.id.expiration.ms it is forgotten (as in Kafka), and the
+    same batch is taken as new."""
+    broker = fresh_broker("--retention-check-interval-ms", "200", "--producer-id-expiration-ms", "1500")
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+    admin.create_topics([NewTopic(topic_name, 1, 1)])[topic_name].result(30)
+
+    def send(pid):
+        batch = wire.record_batch(b"v", timestamp=int(time.time() * 1000), producer=(pid, 0, 0))
+        with wire.connect(broker.bootstrap) as s:
+            return wire.single_partition_offset(wire.roundtrip(s, wire.produce_v3(topic_name, 0, batch)))
+
+    assert send(7000) == (0, 0)
+    assert send(7000) == (0, 0), "a retry while remembered is the same batch"
+    # Producer 7001 keeps being heard from (new timestamps); 7000 falls silent and expires.
+    deadline = time.time() + 3
+    while time.time() < deadline:
+        send(7001)
+        time.sleep(0.2)
+    wait_for(lambda: "idempotent producers expired" in broker.read_log(), what="an expiry pass")
+    assert send(7000)[1] > 1, "forgotten: its old batch is taken as new"
+    before = send(7001)
+    assert send(7001) == before, "a producer heard from is still remembered"

@@ -30,6 +30,9 @@ pub struct BrokerConfig {
     pub offsets_partitions: i32,
     /// `log.retention.check.interval.ms`.
     pub retention_check_interval: std::time::Duration,
+    /// `producer.id.expiration.ms`: idempotent producers not heard from for this long are
+    /// forgotten (checked with retention).
+    pub producer_id_expiration: std::time::Duration,
     /// Segment writes each shard runs at once (its partitions share them).
     pub write_slots: usize,
     /// Cluster mode (`--controller-quorum`); `None`: a single node.

@@ -41,7 +41,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a broker node.
-    Start(StartArgs),
+    Start(Box<StartArgs>),
     /// Administer consumer groups: list, describe, delete, reset offsets.
     Group(admin::group::GroupArgs),
     /// Administer topics: list, describe, create, delete, alter configs.
@@ -140,6 +140,10 @@ struct StartArgs {
     /// How often retention.ms / retention.bytes are applied (log.retention.check.interval.ms).
     #[arg(long, default_value_t = 30_000)]
     retention_check_interval_ms: u64,
+    /// Idempotent producers not heard from for this long are forgotten, and a retry of their
+    /// old batches taken as new (producer.id.expiration.ms).
+    #[arg(long, default_value_t = 86_400_000)]
+    producer_id_expiration_ms: u64,
     /// How long an idle shard keeps polling for work before it sleeps, in microseconds
     /// (0: sleep at once). Waking a sleeping thread costs far more than polling for a moment,
     /// most of all in virtual machines, so many small requests go faster with polling; the
@@ -212,7 +216,7 @@ fn main() -> Result<()> {
         .with_writer(|| LossyStderr)
         .init();
     match Cli::parse().command {
-        Command::Start(args) => start(args),
+        Command::Start(args) => start(*args),
         Command::Group(args) => admin_command(admin::group::run(args)),
         Command::Topic(args) => admin_command(admin::topic::run(args)),
         Command::Cluster(args) => admin_command(admin::cluster::run(args)),
@@ -274,6 +278,7 @@ fn start(args: StartArgs) -> Result<()> {
         retention_check_interval: std::time::Duration::from_millis(
             args.retention_check_interval_ms,
         ),
+        producer_id_expiration: std::time::Duration::from_millis(args.producer_id_expiration_ms),
         write_slots: args.write_slots as usize,
         cluster: match (&args.controller_quorum, &args.rpc_listen) {
             (Some(quorum), Some(rpc)) => Some(cluster::ClusterConfig {

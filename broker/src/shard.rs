@@ -201,7 +201,12 @@ impl Shard {
             if last_retention.elapsed() >= self.config.retention_check_interval {
                 last_retention = std::time::Instant::now();
                 let now = crate::kafka::now_ms();
+                let expiration = self.config.producer_id_expiration.as_millis() as i64;
                 for log in self.logs() {
+                    let expired = log.expire_producers(now, expiration);
+                    if expired > 0 {
+                        tracing::info!(dir = %log.dir().display(), expired, "idempotent producers expired");
+                    }
                     if let Err(e) = log.enforce_retention(now).await {
                         tracing::error!(dir = %log.dir().display(), error = %e, "retention");
                     }

@@ -294,6 +294,13 @@ impl State {
     }
 }
 
+/// Milliseconds since the Unix epoch (batch timestamps are in it).
+fn wall_clock_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
 /// Producer state after a crash: the newest roll snapshot at or below the active segment's
 /// base, then the batches of the segments from its offset on. Without a usable snapshot, the
 /// active segment's batches alone (older producers are forgotten and their next batches
@@ -313,7 +320,7 @@ async fn recover_producers(
     for (offset, path) in snapshots {
         if let Some(p) = fs::read_file(path)
             .await?
-            .and_then(|d| ProducerStates::from_bytes(&d))
+            .and_then(|d| ProducerStates::from_bytes(&d, wall_clock_ms()))
         {
             loaded = Some((offset, p));
             break;
@@ -367,7 +374,7 @@ impl PartitionLog {
         let snapshot = match clean {
             true => fs::read_file(&snapshot_path)
                 .await?
-                .and_then(|d| ProducerStates::from_bytes(&d)),
+                .and_then(|d| ProducerStates::from_bytes(&d, wall_clock_ms())),
             false => None,
         };
         let producers = match snapshot {
@@ -1117,6 +1124,15 @@ impl PartitionLog {
         }
         self.delete_segments_below_start().await?;
         Ok(self.state.borrow().log_start)
+    }
+
+    /// Forgets idempotent producers last heard from before `now_ms - expiration_ms`
+    /// (`producer.id.expiration.ms`). Returns how many.
+    pub fn expire_producers(&self, now_ms: i64, expiration_ms: i64) -> usize {
+        self.state
+            .borrow_mut()
+            .producers
+            .expire(now_ms, expiration_ms)
     }
 
     /// Applies `retention.ms` and `retention.bytes` to closed segments (rolling the active

@@ -1,5 +1,7 @@
 //! Idempotent-producer state of one partition: per producer id, its epoch and the sequence
 //! ranges of its last few batches, so a retried batch is recognised and not written twice.
+//! A producer not heard from for `producer.id.expiration.ms` (by its batches' timestamps) is
+//! forgotten, as Kafka forgets it.
 
 use std::collections::{HashMap, VecDeque};
 use tern_protocol::batch::BatchHeader;
@@ -45,7 +47,13 @@ struct BatchSeq {
 struct Producer {
     epoch: i16,
     batches: VecDeque<BatchSeq>,
+    /// The newest timestamp of its batches: when it was last heard from.
+    last_timestamp: i64,
 }
+
+/// Starts the snapshot format that carries each producer's last timestamp; the older format
+/// (no header) starts with a producer id, never negative.
+const SNAPSHOT_V2: [u8; 4] = [0xff, b'P', b'S', 2];
 
 fn next_seq(seq: i32) -> i32 {
     if seq == i32::MAX {
@@ -122,6 +130,7 @@ impl ProducerStates {
             return;
         }
         let p = self.producers.entry(h.producer_id).or_default();
+        p.last_timestamp = p.last_timestamp.max(h.max_timestamp);
         if h.producer_epoch != p.epoch {
             p.epoch = h.producer_epoch;
             p.batches.clear();
@@ -147,12 +156,31 @@ impl ProducerStates {
         }
     }
 
-    /// Snapshot for a clean shutdown: per producer, `id epoch count` then its batches.
+    /// Forgets producers last heard from before `now_ms - expiration_ms`. Returns how many.
+    pub fn expire(&mut self, now_ms: i64, expiration_ms: i64) -> usize {
+        let before = self.producers.len();
+        let horizon = now_ms.saturating_sub(expiration_ms);
+        self.producers.retain(|_, p| p.last_timestamp >= horizon);
+        before - self.producers.len()
+    }
+
+    /// Producers remembered.
+    pub fn len(&self) -> usize {
+        self.producers.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.producers.is_empty()
+    }
+
+    /// Snapshot (clean shutdown, segment roll): a header, then per producer `id epoch
+    /// last_timestamp count` and its batches.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::new();
+        let mut out = SNAPSHOT_V2.to_vec();
         for (id, p) in &self.producers {
             out.extend_from_slice(&id.to_be_bytes());
             out.extend_from_slice(&p.epoch.to_be_bytes());
+            out.extend_from_slice(&p.last_timestamp.to_be_bytes());
             out.push(p.batches.len() as u8);
             for b in &p.batches {
                 out.extend_from_slice(&b.first_seq.to_be_bytes());
@@ -164,8 +192,9 @@ impl ProducerStates {
         out
     }
 
-    /// Parses a snapshot; `None` if it is damaged.
-    pub fn from_bytes(mut data: &[u8]) -> Option<ProducerStates> {
+    /// Parses a snapshot; `None` if it is damaged. Producers of an older snapshot, which has no
+    /// timestamps, count as heard from at `now_ms`.
+    pub fn from_bytes(mut data: &[u8], now_ms: i64) -> Option<ProducerStates> {
         fn take<'a>(data: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
             if data.len() < n {
                 return None;
@@ -174,14 +203,23 @@ impl ProducerStates {
             *data = rest;
             Some(head)
         }
+        let v2 = data.starts_with(&SNAPSHOT_V2);
+        if v2 {
+            data = &data[SNAPSHOT_V2.len()..];
+        }
         let mut states = ProducerStates::default();
         while !data.is_empty() {
             let id = i64::from_be_bytes(take(&mut data, 8)?.try_into().ok()?);
             let epoch = i16::from_be_bytes(take(&mut data, 2)?.try_into().ok()?);
+            let last_timestamp = match v2 {
+                true => i64::from_be_bytes(take(&mut data, 8)?.try_into().ok()?),
+                false => now_ms,
+            };
             let count = take(&mut data, 1)?[0] as usize;
             let mut p = Producer {
                 epoch,
                 batches: VecDeque::new(),
+                last_timestamp,
             };
             for _ in 0..count {
                 p.batches.push_back(BatchSeq {
@@ -253,15 +291,55 @@ mod tests {
     }
 
     #[test]
+    fn producers_not_heard_from_expire() {
+        let mut s = ProducerStates::default();
+        let mut h = header(1, 0, 0, 1, 10);
+        h.max_timestamp = 1_000;
+        s.record(&h);
+        let mut h = header(2, 0, 0, 1, 11);
+        h.max_timestamp = 5_000;
+        s.record(&h);
+        assert_eq!(s.expire(6_000, 2_000), 1);
+        // Producer 1 is forgotten: its retry is taken as new; producer 2's is still known.
+        assert_eq!(s.check(&header(1, 0, 0, 1, -1)), Ok(SequenceCheck::Append));
+        assert!(matches!(
+            s.check(&header(2, 0, 0, 1, -1)),
+            Ok(SequenceCheck::Duplicate { .. })
+        ));
+        assert_eq!(s.len(), 1);
+    }
+
+    #[test]
     fn snapshot_round_trips_and_rollback_forgets() {
         let mut s = ProducerStates::default();
         for i in 0..8 {
             s.record(&header(1, 0, i * 2, 2, 10 + i as i64 * 2));
         }
         s.record(&header(2, 3, 0, 1, 40));
-        let back = ProducerStates::from_bytes(&s.to_bytes()).unwrap();
+        let back = ProducerStates::from_bytes(&s.to_bytes(), 0).unwrap();
         assert_eq!(back, s);
-        assert!(ProducerStates::from_bytes(&[1, 2, 3]).is_none());
+        assert!(ProducerStates::from_bytes(&[1, 2, 3], 0).is_none());
+        // The format before timestamps: producers count as heard from when it is read.
+        let old = [
+            &7i64.to_be_bytes()[..],
+            &3i16.to_be_bytes(),
+            &[1],
+            &0i32.to_be_bytes(),
+            &1i32.to_be_bytes(),
+            &50i64.to_be_bytes(),
+            &51i64.to_be_bytes(),
+        ]
+        .concat();
+        let mut read = ProducerStates::from_bytes(&old, 9_000).unwrap();
+        assert_eq!(
+            read.check(&header(7, 3, 0, 2, -1)),
+            Ok(SequenceCheck::Duplicate {
+                base_offset: 50,
+                last_offset: 51
+            })
+        );
+        assert_eq!(read.expire(9_500, 1_000), 0);
+        assert_eq!(read.expire(10_001, 1_000), 1);
         s.truncate_from(24);
         assert_eq!(s.check(&header(1, 0, 14, 2, -1)), Ok(SequenceCheck::Append));
     }
