@@ -671,7 +671,9 @@ def test_a_broker_joins_and_partitions_move_onto_it_online(workdir, topic_name):
 
         def partitions():
             return {p["partition_index"]: p for p in ka.describe_topics([topic_name])[0]["partitions"]}
-        assert [partitions()[p]["replica_nodes"] for p in (0, 1)] == [[4, 2, 3], [4, 3, 2]]
+        # Every node learns of the finished moves from the metadata log, a moment apart.
+        wait_for(lambda: [partitions()[p]["replica_nodes"] for p in (0, 1)] == [[4, 2, 3], [4, 3, 2]],
+                 what="every node to know the moves are done")
         result = ka.elect_leaders(0, {topic_name: [0, 1]}, raise_errors=False)
         assert all(r.error_code in (0, 84) for t in result.replica_election_results for r in t.partition_result)
         wait_for(lambda: [partitions()[p]["leader_id"] for p in (0, 1)] == [4, 4], what="node 4 leading")
