@@ -151,6 +151,28 @@ def single_partition_error(resp, after_partition_header=0):
     return error
 
 
+def nullable_string(s):
+    return struct.pack(">h", -1) if s is None else string(s)
+
+
+def incremental_alter_configs_v0(resource_type, resource_name, configs):
+    """IncrementalAlterConfigs v0 for one resource; `configs` is [(name, op, value)]. Clients'
+    admin APIs refuse the BROKER resource "" (the cluster-wide defaults): this does not."""
+    body = struct.pack(">i", 1) + struct.pack(">b", resource_type) + string(resource_name)
+    body += struct.pack(">i", len(configs))
+    for name, op, value in configs:
+        body += string(name) + struct.pack(">b", op) + nullable_string(value)
+    return request(44, 0, body + b"\x00")
+
+
+def parse_incremental_alter_configs_v0(resp):
+    """(error code, message) of the single resource in the response."""
+    r = Reader(resp)
+    r.take(">i")  # throttle
+    assert r.take(">i") == 1
+    return r.take(">h"), r.string()
+
+
 def single_partition_offset(resp):
     """(error code, base offset) of the single partition in a Produce v3 response body."""
     r = Reader(resp)

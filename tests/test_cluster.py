@@ -293,6 +293,42 @@ def test_kip848_members_keep_their_partitions_when_the_coordinator_dies(workdir,
         cluster.run("stop")
 
 
+def test_dynamic_broker_configs_are_cluster_metadata(cluster, topic_name):
+    """A cluster-wide dynamic broker config is a metadata change: the controller takes it (other
+    nodes answer NOT_CONTROLLER), every node applies it, and topics report it as their value."""
+    from confluent_kafka.admin import ConfigResource, ConfigSource
+
+    create(cluster, topic_name, partitions=1, rf=3)
+    controller = admin(cluster).list_topics(timeout=10).controller_id
+    other = next(n for n in (1, 2, 3) if n != controller)
+
+    def alter(node, value):
+        frame = kafka_wire.incremental_alter_configs_v0(4, "", [("log.retention.ms", 0, value)])
+        with kafka_wire.connect(f"127.0.0.1:{cluster.port_of(node)}") as sock:
+            return kafka_wire.parse_incremental_alter_configs_v0(kafka_wire.roundtrip(sock, frame))[0]
+
+    assert alter(other, "3600000") == 41  # NOT_CONTROLLER
+    assert alter(controller, "3600000") == 0
+    res = ConfigResource(ConfigResource.Type.TOPIC, topic_name)
+
+    def retention():
+        c = admin(cluster).describe_configs([res])[res].result(10)["retention.ms"]
+        return c.value, c.source
+
+    wait_for(lambda: retention() == ("3600000", ConfigSource.DYNAMIC_DEFAULT_BROKER_CONFIG.value),
+             what="the cluster-wide default on the topic")
+    for node in (1, 2, 3):
+        # Asked of that node: it applied the change from the metadata log.
+        b = ConfigResource(ConfigResource.Type.BROKER, str(node))
+
+        def seen():
+            c = admin(cluster).describe_configs([b])[b].result(10)["log.retention.ms"]
+            return c.value, c.source
+
+        wait_for(lambda: seen() == ("3600000", ConfigSource.DYNAMIC_DEFAULT_BROKER_CONFIG.value),
+                 what=f"node {node} to apply the change")
+
+
 def test_min_insync_replicas_and_the_isr_follow_a_dead_follower(workdir, topic_name):
     cluster = Cluster(workdir, flags="--replica-lag-time-max-ms 1500").start()
     try:

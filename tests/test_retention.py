@@ -167,3 +167,60 @@ def test_idempotent_producers_expire_after_producer_id_expiration_ms(fresh_broke
     assert send(7000)[1] > 1, "forgotten: its old batch is taken as new"
     before = send(7001)
     assert send(7001) == before, "a producer heard from is still remembered"
+
+
+def test_dynamic_broker_configs_set_topic_defaults_without_a_restart(fresh_broker, topic_name):
+    """Kafka's dynamic broker configs: log.retention.bytes set cluster-wide applies to a topic
+    that sets none (and takes effect at once); a per-broker value beats it, a topic's own value
+    beats both; DescribeConfigs says where each value comes from; they survive a restart."""
+    from confluent_kafka.admin import ConfigSource
+
+    broker = fresh_broker("--retention-check-interval-ms", "200")
+    a = AdminClient({"bootstrap.servers": broker.bootstrap})
+    a.create_topics([NewTopic(topic_name, 1, 1, config={"segment.bytes": "65536"})])[topic_name].result(30)
+    produce(broker, topic_name, 1000)  # ~1 MB, kept: no retention.bytes anywhere
+    assert earliest(broker, topic_name)[0] == 0
+
+    def alter(resource_name, name, value, op=AlterConfigOpType.SET):
+        if resource_name == "":
+            # Client admin APIs refuse the cluster-wide resource "": sent by hand.
+            frame = wire.incremental_alter_configs_v0(4, "", [(name, op.value, value)])
+            with wire.connect(broker.bootstrap) as s:
+                error, message = wire.parse_incremental_alter_configs_v0(wire.roundtrip(s, frame))
+            return None if error == 0 else (error, message)
+        res = ConfigResource(ConfigResource.Type.BROKER, resource_name,
+                             incremental_configs=[ConfigEntry(name, value, incremental_operation=op)])
+        return a.incremental_alter_configs([res])[res].exception(10)
+
+    def topic_config(name):
+        res = ConfigResource(ConfigResource.Type.TOPIC, topic_name)
+        c = a.describe_configs([res])[res].result(10)[name]
+        return c.value, c.source
+
+    def broker_config(resource_name, name):
+        res = ConfigResource(ConfigResource.Type.BROKER, resource_name)
+        c = a.describe_configs([res])[res].result(10).get(name)
+        return c and (c.value, c.source)
+
+    assert alter("", "log.retention.bytes", "lots")[0] == KafkaError.INVALID_CONFIG
+    assert alter("", "num.network.threads", "4") is not None, "not a dynamic config here"
+    err = alter("0", "log.retention.bytes", "lots")
+    assert err is not None and err.args[0].code() == KafkaError.INVALID_CONFIG
+    assert alter("", "log.retention.bytes", "200000") is None
+    wait_for(lambda: earliest(broker, topic_name)[0] > 500, what="the cluster-wide retention to apply")
+    assert topic_config("retention.bytes") == ("200000", ConfigSource.DYNAMIC_DEFAULT_BROKER_CONFIG.value)
+    assert broker_config("0", "log.retention.bytes") == ("200000", ConfigSource.DYNAMIC_DEFAULT_BROKER_CONFIG.value)
+    assert alter("0", "log.retention.bytes", "300000") is None
+    assert topic_config("retention.bytes") == ("300000", ConfigSource.DYNAMIC_BROKER_CONFIG.value)
+    assert broker_config("0", "log.retention.bytes") == ("300000", ConfigSource.DYNAMIC_BROKER_CONFIG.value)
+    assert broker_config("0", "log.cleaner.threads") == ("1", ConfigSource.DEFAULT_CONFIG.value)
+    res = ConfigResource(ConfigResource.Type.TOPIC, topic_name, incremental_configs=[
+        ConfigEntry("retention.bytes", "-1", incremental_operation=AlterConfigOpType.SET)])
+    a.incremental_alter_configs([res])[res].result(10)
+    assert topic_config("retention.bytes") == ("-1", ConfigSource.DYNAMIC_TOPIC_CONFIG.value)
+    broker.restart()
+    a = AdminClient({"bootstrap.servers": broker.bootstrap})
+    assert broker_config("0", "log.retention.bytes") == ("300000", ConfigSource.DYNAMIC_BROKER_CONFIG.value)
+    # Deleting the per-broker value falls back to the cluster-wide one.
+    assert alter("0", "log.retention.bytes", None, AlterConfigOpType.DELETE) is None
+    assert broker_config("0", "log.retention.bytes") == ("200000", ConfigSource.DYNAMIC_DEFAULT_BROKER_CONFIG.value)

@@ -113,9 +113,10 @@ pub async fn create_topic(shard: &Rc<Shard>, topic: NewTopic) -> Result<Uuid, Ap
         tracing::info!(topic = %topic.name, partitions = topic.partitions, "created topic");
         return Ok(id);
     }
+    let configs = meta.topic_configs(&topic.configs, shard.config.node_id);
     let opens = shards.iter().enumerate().map(|(p, &owner)| {
         let name = topic.name.clone();
-        let configs = topic.configs.clone();
+        let configs = configs.clone();
         shard.run_on(owner, move |s| async move {
             s.open_partition(&name, p as i32, &configs)
                 .await
@@ -208,7 +209,7 @@ pub async fn create_partitions(
         return Ok(());
     }
     let added = meta.place((count - current) as usize, shard.shard_count());
-    let configs = topic.configs.clone();
+    let configs = meta.topic_configs(&topic.configs, shard.config.node_id);
     if let Some(topic) = meta.topics.get_mut(&name) {
         topic.shards.extend(added.iter().copied());
     }
@@ -278,9 +279,10 @@ pub async fn set_topic_configs(
         tracing::info!(topic = %name, ?configs, "changed topic configs");
         return Ok(());
     }
+    let effective = meta.topic_configs(&configs, shard.config.node_id);
     shard.meta.publish(meta);
     for owner in owners {
-        let (name, configs) = (name.clone(), configs.clone());
+        let (name, configs) = (name.clone(), effective.clone());
         shard
             .run_on(owner, move |s| async move {
                 s.reconfigure_topic(&name, &configs)
@@ -288,6 +290,43 @@ pub async fn set_topic_configs(
             .await;
     }
     tracing::info!(topic = %name, ?configs, "changed topic configs");
+    Ok(())
+}
+
+/// Replaces the dynamic broker configs of `resource` ("" for the cluster-wide defaults, or a
+/// node id), and applies them to every partition without a restart.
+pub async fn set_broker_configs(
+    shard: &Rc<Shard>,
+    resource: String,
+    configs: BTreeMap<String, String>,
+) -> Result<(), ApiError> {
+    let (_lock, mut meta) = begin_change(shard).await?;
+    if meta
+        .broker_configs
+        .get(&resource)
+        .map_or(configs.is_empty(), |c| *c == configs)
+    {
+        return Ok(());
+    }
+    match configs.is_empty() {
+        true => meta.broker_configs.remove(&resource),
+        false => meta
+            .broker_configs
+            .insert(resource.clone(), configs.clone()),
+    };
+    let applied_by_nodes = !persist_change(shard, &mut meta).await?;
+    tracing::info!(resource = %resource, ?configs, "changed dynamic broker configs");
+    if applied_by_nodes {
+        return Ok(());
+    }
+    shard.meta.publish(meta);
+    let meta = shard.meta.snapshot();
+    for owner in 0..shard.shard_count() {
+        let meta = meta.clone();
+        shard
+            .run_on(owner, move |s| async move { s.reconfigure_all(&meta) })
+            .await;
+    }
     Ok(())
 }
 

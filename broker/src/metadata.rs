@@ -100,9 +100,93 @@ pub struct ClusterMeta {
     /// offline.
     #[serde(default, skip_serializing_if = "std::collections::BTreeSet::is_empty")]
     pub fenced: std::collections::BTreeSet<i32>,
+    /// Dynamic broker configs (AlterConfigs on BROKER resources), by resource: "" for the
+    /// cluster-wide defaults, a node id for one node's.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub broker_configs: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+/// Where a config's value comes from (DescribeConfigs' config_source).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfigSource {
+    Topic = 1,
+    DynamicBroker = 2,
+    DynamicDefaultBroker = 3,
+    StaticBroker = 4,
+    Default = 5,
 }
 
 impl ClusterMeta {
+    /// The dynamic broker configs that apply on `node`, by name, with their source: the
+    /// node's own over the cluster-wide ones.
+    pub fn broker_configs_of(&self, node: i32) -> BTreeMap<&str, (&str, ConfigSource)> {
+        let mut out = BTreeMap::new();
+        let layers = [
+            ("", ConfigSource::DynamicDefaultBroker),
+            (&*node.to_string(), ConfigSource::DynamicBroker),
+        ];
+        for (resource, source) in layers {
+            for (k, v) in self.broker_configs.get(resource).into_iter().flatten() {
+                out.insert(k.as_str(), (v.as_str(), source));
+            }
+        }
+        out
+    }
+
+    /// A topic's configs as they apply on `node`, by topic config name: the topic's own, over
+    /// the dynamic broker configs that set topic defaults (Kafka's order), with their source.
+    /// Configs at Kafka's default are left out.
+    pub fn topic_configs_with_source(
+        &self,
+        configs: &BTreeMap<String, String>,
+        node: i32,
+    ) -> BTreeMap<String, (String, ConfigSource)> {
+        let mut out: BTreeMap<String, (String, ConfigSource)> = self
+            .broker_configs_of(node)
+            .into_iter()
+            .filter_map(|(k, (v, source))| {
+                let topic_name = crate::topic_config::topic_default_of(k)?;
+                Some((topic_name.to_string(), (v.to_string(), source)))
+            })
+            .collect();
+        for (k, v) in configs {
+            out.insert(k.clone(), (v.clone(), ConfigSource::Topic));
+        }
+        out
+    }
+
+    /// One config of a topic as it applies on `node`, if set (by the topic or a dynamic broker
+    /// config).
+    pub fn topic_config<'a>(
+        &'a self,
+        configs: &'a BTreeMap<String, String>,
+        node: i32,
+        name: &str,
+    ) -> Option<&'a str> {
+        if let Some(v) = configs.get(name) {
+            return Some(v);
+        }
+        let (broker_name, _) = crate::topic_config::BROKER_TOPIC_DEFAULTS
+            .iter()
+            .find(|(_, t)| *t == name)?;
+        [node.to_string(), String::new()]
+            .iter()
+            .find_map(|r| self.broker_configs.get(r)?.get(*broker_name))
+            .map(String::as_str)
+    }
+
+    /// A topic's configs as they apply on `node` (see [`Self::topic_configs_with_source`]).
+    pub fn topic_configs(
+        &self,
+        configs: &BTreeMap<String, String>,
+        node: i32,
+    ) -> BTreeMap<String, String> {
+        self.topic_configs_with_source(configs, node)
+            .into_iter()
+            .map(|(k, (v, _))| (k, v))
+            .collect()
+    }
+
     pub fn topic_by_id(&self, id: Uuid) -> Option<(&String, &TopicMeta)> {
         self.topics.iter().find(|(_, t)| t.id == id)
     }

@@ -169,7 +169,17 @@ impl Shard {
         }
     }
 
-    /// Applies a topic's changed configs to the partitions of it this shard owns.
+    /// Applies every topic's configs as `meta` has them (the dynamic broker configs changed) to
+    /// the partitions this shard owns.
+    pub fn reconfigure_all(&self, meta: &crate::metadata::ClusterMeta) {
+        for (name, t) in &meta.topics {
+            let configs = meta.topic_configs(&t.configs, self.config.node_id);
+            self.reconfigure_topic(name, &configs);
+        }
+    }
+
+    /// Applies a topic's changed configs (as they apply on this node) to the partitions of it
+    /// this shard owns.
     pub fn reconfigure_topic(
         &self,
         topic: &str,
@@ -265,7 +275,8 @@ impl ShardSeed {
         for (name, topic) in &snapshot.topics {
             for (p, &owner) in topic.shards.iter().enumerate() {
                 if owner == shard.id {
-                    shard.open_partition(name, p as i32, &topic.configs).await?;
+                    let configs = snapshot.topic_configs(&topic.configs, shard.config.node_id);
+                    shard.open_partition(name, p as i32, &configs).await?;
                 }
             }
         }

@@ -194,9 +194,93 @@ pub fn def(name: &str) -> Option<&'static ConfigDef> {
     TOPIC_CONFIGS.iter().find(|d| d.name == name)
 }
 
-/// Checks one `name=value`; the error text goes to the client with INVALID_CONFIG.
-pub fn validate(name: &str, value: &str) -> Result<(), String> {
-    let d = def(name).ok_or_else(|| format!("unknown topic config {name}"))?;
+/// Dynamic broker configs that set a topic config's default (Kafka's synonyms): (broker
+/// config, topic config). Set cluster-wide or per node, they apply to every topic that does
+/// not set its own, without a restart.
+pub const BROKER_TOPIC_DEFAULTS: &[(&str, &str)] = &[
+    ("compression.type", "compression.type"),
+    ("log.cleaner.delete.retention.ms", "delete.retention.ms"),
+    ("log.cleaner.max.compaction.lag.ms", "max.compaction.lag.ms"),
+    (
+        "log.cleaner.min.cleanable.ratio",
+        "min.cleanable.dirty.ratio",
+    ),
+    ("log.cleaner.min.compaction.lag.ms", "min.compaction.lag.ms"),
+    ("log.cleanup.policy", "cleanup.policy"),
+    ("log.flush.interval.messages", "flush.messages"),
+    ("log.flush.interval.ms", "flush.ms"),
+    ("log.index.interval.bytes", "index.interval.bytes"),
+    (
+        "log.message.timestamp.after.max.ms",
+        "message.timestamp.after.max.ms",
+    ),
+    (
+        "log.message.timestamp.before.max.ms",
+        "message.timestamp.before.max.ms",
+    ),
+    ("log.message.timestamp.type", "message.timestamp.type"),
+    ("log.preallocate", "preallocate"),
+    ("log.retention.bytes", "retention.bytes"),
+    ("log.retention.ms", "retention.ms"),
+    ("log.roll.ms", "segment.ms"),
+    ("log.segment.bytes", "segment.bytes"),
+    ("log.segment.delete.delay.ms", "file.delete.delay.ms"),
+    ("message.max.bytes", "max.message.bytes"),
+    ("min.insync.replicas", "min.insync.replicas"),
+];
+
+/// Dynamic broker configs of Kafka's that only tune Kafka's own machinery (its log cleaner's
+/// threads and buffers): accepted and stored so tools that set them work; no effect here.
+pub const BROKER_ONLY_CONFIGS: &[ConfigDef] = &[
+    stored("log.cleaner.backoff.ms", "15000", ConfigType::Long),
+    stored(
+        "log.cleaner.dedupe.buffer.size",
+        "134217728",
+        ConfigType::Long,
+    ),
+    stored(
+        "log.cleaner.io.buffer.load.factor",
+        "0.9",
+        ConfigType::Double,
+    ),
+    stored("log.cleaner.io.buffer.size", "524288", ConfigType::Int),
+    stored(
+        "log.cleaner.io.max.bytes.per.second",
+        "1.7976931348623157E308",
+        ConfigType::Double,
+    ),
+    stored("log.cleaner.threads", "1", ConfigType::Int),
+];
+
+/// The topic config a dynamic broker config sets the default of.
+pub fn topic_default_of(broker_config: &str) -> Option<&'static str> {
+    BROKER_TOPIC_DEFAULTS
+        .iter()
+        .find(|(b, _)| *b == broker_config)
+        .map(|(_, t)| *t)
+}
+
+/// Type, default and doc of a dynamic broker config Tern accepts.
+pub fn broker_def(name: &str) -> Option<&'static ConfigDef> {
+    match topic_default_of(name) {
+        Some(topic) => def(topic),
+        None => BROKER_ONLY_CONFIGS.iter().find(|d| d.name == name),
+    }
+}
+
+/// Checks one dynamic broker config `name=value`, as its topic config is checked.
+pub fn validate_broker(name: &str, value: &str) -> Result<(), String> {
+    match topic_default_of(name) {
+        Some(topic) => validate(topic, value),
+        None => {
+            let d =
+                broker_def(name).ok_or_else(|| format!("{name} is not a dynamic broker config"))?;
+            check_type(d, value)
+        }
+    }
+}
+
+fn check_type(d: &ConfigDef, value: &str) -> Result<(), String> {
     let ok = match d.kind {
         ConfigType::Boolean => {
             value.eq_ignore_ascii_case("true") || value.eq_ignore_ascii_case("false")
@@ -206,9 +290,16 @@ pub fn validate(name: &str, value: &str) -> Result<(), String> {
         ConfigType::Double => value.parse::<f64>().is_ok_and(f64::is_finite),
         ConfigType::String | ConfigType::List => d.allowed.is_empty() || d.allowed.contains(&value),
     };
-    if !ok {
-        return Err(format!("invalid value {value:?} for {name}"));
+    match ok {
+        true => Ok(()),
+        false => Err(format!("invalid value {value:?} for {}", d.name)),
     }
+}
+
+/// Checks one `name=value`; the error text goes to the client with INVALID_CONFIG.
+pub fn validate(name: &str, value: &str) -> Result<(), String> {
+    let d = def(name).ok_or_else(|| format!("unknown topic config {name}"))?;
+    check_type(d, value)?;
     // Kafka's ranges for the numeric configs that have one.
     let range: Option<(f64, f64)> = match name {
         "compression.gzip.level" => (value != "-1").then_some((1.0, 9.0)),
@@ -351,5 +442,15 @@ mod tests {
                 d.name
             );
         }
+        for (broker, topic) in BROKER_TOPIC_DEFAULTS {
+            assert!(def(topic).is_some(), "{broker} sets the default of {topic}");
+        }
+        for d in BROKER_ONLY_CONFIGS {
+            assert!(validate_broker(d.name, d.default).is_ok(), "{}", d.name);
+        }
+        assert!(validate_broker("log.retention.ms", "soon").is_err());
+        assert!(validate_broker("log.retention.ms", "60000").is_ok());
+        assert!(validate_broker("log.cleaner.threads", "2").is_ok());
+        assert!(validate_broker("num.network.threads", "2").is_err());
     }
 }

@@ -594,13 +594,16 @@ impl Cluster {
                 self.open_replica(shard, &meta, &current, group, name, p, replicas)
             })
             .await;
+        let brokers_changed = current.broker_configs != meta.broker_configs;
         for (name, t) in &meta.topics {
-            if current
-                .topics
-                .get(name)
-                .is_some_and(|old| old.configs != t.configs)
+            if brokers_changed
+                || current
+                    .topics
+                    .get(name)
+                    .is_some_and(|old| old.configs != t.configs)
             {
-                shard.reconfigure_topic(name, &t.configs);
+                let configs = meta.topic_configs(&t.configs, self.node_id());
+                shard.reconfigure_topic(name, &configs);
             }
         }
         tracing::info!(
@@ -625,9 +628,8 @@ impl Cluster {
         replicas: Vec<i32>,
     ) {
         let opened = async {
-            shard
-                .open_partition(&name, p, &meta.topics[&name].configs)
-                .await?;
+            let configs = meta.topic_configs(&meta.topics[&name].configs, self.node_id());
+            shard.open_partition(&name, p, &configs).await?;
             let log = shard.partition(&name, p).context("partition just opened")?;
             let members = Membership::new(replicas.iter().map(|&n| n as u64));
             self.replicator.add_group(group, log, members).await

@@ -10,12 +10,9 @@ use std::rc::Rc;
 
 use super::str_bytes;
 use crate::controller::{self, ApiError, NewTopic, CONTROLLER_SHARD};
+use crate::metadata::ConfigSource;
 use crate::shard::Shard;
-use crate::topic_config::{self, TOPIC_CONFIGS};
-
-/// Config source codes (DescribeConfigs / CreateTopics v5+).
-pub const SOURCE_TOPIC: i8 = 1;
-pub const SOURCE_DEFAULT: i8 = 5;
+use crate::topic_config::TOPIC_CONFIGS;
 
 fn new_topic(
     shard: &Shard,
@@ -127,22 +124,20 @@ pub async fn handle(shard: &Rc<Shard>, req: CreateTopicsRequest, version: i16) -
                     .with_num_partitions(topic.partitions)
                     .with_replication_factor(1);
                 if version >= 5 {
+                    let meta = shard.meta.snapshot();
+                    let set = meta.topic_configs_with_source(&topic.configs, shard.config.node_id);
                     result = result.with_configs(Some(
                         TOPIC_CONFIGS
                             .iter()
                             .map(|d| {
-                                let explicit = topic.configs.contains_key(d.name);
+                                let (value, source) = set
+                                    .get(d.name)
+                                    .cloned()
+                                    .unwrap_or((d.default.to_string(), ConfigSource::Default));
                                 CreatableTopicConfigs::default()
                                     .with_name(str_bytes(d.name))
-                                    .with_value(Some(str_bytes(topic_config::value(
-                                        &topic.configs,
-                                        d.name,
-                                    ))))
-                                    .with_config_source(if explicit {
-                                        SOURCE_TOPIC
-                                    } else {
-                                        SOURCE_DEFAULT
-                                    })
+                                    .with_value(Some(str_bytes(&value)))
+                                    .with_config_source(source as i8)
                             })
                             .collect(),
                     ));

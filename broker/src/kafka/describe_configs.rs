@@ -1,4 +1,6 @@
-//! DescribeConfigs for topics (their effective configs) and for this broker (read-only).
+//! DescribeConfigs for topics (their effective configs, with where each value comes from) and
+//! for brokers: a node's static settings and its dynamic broker configs, or (resource name
+//! "") the cluster-wide dynamic defaults.
 
 use kafka_protocol::messages::describe_configs_response::{
     DescribeConfigsResourceResult, DescribeConfigsResult,
@@ -7,14 +9,13 @@ use kafka_protocol::messages::{DescribeConfigsRequest, DescribeConfigsResponse, 
 use kafka_protocol::ResponseError;
 use std::rc::Rc;
 
-use super::create_topics::{SOURCE_DEFAULT, SOURCE_TOPIC};
 use super::str_bytes;
+use crate::metadata::ConfigSource;
 use crate::shard::Shard;
-use crate::topic_config::{self, TOPIC_CONFIGS};
+use crate::topic_config::{self, BROKER_ONLY_CONFIGS, BROKER_TOPIC_DEFAULTS, TOPIC_CONFIGS};
 
 const RESOURCE_TOPIC: i8 = 2;
 const RESOURCE_BROKER: i8 = 4;
-const SOURCE_STATIC_BROKER: i8 = 4;
 
 fn entry(
     name: &str,
@@ -56,30 +57,67 @@ pub fn handle(shard: &Rc<Shard>, req: DescribeConfigsRequest, version: i16) -> R
             let name = r.resource_name.as_str();
             match r.resource_type {
                 RESOURCE_TOPIC => match meta.topics.get(name) {
-                    Some(topic) => result.with_configs(
-                        TOPIC_CONFIGS
-                            .iter()
-                            .filter(|d| wanted(&r.configuration_keys, d.name))
-                            .map(|d| {
-                                let source = if topic.configs.contains_key(d.name) {
-                                    SOURCE_TOPIC
-                                } else {
-                                    SOURCE_DEFAULT
-                                };
-                                let value = topic_config::value(&topic.configs, d.name).to_string();
-                                entry(d.name, value, source, false, d.kind as i8, d.doc, version)
-                            })
-                            .collect(),
-                    ),
+                    Some(topic) => {
+                        let set = meta.topic_configs_with_source(&topic.configs, cfg.node_id);
+                        result.with_configs(
+                            TOPIC_CONFIGS
+                                .iter()
+                                .filter(|d| wanted(&r.configuration_keys, d.name))
+                                .map(|d| {
+                                    let (value, source) = set
+                                        .get(d.name)
+                                        .cloned()
+                                        .unwrap_or((d.default.to_string(), ConfigSource::Default));
+                                    let kind = d.kind as i8;
+                                    entry(d.name, value, source as i8, false, kind, d.doc, version)
+                                })
+                                .collect(),
+                        )
+                    }
                     None => result
                         .with_error_code(ResponseError::UnknownTopicOrPartition.code())
                         .with_error_message(Some(str_bytes(&format!(
                             "topic {name} does not exist"
                         )))),
                 },
-                RESOURCE_BROKER if name.is_empty() || name == cfg.node_id.to_string() => {
+                RESOURCE_BROKER if name.is_empty() => {
+                    // The cluster-wide dynamic defaults: only those set.
+                    let set = meta.broker_configs.get("").cloned().unwrap_or_default();
+                    result.with_configs(
+                        set.iter()
+                            .filter(|(n, _)| wanted(&r.configuration_keys, n))
+                            .filter_map(|(n, v)| {
+                                let d = topic_config::broker_def(n)?;
+                                let source = ConfigSource::DynamicDefaultBroker as i8;
+                                let (kind, doc) = (d.kind as i8, d.doc);
+                                Some(entry(n, v.clone(), source, false, kind, doc, version))
+                            })
+                            .collect(),
+                    )
+                }
+                RESOURCE_BROKER
+                    if name
+                        .parse::<i32>()
+                        .is_ok_and(|id| id == cfg.node_id || meta.nodes.contains_key(&id)) =>
+                {
+                    let node: i32 = name.parse().unwrap_or(cfg.node_id);
+                    let dynamic = meta.broker_configs_of(node);
+                    let dynamic_entries = BROKER_TOPIC_DEFAULTS
+                        .iter()
+                        .map(|(b, _)| *b)
+                        .chain(BROKER_ONLY_CONFIGS.iter().map(|d| d.name))
+                        .filter(|n| wanted(&r.configuration_keys, n))
+                        .filter_map(|n| {
+                            let d = topic_config::broker_def(n)?;
+                            let (value, source) = dynamic
+                                .get(n)
+                                .map(|(v, s)| (v.to_string(), *s))
+                                .unwrap_or((d.default.to_string(), ConfigSource::Default));
+                            let (kind, doc) = (d.kind as i8, d.doc);
+                            Some(entry(n, value, source as i8, false, kind, doc, version))
+                        });
                     let broker = [
-                        ("broker.id", cfg.node_id.to_string(), 3, "This node's id."),
+                        ("broker.id", node.to_string(), 3, "The node's id."),
                         (
                             "auto.create.topics.enable",
                             cfg.auto_create_topics.to_string(),
@@ -99,13 +137,13 @@ pub fn handle(shard: &Rc<Shard>, req: DescribeConfigsRequest, version: i16) -> R
                             "Largest request accepted.",
                         ),
                     ];
+                    let source = ConfigSource::StaticBroker as i8;
                     result.with_configs(
                         broker
                             .into_iter()
                             .filter(|(n, ..)| wanted(&r.configuration_keys, n))
-                            .map(|(n, v, kind, doc)| {
-                                entry(n, v, SOURCE_STATIC_BROKER, true, kind, doc, version)
-                            })
+                            .map(|(n, v, kind, doc)| entry(n, v, source, true, kind, doc, version))
+                            .chain(dynamic_entries)
                             .collect(),
                     )
                 }

@@ -139,13 +139,18 @@ async fn produce_replicated(
     // NOT_ENOUGH_REPLICAS and NOT_ENOUGH_REPLICAS_AFTER_APPEND).
     // Looked up only for acks=all.
     let min_isr = match acks {
-        -1 => shard
-            .meta
-            .snapshot()
-            .topics
-            .get(topic)
-            .and_then(|t| t.configs.get("min.insync.replicas")?.parse::<usize>().ok())
-            .unwrap_or(1),
+        -1 => {
+            let meta = shard.meta.snapshot();
+            meta.topics
+                .get(topic)
+                .and_then(|t| {
+                    let node = shard.config.node_id;
+                    meta.topic_config(&t.configs, node, "min.insync.replicas")?
+                        .parse::<usize>()
+                        .ok()
+                })
+                .unwrap_or(1)
+        }
         _ => 1,
     };
     let enough = |cluster: &crate::cluster::Cluster| {
