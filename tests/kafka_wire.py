@@ -82,6 +82,35 @@ def fetch_v4(topic, partition, offset, max_wait_ms=0, max_bytes=1 << 20):
     return request(1, 4, body)
 
 
+def fetch_v4_partitions(topic, partitions, max_bytes, partition_max_bytes):
+    """A Fetch v4 of several partitions of one topic, each from offset 0, in the given order."""
+    body = struct.pack(">iiiib", -1, 0, 1, max_bytes, 0) + struct.pack(">i", 1) + string(topic)
+    body += struct.pack(">i", len(partitions))
+    for p in partitions:
+        body += struct.pack(">iqi", p, 0, partition_max_bytes)
+    return request(1, 4, body)
+
+
+def parse_fetch_v4_sizes(body):
+    """{partition: record bytes} of a one-topic Fetch v4 response body."""
+    pos = 4  # throttle time
+    (n_topics,) = struct.unpack_from(">i", body, pos)
+    assert n_topics == 1
+    pos += 4
+    (name_len,) = struct.unpack_from(">h", body, pos)
+    pos += 2 + name_len
+    (n_parts,) = struct.unpack_from(">i", body, pos)
+    pos += 4
+    sizes = {}
+    for _ in range(n_parts):
+        p, _error, _hw, _lso, n_aborted = struct.unpack_from(">ihqqi", body, pos)
+        pos += 4 + 2 + 8 + 8 + 4 + max(n_aborted, 0) * 16
+        (n,) = struct.unpack_from(">i", body, pos)
+        pos += 4 + max(n, 0)
+        sizes[p] = max(n, 0)
+    return sizes
+
+
 def parse_fetch_v4(body):
     """(error code, high watermark, record bytes) of a one-partition Fetch v4 response body."""
     pos = 4  # throttle time

@@ -127,3 +127,29 @@ def test_a_client_that_leaves_mid_response_does_not_disturb_the_broker(fresh_bro
     msgs = read_partition(broker, topic_name, 0, expect=3000)
     assert len(msgs) == 3000
     assert broker.alive()
+
+
+def test_a_fetch_fills_its_budget_in_partition_order(fresh_broker, topic_name):
+    """Kafka fills a Fetch response in partition order up to fetch.max.bytes, each partition up
+    to its own limit: one busy partition among a hundred idle ones gets its whole limit (it got
+    a hundredth of the budget when the budget was split evenly), and partitions after the
+    budget is spent get nothing."""
+    from kafka_wire import fetch_v4_partitions, parse_fetch_v4_sizes, roundtrip
+
+    broker = fresh_broker("--default-partitions", "1")
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+    admin.create_topics([NewTopic(topic_name, 100, 1)])[topic_name].result(30)
+    p = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 5, "batch.size": 16384})
+    for busy in (7, 8):
+        for i in range(400):  # ~400 KB each, in batches of about 16 KB
+            p.produce(topic_name, value=b"%05d" % i + b"x" * 1000, partition=busy)
+    assert p.flush(30) == 0
+    order = [7] + [q for q in range(100) if q not in (7, 8)] + [8]
+    with connect(broker.bootstrap) as sock:
+        sizes = parse_fetch_v4_sizes(roundtrip(sock, fetch_v4_partitions(topic_name, order, 1 << 20, 256 << 10)))
+    assert 200_000 < sizes[7] <= 256 << 10, sizes[7]  # its own limit, not 1/100 of the budget
+    assert sizes[8] > 200_000, "the budget reaches the last partition"
+    with connect(broker.bootstrap) as sock:
+        sizes = parse_fetch_v4_sizes(roundtrip(sock, fetch_v4_partitions(topic_name, order, 300 << 10, 256 << 10)))
+    assert 200_000 < sizes[7] <= 256 << 10
+    assert sizes[8] < 100 << 10, "only what still fits after partition 7"

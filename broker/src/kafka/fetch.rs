@@ -45,16 +45,55 @@ struct Read {
     records: Records,
 }
 
-async fn read_local(
-    shard: Rc<Shard>,
+/// One partition of a Fetch as its owner shard reads it.
+struct ShardRead {
+    /// Its place in the request.
+    index: usize,
     topic: String,
     partition: i32,
     offset: i64,
+    /// The client's limit for this partition; 0 when no records are wanted (the consumer is
+    /// sent to another replica).
     max_bytes: usize,
     current_leader_epoch: i32,
+}
+
+/// An owner shard's part of a Fetch: its partitions in request order, read one after the
+/// other while `budget` (the response's limit) lasts, as Kafka fills a response in partition
+/// order. The first batch read is returned whole even past the limit, so a consumer always
+/// progresses; after it, a partition gets only what still fits.
+async fn read_owned(
+    shard: Rc<Shard>,
+    parts: Vec<ShardRead>,
+    mut budget: usize,
+    any_replica: bool,
+) -> Vec<(usize, Read)> {
+    let mut out = Vec::with_capacity(parts.len());
+    let mut first = true;
+    for p in parts {
+        let max_bytes = p.max_bytes.min(budget);
+        let min_one = first && p.max_bytes > 0;
+        let read = read_local(&shard, &p, max_bytes, min_one, any_replica).await;
+        if !read.records.is_empty() {
+            first = false;
+            budget = budget.saturating_sub(read.records.len());
+        }
+        out.push((p.index, read));
+    }
+    out
+}
+
+/// Reads one partition: up to `max_bytes` of records (at least one batch with `min_one`).
+async fn read_local(
+    shard: &Shard,
+    p: &ShardRead,
+    max_bytes: usize,
+    min_one: bool,
     any_replica: bool,
 ) -> Read {
-    let log = match shard.readable_partition(&topic, partition, current_leader_epoch, any_replica) {
+    let readable =
+        shard.readable_partition(&p.topic, p.partition, p.current_leader_epoch, any_replica);
+    let log = match readable {
         Ok((log, _)) => log,
         Err(error) => {
             return Read {
@@ -67,7 +106,15 @@ async fn read_local(
     };
     let high_watermark = log.high_watermark();
     let log_start = log.log_start_offset();
-    match log.read_records(offset, max_bytes, true).await {
+    if max_bytes == 0 && !min_one {
+        return Read {
+            error: 0,
+            high_watermark,
+            log_start,
+            records: Records::default(),
+        };
+    }
+    match log.read_records(p.offset, max_bytes, min_one).await {
         Ok(records) => Read {
             error: 0,
             high_watermark,
@@ -190,39 +237,54 @@ fn resolve(
         .collect()
 }
 
+/// Reads every wanted partition, one request per owner shard (they run concurrently), each
+/// shard within `max_bytes`; the reads come back in request order.
 async fn read_all(
     shard: &Rc<Shard>,
     topics: &[(String, Uuid, Vec<Wanted>)],
+    max_bytes: usize,
     any_replica: bool,
 ) -> Vec<Read> {
-    let reads = topics.iter().flat_map(|(_, _, parts)| parts).map(|w| {
-        let (topic, partition, offset, max_bytes, epoch) = (
-            w.topic.clone(),
-            w.partition,
-            w.offset,
-            w.max_bytes,
-            w.current_leader_epoch,
-        );
-        let (owner, error) = (w.owner, w.error);
-        async move {
-            match (owner, error) {
-                (Some(owner), None) => {
-                    shard
-                        .run_on(owner, move |s| {
-                            read_local(s, topic, partition, offset, max_bytes, epoch, any_replica)
-                        })
-                        .await
-                }
-                (_, error) => Read {
-                    error: error.unwrap_or(ResponseError::UnknownTopicOrPartition.code()),
-                    high_watermark: -1,
-                    log_start: -1,
-                    ..Read::default()
+    let wanted: Vec<&Wanted> = topics.iter().flat_map(|(_, _, parts)| parts).collect();
+    let mut reads: Vec<Read> = wanted
+        .iter()
+        .map(|w| Read {
+            error: w
+                .error
+                .unwrap_or(ResponseError::UnknownTopicOrPartition.code()),
+            high_watermark: -1,
+            log_start: -1,
+            ..Read::default()
+        })
+        .collect();
+    let mut by_owner: BTreeMap<usize, Vec<ShardRead>> = BTreeMap::new();
+    for (index, w) in wanted.iter().enumerate() {
+        if let (Some(owner), None) = (w.owner, w.error) {
+            by_owner.entry(owner).or_default().push(ShardRead {
+                index,
+                topic: w.topic.clone(),
+                partition: w.partition,
+                offset: w.offset,
+                max_bytes: if w.preferred.is_some() {
+                    0
+                } else {
+                    w.max_bytes
                 },
-            }
+                current_leader_epoch: w.current_leader_epoch,
+            });
         }
+    }
+    let per_owner = by_owner.into_iter().map(|(owner, parts)| {
+        shard.run_on(owner, move |s| read_owned(s, parts, max_bytes, any_replica))
     });
-    futures::future::join_all(reads).await
+    for (index, read) in futures::future::join_all(per_owner)
+        .await
+        .into_iter()
+        .flatten()
+    {
+        reads[index] = read;
+    }
+    reads
 }
 
 pub async fn handle(
@@ -232,18 +294,11 @@ pub async fn handle(
     correlation_id: i32,
 ) -> Reply {
     let rack = consumer_rack(&req, version);
-    let mut topics = resolve(shard, &req, version, rack);
-    // The response is bounded by the client's max_bytes and by the shard's memory budget, and
-    // shared among the partitions so no more is read than can be sent.
+    let topics = resolve(shard, &req, version, rack);
+    // The response is bounded by the client's max_bytes and by the shard's memory budget;
+    // partitions fill it in request order (each owner shard reads within it, so at most one
+    // budget per shard is read).
     let max_bytes = (req.max_bytes.max(0) as usize).min(shard.config.memory_per_shard / 8);
-    let partitions = topics
-        .iter()
-        .map(|(_, _, parts)| parts.len())
-        .sum::<usize>()
-        .max(1);
-    for w in topics.iter_mut().flat_map(|(_, _, parts)| parts.iter_mut()) {
-        w.max_bytes = w.max_bytes.min(max_bytes / partitions);
-    }
     let deadline = Instant::now() + Duration::from_millis(req.max_wait_ms.max(0) as u64);
     let min_bytes = req.min_bytes.max(0) as usize;
     // Consumers that name their rack may read from followers (KIP-392).
@@ -254,7 +309,7 @@ pub async fn handle(
         .flat_map(|(_, _, parts)| parts)
         .any(|w| w.preferred.is_some());
     let reads = loop {
-        let reads = read_all(shard, &topics, any_replica).await;
+        let reads = read_all(shard, &topics, max_bytes, any_replica).await;
         let total: usize = reads.iter().map(|r| r.records.len()).sum();
         let any_error = reads.iter().any(|r| r.error != 0);
         if total >= min_bytes.max(1) || any_error || redirected || Instant::now() >= deadline {
@@ -322,10 +377,7 @@ fn build_response(
             let partitions = parts
                 .iter()
                 .map(|w| {
-                    let mut r = reads.next().expect("one read per partition");
-                    if w.preferred.is_some() {
-                        r.records = Records::default(); // read there instead
-                    }
+                    let mut r = reads.next().unwrap_or_default();
                     // The first non-empty partition is sent whole even past the budget, so a
                     // consumer always progresses; later ones only if they fit.
                     if !r.records.is_empty() {
