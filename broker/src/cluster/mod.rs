@@ -388,7 +388,7 @@ impl Cluster {
             .map_err(|_| not_controller())?;
         let committed =
             self.replicator
-                .committed(METADATA_GROUP, proposed.last_offset, Some(proposed.term));
+                .committed(METADATA_GROUP, proposed.last_offset, proposed.term);
         match crate::rpc::with_timeout(COMMIT_TIMEOUT, committed).await {
             Some(Ok(())) => {}
             Some(Err(_)) => return Err(not_controller()),

@@ -333,7 +333,7 @@ pub async fn store(
             let committed =
                 cluster
                     .replicator
-                    .committed(group, proposed.last_offset, Some(proposed.term));
+                    .committed(group, proposed.last_offset, proposed.term);
             match crate::rpc::with_timeout(STORE_TIMEOUT, committed).await {
                 Some(Ok(())) => {}
                 Some(Err(_)) => return Err(ResponseError::NotCoordinator.code()),

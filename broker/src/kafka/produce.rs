@@ -190,11 +190,11 @@ async fn produce_replicated(
             .await
             .map_err(|e| Outcome::error(log_error_code(&e), e.to_string())),
         _ => {
-            // A retried batch found in the log was proposed in some term: wait for its commit.
-            let term = proposed.appended.map(|_| proposed.term);
-            let committed = cluster
-                .replicator
-                .committed(group, proposed.last_offset, term);
+            // A retried batch found in the log waits for its entry, in the term it has.
+            let committed =
+                cluster
+                    .replicator
+                    .committed(group, proposed.last_offset, proposed.term);
             match crate::rpc::with_timeout(COMMIT_TIMEOUT, committed).await {
                 Some(Ok(())) if !enough(&cluster) => Err(Outcome::error(
                     ResponseError::NotEnoughReplicasAfterAppend.code(),

@@ -69,6 +69,8 @@ pub enum ReplicateError {
 pub struct Proposed {
     pub base_offset: i64,
     pub last_offset: i64,
+    /// The term of the batch's entry: this leader's, or for a retried batch found in the log,
+    /// the one it was proposed in.
     pub term: Term,
     pub log_append_time: i64,
     /// `None` for a retried batch found in the log.
@@ -77,7 +79,7 @@ pub struct Proposed {
 
 struct Waiter {
     last: Offset,
-    term: Option<Term>,
+    term: Term,
     done: oneshot::Sender<Result<(), ReplicateError>>,
 }
 
@@ -426,13 +428,16 @@ impl Replicator {
                 base_offset,
                 last_offset,
             } => {
+                // Its answer waits for the commit of that entry, in that term: if another
+                // leader's log replaces it, the retry fails rather than being told of offsets
+                // that now hold something else.
                 return Ok(Proposed {
                     base_offset,
                     last_offset,
-                    term,
+                    term: g.epochs().term_before(last_offset as Offset + 1),
                     log_append_time: -1,
                     appended: None,
-                })
+                });
             }
             Prepared::Batch {
                 data,
@@ -456,13 +461,13 @@ impl Replicator {
         })
     }
 
-    /// Waits until the batch ending at `last_offset`, proposed in `term`, is committed (with
-    /// `term` `None`: whatever batch is there, for a retried batch found in the log).
+    /// Waits until the batch ending at `last_offset`, proposed in `term`, is committed; fails
+    /// if another entry took its place.
     pub async fn committed(
         &self,
         group: GroupId,
         last_offset: i64,
-        term: Option<Term>,
+        term: Term,
     ) -> Result<(), ReplicateError> {
         let (tx, rx) = oneshot::channel();
         {
@@ -496,7 +501,7 @@ impl Replicator {
                 continue;
             }
             // Log matching: the same term at the same offset is the same batch.
-            let ours = w.term.is_none_or(|t| epochs.term_before(w.last + 1) == t);
+            let ours = epochs.term_before(w.last + 1) == w.term;
             let outcome = match ours {
                 true => Ok(()),
                 false => Err(ReplicateError::LeadershipLost),

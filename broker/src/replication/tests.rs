@@ -95,9 +95,7 @@ async fn committed_batches(log: &PartitionLog) -> Vec<Bytes> {
 /// Proposes a batch on the leader and waits for acks=all; returns its offsets.
 async fn produce(node: &Node, tag: u8) -> Result<(i64, i64), ReplicateError> {
     let p = node.replicator.propose(GROUP, client_batch(5, tag), 0)?;
-    let committed = node
-        .replicator
-        .committed(GROUP, p.last_offset, Some(p.term));
+    let committed = node.replicator.committed(GROUP, p.last_offset, p.term);
     crate::rpc::with_timeout(Duration::from_secs(10), committed)
         .await
         .unwrap_or_else(|| {
@@ -160,7 +158,7 @@ fn three_replicas_commit_and_a_new_leader_keeps_every_acknowledged_batch() {
             .unwrap();
         nodes[first]
             .replicator
-            .committed(GROUP, p.last_offset, Some(p.term))
+            .committed(GROUP, p.last_offset, p.term)
             .await
             .unwrap();
         acked.push((20, (p.base_offset, p.last_offset)));
