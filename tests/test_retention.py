@@ -203,7 +203,7 @@ def test_dynamic_broker_configs_set_topic_defaults_without_a_restart(fresh_broke
         return c and (c.value, c.source)
 
     assert alter("", "log.retention.bytes", "lots")[0] == KafkaError.INVALID_CONFIG
-    assert alter("", "num.network.threads", "4") is not None, "not a dynamic config here"
+    assert alter("", "log.dirs", "/elsewhere") is not None, "not a dynamic config in Kafka"
     err = alter("0", "log.retention.bytes", "lots")
     assert err is not None and err.args[0].code() == KafkaError.INVALID_CONFIG
     assert alter("", "log.retention.bytes", "200000") is None

@@ -227,11 +227,60 @@ pub const BROKER_TOPIC_DEFAULTS: &[(&str, &str)] = &[
     ("log.segment.delete.delay.ms", "file.delete.delay.ms"),
     ("message.max.bytes", "max.message.bytes"),
     ("min.insync.replicas", "min.insync.replicas"),
+    (
+        "unclean.leader.election.enable",
+        "unclean.leader.election.enable",
+    ),
 ];
 
-/// Dynamic broker configs of Kafka's that only tune Kafka's own machinery (its log cleaner's
-/// threads and buffers): accepted and stored so tools that set them work; no effect here.
+/// Kafka's other dynamic broker configs: they tune Kafka's own machinery (thread pools,
+/// connection limits, the log cleaner, replication throttles, SASL's Kerberos login), so they
+/// are accepted and stored, with Kafka's types and defaults, for the tools that set them; they
+/// have no effect here (SASL and TLS come with the security work).
 pub const BROKER_ONLY_CONFIGS: &[ConfigDef] = &[
+    stored("background.threads", "10", ConfigType::Int),
+    stored(
+        "follower.replication.throttled.rate",
+        "9223372036854775807",
+        ConfigType::Long,
+    ),
+    stored(
+        "leader.replication.throttled.rate",
+        "9223372036854775807",
+        ConfigType::Long,
+    ),
+    stored(
+        "max.connection.creation.rate",
+        "2147483647",
+        ConfigType::Int,
+    ),
+    stored("max.connections", "2147483647", ConfigType::Int),
+    stored("max.connections.per.ip", "2147483647", ConfigType::Int),
+    stored("max.connections.per.ip.overrides", "", ConfigType::String),
+    stored("num.io.threads", "8", ConfigType::Int),
+    stored("num.network.threads", "3", ConfigType::Int),
+    stored("num.recovery.threads.per.data.dir", "2", ConfigType::Int),
+    stored("num.replica.fetchers", "1", ConfigType::Int),
+    stored(
+        "replica.alter.log.dirs.io.max.bytes.per.second",
+        "9223372036854775807",
+        ConfigType::Long,
+    ),
+    stored(
+        "sasl.kerberos.min.time.before.relogin",
+        "60000",
+        ConfigType::Long,
+    ),
+    stored(
+        "sasl.kerberos.ticket.renew.jitter",
+        "0.05",
+        ConfigType::Double,
+    ),
+    stored(
+        "sasl.kerberos.ticket.renew.window.factor",
+        "0.8",
+        ConfigType::Double,
+    ),
     stored("log.cleaner.backoff.ms", "15000", ConfigType::Long),
     stored(
         "log.cleaner.dedupe.buffer.size",
@@ -451,6 +500,10 @@ mod tests {
         assert!(validate_broker("log.retention.ms", "soon").is_err());
         assert!(validate_broker("log.retention.ms", "60000").is_ok());
         assert!(validate_broker("log.cleaner.threads", "2").is_ok());
-        assert!(validate_broker("num.network.threads", "2").is_err());
+        assert!(validate_broker("num.network.threads", "2").is_ok());
+        assert!(
+            validate_broker("log.dirs", "/data").is_err(),
+            "not dynamic in Kafka either"
+        );
     }
 }
