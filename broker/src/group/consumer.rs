@@ -20,11 +20,16 @@ pub const ASSIGNORS: [&str; 2] = ["uniform", "range"];
 pub const STATIC_LEAVE_EPOCH: i32 = -2;
 
 /// A topic regex subscription (KIP-848): RE2 syntax, matched against whole topic names,
-/// resolved by the coordinator against the topics that exist (internal ones excepted).
+/// resolved by the coordinator against the topics that exist (internal ones excepted). As in
+/// Kafka, a new regex is resolved after the heartbeat that brought it (by the coordinator's
+/// next tick), so that heartbeat is answered with the topics named literally and the matching
+/// ones follow with a new group epoch.
 #[derive(Debug, Clone)]
 pub struct TopicRegex {
     pub source: String,
     matcher: regex::Regex,
+    /// Not resolved yet: it matches nothing.
+    pending: bool,
 }
 
 impl TopicRegex {
@@ -35,11 +40,12 @@ impl TopicRegex {
         Ok(TopicRegex {
             source: source.to_string(),
             matcher,
+            pending: true,
         })
     }
 
     pub fn matches(&self, topic: &str) -> bool {
-        self.matcher.is_match(topic)
+        !self.pending && self.matcher.is_match(topic)
     }
 }
 
@@ -542,6 +548,8 @@ impl ConsumerGroup {
     }
 
     /// Drops members whose session ran out. Returns whether any did.
+    /// Drops members whose session ran out and resolves new regex subscriptions. Returns
+    /// whether the group changed.
     pub fn tick(&mut self, topics: &BTreeMap<String, i32>, now: Instant) -> bool {
         let expired: Vec<String> = self
             .members
@@ -552,10 +560,15 @@ impl ConsumerGroup {
         for id in &expired {
             self.members.remove(id);
         }
-        if !expired.is_empty() {
+        let mut resolved = false;
+        for r in self.members.values_mut().filter_map(|m| m.regex.as_mut()) {
+            resolved |= std::mem::replace(&mut r.pending, false);
+        }
+        let changed = !expired.is_empty() || resolved;
+        if changed {
             self.bump(topics);
         }
-        !expired.is_empty()
+        changed
     }
 
     /// The group as records (Kafka's KIP-848 formats), by key: its epoch, each member's
@@ -683,8 +696,13 @@ impl ConsumerGroup {
                         client_host: m.client_host.clone(),
                         epoch: previous.as_ref().map_or(0, |p| p.epoch),
                         subscribed: m.subscribed.clone(),
-                        // Written by this coordinator, so it compiled; if not, it is dropped.
-                        regex: m.regex.as_deref().and_then(|r| TopicRegex::new(r).ok()),
+                        // Written by this coordinator, so it compiled and was resolved (if
+                        // not, it is dropped).
+                        regex: m.regex.as_deref().and_then(|r| {
+                            let mut regex = TopicRegex::new(r).ok()?;
+                            regex.pending = false;
+                            Some(regex)
+                        }),
                         owned: previous.map(|p| p.owned).unwrap_or_default(),
                         session_timeout,
                         last_heartbeat: now,
@@ -816,8 +834,20 @@ mod tests {
         let mut g = ConsumerGroup::default();
         let mut join = hb("", 0, None, None);
         join.regex = Some("orders-.*".into());
-        let a = g.heartbeat(join, &topics, s, now);
-        assert_eq!(a.error, 0);
+        let a0 = g.heartbeat(join, &topics, s, now);
+        assert_eq!(a0.error, 0);
+        assert_eq!(
+            a0.assignment.map(|a| parts(&a)),
+            Some(0),
+            "resolved after the heartbeat"
+        );
+        assert!(g.tick(&topics, now), "the coordinator resolves it");
+        let a = g.heartbeat(
+            hb(&a0.member_id, a0.member_epoch, None, None),
+            &topics,
+            s,
+            now,
+        );
         let got = a.assignment.unwrap();
         assert_eq!(
             got.keys().collect::<Vec<_>>(),
