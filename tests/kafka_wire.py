@@ -91,8 +91,9 @@ def fetch_v4_partitions(topic, partitions, max_bytes, partition_max_bytes):
     return request(1, 4, body)
 
 
-def parse_fetch_v4_sizes(body):
-    """{partition: record bytes} of a one-topic Fetch v4 response body."""
+def parse_fetch_v4_partitions(body):
+    """[(partition, error code, high watermark, record bytes)] of a one-topic Fetch v4 response
+    body, in response order."""
     pos = 4  # throttle time
     (n_topics,) = struct.unpack_from(">i", body, pos)
     assert n_topics == 1
@@ -101,33 +102,30 @@ def parse_fetch_v4_sizes(body):
     pos += 2 + name_len
     (n_parts,) = struct.unpack_from(">i", body, pos)
     pos += 4
-    sizes = {}
+    partitions = []
     for _ in range(n_parts):
-        p, _error, _hw, _lso, n_aborted = struct.unpack_from(">ihqqi", body, pos)
+        p, error, hw, _lso, n_aborted = struct.unpack_from(">ihqqi", body, pos)
         pos += 4 + 2 + 8 + 8 + 4 + max(n_aborted, 0) * 16
         (n,) = struct.unpack_from(">i", body, pos)
-        pos += 4 + max(n, 0)
-        sizes[p] = max(n, 0)
-    return sizes
+        pos += 4
+        records = body[pos : pos + max(n, 0)]
+        assert len(records) == max(n, 0), "whole records"
+        pos += len(records)
+        partitions.append((p, error, hw, records))
+    assert pos == len(body), "records end the response"
+    return partitions
+
+
+def parse_fetch_v4_sizes(body):
+    """{partition: record bytes} of a one-topic Fetch v4 response body."""
+    return {p: len(records) for p, _, _, records in parse_fetch_v4_partitions(body)}
 
 
 def parse_fetch_v4(body):
     """(error code, high watermark, record bytes) of a one-partition Fetch v4 response body."""
-    pos = 4  # throttle time
-    (n_topics,) = struct.unpack_from(">i", body, pos)
-    assert n_topics == 1
-    pos += 4
-    (name_len,) = struct.unpack_from(">h", body, pos)
-    pos += 2 + name_len
-    (n_parts,) = struct.unpack_from(">i", body, pos)
-    assert n_parts == 1
-    pos += 4
-    _, error, hw, _lso, n_aborted = struct.unpack_from(">ihqqi", body, pos)
-    pos += 4 + 2 + 8 + 8 + 4 + max(n_aborted, 0) * 16
-    (n,) = struct.unpack_from(">i", body, pos)
-    pos += 4
-    records = body[pos : pos + n]
-    assert len(records) == n and pos + n == len(body), "records end the response"
+    partitions = parse_fetch_v4_partitions(body)
+    assert len(partitions) == 1
+    _, error, hw, records = partitions[0]
     return error, hw, records
 
 
