@@ -245,6 +245,49 @@ pub fn validate_produce(
     Ok(summary)
 }
 
+/// Why a partition leader refuses a producer's payload.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum ProduceError {
+    #[error(transparent)]
+    Batch(#[from] BatchError),
+    #[error("a produce request must carry exactly one record batch per partition, not {0}")]
+    BatchCount(usize),
+    /// Records without a key sent to a compacted topic, by index in their batch.
+    #[error("a compacted topic cannot accept records without a key ({} in this batch)", .0.len())]
+    KeylessRecords(Vec<i32>),
+}
+
+/// The check a partition leader makes of a producer's payload before it takes offsets:
+/// exactly one valid batch (as Kafka requires) within `max_message_bytes`, and for a
+/// `compacted` topic every record keyed. An uncompressed batch is walked in place; a
+/// compressed one is decompressed (within a bound) only for a compacted topic.
+pub fn check_produced(
+    records: &[u8],
+    max_message_bytes: usize,
+    compacted: bool,
+) -> Result<BatchHeader, ProduceError> {
+    let mut keyless = Vec::new();
+    let summary = validate_produce(
+        records,
+        max_message_bytes,
+        compacted.then_some(&mut keyless),
+    )?;
+    if summary.count != 1 {
+        return Err(ProduceError::BatchCount(summary.count));
+    }
+    let header = BatchHeader::parse(records)?;
+    if compacted {
+        if header.compression() != 0 {
+            keyless = crate::compression::keyless_records(records, &header)
+                .map_err(|_| BatchError::BadRecords("records that do not decompress or parse"))?;
+        }
+        if !keyless.is_empty() {
+            return Err(ProduceError::KeylessRecords(keyless));
+        }
+    }
+    Ok(header)
+}
+
 /// Walks the records of an uncompressed batch (no allocation): each must parse and fill its
 /// declared length, offset deltas must run 0, 1, 2, ..., and exactly `record_count` records
 /// must fill the batch. As Kafka checks, so a batch whose header lies is refused, not stored.

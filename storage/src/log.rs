@@ -74,6 +74,16 @@ pub enum LogError {
     KeylessRecords(Vec<i32>),
 }
 
+impl From<batch::ProduceError> for LogError {
+    fn from(e: batch::ProduceError) -> LogError {
+        match e {
+            batch::ProduceError::Batch(e) => LogError::Batch(e),
+            batch::ProduceError::BatchCount(n) => LogError::BatchCount(n),
+            batch::ProduceError::KeylessRecords(k) => LogError::KeylessRecords(k),
+        }
+    }
+}
+
 /// Where an append landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Appended {
@@ -517,33 +527,14 @@ impl PartitionLog {
         })
     }
 
-    /// Checks a producer's payload: exactly one valid batch (as Kafka requires), within
-    /// max.message.bytes, every record keyed for a compacted topic.
+    /// Checks a producer's payload (`batch::check_produced`) against this log's config.
     fn validate_produced(&self, records: &Bytes) -> Result<batch::BatchHeader, LogError> {
         let config = self.config.borrow();
-        // Compacted topics refuse records without a key; the produce walk finds them in an
-        // uncompressed batch, compaction's bounded decompression in a compressed one.
-        let mut keyless = Vec::new();
-        let summary = batch::validate_produce(
+        Ok(batch::check_produced(
             records,
             config.max_message_bytes,
-            config.compact_enabled.then_some(&mut keyless),
-        )?;
-        if summary.count != 1 {
-            return Err(LogError::BatchCount(summary.count));
-        }
-        let header = batch::BatchHeader::parse(records)?;
-        if config.compact_enabled {
-            if header.compression() != 0 {
-                keyless = crate::compaction::keyless_records(records, &header).map_err(|_| {
-                    BatchError::BadRecords("records that do not decompress or parse")
-                })?;
-            }
-            if !keyless.is_empty() {
-                return Err(LogError::KeylessRecords(keyless));
-            }
-        }
-        Ok(header)
+            config.compact_enabled,
+        )?)
     }
 
     /// A replicated leader's side of a produce: validates `records` as [`Self::append`] does

@@ -2,7 +2,7 @@
 //! persisting groups and committed offsets as records in `__consumer_offsets`.
 
 pub mod consumer;
-pub mod records;
+pub use tern_protocol::group_records as records;
 pub mod state;
 
 use bytes::Bytes;
@@ -17,8 +17,9 @@ use tern_storage::Durability;
 
 use crate::kafka::now_ms;
 use crate::shard::Shard;
+use records::StoredMember;
 use records::{Committed, GroupRecord, StoredGroup};
-use state::{Group, GroupConfig, StoredMember};
+use state::{Group, GroupConfig};
 
 pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
 

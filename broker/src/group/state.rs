@@ -8,6 +8,8 @@ use kafka_protocol::ResponseError;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use super::records::StoredMember;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GroupState {
     Empty,
@@ -629,19 +631,6 @@ impl Group {
         self.maybe_complete_join(now);
         changed || self.generation != before
     }
-}
-
-/// A member as stored in the group's metadata record.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StoredMember {
-    pub id: String,
-    pub instance_id: Option<String>,
-    pub client_id: String,
-    pub client_host: String,
-    pub rebalance_timeout: Duration,
-    pub session_timeout: Duration,
-    pub subscription: Bytes,
-    pub assignment: Bytes,
 }
 
 #[cfg(test)]

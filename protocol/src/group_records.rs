@@ -8,8 +8,6 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use std::time::Duration;
 use uuid::Uuid;
 
-use super::state::StoredMember;
-
 /// A committed offset.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Committed {
@@ -28,6 +26,19 @@ pub struct StoredGroup {
     pub leader: Option<String>,
     pub timestamp: i64,
     pub members: Vec<StoredMember>,
+}
+
+/// A member as stored in the group's metadata record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredMember {
+    pub id: String,
+    pub instance_id: Option<String>,
+    pub client_id: String,
+    pub client_host: String,
+    pub rebalance_timeout: Duration,
+    pub session_timeout: Duration,
+    pub subscription: Bytes,
+    pub assignment: Bytes,
 }
 
 /// Partitions by topic id, as the KIP-848 records hold assignments.
