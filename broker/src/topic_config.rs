@@ -431,6 +431,7 @@ pub fn log_config(set: &BTreeMap<String, String>, cache_bytes: usize) -> LogConf
             .parse::<f64>()
             .unwrap_or(0.5)
             .clamp(0.0, 1.0),
+        compaction_map_bytes: LogConfig::default().compaction_map_bytes,
         flush_ms: Some(number(set, "flush.ms"))
             .filter(|&v| (0..i64::MAX).contains(&v))
             .map(|v| Duration::from_millis(v as u64)),

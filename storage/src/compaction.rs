@@ -10,25 +10,113 @@ use bytes::{Bytes, BytesMut};
 use kafka_protocol::records::{RecordBatchEncoder, RecordEncodeOptions};
 use std::collections::HashMap;
 use std::io;
-use tern_protocol::batch;
+use tern_protocol::batch::{self, BatchHeader};
 use tern_protocol::compression::{codec, decode_records, invalid};
 
-/// Key -> offset of its newest record.
+/// Key -> offset of its newest record. Keys are copied out of their batches, so the map holds
+/// no batch buffer alive.
 pub type OffsetMap = HashMap<Bytes, i64>;
+
+/// What a key costs in an [`OffsetMap`] beyond its bytes (hash table slot, `Bytes`, offset).
+pub const MAP_ENTRY_OVERHEAD: usize = 64;
+
+/// Adds the keys of one batch's records to `map`; returns the bytes its new keys take.
+pub fn index_batch(batch: &[u8], header: &BatchHeader, map: &mut OffsetMap) -> io::Result<usize> {
+    if header.is_control() {
+        return Ok(0);
+    }
+    let mut added = 0;
+    for r in decode_records(batch)? {
+        let Some(key) = r.key else { continue };
+        match map.get_mut(&key) {
+            Some(offset) => *offset = r.offset,
+            None => {
+                added += key.len() + MAP_ENTRY_OVERHEAD;
+                map.insert(Bytes::copy_from_slice(&key), r.offset);
+            }
+        }
+    }
+    Ok(added)
+}
 
 /// Adds the keys of every record in `data` (whole batches) to `map`.
 pub fn index_keys(data: &[u8], map: &mut OffsetMap) -> io::Result<()> {
     for (pos, header) in batch::headers(data) {
-        if header.is_control() {
-            continue;
-        }
-        for r in decode_records(&data[pos..pos + header.total_len()])? {
-            if let Some(key) = r.key {
-                map.insert(key, r.offset);
-            }
-        }
+        index_batch(&data[pos..pos + header.total_len()], &header, map)?;
     }
     Ok(())
+}
+
+/// What compacting some batches kept and removed (records).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Counts {
+    pub kept: usize,
+    pub removed: usize,
+}
+
+/// Appends to `out` what compaction keeps of one batch: the batch as it is when it loses
+/// nothing, else its surviving records re-encoded (same codec, offsets and leader epoch), or
+/// nothing when none survive. A record survives unless `map` holds its key at a newer offset
+/// (keys `map` does not hold were indexed by an earlier compaction: their newest record
+/// survives) or it is a tombstone with a timestamp before `tombstone_horizon_ms`. Records
+/// without a key and control batches are kept.
+pub fn clean_batch(
+    original: &[u8],
+    header: &BatchHeader,
+    map: &OffsetMap,
+    tombstone_horizon_ms: i64,
+    out: &mut Vec<u8>,
+) -> io::Result<Counts> {
+    if header.is_control() {
+        out.extend_from_slice(original);
+        return Ok(Counts::default());
+    }
+    let records = decode_records(original)?;
+    let total = records.len();
+    let survivors: Vec<_> = records
+        .into_iter()
+        .filter(|r| match &r.key {
+            None => true,
+            Some(key) => {
+                map.get(key).is_none_or(|newest| *newest == r.offset)
+                    && !(r.value.is_none() && r.timestamp < tombstone_horizon_ms)
+            }
+        })
+        .collect();
+    let counts = Counts {
+        kept: survivors.len(),
+        removed: total - survivors.len(),
+    };
+    if counts.removed == 0 {
+        out.extend_from_slice(original);
+        return Ok(counts);
+    }
+    if survivors.is_empty() {
+        return Ok(counts);
+    }
+    let mut encoded = if header.producer_id >= 0 {
+        let mut buf = BytesMut::new();
+        RecordBatchEncoder::encode(
+            &mut buf,
+            &survivors,
+            &RecordEncodeOptions {
+                version: 2,
+                compression: codec(header),
+            },
+        )
+        .map_err(invalid)?;
+        buf
+    } else {
+        BytesMut::from(&batch::encode_plain(&survivors, codec(header)).map_err(invalid)?[..])
+    };
+    let spans: Vec<_> = batch::headers(&encoded)
+        .map(|(pos, h)| pos..pos + h.total_len())
+        .collect();
+    for span in spans {
+        batch::set_leader_epoch(&mut encoded[span], header.partition_leader_epoch);
+    }
+    out.extend_from_slice(&encoded);
+    Ok(counts)
 }
 
 /// What compacting one segment's data kept.
@@ -38,61 +126,15 @@ pub struct Cleaned {
     pub removed: usize,
 }
 
-/// Rewrites `data` (whole batches) keeping, per key, only the record `map` names, and dropping
-/// tombstones with timestamps before `tombstone_horizon_ms`. Records without a key and
-/// control batches are kept as they are.
+/// Rewrites `data` (whole batches) as [`clean_batch`] does each batch.
 pub fn clean(data: &[u8], map: &OffsetMap, tombstone_horizon_ms: i64) -> io::Result<Cleaned> {
     let mut out = Vec::with_capacity(data.len());
     let (mut kept, mut removed) = (0, 0);
     for (pos, header) in batch::headers(data) {
         let original = &data[pos..pos + header.total_len()];
-        if header.is_control() {
-            out.extend_from_slice(original);
-            continue;
-        }
-        let records = decode_records(original)?;
-        let total = records.len();
-        let survivors: Vec<_> = records
-            .into_iter()
-            .filter(|r| match &r.key {
-                None => true,
-                Some(key) => {
-                    map.get(key) == Some(&r.offset)
-                        && !(r.value.is_none() && r.timestamp < tombstone_horizon_ms)
-                }
-            })
-            .collect();
-        removed += total - survivors.len();
-        kept += survivors.len();
-        if survivors.len() == total {
-            out.extend_from_slice(original);
-            continue;
-        }
-        if survivors.is_empty() {
-            continue;
-        }
-        let mut encoded = if header.producer_id >= 0 {
-            let mut buf = BytesMut::new();
-            RecordBatchEncoder::encode(
-                &mut buf,
-                &survivors,
-                &RecordEncodeOptions {
-                    version: 2,
-                    compression: codec(&header),
-                },
-            )
-            .map_err(invalid)?;
-            buf
-        } else {
-            BytesMut::from(&batch::encode_plain(&survivors, codec(&header)).map_err(invalid)?[..])
-        };
-        for (at, h) in batch::headers(&encoded.clone()) {
-            batch::set_leader_epoch(
-                &mut encoded[at..at + h.total_len()],
-                header.partition_leader_epoch,
-            );
-        }
-        out.extend_from_slice(&encoded);
+        let counts = clean_batch(original, &header, map, tombstone_horizon_ms, &mut out)?;
+        kept += counts.kept;
+        removed += counts.removed;
     }
     Ok(Cleaned {
         data: out,

@@ -33,6 +33,10 @@ pub struct LogConfig {
     pub max_compaction_lag: Duration,
     /// `min.cleanable.dirty.ratio`: compact when this share of the cleanable log is dirty.
     pub min_cleanable_dirty_ratio: f64,
+    /// Compaction's key map may grow past this many bytes only while it indexes its first
+    /// dirty segment; later segments wait for the next round (Kafka's
+    /// `log.cleaner.dedupe.buffer.size`).
+    pub compaction_map_bytes: usize,
     /// `flush.ms`: fdatasync written data at least this often (None: only as acks ask).
     pub flush_ms: Option<Duration>,
     /// `flush.messages`: fdatasync after this many unsynced records (None: only as acks ask).
@@ -56,6 +60,7 @@ impl Default for LogConfig {
             min_compaction_lag: Duration::ZERO,
             max_compaction_lag: Duration::from_millis(i64::MAX as u64),
             min_cleanable_dirty_ratio: 0.5,
+            compaction_map_bytes: 64 << 20,
             flush_ms: None,
             flush_messages: None,
         }

@@ -47,6 +47,28 @@ fn parse_roll_snapshot_name(path: &Path) -> Option<i64> {
 }
 /// The log start offset, when DeleteRecords moved it inside a segment.
 const LOG_START: &str = "log-start-offset";
+/// Compaction reads segments this many bytes of batches at a time.
+const COMPACTION_CHUNK: usize = 1 << 20;
+/// Compaction gives its shard back after this much work: glommio preempts a task queue only
+/// every 100 ms, far too long for the requests waiting behind it.
+const COMPACTION_SLICE: std::time::Duration = std::time::Duration::from_micros(500);
+
+/// Ends a slice of long CPU work on a shard once it has run [`COMPACTION_SLICE`]: the task
+/// queue yields, so the shard's network and disk completions are handled in between.
+struct Slices(std::time::Instant);
+
+impl Slices {
+    fn new() -> Slices {
+        Slices(std::time::Instant::now())
+    }
+
+    async fn next(&mut self) {
+        if self.0.elapsed() >= COMPACTION_SLICE {
+            glommio::executor().yield_task_queue_now().await;
+            self.0 = std::time::Instant::now();
+        }
+    }
+}
 
 #[derive(Debug, Error)]
 pub enum LogError {
@@ -1214,37 +1236,139 @@ impl PartitionLog {
         }
         // A seal in progress would write index files over a replacement's.
         self.sealer.seal_rolled().await?;
+        // As Kafka's cleaner: index the keys of the dirty segments, oldest first, while the
+        // map stays within its budget (at least one segment); then clean every segment up to
+        // the last one indexed. A later round goes on from there.
         let mut map = crate::compaction::OffsetMap::new();
+        let mut map_bytes = 0;
+        let mut cleanable = 0;
         for segment in closed {
-            crate::compaction::index_keys(&segment.read_all().await?, &mut map)?;
+            if segment.next_offset() > compacted_upto {
+                if map_bytes > config.compaction_map_bytes {
+                    break;
+                }
+                map_bytes += self.index_segment(segment, &mut map).await?;
+            }
+            cleanable += 1;
         }
+        let closed = &closed[..cleanable];
+        let indexed_end = closed.last().map_or(0, |s| s.next_offset());
         let horizon = now_ms - config.delete_retention_ms.as_millis() as i64;
         let mut removed = 0;
         for segment in closed {
-            let cleaned = crate::compaction::clean(&segment.read_all().await?, &map, horizon)?;
-            if cleaned.removed == 0 {
+            let Some((replacement, counts)) = self.clean_segment(segment, &map, horizon).await?
+            else {
+                continue;
+            };
+            // DeleteRecords may have dropped the segment meanwhile: its replacement must not
+            // bring it back.
+            let held = |st: &State| {
+                st.segments
+                    .get(&segment.base_offset)
+                    .is_some_and(|s| Rc::ptr_eq(s, segment))
+            };
+            if !held(&self.state.borrow()) {
+                replacement.abandon().await?;
                 continue;
             }
             let replacement = segment
-                .replace(&self.dir, &cleaned.data, config.index_interval_bytes)
+                .replace(&self.dir, replacement, config.index_interval_bytes)
                 .await?;
-            let mut st = self.state.borrow_mut();
-            // Retention or DeleteRecords may have dropped the segment meanwhile.
-            if let Some(slot) = st.segments.get_mut(&segment.base_offset) {
-                *slot = Rc::new(replacement);
-                removed += cleaned.removed;
+            segment.release_off_shard();
+            if held(&self.state.borrow()) {
+                let mut st = self.state.borrow_mut();
+                st.segments
+                    .insert(segment.base_offset, Rc::new(replacement));
+                removed += counts.removed;
+            } else {
+                Rc::new(replacement).remove().await?;
             }
         }
         {
             let mut st = self.state.borrow_mut();
-            st.compacted_upto = dirty_end;
+            st.compacted_upto = indexed_end;
             // Readers must see the compacted segments, not the cached originals.
-            st.cache.drop_before(dirty_end);
+            st.cache.drop_before(indexed_end);
         }
         if removed > 0 {
             tracing::info!(dir = %self.dir.display(), removed, "compacted");
         }
         Ok(removed)
+    }
+
+    /// Adds a segment's keys to `map`, a chunk of batches at a time, giving the shard back
+    /// between batches; returns the bytes its new keys take.
+    async fn index_segment(
+        &self,
+        segment: &Segment,
+        map: &mut crate::compaction::OffsetMap,
+    ) -> Result<usize, LogError> {
+        let mut added = 0;
+        let mut pos = 0;
+        let mut slices = Slices::new();
+        loop {
+            let (data, whole) = segment.read_batches(pos, COMPACTION_CHUNK).await?;
+            if whole == 0 {
+                return Ok(added);
+            }
+            for (at, header) in batch::headers(&data[..whole]) {
+                let one = &data[at..at + header.total_len()];
+                added += crate::compaction::index_batch(one, &header, map)?;
+                slices.next().await;
+            }
+            pos += whole as u64;
+        }
+    }
+
+    /// Writes what compaction keeps of a segment to its replacement, a batch at a time; the
+    /// replacement is started at the first batch that loses records (the bytes before it
+    /// copied as they are). `None` when the segment loses nothing.
+    async fn clean_segment(
+        &self,
+        segment: &Segment,
+        map: &crate::compaction::OffsetMap,
+        horizon: i64,
+    ) -> Result<Option<(crate::segment::Replacement, crate::compaction::Counts)>, LogError> {
+        let mut replacement = None;
+        let mut counts = crate::compaction::Counts::default();
+        let mut kept = Vec::new();
+        let mut pos = 0;
+        let mut slices = Slices::new();
+        let result: Result<(), LogError> = async {
+            loop {
+                let (data, whole) = segment.read_batches(pos, COMPACTION_CHUNK).await?;
+                if whole == 0 {
+                    return Ok(());
+                }
+                for (at, header) in batch::headers(&data[..whole]) {
+                    let one = &data[at..at + header.total_len()];
+                    kept.clear();
+                    let c = crate::compaction::clean_batch(one, &header, map, horizon, &mut kept)?;
+                    counts.kept += c.kept;
+                    counts.removed += c.removed;
+                    if c.removed > 0 && replacement.is_none() {
+                        let mut r = segment.start_replacement(&self.dir).await?;
+                        let res = segment.copy_to(&mut r, 0, pos + at as u64).await;
+                        replacement = Some(r);
+                        res?;
+                    }
+                    if let Some(r) = &mut replacement {
+                        r.write(&kept).await?;
+                    }
+                    slices.next().await;
+                }
+                pos += whole as u64;
+            }
+        }
+        .await;
+        match (result, replacement) {
+            (Ok(()), replacement) => Ok(replacement.map(|r| (r, counts))),
+            (Err(e), Some(r)) => {
+                let _ = r.abandon().await;
+                Err(e)
+            }
+            (Err(e), None) => Err(e),
+        }
     }
 
     /// The segments, or none while a truncation is still to be applied to them.
@@ -1483,6 +1607,9 @@ impl PartitionLog {
         // Writes still in flight complete (or fail) into files about to go.
         let _ = self.drain().await;
         self.sealer.forget().await;
+        for segment in self.state.borrow().segments.values() {
+            segment.release_off_shard();
+        }
         fs::remove_dir_all(&self.dir).await
     }
 

@@ -730,7 +730,8 @@ fn a_write_sends_its_new_pages_at_once_and_the_page_it_shares_after_the_previous
         assert!(second_done.get());
         segment.commit(std::slice::from_ref(&first), 1024);
         segment.commit(std::slice::from_ref(&second), 1024);
-        assert_eq!(segment.read_all().await.unwrap(), expected);
+        let (data, whole) = segment.read_batches(0, 1 << 20).await.unwrap();
+        assert_eq!(&data[..whole], &expected[..]);
         assert_eq!(on_disk(0, expected.len()).unwrap(), expected);
     });
 }
@@ -1270,5 +1271,50 @@ fn readers_hear_when_a_write_makes_an_earlier_commit_visible() {
             listener.now_or_never().is_some(),
             "a reader waiting for the high watermark was not told it moved"
         );
+    });
+}
+
+#[test]
+fn compaction_within_a_small_key_map_takes_rounds_and_ends_as_one_would() {
+    let (_tmp, dir) = partition_dir();
+    run(move || async move {
+        let config = |map_bytes| LogConfig {
+            compact_enabled: true,
+            delete_enabled: false,
+            min_cleanable_dirty_ratio: 0.0,
+            compaction_map_bytes: map_bytes,
+            ..small_segments()
+        };
+        // The same data in two logs: keys k0..k4 over and over, and unique keys between.
+        let small = PartitionLog::open(&dir.join("small"), config(1))
+            .await
+            .unwrap();
+        let large = PartitionLog::open(&dir.join("large"), config(64 << 20))
+            .await
+            .unwrap();
+        for log in [&small, &large] {
+            for _ in 0..4 {
+                fill(log, 10).await;
+                fill_unique(log, 10).await;
+            }
+        }
+        let now = 10_000;
+        assert!(large.compact(now).await.unwrap() > 0);
+        assert_eq!(
+            large.compact(now).await.unwrap(),
+            0,
+            "all done in one round"
+        );
+        // One dirty segment per round: several rounds, each removing something at first.
+        let mut rounds = 0;
+        while small.compact(now).await.unwrap() > 0 {
+            rounds += 1;
+            assert!(rounds < 100);
+        }
+        assert!(rounds > 1, "{rounds} rounds");
+        for _ in 0..20 {
+            small.compact(now).await.unwrap();
+        }
+        assert_eq!(read_all(&small).await, read_all(&large).await);
     });
 }
