@@ -123,6 +123,26 @@ def test_replicated_topics_are_described_and_read_across_control_batches(cluster
     with pytest.raises(KafkaException) as e:
         fs[topic_name + "-rf4"].result(timeout=30)
     assert "INVALID_REPLICATION_FACTOR" in str(e.value)
+    # validate_only checks the placement too, on whichever node it is sent to.
+    fs = admin(cluster).create_topics([NewTopic(topic_name + "-rf4", num_partitions=1, replication_factor=4)],
+                                      validate_only=True)
+    with pytest.raises(KafkaException) as e:
+        fs[topic_name + "-rf4"].result(timeout=30)
+    assert "INVALID_REPLICATION_FACTOR" in str(e.value)
+    # The response names the topic's replication factor (the default is 3 on 3 nodes).
+    from kafka import KafkaAdminClient
+
+    ka = KafkaAdminClient(bootstrap_servers=cluster.bootstrap)
+    try:
+        for name, options, factor in ((topic_name + "-default", {}, 3),
+                                      (topic_name + "-rf2", {"replication_factor": 2}, 2),
+                                      (topic_name + "-check", {"replication_factor": 2}, 2)):
+            result = ka.create_topics({name: options}, validate_only=name.endswith("-check"))
+            [created] = result["topics"]
+            assert (created["error_code"], created["replication_factor"]) == (0, factor), created
+    finally:
+        ka.close()
+    assert topic_name + "-check" not in admin(cluster).list_topics(timeout=10).topics
 
     p = Producer({"bootstrap.servers": cluster.bootstrap, "acks": "all", "enable.idempotence": True})
     acked = {}

@@ -84,7 +84,8 @@ pub fn validate_new_topic(topic: &NewTopic) -> Result<(), ApiError> {
 
 /// Creates a topic: persist the metadata, open its partitions on their shards, publish.
 /// Must run on the controller shard.
-pub async fn create_topic(shard: &Rc<Shard>, topic: NewTopic) -> Result<Uuid, ApiError> {
+/// Creates a topic; returns its id and replication factor.
+pub async fn create_topic(shard: &Rc<Shard>, topic: NewTopic) -> Result<(Uuid, i16), ApiError> {
     validate_new_topic(&topic)?;
     let (_lock, mut meta) = begin_change(shard).await?;
     if meta.topics.contains_key(&topic.name) {
@@ -108,10 +109,11 @@ pub async fn create_topic(shard: &Rc<Shard>, topic: NewTopic) -> Result<Uuid, Ap
             .collect();
         meta.next_group = meta.next_group.max(1) + topic.partitions as u64;
     }
+    let factor = created.replicas.first().map_or(1, |r| r.len() as i16);
     meta.topics.insert(topic.name.clone(), created);
     if !persist_change(shard, &mut meta).await? {
         tracing::info!(topic = %topic.name, partitions = topic.partitions, "created topic");
-        return Ok(id);
+        return Ok((id, factor));
     }
     let configs = meta.topic_configs(&topic.configs, shard.config.node_id);
     let opens = shards.iter().enumerate().map(|(p, &owner)| {
@@ -128,7 +130,7 @@ pub async fn create_topic(shard: &Rc<Shard>, topic: NewTopic) -> Result<Uuid, Ap
     }
     shard.meta.publish(meta);
     tracing::info!(topic = %topic.name, partitions = topic.partitions, "created topic");
-    Ok(id)
+    Ok((id, factor))
 }
 
 /// Grows a topic to `count` partitions: place the new ones on shards (and in cluster mode on
@@ -368,7 +370,7 @@ async fn allocate_node_producer_id(shard: &Rc<Shard>) -> Result<i64, ApiError> {
 
 /// Cluster mode: replicas for a new topic's partitions, from explicit assignments (checked
 /// against the registered nodes) or placed on the nodes holding the fewest replicas.
-fn place_replicas(meta: &ClusterMeta, topic: &NewTopic) -> Result<Vec<Vec<i32>>, ApiError> {
+pub fn place_replicas(meta: &ClusterMeta, topic: &NewTopic) -> Result<Vec<Vec<i32>>, ApiError> {
     let registered: Vec<i32> = meta.nodes.keys().copied().collect();
     // Fenced nodes take no new replicas unless named.
     let nodes: Vec<i32> = registered

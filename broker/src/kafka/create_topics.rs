@@ -97,13 +97,20 @@ pub async fn handle(shard: &Rc<Shard>, req: CreateTopicsRequest, version: i16) -
         let mut result = CreatableTopicResult::default().with_name(t.name.clone());
         let outcome = match new_topic(shard, t) {
             Ok(topic) if req.validate_only => {
-                if shard.meta.snapshot().topics.contains_key(&topic.name) {
+                let meta = shard.meta.snapshot();
+                if meta.topics.contains_key(&topic.name) {
                     Err(ApiError::new(
                         ResponseError::TopicAlreadyExists,
                         format!("topic {} already exists", topic.name),
                     ))
+                } else if shard.config.cluster.is_some() {
+                    // As the controller would place it, on the nodes this node knows of.
+                    controller::place_replicas(&meta, &topic).map(|replicas| {
+                        let factor = replicas.first().map_or(1, |r| r.len() as i16);
+                        (topic, (uuid::Uuid::nil(), factor))
+                    })
                 } else {
-                    Ok((topic, uuid::Uuid::nil()))
+                    Ok((topic, (uuid::Uuid::nil(), 1)))
                 }
             }
             Ok(topic) => {
@@ -113,16 +120,16 @@ pub async fn handle(shard: &Rc<Shard>, req: CreateTopicsRequest, version: i16) -
                         controller::create_topic(&s, request).await
                     })
                     .await
-                    .map(|id| (topic, id))
+                    .map(|created| (topic, created))
             }
             Err(e) => Err(e),
         };
         match outcome {
-            Ok((topic, id)) => {
+            Ok((topic, (id, replication_factor))) => {
                 result = result
                     .with_topic_id(id)
                     .with_num_partitions(topic.partitions)
-                    .with_replication_factor(1);
+                    .with_replication_factor(replication_factor);
                 if version >= 5 {
                     let meta = shard.meta.snapshot();
                     let set = meta.topic_configs_with_source(&topic.configs, shard.config.node_id);
