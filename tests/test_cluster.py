@@ -410,6 +410,28 @@ def test_topic_and_cluster_commands(cluster, topic_name):
     for d in described:
         assert sorted(d["replicas"]) == [1, 2, 3] and d["leader"] in d["replicas"]
         assert d["log_start"] == 0 and d["high_watermark"] >= 10  # 10 records and a control batch
+    # `tern group` asks each group's coordinator and each partition's leader, whichever node it
+    # starts from (the first of the bootstrap list): groups coordinated by other nodes too.
+    groups = [f"{topic_name}-g{i}" for i in range(12)]
+    for g in groups:
+        c = Consumer({"bootstrap.servers": cluster.bootstrap, "group.id": g, "enable.auto.commit": False})
+        c.commit(offsets=[TopicPartition(topic_name, q, 2 + q) for q in range(3)], asynchronous=False)
+        c.close()
+    coordinators = {g: admin(cluster).describe_consumer_groups([g])[g].result().coordinator.id for g in groups}
+    elsewhere = [g for g in groups if coordinators[g] != 1]
+    assert elsewhere, coordinators
+    listed = {r["group"] for r in json.loads(tern(cluster, "group", "list", "--json"))}
+    assert set(groups) <= listed
+    hw = {d["partition"]: d["high_watermark"] for d in described}
+    for g in elsewhere[:2]:
+        offsets = json.loads(tern(cluster, "group", "describe", g, "--json"))["offsets"]
+        assert [(o["partition"], o["committed"], o["log_end"], o["lag"]) for o in offsets] == [
+            (q, 2 + q, hw[q], hw[q] - 2 - q) for q in range(3)]
+    reset = json.loads(tern(cluster, "group", "reset-offsets", elsewhere[0], "--topic", topic_name, "--to-earliest",
+                            "--json"))
+    assert [(r["partition"], r["committed"]) for r in reset] == [(0, 0), (1, 0), (2, 0)]
+    assert "deleted group" in tern(cluster, "group", "delete", elsewhere[0])
+    assert elsewhere[0] not in {r["group"] for r in json.loads(tern(cluster, "group", "list", "--json"))}
     assert "changed the configs" in tern(cluster, "topic", "alter-config", topic_name, "--set", "retention.ms=7200000")
     info = lambda: json.loads(tern(cluster, "cluster", "info", "--json"))  # noqa: E731
     # Partitions created moments ago (the groups' topic) may still be electing leaders.

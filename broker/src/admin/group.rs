@@ -1,5 +1,7 @@
 //! `tern group list|describe|delete|reset-offsets`: consumer group administration over the
-//! Kafka protocol, like `kafka-consumer-groups.sh` or `rpk group`.
+//! Kafka protocol, like `kafka-consumer-groups.sh` or `rpk group`. As a Kafka client does, it
+//! asks a group's coordinator about the group, partition leaders about offsets, and every node
+//! for the groups it coordinates.
 
 use anyhow::{bail, Context, Result};
 use bytes::Buf;
@@ -11,15 +13,16 @@ use kafka_protocol::messages::offset_commit_request::{
 };
 use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestGroup;
 use kafka_protocol::messages::{
-    BrokerId, DeleteGroupsRequest, DescribeGroupsRequest, GroupId, ListGroupsRequest,
-    ListOffsetsRequest, MetadataRequest, OffsetCommitRequest, OffsetFetchRequest, TopicName,
+    BrokerId, DeleteGroupsRequest, DescribeGroupsRequest, FindCoordinatorRequest, GroupId,
+    ListGroupsRequest, ListOffsetsRequest, MetadataRequest, OffsetCommitRequest,
+    OffsetFetchRequest, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, StrBytes};
 use kafka_protocol::ResponseError;
 use serde::Serialize;
 use std::collections::BTreeMap;
 
-use super::client::Client;
+use super::client::{Brokers, Client};
 use super::{check, emit, print_json, table};
 
 #[derive(Args)]
@@ -116,20 +119,65 @@ struct Description {
     offsets: Vec<OffsetRow>,
 }
 
-fn list(client: &mut Client) -> Result<Vec<GroupRow>> {
-    let resp = client.send(ListGroupsRequest::default())?;
-    check(resp.error_code, "list groups")?;
-    let mut rows: Vec<GroupRow> = resp
-        .groups
-        .into_iter()
-        .map(|g| GroupRow {
-            group: g.group_id.0.to_string(),
-            state: g.group_state.to_string(),
-            protocol_type: g.protocol_type.to_string(),
-        })
-        .collect();
-    rows.sort_by(|a, b| a.group.cmp(&b.group));
-    Ok(rows)
+/// Every node's groups (each node lists those it coordinates).
+fn list(brokers: &mut Brokers) -> Result<Vec<GroupRow>> {
+    let mut rows = BTreeMap::new();
+    let nodes: Vec<i32> = brokers.nodes.keys().copied().collect();
+    for node in nodes {
+        let resp = brokers.node(node)?.send(ListGroupsRequest::default())?;
+        check(resp.error_code, &format!("list groups on node {node}"))?;
+        for g in resp.groups {
+            let row = GroupRow {
+                group: g.group_id.0.to_string(),
+                state: g.group_state.to_string(),
+                protocol_type: g.protocol_type.to_string(),
+            };
+            rows.insert(row.group.clone(), row);
+        }
+    }
+    Ok(rows.into_values().collect())
+}
+
+/// The node coordinating `group` (FindCoordinator, asked of the bootstrap broker).
+fn coordinator<'a>(brokers: &'a mut Brokers, group: &str) -> Result<&'a mut Client> {
+    let key = StrBytes::from_string(group.to_string());
+    let bootstrap = brokers.bootstrap();
+    let req = if bootstrap.version::<FindCoordinatorRequest>()? >= 4 {
+        FindCoordinatorRequest::default().with_coordinator_keys(vec![key])
+    } else {
+        FindCoordinatorRequest::default().with_key(key)
+    };
+    let resp = bootstrap.send(req)?;
+    // v4+ answers per key, older versions at the top level.
+    let (node, code) = match resp.coordinators.first() {
+        Some(c) => (c.node_id.0, c.error_code),
+        None => (resp.node_id.0, resp.error_code),
+    };
+    check(code, &format!("find the coordinator of group {group}"))?;
+    brokers.node(node)
+}
+
+/// Partition leaders of `topics`: (topic, partition) -> node.
+fn leaders(brokers: &mut Brokers, topics: &[String]) -> Result<BTreeMap<(String, i32), i32>> {
+    let req = MetadataRequest::default().with_topics(Some(
+        topics
+            .iter()
+            .map(|t| {
+                kafka_protocol::messages::metadata_request::MetadataRequestTopic::default()
+                    .with_name(Some(TopicName(StrBytes::from_string(t.clone()))))
+            })
+            .collect(),
+    ));
+    let meta = brokers.bootstrap().send(req)?;
+    let mut out = BTreeMap::new();
+    for t in meta.topics {
+        let name = t.name.map(|n| n.0.to_string()).unwrap_or_default();
+        check(t.error_code, &format!("topic {name}"))?;
+        for p in t.partitions {
+            out.insert((name.clone(), p.partition_index), p.leader_id.0);
+        }
+    }
+    Ok(out)
 }
 
 /// Committed offsets of a group: (topic, partition) -> offset.
@@ -169,8 +217,42 @@ fn committed(client: &mut Client, group: &str) -> Result<BTreeMap<(String, i32),
     Ok(out)
 }
 
-/// ListOffsets for every partition of `topics` at `timestamp` (-1 latest, -2 earliest).
+/// ListOffsets for every partition of `topics` at `timestamp` (-1 latest, -2 earliest), asked
+/// of each partition's leader.
 fn list_offsets(
+    brokers: &mut Brokers,
+    topics: &BTreeMap<String, Vec<i32>>,
+    timestamp: i64,
+) -> Result<BTreeMap<(String, i32), i64>> {
+    let names: Vec<String> = topics.keys().cloned().collect();
+    let leaders = if names.is_empty() {
+        BTreeMap::new()
+    } else {
+        leaders(brokers, &names)?
+    };
+    let mut by_leader: BTreeMap<i32, BTreeMap<String, Vec<i32>>> = BTreeMap::new();
+    for (t, ps) in topics {
+        for &p in ps {
+            match leaders.get(&(t.clone(), p)) {
+                Some(&leader) if leader >= 0 => by_leader
+                    .entry(leader)
+                    .or_default()
+                    .entry(t.clone())
+                    .or_default()
+                    .push(p),
+                _ => bail!("{t}-{p} has no leader right now; try again"),
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    for (leader, led) in by_leader {
+        out.extend(list_offsets_on(brokers.node(leader)?, &led, timestamp)?);
+    }
+    Ok(out)
+}
+
+/// ListOffsets for partitions one node leads.
+fn list_offsets_on(
     client: &mut Client,
     topics: &BTreeMap<String, Vec<i32>>,
     timestamp: i64,
@@ -209,7 +291,8 @@ fn list_offsets(
     Ok(out)
 }
 
-fn describe(client: &mut Client, group: &str) -> Result<Description> {
+fn describe(brokers: &mut Brokers, group: &str) -> Result<Description> {
+    let client = coordinator(brokers, group)?;
     let resp = client.send(
         DescribeGroupsRequest::default()
             .with_groups(vec![GroupId(StrBytes::from_string(group.to_string()))]),
@@ -248,7 +331,7 @@ fn describe(client: &mut Client, group: &str) -> Result<Description> {
         ps.sort();
         ps.dedup();
     }
-    let ends = list_offsets(client, &partitions, -1)?;
+    let ends = list_offsets(brokers, &partitions, -1)?;
     let owner = |t: &str, p: i32| {
         members
             .iter()
@@ -281,8 +364,8 @@ fn describe(client: &mut Client, group: &str) -> Result<Description> {
     })
 }
 
-fn reset(client: &mut Client, args: &ResetArgs) -> Result<Vec<OffsetRow>> {
-    let d = describe(client, &args.group).or_else(|_| {
+fn reset(brokers: &mut Brokers, args: &ResetArgs) -> Result<Vec<OffsetRow>> {
+    let d = describe(brokers, &args.group).or_else(|_| {
         // A group with no state at all can still be given offsets.
         Ok::<_, anyhow::Error>(Description {
             group: args.group.clone(),
@@ -300,21 +383,14 @@ fn reset(client: &mut Client, args: &ResetArgs) -> Result<Vec<OffsetRow>> {
             d.members.len()
         );
     }
-    let meta = client.send(MetadataRequest::default().with_topics(Some(vec![
-            kafka_protocol::messages::metadata_request::MetadataRequestTopic::default()
-                .with_name(Some(TopicName(StrBytes::from_string(args.topic.clone())))),
-        ])))?;
-    let topic = meta
-        .topics
-        .into_iter()
-        .next()
-        .context("empty Metadata response")?;
-    check(topic.error_code, &format!("topic {}", args.topic))?;
-    let partitions: Vec<i32> = topic.partitions.iter().map(|p| p.partition_index).collect();
-    let wanted: BTreeMap<String, Vec<i32>> = [(args.topic.clone(), partitions.clone())].into();
-    let ends = list_offsets(client, &wanted, -1)?;
+    let partitions: Vec<i32> = leaders(brokers, std::slice::from_ref(&args.topic))?
+        .into_keys()
+        .map(|(_, p)| p)
+        .collect();
+    let wanted: BTreeMap<String, Vec<i32>> = [(args.topic.clone(), partitions)].into();
+    let ends = list_offsets(brokers, &wanted, -1)?;
     let targets: BTreeMap<(String, i32), i64> = if args.to_earliest {
-        list_offsets(client, &wanted, -2)?
+        list_offsets(brokers, &wanted, -2)?
     } else if args.to_latest {
         ends.clone()
     } else if let Some(when) = &args.to_datetime {
@@ -324,14 +400,14 @@ fn reset(client: &mut Client, args: &ResetArgs) -> Result<Vec<OffsetRow>> {
             })?
             .duration_since(std::time::UNIX_EPOCH)?
             .as_millis() as i64;
-        let found = list_offsets(client, &wanted, ts)?;
+        let found = list_offsets(brokers, &wanted, ts)?;
         // No record at or after the time: the end of the partition.
         found
             .into_iter()
             .map(|(k, v)| (k.clone(), if v < 0 { ends[&k] } else { v }))
             .collect()
     } else if let Some(offset) = args.to_offset {
-        let starts = list_offsets(client, &wanted, -2)?;
+        let starts = list_offsets(brokers, &wanted, -2)?;
         starts
             .into_iter()
             .map(|(k, start)| (k.clone(), offset.clamp(start, ends[&k])))
@@ -354,7 +430,7 @@ fn reset(client: &mut Client, args: &ResetArgs) -> Result<Vec<OffsetRow>> {
                     })
                     .collect(),
             )]);
-    let resp = client.send(req)?;
+    let resp = coordinator(brokers, &args.group)?.send(req)?;
     for t in &resp.topics {
         for p in &t.partitions {
             check(
@@ -409,11 +485,11 @@ fn offsets_table(rows: &[OffsetRow]) -> String {
 }
 
 pub fn run(args: GroupArgs) -> Result<()> {
-    let mut client = Client::connect(&args.brokers)?;
+    let mut brokers = Brokers::connect(&args.brokers)?;
     let json = args.json;
     match &args.command {
         GroupCommand::List => {
-            let rows = list(&mut client)?;
+            let rows = list(&mut brokers)?;
             if json {
                 return print_json(&rows);
             }
@@ -425,7 +501,7 @@ pub fn run(args: GroupArgs) -> Result<()> {
             ))?;
         }
         GroupCommand::Describe { group } => {
-            let d = describe(&mut client, group)?;
+            let d = describe(&mut brokers, group)?;
             if json {
                 return print_json(&d);
             }
@@ -467,7 +543,7 @@ pub fn run(args: GroupArgs) -> Result<()> {
             emit(&offsets_table(&d.offsets))?;
         }
         GroupCommand::Delete { group } => {
-            let resp = client.send(
+            let resp = coordinator(&mut brokers, group)?.send(
                 DeleteGroupsRequest::default()
                     .with_groups_names(vec![GroupId(StrBytes::from_string(group.clone()))]),
             )?;
@@ -480,7 +556,7 @@ pub fn run(args: GroupArgs) -> Result<()> {
             emit(&format!("deleted group {group}"))?;
         }
         GroupCommand::ResetOffsets(reset_args) => {
-            let rows = reset(&mut client, reset_args)?;
+            let rows = reset(&mut brokers, reset_args)?;
             if json {
                 return print_json(&rows);
             }
