@@ -1274,14 +1274,13 @@ impl PartitionLog {
             let replacement = segment
                 .replace(&self.dir, replacement, config.index_interval_bytes)
                 .await?;
-            segment.release_off_shard();
             if held(&self.state.borrow()) {
                 let mut st = self.state.borrow_mut();
                 st.segments
                     .insert(segment.base_offset, Rc::new(replacement));
                 removed += counts.removed;
             } else {
-                Rc::new(replacement).remove().await?;
+                replacement.remove().await?;
             }
         }
         {
@@ -1607,9 +1606,6 @@ impl PartitionLog {
         // Writes still in flight complete (or fail) into files about to go.
         let _ = self.drain().await;
         self.sealer.forget().await;
-        for segment in self.state.borrow().segments.values() {
-            segment.release_off_shard();
-        }
         fs::remove_dir_all(&self.dir).await
     }
 

@@ -862,41 +862,11 @@ impl Segment {
         Ok(segment)
     }
 
-    /// Removes the segment's files (their space is freed off the shard: see
-    /// [`Self::release_off_shard`]).
-    pub async fn remove(self: &Rc<Self>) -> io::Result<()> {
-        self.release_off_shard();
+    /// Removes the segment's files.
+    pub async fn remove(&self) -> io::Result<()> {
         fs::remove_file(&self.path).await?;
         fs::remove_file(&self.index_path()).await?;
         fs::remove_file(&self.time_index_path()).await
-    }
-
-    /// Makes the last close of this segment's file, once it is unlinked or replaced, happen on
-    /// a blocking thread, not the shard: the kernel frees a deleted file's blocks in the thread
-    /// that closes it last, which for a 1 GiB segment takes a few hundred ms (0.2 s on ext4
-    /// here), and would stall every request of the shard. A duplicate descriptor is closed off
-    /// the shard once the segment is dropped and the shard's own closes went out.
-    pub fn release_off_shard(self: &Rc<Self>) {
-        use std::os::fd::{AsRawFd, BorrowedFd};
-        // SAFETY: the descriptor is the segment's open file, borrowed only to duplicate it.
-        let Ok(dup) = unsafe { BorrowedFd::borrow_raw(self.file.as_raw_fd()) }.try_clone_to_owned()
-        else {
-            return; // out of descriptors: the shard closes last, as before
-        };
-        let segment = Rc::downgrade(self);
-        glommio::spawn_local(async move {
-            while segment.strong_count() > 0 {
-                glommio::timer::sleep(std::time::Duration::from_millis(50)).await;
-            }
-            // The shard's closes are submitted before any timer fires.
-            glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
-            let _ = fs::blocking(move || {
-                drop(dup);
-                Ok(())
-            })
-            .await;
-        })
-        .detach();
     }
 
     pub fn size(&self) -> u64 {
