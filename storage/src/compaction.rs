@@ -39,14 +39,6 @@ pub fn index_batch(batch: &[u8], header: &BatchHeader, map: &mut OffsetMap) -> i
     Ok(added)
 }
 
-/// Adds the keys of every record in `data` (whole batches) to `map`.
-pub fn index_keys(data: &[u8], map: &mut OffsetMap) -> io::Result<()> {
-    for (pos, header) in batch::headers(data) {
-        index_batch(&data[pos..pos + header.total_len()], &header, map)?;
-    }
-    Ok(())
-}
-
 /// What compacting some batches kept and removed (records).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Counts {
@@ -119,34 +111,43 @@ pub fn clean_batch(
     Ok(counts)
 }
 
-/// What compacting one segment's data kept.
-pub struct Cleaned {
-    pub data: Vec<u8>,
-    pub kept: usize,
-    pub removed: usize,
-}
-
-/// Rewrites `data` (whole batches) as [`clean_batch`] does each batch.
-pub fn clean(data: &[u8], map: &OffsetMap, tombstone_horizon_ms: i64) -> io::Result<Cleaned> {
-    let mut out = Vec::with_capacity(data.len());
-    let (mut kept, mut removed) = (0, 0);
-    for (pos, header) in batch::headers(data) {
-        let original = &data[pos..pos + header.total_len()];
-        let counts = clean_batch(original, &header, map, tombstone_horizon_ms, &mut out)?;
-        kept += counts.kept;
-        removed += counts.removed;
-    }
-    Ok(Cleaned {
-        data: out,
-        kept,
-        removed,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use kafka_protocol::records::{Compression, RecordBatchDecoder};
+
+    // Whole-data forms of the per-batch steps, as compaction runs them over a segment.
+    /// Adds the keys of every record in `data` (whole batches) to `map`.
+    fn index_keys(data: &[u8], map: &mut OffsetMap) -> io::Result<()> {
+        for (pos, header) in batch::headers(data) {
+            index_batch(&data[pos..pos + header.total_len()], &header, map)?;
+        }
+        Ok(())
+    }
+
+    /// What compacting one segment's data kept.
+    struct Cleaned {
+        data: Vec<u8>,
+        kept: usize,
+        removed: usize,
+    }
+
+    /// Rewrites `data` (whole batches) as [`clean_batch`] does each batch.
+    fn clean(data: &[u8], map: &OffsetMap, tombstone_horizon_ms: i64) -> io::Result<Cleaned> {
+        let mut out = Vec::with_capacity(data.len());
+        let (mut kept, mut removed) = (0, 0);
+        for (pos, header) in batch::headers(data) {
+            let original = &data[pos..pos + header.total_len()];
+            let counts = clean_batch(original, &header, map, tombstone_horizon_ms, &mut out)?;
+            kept += counts.kept;
+            removed += counts.removed;
+        }
+        Ok(Cleaned {
+            data: out,
+            kept,
+            removed,
+        })
+    }
 
     fn batch_of(
         base: i64,

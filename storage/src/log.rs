@@ -1305,18 +1305,15 @@ impl PartitionLog {
         let mut added = 0;
         let mut pos = 0;
         let mut slices = Slices::new();
-        loop {
-            let (data, whole) = segment.read_batches(pos, COMPACTION_CHUNK).await?;
-            if whole == 0 {
-                return Ok(added);
-            }
-            for (at, header) in batch::headers(&data[..whole]) {
+        while let Some(data) = segment.read_batches(pos, COMPACTION_CHUNK).await? {
+            for (at, header) in batch::headers(&data) {
                 let one = &data[at..at + header.total_len()];
                 added += crate::compaction::index_batch(one, &header, map)?;
                 slices.next().await;
             }
-            pos += whole as u64;
+            pos += data.len() as u64;
         }
+        Ok(added)
     }
 
     /// Writes what compaction keeps of a segment to its replacement, a batch at a time; the
@@ -1334,12 +1331,8 @@ impl PartitionLog {
         let mut pos = 0;
         let mut slices = Slices::new();
         let result: Result<(), LogError> = async {
-            loop {
-                let (data, whole) = segment.read_batches(pos, COMPACTION_CHUNK).await?;
-                if whole == 0 {
-                    return Ok(());
-                }
-                for (at, header) in batch::headers(&data[..whole]) {
+            while let Some(data) = segment.read_batches(pos, COMPACTION_CHUNK).await? {
+                for (at, header) in batch::headers(&data) {
                     let one = &data[at..at + header.total_len()];
                     kept.clear();
                     let c = crate::compaction::clean_batch(one, &header, map, horizon, &mut kept)?;
@@ -1356,8 +1349,9 @@ impl PartitionLog {
                     }
                     slices.next().await;
                 }
-                pos += whole as u64;
+                pos += data.len() as u64;
             }
+            Ok(())
         }
         .await;
         match (result, replacement) {

@@ -780,25 +780,27 @@ impl Segment {
     }
 
     /// Whole batches from position `pos` (a batch start): as many as fit in `chunk` bytes, or
-    /// the one batch there, read whole, if it is larger. Returns the buffer and how many of
-    /// its bytes are whole batches (0 at the segment's end).
+    /// the one batch there, read whole, if it is larger. `None` at the segment's end.
     pub async fn read_batches(
         &self,
         pos: u64,
         chunk: usize,
-    ) -> io::Result<(glommio::io::ReadResult, usize)> {
+    ) -> io::Result<Option<glommio::io::ReadResult>> {
         let size = self.size.get();
         let mut want = chunk;
         loop {
             let len = want.min(size.saturating_sub(pos) as usize);
+            if len == 0 {
+                return Ok(None);
+            }
             let data = self.file.read_at(pos, len).await?;
             let whole = batch::headers(&data)
                 .map(|(at, h)| at + h.total_len())
                 .take_while(|end| *end <= data.len())
                 .last()
                 .unwrap_or(0);
-            if whole > 0 || len == 0 {
-                return Ok((data, whole));
+            if whole > 0 {
+                return Ok(glommio::io::ReadResult::slice(&data, 0, whole));
             }
             match BatchHeader::parse(&data) {
                 Ok(h) if pos + h.total_len() as u64 <= size && h.total_len() > want => {
