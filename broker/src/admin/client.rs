@@ -3,9 +3,14 @@
 
 use anyhow::{bail, Context, Result};
 use bytes::{Buf, BufMut, BytesMut};
+use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::{ApiVersionsRequest, RequestHeader, ResponseHeader};
+use kafka_protocol::messages::{
+    BrokerId, ListOffsetsRequest, MetadataRequest, MetadataResponse, TopicName,
+};
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Request, StrBytes};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
@@ -146,6 +151,64 @@ impl Brokers {
             self.clients.insert(id, client);
         }
         Ok(self.clients.get_mut(&id).expect("inserted above"))
+    }
+
+    /// Metadata of `topics` (all when `None`) as the bootstrap broker knows it.
+    pub fn metadata(&mut self, topics: Option<&[String]>) -> Result<MetadataResponse> {
+        let req = MetadataRequest::default()
+            .with_allow_auto_topic_creation(false)
+            .with_topics(topics.map(|ts| {
+                ts.iter()
+                    .map(|t| {
+                        MetadataRequestTopic::default()
+                            .with_name(Some(TopicName(StrBytes::from_string(t.clone()))))
+                    })
+                    .collect()
+            }));
+        self.bootstrap().send(req)
+    }
+
+    /// ListOffsets at `timestamp` for `partitions` (by topic), asked of `leader`: per
+    /// partition, its offset or its error code.
+    pub fn offsets_at(
+        &mut self,
+        leader: i32,
+        partitions: &BTreeMap<String, Vec<i32>>,
+        timestamp: i64,
+    ) -> Result<BTreeMap<(String, i32), Result<i64, i16>>> {
+        let req = ListOffsetsRequest::default()
+            .with_replica_id(BrokerId(-1))
+            .with_topics(
+                partitions
+                    .iter()
+                    .map(|(t, ps)| {
+                        ListOffsetsTopic::default()
+                            .with_name(TopicName(StrBytes::from_string(t.clone())))
+                            .with_partitions(
+                                ps.iter()
+                                    .map(|&p| {
+                                        ListOffsetsPartition::default()
+                                            .with_partition_index(p)
+                                            .with_timestamp(timestamp)
+                                    })
+                                    .collect(),
+                            )
+                    })
+                    .collect(),
+            );
+        let resp = self.node(leader)?.send(req)?;
+        Ok(resp
+            .topics
+            .iter()
+            .flat_map(|t| t.partitions.iter().map(move |p| (t.name.0.to_string(), p)))
+            .map(|(t, p)| {
+                let outcome = match p.error_code {
+                    0 => Ok(p.offset),
+                    code => Err(code),
+                };
+                ((t, p.partition_index), outcome)
+            })
+            .collect())
     }
 
     /// A connection to the controller (where topic changes go).

@@ -7,15 +7,13 @@ use anyhow::{bail, Context, Result};
 use bytes::Buf;
 use clap::{Args, Subcommand};
 use kafka_protocol::messages::consumer_protocol_assignment::ConsumerProtocolAssignment;
-use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::offset_commit_request::{
     OffsetCommitRequestPartition, OffsetCommitRequestTopic,
 };
 use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestGroup;
 use kafka_protocol::messages::{
-    BrokerId, DeleteGroupsRequest, DescribeGroupsRequest, FindCoordinatorRequest, GroupId,
-    ListGroupsRequest, ListOffsetsRequest, MetadataRequest, OffsetCommitRequest,
-    OffsetFetchRequest, TopicName,
+    DeleteGroupsRequest, DescribeGroupsRequest, FindCoordinatorRequest, GroupId, ListGroupsRequest,
+    OffsetCommitRequest, OffsetFetchRequest, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, StrBytes};
 use kafka_protocol::ResponseError;
@@ -159,16 +157,7 @@ fn coordinator<'a>(brokers: &'a mut Brokers, group: &str) -> Result<&'a mut Clie
 
 /// Partition leaders of `topics`: (topic, partition) -> node.
 fn leaders(brokers: &mut Brokers, topics: &[String]) -> Result<BTreeMap<(String, i32), i32>> {
-    let req = MetadataRequest::default().with_topics(Some(
-        topics
-            .iter()
-            .map(|t| {
-                kafka_protocol::messages::metadata_request::MetadataRequestTopic::default()
-                    .with_name(Some(TopicName(StrBytes::from_string(t.clone()))))
-            })
-            .collect(),
-    ));
-    let meta = brokers.bootstrap().send(req)?;
+    let meta = brokers.metadata(Some(topics))?;
     let mut out = BTreeMap::new();
     for t in meta.topics {
         let name = t.name.map(|n| n.0.to_string()).unwrap_or_default();
@@ -246,46 +235,15 @@ fn list_offsets(
     }
     let mut out = BTreeMap::new();
     for (leader, led) in by_leader {
-        out.extend(list_offsets_on(brokers.node(leader)?, &led, timestamp)?);
-    }
-    Ok(out)
-}
-
-/// ListOffsets for partitions one node leads.
-fn list_offsets_on(
-    client: &mut Client,
-    topics: &BTreeMap<String, Vec<i32>>,
-    timestamp: i64,
-) -> Result<BTreeMap<(String, i32), i64>> {
-    let req = ListOffsetsRequest::default()
-        .with_replica_id(BrokerId(-1))
-        .with_topics(
-            topics
-                .iter()
-                .map(|(t, ps)| {
-                    ListOffsetsTopic::default()
-                        .with_name(TopicName(StrBytes::from_string(t.clone())))
-                        .with_partitions(
-                            ps.iter()
-                                .map(|&p| {
-                                    ListOffsetsPartition::default()
-                                        .with_partition_index(p)
-                                        .with_timestamp(timestamp)
-                                })
-                                .collect(),
-                        )
-                })
-                .collect(),
-        );
-    let resp = client.send(req)?;
-    let mut out = BTreeMap::new();
-    for t in resp.topics {
-        for p in t.partitions {
-            check(
-                p.error_code,
-                &format!("list offsets of {}-{}", t.name.0, p.partition_index),
-            )?;
-            out.insert((t.name.0.to_string(), p.partition_index), p.offset);
+        for ((t, p), offset) in brokers.offsets_at(leader, &led, timestamp)? {
+            let offset = match offset {
+                Ok(offset) => offset,
+                Err(code) => {
+                    check(code, &format!("list offsets of {t}-{p}"))?;
+                    continue;
+                }
+            };
+            out.insert((t, p), offset);
         }
     }
     Ok(out)

@@ -8,11 +8,10 @@ use kafka_protocol::messages::delete_topics_request::DeleteTopicState;
 use kafka_protocol::messages::incremental_alter_configs_request::{
     AlterConfigsResource, AlterableConfig,
 };
-use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::{
-    BrokerId, CreateTopicsRequest, DeleteTopicsRequest, IncrementalAlterConfigsRequest,
-    ListOffsetsRequest, MetadataRequest, MetadataResponse, TopicName,
+    CreateTopicsRequest, DeleteTopicsRequest, IncrementalAlterConfigsRequest, MetadataRequest,
+    TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 use serde::Serialize;
@@ -106,20 +105,8 @@ struct PartitionRow {
     high_watermark: Option<i64>,
 }
 
-/// Metadata of `topics` (all when `None`) as the bootstrap broker knows it.
-fn metadata(brokers: &mut Brokers, topics: Option<&[String]>) -> Result<MetadataResponse> {
-    let req = MetadataRequest::default()
-        .with_allow_auto_topic_creation(false)
-        .with_topics(topics.map(|ts| {
-            ts.iter()
-                .map(|t| MetadataRequestTopic::default().with_name(Some(name(t))))
-                .collect()
-        }));
-    brokers.bootstrap().send(req)
-}
-
 fn list(brokers: &mut Brokers) -> Result<Vec<TopicRow>> {
-    let meta = metadata(brokers, None)?;
+    let meta = brokers.metadata(None)?;
     let mut rows: Vec<TopicRow> = meta
         .topics
         .iter()
@@ -135,7 +122,8 @@ fn list(brokers: &mut Brokers) -> Result<Vec<TopicRow>> {
     Ok(rows)
 }
 
-/// ListOffsets at `timestamp` for `partitions` of `topic`, asked of `leader`.
+/// ListOffsets at `timestamp` for `partitions` of `topic`, asked of `leader`: the partitions
+/// that answered.
 fn offsets_at(
     brokers: &mut Brokers,
     leader: i32,
@@ -143,34 +131,18 @@ fn offsets_at(
     partitions: &[i32],
     timestamp: i64,
 ) -> Result<BTreeMap<i32, i64>> {
-    let req = ListOffsetsRequest::default()
-        .with_replica_id(BrokerId(-1))
-        .with_topics(vec![ListOffsetsTopic::default()
-            .with_name(name(topic))
-            .with_partitions(
-                partitions
-                    .iter()
-                    .map(|&p| {
-                        ListOffsetsPartition::default()
-                            .with_partition_index(p)
-                            .with_timestamp(timestamp)
-                    })
-                    .collect(),
-            )]);
-    let resp = brokers.node(leader)?.send(req)?;
-    Ok(resp
-        .topics
-        .iter()
-        .flat_map(|t| &t.partitions)
-        .filter(|p| p.error_code == 0)
-        .map(|p| (p.partition_index, p.offset))
+    let wanted = [(topic.to_string(), partitions.to_vec())].into();
+    Ok(brokers
+        .offsets_at(leader, &wanted, timestamp)?
+        .into_iter()
+        .filter_map(|((_, p), offset)| Some((p, offset.ok()?)))
         .collect())
 }
 
 /// A topic's partitions. Leaders, epochs and in-sync replicas come from each partition's
 /// leader (the ISR is its knowledge), offsets too.
 fn describe(brokers: &mut Brokers, topic: &str) -> Result<Vec<PartitionRow>> {
-    let meta = metadata(brokers, Some(&[topic.to_string()]))?;
+    let meta = brokers.metadata(Some(&[topic.to_string()]))?;
     let t = meta.topics.first().context("empty Metadata response")?;
     check(t.error_code, &format!("describe {topic}"))?;
     let mut rows: Vec<PartitionRow> = t
