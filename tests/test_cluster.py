@@ -88,7 +88,20 @@ def leaders(cluster, topic):
 def create(cluster, topic, partitions=3, rf=3):
     fs = admin(cluster).create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=rf)])
     fs[topic].result(timeout=30)
-    wait_for(lambda: all(l >= 0 for l in leaders(cluster, topic).values()), what="leaders elected")
+
+    def elected_everywhere():
+        # Each node serves Metadata from its own copy: wait until every one names the leaders.
+        for node in range(1, cluster.n + 1):
+            try:
+                with kafka_wire.connect(f"127.0.0.1:{cluster.port_of(node)}") as sock:
+                    parts = kafka_wire.metadata_v1(sock, topic)
+            except ConnectionRefusedError:
+                continue  # a node a test stopped
+            if len(parts) != partitions or any(leader < 0 for leader, _, _ in parts.values()):
+                return False
+        return True
+
+    wait_for(elected_everywhere, what="leaders elected, as every node sees them")
 
 
 def consume_all(cluster, topic, partitions, expect, timeout=60):

@@ -276,6 +276,10 @@ pub fn check_produced(
         return Err(ProduceError::BatchCount(summary.count));
     }
     let header = BatchHeader::parse(records)?;
+    if header.is_control() {
+        // Only coordinators and Raft write control batches.
+        return Err(BatchError::BadRecords("clients may not write control batches").into());
+    }
     if compacted {
         if header.compression() != 0 {
             keyless = crate::compression::keyless_records(records, &header)

@@ -359,7 +359,7 @@ fn put_bytes(buf: &mut BytesMut, b: &[u8]) {
     buf.put_slice(b);
 }
 
-fn need(buf: &Bytes, n: usize) -> Option<()> {
+pub(crate) fn need(buf: &Bytes, n: usize) -> Option<()> {
     (buf.remaining() >= n).then_some(())
 }
 
@@ -374,7 +374,7 @@ fn get_opt_str(buf: &mut Bytes) -> Option<Option<String>> {
     Some(Some(String::from_utf8(s.to_vec()).ok()?))
 }
 
-fn get_str(buf: &mut Bytes) -> Option<String> {
+pub(crate) fn get_str(buf: &mut Bytes) -> Option<String> {
     get_opt_str(buf)?
 }
 

@@ -11,7 +11,9 @@ pub mod fetch;
 pub mod frame;
 pub mod group_records;
 pub mod legacy;
+pub mod markers;
 pub mod rpc;
+pub mod txn_records;
 pub mod wire;
 
 pub use kafka_protocol;

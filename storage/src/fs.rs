@@ -166,9 +166,13 @@ pub async fn sync_dir(dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
-/// Replaces `path` atomically: write a temporary file, sync it, rename it over `path`.
+/// Replaces `path` atomically: write a temporary file, sync it, rename it over `path`. The
+/// temporary name keeps the whole file name (`<name>.tmp`): files of one segment differ only
+/// in their extension, and two of them may be written at once.
 pub async fn write_file_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
-    let tmp = path.with_extension("tmp");
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp);
     write_file(&tmp, data).await?;
     glommio::io::rename(&tmp, path).await?;
     match path.parent() {

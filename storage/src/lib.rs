@@ -10,6 +10,7 @@ pub mod log;
 pub mod producers;
 pub mod records;
 pub mod segment;
+pub mod txn_index;
 
 pub use config::LogConfig;
 pub use log::{Appended, Durability, LogError, PartitionLog, Prepared};

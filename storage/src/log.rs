@@ -15,6 +15,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use tern_protocol::batch::{self, BatchError};
+use tern_protocol::markers;
 use thiserror::Error;
 
 use crate::cache::BatchCache;
@@ -23,6 +24,7 @@ use crate::fs;
 use crate::producers::{ProducerError, ProducerStates, SequenceCheck};
 use crate::records::{Chunk, Records, StoredBatch};
 use crate::segment::{parse_segment_name, OpenMode, PreparedWrite, Segment};
+use crate::txn_index::{self, AbortedTxn, TxnIndex};
 
 /// Marker file saying the partition was closed cleanly, so its tail need not be scanned.
 const CLEAN_MARKER: &str = "clean-shutdown";
@@ -285,6 +287,7 @@ struct State {
     /// Offsets from which each failed write rolled back, in order.
     rollbacks: Vec<i64>,
     producers: ProducerStates,
+    aborted: TxnIndex,
     /// Closed segments below this offset were compacted with nothing newer to apply.
     compacted_upto: i64,
     /// `partitionLeaderEpoch` stamped into the batches this replica appends as leader.
@@ -308,13 +311,39 @@ impl State {
         if header.max_timestamp > self.max_timestamp.0 {
             self.max_timestamp = (header.max_timestamp, header.base_offset);
         }
-        self.producers.record(header);
+        if let Some(done) = self.producers.record(header, data.head()) {
+            if done.aborted {
+                let stable = self
+                    .producers
+                    .first_open_offset()
+                    .map_or(done.marker_offset + 1, |o| o.min(done.marker_offset + 1));
+                self.aborted.insert(AbortedTxn {
+                    producer_id: done.producer_id,
+                    first_offset: done.first_offset,
+                    last_offset: done.marker_offset,
+                    last_stable_offset: stable,
+                });
+            }
+        }
+        // A cut reaches back to the high watermark at most, and a roll snapshot to the
+        // active segment's base: completed transactions below both are settled.
+        let settled = self
+            .high_watermark
+            .unwrap_or(self.written)
+            .min(self.segments.keys().next_back().copied().unwrap_or(0));
+        self.producers.forget_completed_below(settled);
         self.cache
             .push(header.base_offset, header.last_offset(), data.clone());
         self.pending.push(data);
         self.next_offset = header.last_offset() + 1;
         let written = self.written;
         self.cache.trim(cache_bytes, written);
+    }
+
+    /// Forgets what producers and transactions did from `offset` on (a rollback or a cut).
+    fn forget_from(&mut self, offset: i64) {
+        self.producers.truncate_from(offset);
+        self.aborted.truncate_from(offset);
     }
 
     /// Offsets below this are in writes issued (complete or in flight); `pending` holds the
@@ -333,6 +362,31 @@ fn wall_clock_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
+/// A marker batch at the log end, stamped with leader epoch `epoch`.
+#[allow(clippy::too_many_arguments)]
+fn stamp_marker(
+    st: &State,
+    producer_id: i64,
+    producer_epoch: i16,
+    commit: bool,
+    coordinator_epoch: i32,
+    now_ms: i64,
+    epoch: i32,
+) -> Bytes {
+    let mut data = BytesMut::from(
+        &markers::encode(
+            producer_id,
+            producer_epoch,
+            commit,
+            coordinator_epoch,
+            now_ms,
+        )[..],
+    );
+    batch::set_base_offset(&mut data, st.next_offset);
+    batch::set_leader_epoch(&mut data, epoch);
+    data.freeze()
+}
+
 /// Producer state after a crash: the newest roll snapshot at or below the active segment's
 /// base, then the batches of the segments from its offset on. Without a usable snapshot, the
 /// active segment's batches alone (older producers are forgotten and their next batches
@@ -340,6 +394,7 @@ fn wall_clock_ms() -> i64 {
 async fn recover_producers(
     files: &[PathBuf],
     segments: &BTreeMap<i64, Rc<Segment>>,
+    aborted: &mut TxnIndex,
 ) -> io::Result<ProducerStates> {
     let active_base = *segments.keys().next_back().expect("one segment");
     let mut snapshots: Vec<(i64, &PathBuf)> = files
@@ -360,7 +415,21 @@ async fn recover_producers(
     }
     let (from, mut producers) = loaded.unwrap_or((active_base, ProducerStates::default()));
     for (_, segment) in segments.range(from..) {
-        segment.visit_headers(|h| producers.record(h)).await?;
+        segment
+            .visit_batches(|h, b| {
+                if let Some(done) = producers.record(h, b).filter(|d| d.aborted) {
+                    let stable = producers
+                        .first_open_offset()
+                        .map_or(done.marker_offset + 1, |o| o.min(done.marker_offset + 1));
+                    aborted.insert(AbortedTxn {
+                        producer_id: done.producer_id,
+                        first_offset: done.first_offset,
+                        last_offset: done.marker_offset,
+                        last_stable_offset: stable,
+                    });
+                }
+            })
+            .await?;
     }
     Ok(producers)
 }
@@ -409,9 +478,20 @@ impl PartitionLog {
                 .and_then(|d| ProducerStates::from_bytes(&d, wall_clock_ms())),
             false => None,
         };
+        // Aborted transactions of rolled (or cleanly closed) segments; a crash's replay
+        // adds those of the segments after the last roll snapshot.
+        let mut aborted = TxnIndex::default();
+        for index in files
+            .iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "txnindex"))
+        {
+            if let Some(data) = fs::read_file(index).await? {
+                aborted.load(&data);
+            }
+        }
         let producers = match snapshot {
             Some(p) => p,
-            None => recover_producers(&files, &segments).await?,
+            None => recover_producers(&files, &segments, &mut aborted).await?,
         };
         // The marker and snapshot must go before any write: after this, a crash needs a scan.
         if clean {
@@ -433,6 +513,8 @@ impl PartitionLog {
             .map(|s| (s.max_timestamp(), s.base_offset))
             .max_by_key(|&(ts, _)| ts)
             .unwrap_or((-1, -1));
+        aborted.truncate_from(next_offset);
+        aborted.forget_below(log_start);
         Ok(Rc::new(PartitionLog {
             dir: dir.to_path_buf(),
             config: RefCell::new(config),
@@ -450,6 +532,7 @@ impl PartitionLog {
                 max_timestamp,
                 rollbacks: Vec::new(),
                 producers,
+                aborted,
                 compacted_upto: 0,
                 leader_epoch: 0,
                 last_epoch: -1,
@@ -634,6 +717,92 @@ impl PartitionLog {
         })
     }
 
+    /// Appends the marker ending producer `producer_id`'s transaction (WriteTxnMarkers, on a
+    /// log with one replica): commit or abort, from the coordinator in `coordinator_epoch`.
+    /// An older producer epoch than the log knows is a zombie's: refused.
+    pub fn append_marker(
+        &self,
+        producer_id: i64,
+        producer_epoch: i16,
+        commit: bool,
+        coordinator_epoch: i32,
+        now_ms: i64,
+    ) -> Result<Appended, LogError> {
+        let mut st = self.state.borrow_mut();
+        if st.fenced {
+            return Err(LogError::Fenced);
+        }
+        st.producers.check_marker(producer_id, producer_epoch)?;
+        let data = stamp_marker(
+            &st,
+            producer_id,
+            producer_epoch,
+            commit,
+            coordinator_epoch,
+            now_ms,
+            st.leader_epoch,
+        );
+        let header = batch::BatchHeader::parse(&data)?;
+        st.last_epoch = st.leader_epoch;
+        let generation = st.rollbacks.len();
+        st.push(
+            &header,
+            StoredBatch::from(data),
+            self.config.borrow().cache_bytes,
+        );
+        Ok(Appended {
+            base_offset: header.base_offset,
+            last_offset: header.last_offset(),
+            log_append_time: -1,
+            generation,
+        })
+    }
+
+    /// A replicated leader's side of [`Self::append_marker`]: the marker batch, at the log
+    /// end and stamped with `epoch`, for Raft to propose.
+    pub fn prepare_marker(
+        &self,
+        producer_id: i64,
+        producer_epoch: i16,
+        commit: bool,
+        coordinator_epoch: i32,
+        now_ms: i64,
+        epoch: i32,
+    ) -> Result<Bytes, LogError> {
+        let st = self.state.borrow();
+        st.producers.check_marker(producer_id, producer_epoch)?;
+        Ok(stamp_marker(
+            &st,
+            producer_id,
+            producer_epoch,
+            commit,
+            coordinator_epoch,
+            now_ms,
+            epoch,
+        ))
+    }
+
+    /// Offsets below this are stable: a `read_committed` consumer may read them (Kafka's last
+    /// stable offset). The high watermark, or the start of the oldest transaction that is
+    /// still open or whose marker is not below the high watermark.
+    pub fn last_stable_offset(&self) -> i64 {
+        let hw = self.high_watermark();
+        let st = self.state.borrow();
+        st.producers
+            .first_unstable_offset(hw)
+            .map_or(hw, |first| first.min(hw))
+    }
+
+    /// Aborted transactions a `read_committed` read of `[from, upto)` overlaps.
+    pub fn aborted_transactions(&self, from: i64, upto: i64) -> Vec<AbortedTxn> {
+        self.state.borrow().aborted.overlapping(from, upto)
+    }
+
+    /// Open transactions: (producer id, first offset).
+    pub fn open_transactions(&self) -> Vec<(i64, i64)> {
+        self.state.borrow().producers.open_transactions().collect()
+    }
+
     /// Starts a new leader epoch: this replica's appends as leader are stamped with `epoch`
     /// from now on, and a fence left by a failed write is lifted.
     pub fn set_leader_epoch(&self, epoch: i32) {
@@ -699,7 +868,7 @@ impl PartitionLog {
         st.written = st.written.min(end);
         st.synced = st.synced.min(end);
         st.cache.truncate_from(end);
-        st.producers.truncate_from(end);
+        st.forget_from(end);
         st.last_epoch = -1; // unknown until the next append
         if st.max_timestamp.1 >= end {
             st.max_timestamp = (-1, -1);
@@ -724,6 +893,7 @@ impl PartitionLog {
         st.pending.clear();
         st.cache.clear();
         st.producers = ProducerStates::default();
+        st.aborted.clear();
         st.log_start = start;
         st.next_offset = start;
         st.written = start;
@@ -954,7 +1124,7 @@ impl PartitionLog {
         st.next_offset = from;
         st.pending.clear();
         st.cache.truncate_from(from);
-        st.producers.truncate_from(from);
+        st.forget_from(from);
         if st.max_timestamp.1 >= from {
             st.max_timestamp = (-1, -1);
         }
@@ -1003,7 +1173,10 @@ impl PartitionLog {
         match cut {
             Cut::Truncate(end) => {
                 let interval = self.config.borrow().index_interval_bytes;
-                segments[keep - 1].truncate_to(end, interval).await?;
+                let cut = &segments[keep - 1];
+                cut.truncate_to(end, interval).await?;
+                let aborted = self.state.borrow().aborted.to_bytes(cut.base_offset, end);
+                txn_index::write(cut.path(), &aborted).await?;
             }
             Cut::Reset(start) => {
                 let segment = Rc::new(Segment::create(&self.dir, start).await?);
@@ -1086,6 +1259,7 @@ impl PartitionLog {
             st.segments.insert(base, segment);
             let mut producers = st.producers.clone();
             producers.truncate_from(base);
+            active.set_aborted(st.aborted.to_bytes(active.base_offset, base));
             producers.to_bytes()
         };
         self.sealer.rolled.borrow_mut().push(active);
@@ -1390,6 +1564,7 @@ impl PartitionLog {
         let doomed: Vec<Rc<Segment>> = {
             let mut st = self.state.borrow_mut();
             let start = st.log_start;
+            st.aborted.forget_below(start);
             let bases: Vec<i64> = st.segments.keys().copied().collect();
             let mut doomed = Vec::new();
             for pair in bases.windows(2) {
@@ -1585,7 +1760,14 @@ impl PartitionLog {
         // Sealing syncs; waiting for the sync lock lets a sync in progress finish first.
         let _sync = self.sync_lock.acquire_permit(1).await.ok();
         self.sealer.seal_rolled().await?;
-        self.active().seal().await?;
+        let active = self.active();
+        active.set_aborted(
+            self.state
+                .borrow()
+                .aborted
+                .to_bytes(active.base_offset, i64::MAX),
+        );
+        active.seal().await?;
         let snapshot = self.state.borrow().producers.to_bytes();
         fs::write_file(&self.dir.join(PRODUCER_SNAPSHOT), &snapshot).await?;
         fs::write_file(&self.dir.join(CLEAN_MARKER), b"").await?;

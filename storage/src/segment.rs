@@ -64,6 +64,8 @@ pub struct Segment {
     time_index: RefCell<TimeIndex>,
     bytes_since_index: Cell<u64>,
     created: Instant,
+    /// Aborted-transaction index entries to write when sealed (see `txn_index`).
+    aborted: RefCell<Vec<u8>>,
 }
 
 /// Opens once, when a write is done (or failed, or was dropped).
@@ -233,6 +235,7 @@ impl Segment {
             time_index: RefCell::new(TimeIndex::default()),
             bytes_since_index: Cell::new(0),
             created: Instant::now(),
+            aborted: RefCell::new(Vec::new()),
         }
     }
 
@@ -272,7 +275,7 @@ impl Segment {
                 }
                 *seg.time_index.borrow_mut() = time_index;
                 // Walk the batches after the last index entry to learn the end offset.
-                let end = seg.scan(from, file_size, false, |_, h| {
+                let end = seg.scan(from, file_size, false, |_, h, _| {
                     seg.next_offset.set(h.last_offset() + 1);
                     seg.max_timestamp
                         .set(seg.max_timestamp.get().max(h.max_timestamp));
@@ -317,7 +320,7 @@ impl Segment {
         *self.time_index.borrow_mut() = TimeIndex::default();
         self.bytes_since_index.set(index_interval);
         let mut expected = self.base_offset;
-        self.scan(from, to, verify, |pos, h| {
+        self.scan(from, to, verify, |pos, h, _| {
             if h.base_offset < expected {
                 return false; // offsets never go backwards in a sound segment
             }
@@ -373,15 +376,15 @@ impl Segment {
         self.next_offset.set(h.last_offset() + 1);
     }
 
-    /// Walks the batches in `[from, to)`, calling `visit(position, header)` until it returns
-    /// false. With `verify`, each batch's CRC is checked. Returns the position after the last
+    /// Walks the batches in `[from, to)`, calling `visit(position, header, batch)` until it
+    /// returns false. With `verify`, each batch's CRC is checked. Returns the position after the last
     /// good batch visited (a torn, corrupt or zero-padded region ends the walk).
     async fn scan(
         &self,
         mut pos: u64,
         to: u64,
         verify: bool,
-        mut visit: impl FnMut(u64, &BatchHeader) -> bool,
+        mut visit: impl FnMut(u64, &BatchHeader, &[u8]) -> bool,
     ) -> io::Result<u64> {
         let mut want = SCAN_CHUNK;
         while pos < to {
@@ -401,7 +404,7 @@ impl Segment {
                 if verify && batch::validate(rest).is_err() {
                     return Ok(pos + at as u64);
                 }
-                if !visit(pos + at as u64, &header) {
+                if !visit(pos + at as u64, &header, &rest[..header.total_len()]) {
                     return Ok(pos + at as u64);
                 }
                 at += header.total_len();
@@ -592,9 +595,10 @@ impl Segment {
     }
 
     /// Calls `f` with the header of every batch in the segment, in order.
-    pub async fn visit_headers(&self, mut f: impl FnMut(&BatchHeader)) -> io::Result<()> {
-        self.scan(0, self.size.get(), false, |_, h| {
-            f(h);
+    /// Calls `f(header, batch)` for each batch, in order.
+    pub async fn visit_batches(&self, mut f: impl FnMut(&BatchHeader, &[u8])) -> io::Result<()> {
+        self.scan(0, self.size.get(), false, |_, h, b| {
+            f(h, b);
             true
         })
         .await?;
@@ -614,7 +618,20 @@ impl Segment {
         let time_index = self.time_index.borrow().to_bytes();
         fs::write_file(&self.index_path(), &index).await?;
         fs::write_file(&self.time_index_path(), &time_index).await?;
+        let aborted = self.aborted.borrow().clone();
+        if !aborted.is_empty() {
+            crate::txn_index::write(&self.path, &aborted).await?;
+        }
         Ok(())
+    }
+
+    /// The aborted-transaction index entries the next seal writes beside the segment.
+    pub fn set_aborted(&self, entries: Vec<u8>) {
+        *self.aborted.borrow_mut() = entries;
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     /// Whole batches starting with the one that contains `offset`, up to `max_bytes` (the
@@ -764,7 +781,7 @@ impl Segment {
         let relative = self.time_index.borrow().scan_start(ts);
         let from = self.index.borrow().lookup(relative) as u64;
         let mut found = None;
-        self.scan(from, self.size.get(), false, |pos, h| {
+        self.scan(from, self.size.get(), false, |pos, h, _| {
             if h.max_timestamp >= ts {
                 found = Some((pos, *h));
                 return false;
@@ -864,9 +881,10 @@ impl Segment {
         Ok(segment)
     }
 
-    /// Removes the segment's files.
+    /// Removes the segment's files (with its aborted-transaction index, if any).
     pub async fn remove(&self) -> io::Result<()> {
         fs::remove_file(&self.path).await?;
+        fs::remove_file(&crate::txn_index::path(&self.path)).await?;
         fs::remove_file(&self.index_path()).await?;
         fs::remove_file(&self.time_index_path()).await
     }

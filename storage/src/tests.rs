@@ -1318,3 +1318,257 @@ fn compaction_within_a_small_key_map_takes_rounds_and_ends_as_one_would() {
         assert_eq!(read_all(&small).await, read_all(&large).await);
     });
 }
+
+/// A transactional producer's batch: producer `pid`, epoch 0, first sequence `seq`, `n`
+/// records.
+fn txn_batch(pid: i64, seq: i32, n: usize) -> Vec<u8> {
+    let mut data = idempotent_batch(pid, seq, n);
+    // Attributes: transactional. The CRC covers them.
+    data[22] |= 0x10;
+    let crc = batch::compute_crc(&data);
+    data[17..21].copy_from_slice(&crc.to_be_bytes());
+    data
+}
+
+/// What the log holds, as the transaction model sees it.
+#[derive(Clone, Copy, Debug)]
+enum Event {
+    Data {
+        pid: i64,
+        base: i64,
+        last: i64,
+        seq: i32,
+    },
+    Plain {
+        base: i64,
+    },
+    Marker {
+        pid: i64,
+        offset: i64,
+        commit: bool,
+    },
+}
+
+/// The model: transactions, the stable offset and the aborted ones, computed from scratch from
+/// the events in the log and the high watermark.
+fn model(events: &[Event], hw: i64) -> (i64, Vec<(i64, i64, i64)>) {
+    use std::collections::BTreeMap;
+    let mut open: BTreeMap<i64, i64> = BTreeMap::new();
+    let mut unstable = hw;
+    let mut aborted = Vec::new();
+    for e in events {
+        match *e {
+            Event::Data { pid, base, .. } => {
+                open.entry(pid).or_insert(base);
+            }
+            Event::Plain { .. } => {}
+            Event::Marker {
+                pid,
+                offset,
+                commit,
+            } => {
+                let first = open.remove(&pid).unwrap_or(offset);
+                if offset >= hw {
+                    unstable = unstable.min(first);
+                }
+                if !commit {
+                    aborted.push((pid, first, offset));
+                }
+            }
+        }
+    }
+    let lso = open.values().copied().chain([unstable]).min().unwrap();
+    (lso, aborted)
+}
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+/// Transactions of several producers interleaved with plain batches, rolls, restarts (clean
+/// and crashed) and, on a replicated log, high watermark moves and cuts: after each step the
+/// log's last stable offset and aborted transactions match the model's.
+fn transactions_match_the_model(seed: u64, replicated: bool) {
+    let (_tmp, dir) = partition_dir();
+    run(move || async move {
+        let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+        let mut log = PartitionLog::open(&dir, small_segments()).await.unwrap();
+        let mut events: Vec<Event> = Vec::new();
+        let mut hw = 0;
+        let mut rolled = false;
+        if replicated {
+            log.set_high_watermark(0);
+        }
+        for step in 0..120 {
+            let end = log.end_offset();
+            let pid = 1 + rng.next(3) as i64;
+            let choice = rng.next(100);
+            let next_seq = |events: &[Event]| {
+                events
+                    .iter()
+                    .rev()
+                    .find_map(|e| match *e {
+                        Event::Data {
+                            pid: p,
+                            seq,
+                            base,
+                            last,
+                        } if p == pid => Some(seq + (last - base) as i32 + 1),
+                        _ => None,
+                    })
+                    .unwrap_or(0)
+            };
+            let appended = if choice < 45 {
+                let n = 1 + rng.next(4) as usize;
+                let seq = next_seq(&events);
+                let a = log.append(txn_batch(pid, seq, n).into(), 0).unwrap();
+                assert_eq!(a.base_offset, end, "seed {seed} step {step}");
+                events.push(Event::Data {
+                    pid,
+                    base: a.base_offset,
+                    last: a.last_offset,
+                    seq,
+                });
+                Some(a)
+            } else if choice < 60 {
+                let a = log.append(client_batch(3, 0, 50).into(), 0).unwrap();
+                events.push(Event::Plain {
+                    base: a.base_offset,
+                });
+                Some(a)
+            } else if choice < 85 {
+                let commit = rng.next(2) == 0;
+                let a = if replicated {
+                    let data = log.prepare_marker(pid, 0, commit, 0, 0, 0).unwrap();
+                    log.append_replica(data).unwrap()
+                } else {
+                    log.append_marker(pid, 0, commit, 0, 0).unwrap()
+                };
+                assert_eq!(a.base_offset, end);
+                events.push(Event::Marker {
+                    pid,
+                    offset: a.base_offset,
+                    commit,
+                });
+                Some(a)
+            } else if choice < 92 {
+                // Restart: clean or crashed (everything written and synced first).
+                if rng.next(2) == 0 {
+                    log.close().await.unwrap();
+                } else {
+                    log.sync_to(log.end_offset()).await.unwrap();
+                    glommio::timer::sleep(std::time::Duration::from_millis(50)).await;
+                }
+                drop(log);
+                log = PartitionLog::open(&dir, small_segments()).await.unwrap();
+                assert_eq!(log.end_offset(), end, "seed {seed} step {step}");
+                if replicated {
+                    log.set_high_watermark(hw);
+                }
+                None
+            } else if replicated && choice < 96 {
+                // A cut at a batch boundary not below the high watermark.
+                let boundaries: Vec<i64> = events
+                    .iter()
+                    .map(|e| match *e {
+                        Event::Data { base, .. } | Event::Plain { base } => base,
+                        Event::Marker { offset, .. } => offset,
+                    })
+                    .filter(|&b| b >= hw)
+                    .collect();
+                if let Some(&cut) =
+                    boundaries.get(rng.next(boundaries.len().max(1) as u64) as usize)
+                {
+                    log.truncate(cut).unwrap();
+                    events.retain(|e| match *e {
+                        Event::Data { base, .. } | Event::Plain { base } => base < cut,
+                        Event::Marker { offset, .. } => offset < cut,
+                    });
+                }
+                // The files are cut before the next write (a crash before it brings the cut
+                // tail back, which Raft cuts again).
+                let a = log.append(client_batch(3, 0, 50).into(), 0).unwrap();
+                events.push(Event::Plain {
+                    base: a.base_offset,
+                });
+                Some(a)
+            } else {
+                if replicated {
+                    hw = hw + rng.next((end - hw + 1) as u64) as i64;
+                    log.set_high_watermark(hw);
+                }
+                None
+            };
+            if let Some(a) = appended {
+                log.wait(&a, Durability::Written).await.unwrap();
+            }
+            let hw_now = if replicated { hw } else { log.end_offset() };
+            assert_eq!(log.high_watermark(), hw_now, "seed {seed} step {step}");
+            let (lso, aborted) = model(&events, hw_now);
+            assert_eq!(log.last_stable_offset(), lso, "seed {seed} step {step}");
+            let from = rng.next(log.end_offset() as u64 + 1) as i64;
+            let upto = from + rng.next(40) as i64;
+            let want: Vec<(i64, i64, i64)> = aborted
+                .iter()
+                .copied()
+                .filter(|&(_, first, last)| last >= from && first < upto)
+                .collect();
+            let got: Vec<(i64, i64, i64)> = log
+                .aborted_transactions(from, upto)
+                .iter()
+                .map(|t| (t.producer_id, t.first_offset, t.last_offset))
+                .collect();
+            assert_eq!(got, want, "seed {seed} step {step} [{from}, {upto})");
+            rolled |= dir_files(&dir, "log").len() > 1;
+        }
+        assert!(rolled, "the log rolled (seed {seed})");
+    });
+}
+
+#[test]
+fn transactions_on_a_single_replica_match_the_model() {
+    for seed in 0..12 {
+        transactions_match_the_model(seed, false);
+    }
+}
+
+#[test]
+fn transactions_on_a_replicated_log_match_the_model() {
+    for seed in 0..12 {
+        transactions_match_the_model(seed, true);
+    }
+}
+
+#[test]
+fn clients_may_not_write_markers() {
+    let (_tmp, dir) = partition_dir();
+    run(move || async move {
+        let log = PartitionLog::open(&dir, LogConfig::default())
+            .await
+            .unwrap();
+        let marker = tern_protocol::markers::encode(1, 0, true, 0, 0);
+        assert!(matches!(
+            log.append(marker, 0),
+            Err(LogError::Batch(batch::BatchError::BadRecords(_)))
+        ));
+        // A zombie's marker (an older epoch than the producer's) is refused.
+        let mut newer = txn_batch(1, 0, 1);
+        newer[51..53].copy_from_slice(&3i16.to_be_bytes());
+        let crc = batch::compute_crc(&newer);
+        newer[17..21].copy_from_slice(&crc.to_be_bytes());
+        log.append(newer.into(), 0).unwrap();
+        assert!(matches!(
+            log.append_marker(1, 2, false, 0, 0),
+            Err(LogError::Producer(_))
+        ));
+        assert_eq!(log.open_transactions(), [(1, 0)]);
+        log.append_marker(1, 3, false, 0, 0).unwrap();
+        assert!(log.open_transactions().is_empty());
+    });
+}

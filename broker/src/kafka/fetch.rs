@@ -41,8 +41,12 @@ struct Wanted {
 struct Read {
     error: i16,
     high_watermark: i64,
+    last_stable_offset: i64,
     log_start: i64,
     records: Records,
+    /// For `read_committed`: the aborted transactions `records` may hold, as
+    /// `(producer id, first offset)`.
+    aborted: Vec<(i64, i64)>,
 }
 
 /// One partition of a Fetch as its owner shard reads it.
@@ -67,13 +71,14 @@ async fn read_owned(
     parts: Vec<ShardRead>,
     mut budget: usize,
     any_replica: bool,
+    committed: bool,
 ) -> Vec<(usize, Read)> {
     let mut out = Vec::with_capacity(parts.len());
     let mut first = true;
     for p in parts {
         let max_bytes = p.max_bytes.min(budget);
         let min_one = first && p.max_bytes > 0;
-        let read = read_local(&shard, &p, max_bytes, min_one, any_replica).await;
+        let read = read_local(&shard, &p, max_bytes, min_one, any_replica, committed).await;
         if !read.records.is_empty() {
             first = false;
             budget = budget.saturating_sub(read.records.len());
@@ -83,13 +88,16 @@ async fn read_owned(
     out
 }
 
-/// Reads one partition: up to `max_bytes` of records (at least one batch with `min_one`).
+/// Reads one partition: up to `max_bytes` of records (at least one batch with `min_one`), below
+/// the high watermark, or for a `committed` (read_committed) read below the last stable offset,
+/// with the aborted transactions those records may hold.
 async fn read_local(
     shard: &Shard,
     p: &ShardRead,
     max_bytes: usize,
     min_one: bool,
     any_replica: bool,
+    committed: bool,
 ) -> Read {
     let readable =
         shard.readable_partition(&p.topic, p.partition, p.current_leader_epoch, any_replica);
@@ -99,45 +107,64 @@ async fn read_local(
             return Read {
                 error,
                 high_watermark: -1,
+                last_stable_offset: -1,
                 log_start: -1,
                 ..Read::default()
             }
         }
     };
     let high_watermark = log.high_watermark();
-    let log_start = log.log_start_offset();
+    let last_stable_offset = log.last_stable_offset();
+    let upto = if committed {
+        last_stable_offset
+    } else {
+        high_watermark
+    };
+    let mut read = Read {
+        error: 0,
+        high_watermark,
+        last_stable_offset,
+        log_start: log.log_start_offset(),
+        ..Read::default()
+    };
     if max_bytes == 0 && !min_one {
-        return Read {
-            error: 0,
-            high_watermark,
-            log_start,
-            records: Records::default(),
-        };
+        return read;
     }
-    match log.read_records(p.offset, max_bytes, min_one).await {
-        Ok(records) => Read {
-            error: 0,
-            high_watermark,
-            log_start,
-            records,
-        },
-        Err(e) => Read {
-            error: log_error_code(&e),
-            high_watermark,
-            log_start,
-            records: Records::default(),
-        },
+    match log.read_upto(p.offset, max_bytes, min_one, upto).await {
+        Ok(records) => {
+            if committed && !records.is_empty() {
+                read.aborted = log
+                    .aborted_transactions(p.offset, upto)
+                    .iter()
+                    .map(|t| (t.producer_id, t.first_offset))
+                    .collect();
+            }
+            read.records = records;
+        }
+        Err(e) => read.error = log_error_code(&e),
     }
+    read
 }
 
-/// Waits on the owner shard until one of `parts` has data past its fetch offset, or `deadline`.
-async fn wait_local(shard: Rc<Shard>, parts: Vec<(String, i32, i64)>, deadline: Instant) {
+/// Waits on the owner shard until one of `parts` has data past its fetch offset (that a
+/// `committed` read may see), or `deadline`.
+async fn wait_local(
+    shard: Rc<Shard>,
+    parts: Vec<(String, i32, i64)>,
+    deadline: Instant,
+    committed: bool,
+) {
     let mut listeners = Vec::new();
     for (topic, partition, offset) in &parts {
         if let Some(log) = shard.partition(topic, *partition) {
-            // Listen before checking, so an append in between is not missed.
+            // Listen before checking, so an append in between is not missed. (The stable
+            // offset moves only with the high watermark.)
             listeners.push(log.listen());
-            if log.high_watermark() > *offset {
+            let readable = match committed {
+                true => log.last_stable_offset(),
+                false => log.high_watermark(),
+            };
+            if readable > *offset {
                 return;
             }
         }
@@ -244,6 +271,7 @@ async fn read_all(
     topics: &[(String, Uuid, Vec<Wanted>)],
     max_bytes: usize,
     any_replica: bool,
+    committed: bool,
 ) -> Vec<Read> {
     let wanted: Vec<&Wanted> = topics.iter().flat_map(|(_, _, parts)| parts).collect();
     let mut reads: Vec<Read> = wanted
@@ -253,6 +281,7 @@ async fn read_all(
                 .error
                 .unwrap_or(ResponseError::UnknownTopicOrPartition.code()),
             high_watermark: -1,
+            last_stable_offset: -1,
             log_start: -1,
             ..Read::default()
         })
@@ -275,7 +304,9 @@ async fn read_all(
         }
     }
     let per_owner = by_owner.into_iter().map(|(owner, parts)| {
-        shard.run_on(owner, move |s| read_owned(s, parts, max_bytes, any_replica))
+        shard.run_on(owner, move |s| {
+            read_owned(s, parts, max_bytes, any_replica, committed)
+        })
     });
     for (index, read) in futures::future::join_all(per_owner)
         .await
@@ -308,8 +339,9 @@ pub async fn handle(
         .iter()
         .flat_map(|(_, _, parts)| parts)
         .any(|w| w.preferred.is_some());
+    let committed = req.isolation_level == 1;
     let reads = loop {
-        let reads = read_all(shard, &topics, max_bytes, any_replica).await;
+        let reads = read_all(shard, &topics, max_bytes, any_replica, committed).await;
         let total: usize = reads.iter().map(|r| r.records.len()).sum();
         let any_error = reads.iter().any(|r| r.error != 0);
         if total >= min_bytes.max(1) || any_error || redirected || Instant::now() >= deadline {
@@ -329,11 +361,11 @@ pub async fn handle(
             break reads;
         }
         let waits = by_owner.into_iter().map(|(owner, parts)| {
-            Box::pin(shard.run_on(owner, move |s| wait_local(s, parts, deadline)))
+            Box::pin(shard.run_on(owner, move |s| wait_local(s, parts, deadline, committed)))
         });
         select_all(waits).await;
     };
-    let (topics, endpoints) = build_response(shard, topics, reads, max_bytes, req.isolation_level);
+    let (topics, endpoints) = build_response(shard, topics, reads, max_bytes, committed);
     let mut chunks = Vec::new();
     for piece in framing::encode_response(correlation_id, version, topics, &endpoints) {
         match piece {
@@ -349,7 +381,7 @@ fn build_response(
     topics: Vec<(String, Uuid, Vec<Wanted>)>,
     reads: Vec<Read>,
     max_bytes: usize,
-    isolation: i8,
+    committed: bool,
 ) -> (Vec<FetchTopic<Records>>, Vec<NodeEndpoint>) {
     // KIP-951: a partition refused as not led here (or with a stale epoch) names its leader,
     // and the response carries that node's endpoint.
@@ -393,9 +425,9 @@ fn build_response(
                         current_leader: leader_of(&w.topic, w.partition, r.error),
                         error_code: r.error,
                         high_watermark: r.high_watermark,
-                        last_stable_offset: r.high_watermark,
+                        last_stable_offset: r.last_stable_offset,
                         log_start_offset: r.log_start,
-                        aborted_transactions: (isolation == 1).then(Vec::new),
+                        aborted_transactions: committed.then_some(r.aborted),
                         records: Some((r.records.len(), r.records)),
                         preferred_read_replica: w.preferred.unwrap_or(-1),
                     }

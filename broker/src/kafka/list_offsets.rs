@@ -16,31 +16,37 @@ const EARLIEST: i64 = -2;
 const MAX_TIMESTAMP: i64 = -3;
 const EARLIEST_LOCAL: i64 = -4;
 
-/// `(error, timestamp, offset, leader epoch)` computed on the owner shard.
+/// `(error, timestamp, offset, leader epoch)` computed on the owner shard. A `committed`
+/// (read_committed) client is answered within the last stable offset.
 async fn lookup(
     shard: Rc<Shard>,
     topic: String,
     partition: i32,
     timestamp: i64,
     current_leader_epoch: i32,
+    committed: bool,
 ) -> (i16, i64, i64, i32) {
     let (log, epoch) =
         match shard.readable_partition(&topic, partition, current_leader_epoch, false) {
             Ok(found) => found,
             Err(code) => return (code, -1, -1, -1),
         };
+    let readable = match committed {
+        true => log.last_stable_offset(),
+        false => log.high_watermark(),
+    };
     let (error, timestamp, offset) = match timestamp {
-        LATEST => (0, -1, log.high_watermark()),
+        LATEST => (0, -1, readable),
         EARLIEST | EARLIEST_LOCAL => (0, -1, log.log_start_offset()),
         MAX_TIMESTAMP => match log.max_timestamp().await {
-            Ok(Some((ts, offset))) => (0, ts, offset),
-            Ok(None) => (0, -1, -1),
+            Ok(Some((ts, offset))) if offset < readable => (0, ts, offset),
+            Ok(_) => (0, -1, -1),
             Err(e) => (log_error_code(&e), -1, -1),
         },
         ts if ts < 0 => (ResponseError::InvalidRequest.code(), -1, -1),
         ts => match log.find_timestamp(ts).await {
-            Ok(Some((ts, offset))) => (0, ts, offset),
-            Ok(None) => (0, -1, -1),
+            Ok(Some((ts, offset))) if offset < readable => (0, ts, offset),
+            Ok(_) => (0, -1, -1),
             Err(e) => (log_error_code(&e), -1, -1),
         },
     };
@@ -59,6 +65,7 @@ pub async fn handle(shard: &Rc<Shard>, req: ListOffsetsRequest, version: i16) ->
                 .or_default() += 1;
         }
     }
+    let committed = req.isolation_level == 1;
     let mut topics = Vec::new();
     for t in &req.topics {
         let name = t.name.0.to_string();
@@ -75,7 +82,7 @@ pub async fn handle(shard: &Rc<Shard>, req: ListOffsetsRequest, version: i16) ->
                     Some(owner) => {
                         shard
                             .run_on(owner, move |s| {
-                                lookup(s, topic, partition, timestamp, current_epoch)
+                                lookup(s, topic, partition, timestamp, current_epoch, committed)
                             })
                             .await
                     }

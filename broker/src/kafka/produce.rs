@@ -59,6 +59,9 @@ pub fn log_error_code(e: &LogError) -> i16 {
         LogError::Producer(ProducerError::OutOfOrder { .. }) => {
             ResponseError::OutOfOrderSequenceNumber.code()
         }
+        LogError::Producer(ProducerError::InvalidTxnState { .. }) => {
+            ResponseError::InvalidTxnState.code()
+        }
     }
 }
 
