@@ -30,10 +30,10 @@ def varint(n):
 
 
 def record_batch(value, key=b"k", magic=2, corrupt_crc=False, timestamp=1_700_000_000_000, declared_records=1,
-                 producer=(-1, -1, -1)):
+                 producer=(-1, -1, -1), attributes=0):
     """A one-record RecordBatch v2, as a client would encode it (its header may claim
     `declared_records` records instead, with a correct CRC), from an idempotent producer
-    when `producer` gives its (id, epoch, base sequence)."""
+    when `producer` gives its (id, epoch, base sequence), with the batch `attributes`."""
     record = (
         b"\x00"  # attributes
         + varint(0)  # timestamp delta
@@ -47,7 +47,7 @@ def record_batch(value, key=b"k", magic=2, corrupt_crc=False, timestamp=1_700_00
     record = varint(len(record)) + record
     after_crc = (
         # attributes, last offset delta, timestamps, producer id/epoch, base sequence, record count
-        struct.pack(">hiqqqhii", 0, declared_records - 1, timestamp, timestamp, *producer, declared_records)
+        struct.pack(">hiqqqhii", attributes, declared_records - 1, timestamp, timestamp, *producer, declared_records)
         + record
     )
     crc = crc32c.crc32c(after_crc)

@@ -14,6 +14,7 @@ mod config;
 mod controller;
 mod cpus;
 mod group;
+mod internal;
 mod kafka;
 mod metadata;
 mod replication;
@@ -22,6 +23,7 @@ mod send;
 mod server;
 mod shard;
 mod topic_config;
+mod txn;
 
 use config::BrokerConfig;
 use metadata::MetaStore;
@@ -119,6 +121,10 @@ struct StartArgs {
     /// Partitions of __consumer_offsets, created on first start (offsets.topic.num.partitions).
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(i32).range(1..=1000))]
     offsets_partitions: i32,
+    /// Partitions of __transaction_state, created on first start
+    /// (transaction.state.log.num.partitions).
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(i32).range(1..=1000))]
+    transaction_partitions: i32,
     /// How long a group forming from empty waits for more members before its first
     /// rebalance completes (group.initial.rebalance.delay.ms).
     #[arg(long, default_value_t = 3000)]
@@ -319,6 +325,15 @@ fn start(args: StartArgs) -> Result<()> {
         meta.ensure_internal_topic(
             group::OFFSETS_TOPIC,
             config.offsets_partitions,
+            &[
+                ("cleanup.policy", "compact"),
+                ("segment.bytes", "104857600"),
+            ],
+            cpus.len(),
+        )?;
+        meta.ensure_internal_topic(
+            txn::TXN_TOPIC,
+            args.transaction_partitions,
             &[
                 ("cleanup.policy", "compact"),
                 ("segment.bytes", "104857600"),

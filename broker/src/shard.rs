@@ -31,6 +31,8 @@ pub struct Shard {
     pub controller_lock: glommio::sync::Semaphore,
     /// Consumer groups this shard coordinates.
     pub groups: crate::group::Coordinator,
+    /// Transactional ids this shard coordinates.
+    pub txns: crate::txn::TxnCoordinator,
     /// Bytes of requests being read or handled; when used up the shard stops reading from
     /// sockets until responses go out (backpressure).
     pub request_memory: Rc<glommio::sync::Semaphore>,
@@ -260,6 +262,7 @@ impl ShardSeed {
             partitions: RefCell::new(HashMap::new()),
             controller_lock: glommio::sync::Semaphore::new(1),
             groups: crate::group::Coordinator::new(self.config.group),
+            txns: crate::txn::TxnCoordinator::default(),
             request_memory: Rc::new(glommio::sync::Semaphore::new(
                 self.config.request_memory() as u64
             )),
@@ -290,6 +293,10 @@ impl ShardSeed {
             .await
             .context("load consumer groups")?;
         glommio::spawn_local(crate::group::tick_loop(shard.clone())).detach();
+        crate::txn::load(&shard)
+            .await
+            .context("load transaction state")?;
+        glommio::spawn_local(crate::txn::tick_loop(shard.clone())).detach();
         glommio::spawn_local(shard.clone().maintenance_loop()).detach();
         let runner = shard.clone();
         let mut inbox = self.inbox;

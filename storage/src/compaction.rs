@@ -2,6 +2,10 @@
 //! newest record of each key; tombstones (null values) go once older than
 //! `delete.retention.ms`. Offsets never change, and the active segment is never touched.
 //!
+//! Records of aborted transactions are dropped and never shadow an older record of their key;
+//! markers are kept. Compaction stays below the last stable offset, so no open transaction's
+//! records are touched.
+//!
 //! Each segment is rewritten to `<base>.cleaned`, synced, then renamed over the original, so a
 //! crash leaves either the old or the new segment, never a mix (left-over `.cleaned` files are
 //! removed on open).
@@ -13,6 +17,8 @@ use std::io;
 use tern_protocol::batch::{self, BatchHeader};
 use tern_protocol::compression::{codec, decode_records, invalid};
 
+use crate::txn_index::AbortedTxn;
+
 /// Key -> offset of its newest record. Keys are copied out of their batches, so the map holds
 /// no batch buffer alive.
 pub type OffsetMap = HashMap<Bytes, i64>;
@@ -20,9 +26,43 @@ pub type OffsetMap = HashMap<Bytes, i64>;
 /// What a key costs in an [`OffsetMap`] beyond its bytes (hash table slot, `Bytes`, offset).
 pub const MAP_ENTRY_OVERHEAD: usize = 64;
 
+/// The offset ranges of aborted transactions, by producer.
+#[derive(Debug, Default)]
+pub struct AbortedRanges(HashMap<i64, Vec<(i64, i64)>>);
+
+impl AbortedRanges {
+    pub fn new(aborted: &[AbortedTxn]) -> AbortedRanges {
+        let mut ranges: HashMap<i64, Vec<(i64, i64)>> = HashMap::new();
+        for t in aborted {
+            ranges
+                .entry(t.producer_id)
+                .or_default()
+                .push((t.first_offset, t.last_offset));
+        }
+        AbortedRanges(ranges)
+    }
+
+    /// Whether `header` is a data batch of an aborted transaction.
+    pub fn contains(&self, header: &BatchHeader) -> bool {
+        header.is_transactional()
+            && !header.is_control()
+            && self.0.get(&header.producer_id).is_some_and(|ranges| {
+                ranges
+                    .iter()
+                    .any(|&(first, last)| (first..=last).contains(&header.base_offset))
+            })
+    }
+}
+
 /// Adds the keys of one batch's records to `map`; returns the bytes its new keys take.
-pub fn index_batch(batch: &[u8], header: &BatchHeader, map: &mut OffsetMap) -> io::Result<usize> {
-    if header.is_control() {
+/// Aborted batches add nothing.
+pub fn index_batch(
+    batch: &[u8],
+    header: &BatchHeader,
+    aborted: &AbortedRanges,
+    map: &mut OffsetMap,
+) -> io::Result<usize> {
+    if header.is_control() || aborted.contains(header) {
         return Ok(0);
     }
     let mut added = 0;
@@ -51,10 +91,11 @@ pub struct Counts {
 /// nothing when none survive. A record survives unless `map` holds its key at a newer offset
 /// (keys `map` does not hold were indexed by an earlier compaction: their newest record
 /// survives) or it is a tombstone with a timestamp before `tombstone_horizon_ms`. Records
-/// without a key and control batches are kept.
+/// without a key and control batches are kept; batches of aborted transactions are dropped.
 pub fn clean_batch(
     original: &[u8],
     header: &BatchHeader,
+    aborted: &AbortedRanges,
     map: &OffsetMap,
     tombstone_horizon_ms: i64,
     out: &mut Vec<u8>,
@@ -62,6 +103,12 @@ pub fn clean_batch(
     if header.is_control() {
         out.extend_from_slice(original);
         return Ok(Counts::default());
+    }
+    if aborted.contains(header) {
+        return Ok(Counts {
+            kept: 0,
+            removed: header.record_count.max(0) as usize,
+        });
     }
     let records = decode_records(original)?;
     let total = records.len();
@@ -120,7 +167,12 @@ mod tests {
     /// Adds the keys of every record in `data` (whole batches) to `map`.
     fn index_keys(data: &[u8], map: &mut OffsetMap) -> io::Result<()> {
         for (pos, header) in batch::headers(data) {
-            index_batch(&data[pos..pos + header.total_len()], &header, map)?;
+            index_batch(
+                &data[pos..pos + header.total_len()],
+                &header,
+                &AbortedRanges::default(),
+                map,
+            )?;
         }
         Ok(())
     }
@@ -138,7 +190,14 @@ mod tests {
         let (mut kept, mut removed) = (0, 0);
         for (pos, header) in batch::headers(data) {
             let original = &data[pos..pos + header.total_len()];
-            let counts = clean_batch(original, &header, map, tombstone_horizon_ms, &mut out)?;
+            let counts = clean_batch(
+                original,
+                &header,
+                &AbortedRanges::default(),
+                map,
+                tombstone_horizon_ms,
+                &mut out,
+            )?;
             kept += counts.kept;
             removed += counts.removed;
         }

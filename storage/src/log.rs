@@ -362,6 +362,19 @@ fn wall_clock_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
+/// The closed segments of `segments` (all of the log's, oldest first) wholly below `bound`:
+/// with the high watermark, retention touches nothing a truncation could still remove (and
+/// never moves the log start past it); with the last stable offset, compaction touches no
+/// open transaction.
+fn closed_below(segments: &[Rc<Segment>], bound: i64) -> &[Rc<Segment>] {
+    let closed = &segments[..segments.len().saturating_sub(1)];
+    let n = closed
+        .iter()
+        .take_while(|s| s.next_offset() <= bound)
+        .count();
+    &closed[..n]
+}
+
 /// A marker batch at the log end, stamped with leader epoch `epoch`.
 #[allow(clippy::too_many_arguments)]
 fn stamp_marker(
@@ -796,6 +809,11 @@ impl PartitionLog {
     /// Aborted transactions a `read_committed` read of `[from, upto)` overlaps.
     pub fn aborted_transactions(&self, from: i64, upto: i64) -> Vec<AbortedTxn> {
         self.state.borrow().aborted.overlapping(from, upto)
+    }
+
+    /// The producers this log remembers (DescribeProducers).
+    pub fn producers(&self) -> Vec<crate::producers::ProducerView> {
+        self.state.borrow().producers.describe()
     }
 
     /// Open transactions: (producer id, first offset).
@@ -1343,7 +1361,7 @@ impl PartitionLog {
             self.roll().await?;
         }
         let segments = self.settled_segments();
-        let closed = self.closed_below_high_watermark(&segments);
+        let closed = closed_below(&segments, self.high_watermark());
         let mut total: u64 = segments.iter().map(|s| s.size()).sum();
         let mut new_start = None;
         for (i, segment) in closed.iter().enumerate() {
@@ -1372,7 +1390,8 @@ impl PartitionLog {
             return Ok(0);
         }
         let segments = self.settled_segments();
-        let closed = self.closed_below_high_watermark(&segments);
+        // Below the last stable offset: an open transaction may still abort.
+        let closed = closed_below(&segments, self.last_stable_offset());
         // As Kafka's cleaner: closed segments are compactable once their newest record is
         // min.compaction.lag.ms old; they are compacted when min.cleanable.dirty.ratio of them
         // is dirty, or when a dirty record is older than max.compaction.lag.ms.
@@ -1413,6 +1432,11 @@ impl PartitionLog {
         // As Kafka's cleaner: index the keys of the dirty segments, oldest first, while the
         // map stays within its budget (at least one segment); then clean every segment up to
         // the last one indexed. A later round goes on from there.
+        let aborted = {
+            let st = self.state.borrow();
+            let end = closed.last().map_or(0, |s| s.next_offset());
+            crate::compaction::AbortedRanges::new(&st.aborted.overlapping(st.log_start, end))
+        };
         let mut map = crate::compaction::OffsetMap::new();
         let mut map_bytes = 0;
         let mut cleanable = 0;
@@ -1421,7 +1445,7 @@ impl PartitionLog {
                 if map_bytes > config.compaction_map_bytes {
                     break;
                 }
-                map_bytes += self.index_segment(segment, &mut map).await?;
+                map_bytes += self.index_segment(segment, &aborted, &mut map).await?;
             }
             cleanable += 1;
         }
@@ -1430,7 +1454,8 @@ impl PartitionLog {
         let horizon = now_ms - config.delete_retention_ms.as_millis() as i64;
         let mut removed = 0;
         for segment in closed {
-            let Some((replacement, counts)) = self.clean_segment(segment, &map, horizon).await?
+            let Some((replacement, counts)) =
+                self.clean_segment(segment, &aborted, &map, horizon).await?
             else {
                 continue;
             };
@@ -1474,6 +1499,7 @@ impl PartitionLog {
     async fn index_segment(
         &self,
         segment: &Segment,
+        aborted: &crate::compaction::AbortedRanges,
         map: &mut crate::compaction::OffsetMap,
     ) -> Result<usize, LogError> {
         let mut added = 0;
@@ -1482,7 +1508,7 @@ impl PartitionLog {
         while let Some(data) = segment.read_batches(pos, COMPACTION_CHUNK).await? {
             for (at, header) in batch::headers(&data) {
                 let one = &data[at..at + header.total_len()];
-                added += crate::compaction::index_batch(one, &header, map)?;
+                added += crate::compaction::index_batch(one, &header, aborted, map)?;
                 slices.next().await;
             }
             pos += data.len() as u64;
@@ -1496,6 +1522,7 @@ impl PartitionLog {
     async fn clean_segment(
         &self,
         segment: &Segment,
+        aborted: &crate::compaction::AbortedRanges,
         map: &crate::compaction::OffsetMap,
         horizon: i64,
     ) -> Result<Option<(crate::segment::Replacement, crate::compaction::Counts)>, LogError> {
@@ -1509,7 +1536,9 @@ impl PartitionLog {
                 for (at, header) in batch::headers(&data) {
                     let one = &data[at..at + header.total_len()];
                     kept.clear();
-                    let c = crate::compaction::clean_batch(one, &header, map, horizon, &mut kept)?;
+                    let c = crate::compaction::clean_batch(
+                        one, &header, aborted, map, horizon, &mut kept,
+                    )?;
                     counts.kept += c.kept;
                     counts.removed += c.removed;
                     if c.removed > 0 && replacement.is_none() {
@@ -1545,16 +1574,6 @@ impl PartitionLog {
             Some(_) => Vec::new(),
             None => st.segments.values().cloned().collect(),
         }
-    }
-
-    /// The closed segments of `segments` (all of the log's) that hold only committed batches:
-    /// retention and compaction touch nothing a truncation could still remove (and retention
-    /// never moves the log start past the high watermark).
-    fn closed_below_high_watermark<'a>(&self, segments: &'a [Rc<Segment>]) -> &'a [Rc<Segment>] {
-        let hw = self.high_watermark();
-        let closed = &segments[..segments.len().saturating_sub(1)];
-        let n = closed.iter().take_while(|s| s.next_offset() <= hw).count();
-        &closed[..n]
     }
 
     /// Deletes closed segments whose records are all below the log start offset.

@@ -61,6 +61,18 @@ struct Producer {
     open_txn: Option<i64>,
 }
 
+/// A producer as DescribeProducers shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProducerView {
+    pub producer_id: i64,
+    pub epoch: i16,
+    /// The last sequence number written (-1: none remembered).
+    pub last_sequence: i32,
+    pub last_timestamp: i64,
+    /// First offset of its open transaction (-1: none).
+    pub txn_start_offset: i64,
+}
+
 /// A transaction that a marker ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CompletedTxn {
@@ -299,6 +311,23 @@ impl ProducerStates {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
+    }
+
+    /// Every producer remembered, by id.
+    pub fn describe(&self) -> Vec<ProducerView> {
+        let mut all: Vec<ProducerView> = self
+            .producers
+            .iter()
+            .map(|(&producer_id, p)| ProducerView {
+                producer_id,
+                epoch: p.epoch,
+                last_sequence: p.batches.back().map_or(-1, |b| b.last_seq),
+                last_timestamp: p.last_timestamp,
+                txn_start_offset: p.open_txn.unwrap_or(-1),
+            })
+            .collect();
+        all.sort_by_key(|p| p.producer_id);
+        all
     }
 
     /// The first offset of the oldest open transaction.

@@ -1572,3 +1572,53 @@ fn clients_may_not_write_markers() {
         assert!(log.open_transactions().is_empty());
     });
 }
+
+#[test]
+fn compaction_drops_aborted_records_and_stays_below_the_last_stable_offset() {
+    let (_tmp, dir) = partition_dir();
+    run(move || async move {
+        let config = LogConfig {
+            compact_enabled: true,
+            delete_enabled: false,
+            min_cleanable_dirty_ratio: 0.0,
+            ..small_segments()
+        };
+        let log = PartitionLog::open(&dir, config).await.unwrap();
+        let now = 100_000;
+        let plain = log.append(client_batch(5, 1000, 100).into(), 0).unwrap(); // k0..k4 at 0..4
+        log.wait(&plain, Durability::Synced).await.unwrap();
+        log.append(txn_batch(7, 0, 5).into(), 0).unwrap(); // k0..k4 at 5..9
+        let abort = log.append_marker(7, 0, false, 0, 0).unwrap(); // 10
+        log.wait(&abort, Durability::Synced).await.unwrap();
+        fill_unique(&log, 40).await;
+        log.compact(now).await.unwrap();
+        let offsets = read_all(&log).await;
+        // The aborted records are gone and did not shadow the committed ones; the marker stays.
+        assert!((0..5).all(|o| offsets.contains(&o)), "{offsets:?}");
+        assert!((5..10).all(|o| !offsets.contains(&o)), "{offsets:?}");
+        assert!(offsets.contains(&10));
+
+        // An open transaction writes k0..k4, then a plain batch does, further on.
+        let open = log.append(txn_batch(8, 0, 5).into(), 0).unwrap();
+        fill_unique(&log, 40).await;
+        let again = log.append(client_batch(5, 1000, 100).into(), 0).unwrap();
+        log.wait(&again, Durability::Synced).await.unwrap();
+        fill_unique(&log, 40).await;
+        assert_eq!(log.last_stable_offset(), open.base_offset);
+        log.compact(now).await.unwrap();
+        let offsets = read_all(&log).await;
+        assert!(
+            (0..5).all(|o| offsets.contains(&o)),
+            "nothing at or past the stable offset shadows older records"
+        );
+        // Once committed (and the log rolled past it), compaction goes on.
+        let commit = log.append_marker(8, 0, true, 0, 0).unwrap();
+        log.wait(&commit, Durability::Synced).await.unwrap();
+        fill_unique(&log, 40).await;
+        log.compact(now).await.unwrap();
+        let offsets = read_all(&log).await;
+        assert!((0..5).all(|o| !offsets.contains(&o)), "{offsets:?}");
+        assert!((open.base_offset..=open.last_offset).all(|o| !offsets.contains(&o)));
+        assert!((again.base_offset..=again.last_offset).all(|o| offsets.contains(&o)));
+    });
+}

@@ -13,7 +13,6 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 use tern_protocol::batch;
-use tern_storage::Durability;
 
 use crate::kafka::now_ms;
 use crate::shard::Shard;
@@ -64,6 +63,9 @@ pub struct Coordinator {
     led: RefCell<HashSet<i32>>,
     loading: RefCell<HashSet<i32>>,
     clustered: Cell<bool>,
+    /// Offsets committed inside transactions (TxnOffsetCommit), by (producer id, partition),
+    /// waiting for the transaction's marker.
+    pub pending_txn_offsets: RefCell<HashMap<(i64, i32), Vec<GroupRecord>>>,
 }
 
 impl Coordinator {
@@ -77,6 +79,7 @@ impl Coordinator {
             led: RefCell::new(HashSet::new()),
             loading: RefCell::new(HashSet::new()),
             clustered: Cell::new(false),
+            pending_txn_offsets: RefCell::new(HashMap::new()),
         }
     }
 
@@ -133,6 +136,42 @@ impl Coordinator {
         self.groups.borrow_mut().retain(|g, _| !here(g));
         self.offsets.borrow_mut().retain(|g, _| !here(g));
         self.consumer_groups.borrow_mut().retain(|g, _| !here(g));
+        self.pending_txn_offsets
+            .borrow_mut()
+            .retain(|&(_, p), _| p != partition);
+    }
+
+    /// The partitions whose offsets for `group` a transaction has committed and not ended.
+    pub fn pending_txn_partitions(&self, group: &str) -> HashSet<(String, i32)> {
+        self.pending_txn_offsets
+            .borrow()
+            .values()
+            .flatten()
+            .filter_map(|r| match r {
+                GroupRecord::Offset {
+                    group: g,
+                    topic,
+                    partition,
+                    ..
+                } if g == group => Some((topic.clone(), *partition)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// A transaction marker of producer `producer_id` reached `__consumer_offsets` partition
+    /// `partition`: the offsets it committed there take effect, or are dropped.
+    pub fn complete_txn(&self, producer_id: i64, partition: i32, commit: bool) {
+        let pending = self
+            .pending_txn_offsets
+            .borrow_mut()
+            .remove(&(producer_id, partition));
+        if let (true, Some(records)) = (commit, pending) {
+            let now = Instant::now();
+            for r in records {
+                self.apply(r, now);
+            }
+        }
     }
 
     /// Runs `f` on the group, creating it (empty) if needed. Never hold this across an await.
@@ -290,11 +329,9 @@ pub fn group_record(group: &Group) -> GroupRecord {
     }
 }
 
-/// How long storing group records waits for a replicated commit.
-const STORE_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Appends records to a `__consumer_offsets` partition this shard owns, synced. Offset
-/// records take effect once stored; group records only persist the live group's state.
+/// Appends records to a `__consumer_offsets` partition this shard owns, synced (committed by
+/// Raft in a cluster). Offset records take effect once stored; group records only persist the
+/// live group's state.
 pub async fn store(
     shard: &Rc<Shard>,
     partition: i32,
@@ -303,57 +340,60 @@ pub async fn store(
     if records.is_empty() {
         return Ok(());
     }
-    let log = shard
-        .partition(OFFSETS_TOPIC, partition)
-        .ok_or(ResponseError::NotCoordinator.code())?;
-    let now = now_ms();
-    let encoded: Vec<Record> = records
-        .iter()
-        .enumerate()
-        .map(|(i, r)| {
-            let (key, value) = r.encode();
-            batch::plain_record(i as i64, now, Some(key), value)
-        })
-        .collect();
-    let batch = batch::encode_plain(&encoded, Compression::None)
-        .map_err(|_| ResponseError::UnknownServerError.code())?;
-    let storage_error = |e: tern_storage::LogError| {
-        tracing::error!(error = %e, "store group records");
-        ResponseError::KafkaStorageError.code()
-    };
-    match shard.replica_group(OFFSETS_TOPIC, partition) {
-        // Cluster mode: committed by a majority of the partition's replicas.
-        Some(group) => {
-            let cluster = shard
-                .cluster()
-                .ok_or(ResponseError::NotCoordinator.code())?;
-            let proposed = cluster
-                .replicator
-                .propose(group, batch, now)
-                .map_err(|_| ResponseError::NotCoordinator.code())?;
-            let committed =
-                cluster
-                    .replicator
-                    .committed(group, proposed.last_offset, proposed.term);
-            match crate::rpc::with_timeout(STORE_TIMEOUT, committed).await {
-                Some(Ok(())) => {}
-                Some(Err(_)) => return Err(ResponseError::NotCoordinator.code()),
-                None => return Err(ResponseError::RequestTimedOut.code()),
-            }
-        }
-        None => {
-            let appended = log.append(batch, now).map_err(storage_error)?;
-            log.wait(&appended, Durability::Synced)
-                .await
-                .map_err(storage_error)?;
-        }
-    }
+    let batch = encode_records(&records, None)?;
+    crate::internal::append(shard, OFFSETS_TOPIC, partition, batch).await?;
     let at = Instant::now();
     for r in records {
         if matches!(r, GroupRecord::Offset { .. }) {
             shard.groups.apply(r, at);
         }
     }
+    Ok(())
+}
+
+/// One batch of group records; `transactional`: (producer id, epoch) of the transaction the
+/// batch belongs to (TxnOffsetCommit), which its marker commits or aborts.
+fn encode_records(
+    records: &[GroupRecord],
+    transactional: Option<(i64, i16)>,
+) -> Result<Bytes, i16> {
+    let now = now_ms();
+    let encoded: Vec<Record> = records
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let (key, value) = r.encode();
+            let mut record = batch::plain_record(i as i64, now, Some(key), value);
+            if let Some((producer_id, epoch)) = transactional {
+                record.transactional = true;
+                record.producer_id = producer_id;
+                record.producer_epoch = epoch;
+            }
+            record
+        })
+        .collect();
+    batch::encode_plain(&encoded, Compression::None)
+        .map_err(|_| ResponseError::UnknownServerError.code())
+}
+
+/// TxnOffsetCommit: stores offset records in the transaction of producer `producer_id`
+/// (`epoch`); they take effect when its commit marker reaches the partition.
+pub async fn store_transactional(
+    shard: &Rc<Shard>,
+    partition: i32,
+    producer_id: i64,
+    epoch: i16,
+    records: Vec<GroupRecord>,
+) -> Result<(), i16> {
+    let batch = encode_records(&records, Some((producer_id, epoch)))?;
+    crate::internal::append(shard, OFFSETS_TOPIC, partition, batch).await?;
+    shard
+        .groups
+        .pending_txn_offsets
+        .borrow_mut()
+        .entry((producer_id, partition))
+        .or_default()
+        .extend(records);
     Ok(())
 }
 
@@ -382,8 +422,26 @@ pub async fn load_partition(shard: &Rc<Shard>, p: i32) -> anyhow::Result<usize> 
                 .map_err(|e| anyhow::anyhow!("decode {OFFSETS_TOPIC}-{p}: {e:#}"))?;
             for r in set.records {
                 offset = r.offset + 1;
-                // Control records (Raft's, in a cluster) have no group record key.
+                // Control records: a transaction's marker settles its offsets; Raft's (in a
+                // cluster) have no group record key.
                 if r.control {
+                    if let Some(commit) = r.key.as_deref().and_then(marker_kind) {
+                        shard.groups.complete_txn(r.producer_id, p, commit);
+                    }
+                    continue;
+                }
+                if r.transactional {
+                    if let Some(record @ GroupRecord::Offset { .. }) =
+                        r.key.and_then(|k| GroupRecord::decode(k, r.value))
+                    {
+                        shard
+                            .groups
+                            .pending_txn_offsets
+                            .borrow_mut()
+                            .entry((r.producer_id, p))
+                            .or_default()
+                            .push(record);
+                    }
                     continue;
                 }
                 match r.key.and_then(|k| GroupRecord::decode(k, r.value)) {
@@ -414,6 +472,15 @@ pub async fn load_partition(shard: &Rc<Shard>, p: i32) -> anyhow::Result<usize> 
         }
     }
     Ok(count)
+}
+
+/// Commit (`true`) or abort from a control record's key (version, type), if it is a marker.
+fn marker_kind(key: &[u8]) -> Option<bool> {
+    match key {
+        [_, _, 0, 1] => Some(true),
+        [_, _, 0, 0] => Some(false),
+        _ => None,
+    }
 }
 
 /// Reads this shard's `__consumer_offsets` partitions back into its coordinator.

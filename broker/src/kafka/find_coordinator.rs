@@ -1,5 +1,6 @@
-//! FindCoordinator: this node coordinates every group (single node). Transaction
-//! coordinators do not exist yet.
+//! FindCoordinator: the node coordinating a group (the leader of its `__consumer_offsets`
+//! partition; this node on a single node) or a transactional id (single node only so far:
+//! transaction state is not replicated yet).
 
 use kafka_protocol::messages::find_coordinator_response::Coordinator;
 use kafka_protocol::messages::{
@@ -9,10 +10,11 @@ use kafka_protocol::ResponseError;
 use std::rc::Rc;
 
 use super::str_bytes;
-use crate::group;
 use crate::shard::Shard;
+use crate::{group, txn};
 
 const KEY_GROUP: i8 = 0;
+const KEY_TRANSACTION: i8 = 1;
 
 pub fn handle(shard: &Rc<Shard>, req: FindCoordinatorRequest, version: i16) -> ResponseKind {
     let keys = if version >= 4 {
@@ -28,10 +30,24 @@ pub fn handle(shard: &Rc<Shard>, req: FindCoordinatorRequest, version: i16) -> R
                 .with_key(key.clone())
                 .with_node_id(BrokerId(-1))
                 .with_port(-1);
-            let error = if req.key_type != KEY_GROUP {
+            let error = if req.key_type == KEY_TRANSACTION {
+                if cfg.cluster.is_some() {
+                    Some((
+                        ResponseError::CoordinatorNotAvailable,
+                        "transactions are not supported in a cluster yet",
+                    ))
+                } else if txn::coordinator_of(shard, &key).is_err() {
+                    Some((
+                        ResponseError::CoordinatorNotAvailable,
+                        "the transaction state topic does not exist",
+                    ))
+                } else {
+                    None
+                }
+            } else if req.key_type != KEY_GROUP {
                 Some((
-                    ResponseError::CoordinatorNotAvailable,
-                    "transactions are not supported yet",
+                    ResponseError::InvalidRequest,
+                    "unknown coordinator key type",
                 ))
             } else if group::coordinator_of(shard, &key).is_err() {
                 Some((

@@ -1,5 +1,5 @@
-//! InitProducerId for idempotent producers (enable.idempotence). Transactions are not
-//! implemented yet: a transactional id gets UNSUPPORTED_VERSION.
+//! InitProducerId: a producer id for an idempotent producer (from the controller), or for a
+//! transactional one from its transaction coordinator (which fences older instances).
 
 use kafka_protocol::messages::{
     InitProducerIdRequest, InitProducerIdResponse, ProducerId, ResponseKind,
@@ -9,33 +9,48 @@ use std::rc::Rc;
 
 use crate::controller::{self, CONTROLLER_SHARD};
 use crate::shard::Shard;
+use crate::txn;
 
 pub async fn handle(shard: &Rc<Shard>, req: InitProducerIdRequest) -> ResponseKind {
     let response = InitProducerIdResponse::default()
         .with_producer_id(ProducerId(-1))
         .with_producer_epoch(-1);
-    if req.transactional_id.is_some() {
-        return ResponseKind::InitProducerId(
-            response.with_error_code(ResponseError::UnsupportedVersion.code()),
+    let answer = |r: Result<(i64, i16), i16>| {
+        ResponseKind::InitProducerId(match r {
+            Ok((id, epoch)) => response
+                .clone()
+                .with_producer_id(ProducerId(id))
+                .with_producer_epoch(epoch),
+            Err(code) => response.clone().with_error_code(code),
+        })
+    };
+    let expected = (req.producer_id.0 >= 0 && req.producer_epoch >= 0)
+        .then_some((req.producer_id.0, req.producer_epoch));
+    if let Some(id) = &req.transactional_id {
+        let id = id.0.to_string();
+        if id.is_empty() {
+            return answer(Err(ResponseError::InvalidRequest.code()));
+        }
+        let timeout = req.transaction_timeout_ms;
+        if timeout <= 0 || timeout > txn::MAX_TIMEOUT_MS {
+            return answer(Err(ResponseError::InvalidTransactionTimeout.code()));
+        }
+        let txn_id = id.clone();
+        return answer(
+            txn::on_coordinator(shard, &id, move |s, partition| async move {
+                txn::init_producer(&s, partition, &txn_id, timeout, expected).await
+            })
+            .await,
         );
     }
     // A producer re-initialising after an error (KIP-360) keeps its id with the next epoch.
-    if req.producer_id.0 >= 0 && req.producer_epoch >= 0 && req.producer_epoch < i16::MAX - 1 {
-        return ResponseKind::InitProducerId(
-            response
-                .with_producer_id(req.producer_id)
-                .with_producer_epoch(req.producer_epoch + 1),
-        );
+    if let Some((id, epoch)) = expected.filter(|&(_, e)| e < i16::MAX - 1) {
+        return answer(Ok((id, epoch + 1)));
     }
     let allocated = shard
         .run_on(CONTROLLER_SHARD, |s| async move {
             controller::allocate_producer_id(&s).await
         })
         .await;
-    ResponseKind::InitProducerId(match allocated {
-        Ok(id) => response
-            .with_producer_id(ProducerId(id))
-            .with_producer_epoch(0),
-        Err(e) => response.with_error_code(e.code),
-    })
+    answer(allocated.map(|id| (id, 0)).map_err(|e| e.code))
 }

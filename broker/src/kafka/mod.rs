@@ -10,6 +10,8 @@ use tern_protocol::frame::{self, Request};
 use crate::server::Reply;
 use crate::shard::Shard;
 
+mod add_offsets_to_txn;
+mod add_partitions_to_txn;
 mod alter_configs;
 mod alter_partition_reassignments;
 mod api_versions;
@@ -25,7 +27,10 @@ mod describe_cluster;
 mod describe_configs;
 mod describe_groups;
 mod describe_log_dirs;
+mod describe_producers;
+mod describe_transactions;
 mod elect_leaders;
+mod end_txn;
 mod fetch;
 mod find_coordinator;
 mod heartbeat;
@@ -35,6 +40,7 @@ mod leave_group;
 pub mod list_groups;
 mod list_offsets;
 mod list_partition_reassignments;
+mod list_transactions;
 mod metadata;
 mod nodes;
 mod offset_commit;
@@ -42,7 +48,10 @@ mod offset_delete;
 mod offset_fetch;
 mod offset_for_leader_epoch;
 mod produce;
+pub use produce::log_error_code;
 mod sync_group;
+mod txn_offset_commit;
+mod write_txn_markers;
 
 pub async fn handle(shard: Rc<Shard>, request: Request, peer: Rc<str>) -> Reply {
     let Request {
@@ -85,6 +94,14 @@ pub async fn handle(shard: Rc<Shard>, request: Request, peer: Rc<str>) -> Reply 
         RequestKind::Heartbeat(req) => heartbeat::handle(&shard, req).await,
         RequestKind::LeaveGroup(req) => leave_group::handle(&shard, req, version).await,
         RequestKind::OffsetCommit(req) => offset_commit::handle(&shard, req).await,
+        RequestKind::AddPartitionsToTxn(req) => add_partitions_to_txn::handle(&shard, req).await,
+        RequestKind::AddOffsetsToTxn(req) => add_offsets_to_txn::handle(&shard, req).await,
+        RequestKind::EndTxn(req) => end_txn::handle(&shard, req).await,
+        RequestKind::ListTransactions(req) => list_transactions::handle(&shard, req).await,
+        RequestKind::DescribeProducers(req) => describe_producers::handle(&shard, req).await,
+        RequestKind::WriteTxnMarkers(req) => write_txn_markers::handle(&shard, req).await,
+        RequestKind::DescribeTransactions(req) => describe_transactions::handle(&shard, req).await,
+        RequestKind::TxnOffsetCommit(req) => txn_offset_commit::handle(&shard, req).await,
         RequestKind::OffsetFetch(req) => offset_fetch::handle(&shard, req, version).await,
         RequestKind::ListGroups(req) => list_groups::handle(&shard, req, version).await,
         RequestKind::DescribeGroups(req) => describe_groups::handle(&shard, req, version).await,

@@ -15,11 +15,11 @@ use crate::group::{self};
 use crate::shard::Shard;
 
 /// `offset.metadata.max.bytes`.
-const MAX_METADATA: usize = 4096;
+pub(super) const MAX_METADATA: usize = 4096;
 
 /// Whether this member may commit now: simple (no generation) commits only to groups without
 /// members, group members only in the current generation.
-fn check_generation(
+pub(super) fn check_generation(
     shard: &Shard,
     group: &str,
     member: &str,

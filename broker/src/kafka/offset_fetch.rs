@@ -1,11 +1,15 @@
-//! OffsetFetch: committed offsets of one group (v1-v7) or several (v8+).
+//! OffsetFetch: committed offsets of one group (v1-v7) or several (v8+). With `require_stable`
+//! (KIP-447, read_committed consumers), a partition whose offset a transaction has committed
+//! but not yet ended answers UNSTABLE_OFFSET_COMMIT, so the consumer waits rather than start
+//! from the older offset.
 
 use kafka_protocol::messages::offset_fetch_response::{
     OffsetFetchResponseGroup, OffsetFetchResponsePartition, OffsetFetchResponsePartitions,
     OffsetFetchResponseTopic, OffsetFetchResponseTopics,
 };
 use kafka_protocol::messages::{OffsetFetchRequest, OffsetFetchResponse, ResponseKind};
-use std::collections::BTreeMap;
+use kafka_protocol::ResponseError;
+use std::collections::{BTreeMap, HashSet};
 use std::rc::Rc;
 
 use super::{str_bytes, topic_name};
@@ -13,36 +17,48 @@ use crate::group::records::Committed;
 use crate::group::{self};
 use crate::shard::Shard;
 
-/// Per topic, per partition: the committed offset (None: nothing committed).
-type Fetched = Vec<(String, Vec<(i32, Option<Committed>)>)>;
+/// Per topic, per partition: the committed offset (None: nothing committed) and an error.
+type Fetched = Vec<(String, Vec<(i32, Option<Committed>, i16)>)>;
 
 /// Looks up `wanted` (None: everything committed) for `group` on its coordinator shard.
 async fn fetch_group(
     shard: &Rc<Shard>,
     group_id: String,
     wanted: Option<Vec<(String, Vec<i32>)>>,
+    require_stable: bool,
 ) -> Result<Fetched, i16> {
     let (owner, partition) = group::coordinator_of(shard, &group_id)?;
     shard
         .run_on(owner, move |s| async move {
             s.groups.check_loaded(partition)?;
             let committed = s.groups.committed(&group_id);
+            let unstable = match require_stable {
+                true => s.groups.pending_txn_partitions(&group_id),
+                false => HashSet::new(),
+            };
+            let answer = |topic: &str, p: i32, c: Option<Committed>| match unstable
+                .contains(&(topic.to_string(), p))
+            {
+                true => (p, None, ResponseError::UnstableOffsetCommit.code()),
+                false => (p, c, 0),
+            };
             Ok(match wanted {
                 Some(topics) => topics
                     .into_iter()
                     .map(|(topic, partitions)| {
                         let found = partitions
                             .into_iter()
-                            .map(|p| (p, committed.get(&(topic.clone(), p)).cloned()))
+                            .map(|p| answer(&topic, p, committed.get(&(topic.clone(), p)).cloned()))
                             .collect();
                         (topic, found)
                     })
                     .collect(),
                 None => {
-                    let mut by_topic: BTreeMap<String, Vec<(i32, Option<Committed>)>> =
+                    let mut by_topic: BTreeMap<String, Vec<(i32, Option<Committed>, i16)>> =
                         BTreeMap::new();
                     for ((topic, p), c) in committed {
-                        by_topic.entry(topic).or_default().push((p, Some(c)));
+                        let found = answer(&topic, p, Some(c));
+                        by_topic.entry(topic).or_default().push(found);
                     }
                     by_topic.into_iter().collect()
                 }
@@ -67,7 +83,8 @@ pub async fn handle(shard: &Rc<Shard>, req: OffsetFetchRequest, version: i16) ->
                     .map(|t| (t.name.0.to_string(), t.partition_indexes.clone()))
                     .collect()
             });
-            let result = fetch_group(shard, g.group_id.0.to_string(), wanted).await;
+            let result =
+                fetch_group(shard, g.group_id.0.to_string(), wanted, req.require_stable).await;
             let mut out = OffsetFetchResponseGroup::default().with_group_id(g.group_id.clone());
             match result {
                 Ok(fetched) => {
@@ -79,10 +96,11 @@ pub async fn handle(shard: &Rc<Shard>, req: OffsetFetchRequest, version: i16) ->
                                     .with_name(topic_name(&topic))
                                     .with_partitions(
                                         ps.iter()
-                                            .map(|(p, c)| {
+                                            .map(|(p, c, error)| {
                                                 let (offset, epoch, metadata) = parts(c);
                                                 OffsetFetchResponsePartitions::default()
                                                     .with_partition_index(*p)
+                                                    .with_error_code(*error)
                                                     .with_committed_offset(offset)
                                                     .with_committed_leader_epoch(epoch)
                                                     .with_metadata(
@@ -107,7 +125,8 @@ pub async fn handle(shard: &Rc<Shard>, req: OffsetFetchRequest, version: i16) ->
             .collect()
     });
     let mut resp = OffsetFetchResponse::default();
-    match fetch_group(shard, req.group_id.0.to_string(), wanted).await {
+    let require_stable = version >= 7 && req.require_stable;
+    match fetch_group(shard, req.group_id.0.to_string(), wanted, require_stable).await {
         Ok(fetched) => {
             resp = resp.with_topics(
                 fetched
@@ -117,10 +136,11 @@ pub async fn handle(shard: &Rc<Shard>, req: OffsetFetchRequest, version: i16) ->
                             .with_name(topic_name(&topic))
                             .with_partitions(
                                 ps.iter()
-                                    .map(|(p, c)| {
+                                    .map(|(p, c, error)| {
                                         let (offset, epoch, metadata) = parts(c);
                                         let mut r = OffsetFetchResponsePartition::default()
                                             .with_partition_index(*p)
+                                            .with_error_code(*error)
                                             .with_committed_offset(offset)
                                             .with_metadata(metadata.as_deref().map(str_bytes));
                                         if version >= 5 {

@@ -256,13 +256,8 @@ async fn produce_partition(
 /// Returns `None` for acks=0 (no response is sent).
 pub async fn handle(shard: &Rc<Shard>, req: ProduceRequest) -> Option<ProduceResponse> {
     let acks = req.acks;
-    if !(-1..=1).contains(&acks) || req.transactional_id.is_some() {
-        let code = if req.transactional_id.is_some() {
-            ResponseError::TransactionalIdAuthorizationFailed
-        } else {
-            ResponseError::InvalidRequiredAcks
-        };
-        return (acks != 0).then(|| error_response(&req, code));
+    if !(-1..=1).contains(&acks) {
+        return (acks != 0).then(|| error_response(&req, ResponseError::InvalidRequiredAcks));
     }
     let mut work = Vec::new();
     for topic in &req.topic_data {

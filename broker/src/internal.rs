@@ -1,0 +1,59 @@
+//! Appending to the internal topics coordinators keep their state in (`__consumer_offsets`,
+//! `__transaction_state`): synced on a single node, committed by a majority of the
+//! partition's replicas in a cluster, before the coordinator acts on it.
+
+use bytes::Bytes;
+use kafka_protocol::ResponseError;
+use std::rc::Rc;
+use std::time::Duration;
+use tern_storage::Durability;
+
+use crate::kafka::now_ms;
+use crate::shard::Shard;
+
+/// How long an append waits for a replicated commit.
+const COMMIT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Appends `batch` to partition `partition` of internal topic `topic`, owned by this shard,
+/// and waits until it is durable. Errors are Kafka error codes for the coordinator's client.
+pub async fn append(
+    shard: &Rc<Shard>,
+    topic: &str,
+    partition: i32,
+    batch: Bytes,
+) -> Result<(), i16> {
+    let log = shard
+        .partition(topic, partition)
+        .ok_or(ResponseError::NotCoordinator.code())?;
+    let now = now_ms();
+    let storage_error = |e: tern_storage::LogError| {
+        tracing::error!(topic, partition, error = %e, "append to an internal topic");
+        ResponseError::KafkaStorageError.code()
+    };
+    match shard.replica_group(topic, partition) {
+        Some(group) => {
+            let cluster = shard
+                .cluster()
+                .ok_or(ResponseError::NotCoordinator.code())?;
+            let proposed = cluster
+                .replicator
+                .propose(group, batch, now)
+                .map_err(|_| ResponseError::NotCoordinator.code())?;
+            let committed =
+                cluster
+                    .replicator
+                    .committed(group, proposed.last_offset, proposed.term);
+            match crate::rpc::with_timeout(COMMIT_TIMEOUT, committed).await {
+                Some(Ok(())) => Ok(()),
+                Some(Err(_)) => Err(ResponseError::NotCoordinator.code()),
+                None => Err(ResponseError::RequestTimedOut.code()),
+            }
+        }
+        None => {
+            let appended = log.append(batch, now).map_err(storage_error)?;
+            log.wait(&appended, Durability::Synced)
+                .await
+                .map_err(storage_error)
+        }
+    }
+}

@@ -1,0 +1,28 @@
+//! AddOffsetsToTxn: a group's `__consumer_offsets` partition joins a producer's transaction,
+//! so the offsets it commits for the group (TxnOffsetCommit) end with the transaction.
+
+use kafka_protocol::messages::{AddOffsetsToTxnRequest, AddOffsetsToTxnResponse, ResponseKind};
+use std::rc::Rc;
+
+use crate::group::{self, OFFSETS_TOPIC};
+use crate::shard::Shard;
+use crate::txn;
+
+pub async fn handle(shard: &Rc<Shard>, req: AddOffsetsToTxnRequest) -> ResponseKind {
+    let id = req.transactional_id.0.to_string();
+    let result = match group::coordinator_of(shard, &req.group_id.0) {
+        Err(code) => Err(code),
+        Ok((_, offsets_partition)) => {
+            let (pid, epoch) = (req.producer_id.0, req.producer_epoch);
+            let txn_id = id.clone();
+            txn::on_coordinator(shard, &id, move |s, partition| async move {
+                let added = vec![(OFFSETS_TOPIC.to_string(), offsets_partition)];
+                txn::add_partitions(&s, partition, &txn_id, pid, epoch, added).await
+            })
+            .await
+        }
+    };
+    ResponseKind::AddOffsetsToTxn(
+        AddOffsetsToTxnResponse::default().with_error_code(result.err().unwrap_or(0)),
+    )
+}

@@ -1,0 +1,76 @@
+//! ListTransactions (v0-1): the transactional ids this node coordinates, filtered by state and
+//! producer id, from every shard's coordinator.
+
+use kafka_protocol::messages::list_transactions_response::TransactionState;
+use kafka_protocol::messages::{
+    ListTransactionsRequest, ListTransactionsResponse, ProducerId, ResponseKind, TransactionalId,
+};
+use std::rc::Rc;
+use tern_protocol::txn_records::TxnStatus;
+
+use super::{now_ms, str_bytes};
+use crate::shard::Shard;
+
+/// Every state a filter may name.
+const STATES: [TxnStatus; 8] = [
+    TxnStatus::Empty,
+    TxnStatus::Ongoing,
+    TxnStatus::PrepareCommit,
+    TxnStatus::PrepareAbort,
+    TxnStatus::CompleteCommit,
+    TxnStatus::CompleteAbort,
+    TxnStatus::Dead,
+    TxnStatus::PrepareEpochFence,
+];
+
+pub async fn handle(shard: &Rc<Shard>, req: ListTransactionsRequest) -> ResponseKind {
+    let known = |s: &str| STATES.iter().any(|t| t.name() == s);
+    let unknown: Vec<_> = req
+        .state_filters
+        .iter()
+        .filter(|s| !known(s))
+        .cloned()
+        .collect();
+    let states: Vec<String> = req.state_filters.iter().map(|s| s.to_string()).collect();
+    let producers: Vec<i64> = req.producer_id_filters.iter().map(|p| p.0).collect();
+    // v1: only transactions running longer than this (-1: any).
+    let min_duration = req.duration_filter;
+    let now = now_ms();
+    let per_shard = (0..shard.shard_count()).map(|target| {
+        let (states, producers) = (states.clone(), producers.clone());
+        shard.run_on(target, move |s| async move {
+            s.txns
+                .all()
+                .into_iter()
+                .filter(|(_, m)| states.is_empty() || states.iter().any(|f| f == m.status.name()))
+                .filter(|(_, m)| producers.is_empty() || producers.contains(&m.producer_id))
+                .filter(|(_, m)| {
+                    min_duration < 0
+                        || (m.status == TxnStatus::Ongoing && now - m.start_ms > min_duration)
+                })
+                .map(|(id, m)| (id, m.producer_id, m.status.name()))
+                .collect::<Vec<_>>()
+        })
+    });
+    let mut listed: Vec<_> = futures::future::join_all(per_shard)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+    listed.sort();
+    ResponseKind::ListTransactions(
+        ListTransactionsResponse::default()
+            .with_unknown_state_filters(unknown)
+            .with_transaction_states(
+                listed
+                    .into_iter()
+                    .map(|(id, pid, state)| {
+                        TransactionState::default()
+                            .with_transactional_id(TransactionalId(str_bytes(&id)))
+                            .with_producer_id(ProducerId(pid))
+                            .with_transaction_state(str_bytes(state))
+                    })
+                    .collect(),
+            ),
+    )
+}

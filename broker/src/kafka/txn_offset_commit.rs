@@ -1,0 +1,108 @@
+//! TxnOffsetCommit: a transactional producer commits a group's offsets inside its transaction
+//! (consume-transform-produce). They are stored at once, as transactional records of the
+//! producer, and take effect with the transaction's commit marker (dropped on abort).
+
+use kafka_protocol::messages::txn_offset_commit_response::{
+    TxnOffsetCommitResponsePartition, TxnOffsetCommitResponseTopic,
+};
+use kafka_protocol::messages::{ResponseKind, TxnOffsetCommitRequest, TxnOffsetCommitResponse};
+use kafka_protocol::ResponseError;
+use std::rc::Rc;
+
+use super::now_ms;
+use super::offset_commit::{check_generation, MAX_METADATA};
+use crate::group::records::{Committed, GroupRecord};
+use crate::group::{self};
+use crate::shard::Shard;
+
+pub async fn handle(shard: &Rc<Shard>, req: TxnOffsetCommitRequest) -> ResponseKind {
+    let group_id = req.group_id.0.to_string();
+    let meta = shard.meta.snapshot();
+    let planned: Vec<Vec<Result<GroupRecord, i16>>> = req
+        .topics
+        .iter()
+        .map(|t| {
+            let topic = t.name.0.to_string();
+            t.partitions
+                .iter()
+                .map(|p| {
+                    if meta.owner(&topic, p.partition_index).is_none() {
+                        return Err(ResponseError::UnknownTopicOrPartition.code());
+                    }
+                    let metadata = p
+                        .committed_metadata
+                        .as_ref()
+                        .map(|m| m.to_string())
+                        .unwrap_or_default();
+                    if metadata.len() > MAX_METADATA {
+                        return Err(ResponseError::OffsetMetadataTooLarge.code());
+                    }
+                    Ok(GroupRecord::Offset {
+                        group: group_id.clone(),
+                        topic: topic.clone(),
+                        partition: p.partition_index,
+                        value: Some(Committed {
+                            offset: p.committed_offset,
+                            leader_epoch: p.committed_leader_epoch,
+                            metadata,
+                            commit_timestamp: now_ms(),
+                        }),
+                    })
+                })
+                .collect()
+        })
+        .collect();
+    let records: Vec<GroupRecord> = planned
+        .iter()
+        .flatten()
+        .filter_map(|r| r.as_ref().ok().cloned())
+        .collect();
+    let (pid, epoch) = (req.producer_id.0, req.producer_epoch);
+    let member = req.member_id.to_string();
+    let instance = req.group_instance_id.as_ref().map(|s| s.to_string());
+    let generation = req.generation_id;
+    let group = group_id.clone();
+    let stored: Result<(), i16> = match group::coordinator_of(shard, &group_id) {
+        Err(code) => Err(code),
+        Ok((owner, partition)) => {
+            shard
+                .run_on(owner, move |s| async move {
+                    s.groups.check_loaded(partition)?;
+                    // Producers before KIP-447 send no member: only the transaction binds them.
+                    if generation >= 0 || !member.is_empty() {
+                        check_generation(&s, &group, &member, instance.as_deref(), generation)?;
+                    }
+                    if records.is_empty() {
+                        return Ok(());
+                    }
+                    group::store_transactional(&s, partition, pid, epoch, records).await
+                })
+                .await
+        }
+    };
+    let topics = req
+        .topics
+        .iter()
+        .zip(planned)
+        .map(|(t, results)| {
+            TxnOffsetCommitResponseTopic::default()
+                .with_name(t.name.clone())
+                .with_partitions(
+                    t.partitions
+                        .iter()
+                        .zip(results)
+                        .map(|(p, r)| {
+                            let code = match (&r, &stored) {
+                                (Err(code), _) | (Ok(_), Err(code)) => *code,
+                                (Ok(_), Ok(())) => 0,
+                            };
+                            TxnOffsetCommitResponsePartition::default()
+                                .with_partition_index(p.partition_index)
+                                .with_error_code(code)
+                        })
+                        .collect(),
+                )
+        })
+        .collect();
+    ResponseKind::TxnOffsetCommit(TxnOffsetCommitResponse::default().with_topics(topics))
+}

@@ -1,0 +1,593 @@
+//! The transaction coordinator: each transactional id's producer id, epoch and transaction,
+//! kept in `__transaction_state` (Kafka's record formats) on the shard owning the id's
+//! partition (`hash(id) % n`, as Kafka maps it), and the commit/abort markers it writes to
+//! the partitions a transaction touched.
+//!
+//! A transaction goes Empty → Ongoing (partitions added) → PrepareCommit/PrepareAbort (stored
+//! before any marker is written) → markers on every partition → CompleteCommit/CompleteAbort.
+//! A coordinator that stops between prepare and complete (a crash) finishes the markers when
+//! it loads the state again; one left Ongoing past its timeout is aborted with the producer's
+//! epoch bumped, which fences the producer that let it lapse. While a state change is being
+//! stored or markers written, other requests for the id get CONCURRENT_TRANSACTIONS and retry.
+
+use bytes::Bytes;
+use kafka_protocol::records::{Compression, RecordBatchDecoder};
+use kafka_protocol::ResponseError;
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::rc::Rc;
+use std::time::Duration;
+use tern_protocol::batch;
+use tern_protocol::txn_records::{self, StoredTxn, TxnStatus};
+use tern_storage::{Durability, LogError};
+
+use crate::controller::{self, CONTROLLER_SHARD};
+use crate::group::OFFSETS_TOPIC;
+use crate::kafka::now_ms;
+use crate::shard::Shard;
+
+pub const TXN_TOPIC: &str = "__transaction_state";
+
+/// `transaction.max.timeout.ms`: the longest transaction timeout a producer may ask for.
+pub const MAX_TIMEOUT_MS: i32 = 900_000;
+
+/// `transactional.id.expiration.ms`: an id with no transaction open, unused this long, is
+/// forgotten (a tombstone in `__transaction_state`).
+const ID_EXPIRATION_MS: i64 = 7 * 24 * 3600 * 1000;
+
+/// One transactional id's state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TxnMeta {
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    pub timeout_ms: i32,
+    pub status: TxnStatus,
+    pub partitions: BTreeSet<(String, i32)>,
+    pub start_ms: i64,
+    pub last_update_ms: i64,
+}
+
+impl TxnMeta {
+    fn stored(&self) -> StoredTxn {
+        let mut by_topic: BTreeMap<&str, Vec<i32>> = BTreeMap::new();
+        for (t, p) in &self.partitions {
+            by_topic.entry(t).or_default().push(*p);
+        }
+        StoredTxn {
+            producer_id: self.producer_id,
+            producer_epoch: self.producer_epoch,
+            timeout_ms: self.timeout_ms,
+            status: self.status,
+            partitions: by_topic
+                .into_iter()
+                .map(|(t, ps)| (t.to_string(), ps))
+                .collect(),
+            last_update_ms: self.last_update_ms,
+            start_ms: self.start_ms,
+        }
+    }
+
+    fn from_stored(s: StoredTxn) -> TxnMeta {
+        TxnMeta {
+            producer_id: s.producer_id,
+            producer_epoch: s.producer_epoch,
+            timeout_ms: s.timeout_ms,
+            status: s.status,
+            partitions: s
+                .partitions
+                .into_iter()
+                .flat_map(|(t, ps)| ps.into_iter().map(move |p| (t.clone(), p)))
+                .collect(),
+            start_ms: s.start_ms,
+            last_update_ms: s.last_update_ms,
+        }
+    }
+
+    fn completing(&self) -> bool {
+        matches!(
+            self.status,
+            TxnStatus::PrepareCommit | TxnStatus::PrepareAbort | TxnStatus::PrepareEpochFence
+        )
+    }
+}
+
+/// The transactional ids a shard coordinates (those of the `__transaction_state` partitions
+/// it owns).
+#[derive(Default)]
+pub struct TxnCoordinator {
+    txns: RefCell<HashMap<String, TxnMeta>>,
+    /// Ids with a state change or markers in progress.
+    busy: RefCell<BTreeSet<String>>,
+    loaded: Cell<bool>,
+}
+
+/// Holds an id busy until dropped.
+struct Busy<'a> {
+    coordinator: &'a TxnCoordinator,
+    id: String,
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.coordinator.busy.borrow_mut().remove(&self.id);
+    }
+}
+
+impl TxnCoordinator {
+    /// Marks `id` busy, or CONCURRENT_TRANSACTIONS if it already is.
+    fn claim(&self, id: &str) -> Result<Busy<'_>, i16> {
+        if !self.busy.borrow_mut().insert(id.to_string()) {
+            return Err(ResponseError::ConcurrentTransactions.code());
+        }
+        Ok(Busy {
+            coordinator: self,
+            id: id.to_string(),
+        })
+    }
+
+    pub fn get(&self, id: &str) -> Option<TxnMeta> {
+        self.txns.borrow().get(id).cloned()
+    }
+
+    /// Every transactional id here with its state.
+    pub fn all(&self) -> Vec<(String, TxnMeta)> {
+        let mut all: Vec<_> = self
+            .txns
+            .borrow()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+}
+
+/// Java's `String.hashCode`, so an id maps to the same partition as in Kafka.
+fn java_hash(s: &str) -> i32 {
+    s.encode_utf16()
+        .fold(0i32, |h, c| h.wrapping_mul(31).wrapping_add(c as i32))
+}
+
+/// The shard coordinating transactional id `id` and its `__transaction_state` partition, or
+/// COORDINATOR_NOT_AVAILABLE.
+pub fn coordinator_of(shard: &Shard, id: &str) -> Result<(usize, i32), i16> {
+    let meta = shard.meta.snapshot();
+    let topic = meta
+        .topics
+        .get(TXN_TOPIC)
+        .ok_or(ResponseError::CoordinatorNotAvailable.code())?;
+    let partition = (java_hash(id) & 0x7fff_ffff) % topic.shards.len().max(1) as i32;
+    Ok((topic.shards[partition as usize], partition))
+}
+
+/// Runs `f` on the shard coordinating `id` once its state is loaded there.
+pub async fn on_coordinator<F, Fut, T>(shard: &Rc<Shard>, id: &str, f: F) -> Result<T, i16>
+where
+    F: FnOnce(Rc<Shard>, i32) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<T, i16>> + 'static,
+    T: Send + 'static,
+{
+    if shard.config.cluster.is_some() {
+        // Transaction state is not replicated yet: a cluster has no transaction coordinator.
+        return Err(ResponseError::CoordinatorNotAvailable.code());
+    }
+    let (owner, partition) = coordinator_of(shard, id)?;
+    shard
+        .run_on(owner, move |s| async move {
+            if !s.txns.loaded.get() {
+                return Err(ResponseError::CoordinatorLoadInProgress.code());
+            }
+            f(s, partition).await
+        })
+        .await
+}
+
+/// Stores `meta` (None: a tombstone) as the state of `id`, then takes it in memory.
+async fn store(
+    shard: &Rc<Shard>,
+    partition: i32,
+    id: &str,
+    meta: Option<TxnMeta>,
+) -> Result<(), i16> {
+    let stored = meta.as_ref().map(TxnMeta::stored);
+    let (key, value) = txn_records::encode(id, stored.as_ref());
+    let record = batch::plain_record(0, now_ms(), Some(key), value);
+    let data = batch::encode_plain(&[record], Compression::None)
+        .map_err(|_| ResponseError::UnknownServerError.code())?;
+    crate::internal::append(shard, TXN_TOPIC, partition, data).await?;
+    let mut txns = shard.txns.txns.borrow_mut();
+    match meta {
+        Some(m) => txns.insert(id.to_string(), m),
+        None => txns.remove(id),
+    };
+    Ok(())
+}
+
+/// Checks a request's producer id and epoch against the id's state.
+fn check_producer(meta: Option<&TxnMeta>, producer_id: i64, epoch: i16) -> Result<TxnMeta, i16> {
+    let meta = meta.ok_or(ResponseError::InvalidProducerIdMapping.code())?;
+    if meta.producer_id != producer_id {
+        return Err(ResponseError::InvalidProducerIdMapping.code());
+    }
+    if epoch != meta.producer_epoch {
+        return Err(ResponseError::ProducerFenced.code());
+    }
+    if meta.completing() {
+        return Err(ResponseError::ConcurrentTransactions.code());
+    }
+    Ok(meta.clone())
+}
+
+/// InitProducerId for a transactional id: a new producer id (epoch 0) the first time, else
+/// the next epoch, which fences older instances; a transaction they left open is aborted
+/// first. `expected`: the (producer id, epoch) a re-initialising producer had (KIP-360).
+pub async fn init_producer(
+    shard: &Rc<Shard>,
+    partition: i32,
+    id: &str,
+    timeout_ms: i32,
+    expected: Option<(i64, i16)>,
+) -> Result<(i64, i16), i16> {
+    let _busy = shard.txns.claim(id)?;
+    let now = now_ms();
+    let current = shard.txns.get(id);
+    if let (Some(m), Some((pid, epoch))) = (&current, expected) {
+        if m.producer_id != pid || m.producer_epoch != epoch {
+            return Err(ResponseError::ProducerFenced.code());
+        }
+    }
+    let mut meta = match current {
+        None => {
+            let allocated = shard
+                .run_on(CONTROLLER_SHARD, |s| async move {
+                    controller::allocate_producer_id(&s).await
+                })
+                .await
+                .map_err(|e| e.code)?;
+            TxnMeta {
+                producer_id: allocated,
+                producer_epoch: -1,
+                timeout_ms,
+                status: TxnStatus::Empty,
+                partitions: BTreeSet::new(),
+                start_ms: -1,
+                last_update_ms: now,
+            }
+        }
+        Some(m) if m.completing() => {
+            // Left between prepare and markers (a failed marker write): finish it first.
+            complete(shard, partition, id, m.clone()).await?;
+            shard.txns.get(id).unwrap_or(m)
+        }
+        Some(m) if m.status == TxnStatus::Ongoing => {
+            // An older instance's transaction: aborted, with the epoch bumped to fence it.
+            let fenced = bump_epoch(m);
+            end(shard, partition, id, fenced, false).await?
+        }
+        Some(m) => m,
+    };
+    if meta.producer_epoch >= i16::MAX - 1 {
+        // Epochs exhausted: a new producer id.
+        meta.producer_id = shard
+            .run_on(CONTROLLER_SHARD, |s| async move {
+                controller::allocate_producer_id(&s).await
+            })
+            .await
+            .map_err(|e| e.code)?;
+        meta.producer_epoch = -1;
+    }
+    let meta = TxnMeta {
+        producer_epoch: meta.producer_epoch + 1,
+        timeout_ms,
+        status: TxnStatus::Empty,
+        partitions: BTreeSet::new(),
+        start_ms: -1,
+        last_update_ms: now,
+        ..meta
+    };
+    store(shard, partition, id, Some(meta.clone())).await?;
+    Ok((meta.producer_id, meta.producer_epoch))
+}
+
+/// Whether an id with no transaction open has been unused past its expiration.
+fn expired(m: &TxnMeta, now: i64) -> bool {
+    matches!(
+        m.status,
+        TxnStatus::Empty | TxnStatus::CompleteCommit | TxnStatus::CompleteAbort
+    ) && now.saturating_sub(m.last_update_ms) > ID_EXPIRATION_MS
+}
+
+fn bump_epoch(m: TxnMeta) -> TxnMeta {
+    TxnMeta {
+        producer_epoch: m.producer_epoch.saturating_add(1).min(i16::MAX - 1),
+        ..m
+    }
+}
+
+/// AddPartitionsToTxn / AddOffsetsToTxn: the partitions join the producer's transaction
+/// (starting it).
+pub async fn add_partitions(
+    shard: &Rc<Shard>,
+    partition: i32,
+    id: &str,
+    producer_id: i64,
+    epoch: i16,
+    partitions: Vec<(String, i32)>,
+) -> Result<(), i16> {
+    let _busy = shard.txns.claim(id)?;
+    let meta = check_producer(shard.txns.get(id).as_ref(), producer_id, epoch)?;
+    let now = now_ms();
+    let mut next = meta.clone();
+    if meta.status != TxnStatus::Ongoing {
+        next.status = TxnStatus::Ongoing;
+        next.start_ms = now;
+        next.partitions.clear();
+    }
+    next.partitions.extend(partitions);
+    if next == meta {
+        return Ok(());
+    }
+    next.last_update_ms = now;
+    store(shard, partition, id, Some(next)).await
+}
+
+/// EndTxn: commits or aborts the producer's transaction. A retry of the end that completed
+/// succeeds; ending a transaction that is not open is INVALID_TXN_STATE.
+pub async fn end_txn(
+    shard: &Rc<Shard>,
+    partition: i32,
+    id: &str,
+    producer_id: i64,
+    epoch: i16,
+    commit: bool,
+) -> Result<(), i16> {
+    let _busy = shard.txns.claim(id)?;
+    let meta = check_producer(shard.txns.get(id).as_ref(), producer_id, epoch)?;
+    match (meta.status, commit) {
+        (TxnStatus::Ongoing, _) => end(shard, partition, id, meta, commit).await.map(|_| ()),
+        (TxnStatus::CompleteCommit, true) | (TxnStatus::CompleteAbort, false) => Ok(()),
+        _ => Err(ResponseError::InvalidTxnState.code()),
+    }
+}
+
+/// Prepares the end of `meta`'s transaction (stored first), writes its markers and completes
+/// it. Returns the completed state. The caller holds the id busy.
+async fn end(
+    shard: &Rc<Shard>,
+    partition: i32,
+    id: &str,
+    meta: TxnMeta,
+    commit: bool,
+) -> Result<TxnMeta, i16> {
+    let prepared = TxnMeta {
+        status: match commit {
+            true => TxnStatus::PrepareCommit,
+            false => TxnStatus::PrepareAbort,
+        },
+        last_update_ms: now_ms(),
+        ..meta
+    };
+    store(shard, partition, id, Some(prepared.clone())).await?;
+    complete(shard, partition, id, prepared).await
+}
+
+/// Writes the markers of a prepared transaction and stores it complete.
+async fn complete(
+    shard: &Rc<Shard>,
+    partition: i32,
+    id: &str,
+    prepared: TxnMeta,
+) -> Result<TxnMeta, i16> {
+    let commit = prepared.status == TxnStatus::PrepareCommit;
+    write_markers(
+        shard,
+        prepared.producer_id,
+        prepared.producer_epoch,
+        commit,
+        &prepared.partitions,
+    )
+    .await?;
+    let done = TxnMeta {
+        status: match commit {
+            true => TxnStatus::CompleteCommit,
+            false => TxnStatus::CompleteAbort,
+        },
+        partitions: BTreeSet::new(),
+        last_update_ms: now_ms(),
+        ..prepared
+    };
+    store(shard, partition, id, Some(done.clone())).await?;
+    Ok(done)
+}
+
+/// Writes producer `producer_id`'s commit or abort marker to each of `partitions`: see
+/// [`write_markers_to`]. A partition that no longer exists is skipped, and one where a newer
+/// epoch wrote already needs no marker of this one.
+async fn write_markers(
+    shard: &Rc<Shard>,
+    producer_id: i64,
+    epoch: i16,
+    commit: bool,
+    partitions: &BTreeSet<(String, i32)>,
+) -> Result<(), i16> {
+    let settled = [
+        ResponseError::UnknownTopicOrPartition.code(),
+        ResponseError::InvalidProducerEpoch.code(),
+    ];
+    let partitions: Vec<(String, i32)> = partitions.iter().cloned().collect();
+    for (_, result) in write_markers_to(shard, producer_id, epoch, commit, partitions).await {
+        match result {
+            Err(code) if !settled.contains(&code) => return Err(code),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Writes producer `producer_id`'s commit or abort marker to each of `partitions`, on their
+/// owner shards, synced; offsets the transaction committed to a group take effect (or are
+/// dropped) with the marker on their `__consumer_offsets` partition. A marker of an older
+/// epoch than the partition knows (a zombie's) is refused there: INVALID_PRODUCER_EPOCH.
+/// Returns each partition's result.
+pub async fn write_markers_to(
+    shard: &Rc<Shard>,
+    producer_id: i64,
+    epoch: i16,
+    commit: bool,
+    partitions: Vec<(String, i32)>,
+) -> Vec<((String, i32), Result<(), i16>)> {
+    let meta = shard.meta.snapshot();
+    let unknown = Err(ResponseError::UnknownTopicOrPartition.code());
+    let mut results = Vec::new();
+    let mut by_owner: BTreeMap<usize, Vec<(String, i32)>> = BTreeMap::new();
+    for (topic, p) in partitions {
+        match meta.owner(&topic, p) {
+            Some(owner) => by_owner.entry(owner).or_default().push((topic, p)),
+            None => results.push(((topic, p), unknown)),
+        }
+    }
+    let writes = by_owner.into_iter().map(|(owner, parts)| {
+        shard.run_on(owner, move |s| async move {
+            let now = now_ms();
+            let mut out = Vec::new();
+            for (topic, p) in parts {
+                let Some(log) = s.partition(&topic, p) else {
+                    out.push(((topic, p), unknown));
+                    continue;
+                };
+                let result = match log.append_marker(producer_id, epoch, commit, 0, now) {
+                    Ok(a) => log.wait(&a, Durability::Synced).await,
+                    Err(e) => Err(e),
+                };
+                let result = match result {
+                    Ok(()) => {
+                        if topic == OFFSETS_TOPIC {
+                            s.groups.complete_txn(producer_id, p, commit);
+                        }
+                        Ok(())
+                    }
+                    Err(LogError::Producer(_)) => Err(ResponseError::InvalidProducerEpoch.code()),
+                    Err(e) => {
+                        tracing::error!(topic, partition = p, error = %e, "write a transaction marker");
+                        Err(crate::kafka::log_error_code(&e))
+                    }
+                };
+                out.push(((topic, p), result));
+            }
+            out
+        })
+    });
+    results.extend(
+        futures::future::join_all(writes)
+            .await
+            .into_iter()
+            .flatten(),
+    );
+    results
+}
+
+/// Reads this shard's `__transaction_state` partitions back: the newest record of each id
+/// wins, a tombstone removes it.
+pub async fn load(shard: &Rc<Shard>) -> anyhow::Result<()> {
+    let meta = shard.meta.snapshot();
+    let owned: Vec<i32> = meta
+        .topics
+        .get(TXN_TOPIC)
+        .map(|t| {
+            (0..t.shards.len() as i32)
+                .filter(|&p| t.shards[p as usize] == shard.id)
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut count = 0;
+    for p in owned {
+        let Some(log) = shard.partition(TXN_TOPIC, p) else {
+            continue;
+        };
+        let mut offset = log.log_start_offset();
+        while offset < log.high_watermark() {
+            let mut data: Bytes = log.read(offset, 1 << 20, true).await?;
+            if data.is_empty() {
+                break;
+            }
+            while !data.is_empty() {
+                let set = RecordBatchDecoder::decode(&mut data)
+                    .map_err(|e| anyhow::anyhow!("decode {TXN_TOPIC}-{p}: {e:#}"))?;
+                for r in set.records {
+                    offset = r.offset + 1;
+                    if r.control {
+                        continue;
+                    }
+                    let Some((id, stored)) = r.key.and_then(|k| txn_records::decode(k, r.value))
+                    else {
+                        continue;
+                    };
+                    count += 1;
+                    let mut txns = shard.txns.txns.borrow_mut();
+                    match stored {
+                        Some(s) => txns.insert(id, TxnMeta::from_stored(s)),
+                        None => txns.remove(&id),
+                    };
+                }
+            }
+        }
+    }
+    shard.txns.loaded.set(true);
+    if count > 0 {
+        tracing::info!(
+            shard = shard.id,
+            records = count,
+            "loaded transaction state"
+        );
+    }
+    Ok(())
+}
+
+/// Every second: finishes transactions left between prepare and complete (a restart, a failed
+/// marker write), aborts those open past their timeout, bumping the epoch so the producer
+/// that let it lapse is fenced, and forgets ids unused past `transactional.id.expiration.ms`.
+pub async fn tick_loop(shard: Rc<Shard>) {
+    loop {
+        glommio::timer::sleep(Duration::from_secs(1)).await;
+        let now = now_ms();
+        let due: Vec<(String, TxnMeta)> = shard
+            .txns
+            .txns
+            .borrow()
+            .iter()
+            .filter(|(_, m)| {
+                m.completing()
+                    || (m.status == TxnStatus::Ongoing
+                        && now.saturating_sub(m.start_ms) > i64::from(m.timeout_ms))
+                    || expired(m, now)
+            })
+            .map(|(id, m)| (id.clone(), m.clone()))
+            .collect();
+        for (id, m) in due {
+            let Ok((_, partition)) = coordinator_of(&shard, &id) else {
+                continue;
+            };
+            let Ok(_busy) = shard.txns.claim(&id) else {
+                continue;
+            };
+            // Whatever changed while others held it.
+            let Some(current) = shard.txns.get(&id).filter(|c| *c == m) else {
+                continue;
+            };
+            let result = if current.completing() {
+                complete(&shard, partition, &id, current).await.map(|_| ())
+            } else if expired(&current, now) {
+                tracing::info!(transactional_id = %id, "forgetting an expired transactional id");
+                store(&shard, partition, &id, None).await
+            } else {
+                tracing::info!(transactional_id = %id, "aborting a transaction past its timeout");
+                end(&shard, partition, &id, bump_epoch(current), false)
+                    .await
+                    .map(|_| ())
+            };
+            if let Err(code) = result {
+                tracing::warn!(transactional_id = %id, code, "completing a transaction failed; retrying");
+            }
+        }
+    }
+}
