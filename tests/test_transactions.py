@@ -309,3 +309,81 @@ def test_admin_lists_describes_and_aborts_transactions(broker, topic_name):
         assert read(broker, topic_name, 1, "read_committed") == []
     finally:
         admin.close()
+
+
+def test_sigkill_while_markers_are_written_leaves_all_or_nothing(fresh_broker, topic_name):
+    """The broker dies while EndTxn writes the markers of a transaction over 16 partitions:
+    after a restart (and the new instance's init), the transaction is wholly visible or
+    wholly absent, never in part."""
+    import random
+    import threading
+
+    broker = fresh_broker()
+    t1, t2 = topic_name + "-a", topic_name + "-b"
+    create(broker, t1, t2, partitions=8)
+    outcomes = []
+    for round_ in range(5):
+        p = producer(broker, topic_name)
+        p.begin_transaction()
+        values = [b"r%d-%d" % (round_, i) for i in range(16)]
+        for i, v in enumerate(values):
+            p.produce(t1 if i < 8 else t2, value=v, partition=i % 8)
+        p.flush(30)
+        threading.Thread(target=lambda: _swallow(lambda: p.commit_transaction(10)), daemon=True).start()
+        time.sleep(random.uniform(0, 0.01))
+        broker.kill()
+        broker.start()
+        producer(broker, topic_name)  # ends whatever the dead broker left
+        wait_for(lambda: end_offsets(broker, t1, 8, "read_committed") == end_offsets(broker, t1, 8, "read_uncommitted")
+                 and end_offsets(broker, t2, 8, "read_committed") == end_offsets(broker, t2, 8, "read_uncommitted"),
+                 what="every partition stable")
+        seen = {v for _, _, v in read(broker, t1, 8, "read_committed", settle=1.0)}
+        seen |= {v for _, _, v in read(broker, t2, 8, "read_committed", settle=1.0)}
+        mine = seen & set(values)
+        assert mine in (set(), set(values)), f"round {round_}: {len(mine)} of 16 visible"
+        outcomes.append(bool(mine))
+    print("committed rounds:", outcomes, "finished after a restart:",
+          broker.read_log().count("finishing a prepared transaction"))
+
+
+def _swallow(f):
+    try:
+        f()
+    except Exception:
+        pass
+
+
+def test_tern_txn_cli_lists_describes_shows_producers_and_aborts(broker, topic_name):
+    import json
+    import subprocess
+
+    from conftest import TERN_BIN
+
+    def tern(*args):
+        out = subprocess.run([TERN_BIN, "txn", "-b", broker.bootstrap, *args], capture_output=True, text=True,
+                             timeout=60)
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+
+    create(broker, topic_name, partitions=1)
+    p = producer(broker, topic_name)
+    p.begin_transaction()
+    p.produce(topic_name, value=b"hanging", partition=0)
+    p.flush(30)
+    listed = {r["transactional_id"]: r for r in json.loads(tern("list", "--json"))}
+    assert listed[topic_name]["state"] == "Ongoing"
+    assert topic_name in tern("list")
+    desc = json.loads(tern("describe", topic_name, "--json"))
+    assert desc["state"] == "Ongoing" and desc["partitions"] == {topic_name: [0]}, desc
+    assert "Ongoing" in tern("describe", topic_name)
+    [prod] = json.loads(tern("producers", topic_name, "--partition", "0", "--json"))
+    assert prod["producer_id"] == desc["producer_id"] and prod["txn_start_offset"] == 0, prod
+    tern("abort", topic_name, "--partition", "0", "--producer-id", str(prod["producer_id"]),
+         "--producer-epoch", str(prod["producer_epoch"]))
+    [prod] = json.loads(tern("producers", topic_name, "--json"))
+    assert prod["txn_start_offset"] is None
+    assert end_offsets(broker, topic_name, 1, "read_committed") == [2]
+    # An unknown id is an error, clearly reported.
+    out = subprocess.run([TERN_BIN, "txn", "-b", broker.bootstrap, "describe", "nobody"], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode != 0 and "TransactionalIdNotFound" in out.stderr, out.stderr

@@ -50,6 +50,8 @@ enum Command {
     Topic(admin::topic::TopicArgs),
     /// See the cluster: nodes, controller, under-replicated and offline partitions.
     Cluster(admin::cluster::ClusterArgs),
+    /// Administer transactions: list, describe, show producers, abort a hanging one.
+    Txn(admin::txn::TxnArgs),
 }
 
 #[derive(Args)]
@@ -226,6 +228,7 @@ fn main() -> Result<()> {
         Command::Group(args) => admin_command(admin::group::run(args)),
         Command::Topic(args) => admin_command(admin::topic::run(args)),
         Command::Cluster(args) => admin_command(admin::cluster::run(args)),
+        Command::Txn(args) => admin_command(admin::txn::run(args)),
     }
 }
 

@@ -255,7 +255,8 @@ pub async fn init_producer(
             }
         }
         Some(m) if m.completing() => {
-            // Left between prepare and markers (a failed marker write): finish it first.
+            // Left between prepare and markers (a crash, a failed marker write): finish it.
+            tracing::info!(transactional_id = %id, status = m.status.name(), "finishing a prepared transaction");
             complete(shard, partition, id, m.clone()).await?;
             shard.txns.get(id).unwrap_or(m)
         }
@@ -575,6 +576,7 @@ pub async fn tick_loop(shard: Rc<Shard>) {
                 continue;
             };
             let result = if current.completing() {
+                tracing::info!(transactional_id = %id, status = current.status.name(), "finishing a prepared transaction");
                 complete(&shard, partition, &id, current).await.map(|_| ())
             } else if expired(&current, now) {
                 tracing::info!(transactional_id = %id, "forgetting an expired transactional id");

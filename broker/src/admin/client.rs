@@ -7,13 +7,21 @@ use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListO
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::{ApiVersionsRequest, RequestHeader, ResponseHeader};
 use kafka_protocol::messages::{
-    BrokerId, ListOffsetsRequest, MetadataRequest, MetadataResponse, TopicName,
+    BrokerId, FindCoordinatorRequest, ListOffsetsRequest, MetadataRequest, MetadataResponse,
+    TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Request, StrBytes};
 use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
+
+/// What a coordinator coordinates (FindCoordinator's key type).
+#[derive(Clone, Copy)]
+pub enum CoordinatorKind {
+    Group = 0,
+    Transaction = 1,
+}
 
 pub struct Client {
     stream: TcpStream,
@@ -151,6 +159,26 @@ impl Brokers {
             self.clients.insert(id, client);
         }
         Ok(self.clients.get_mut(&id).expect("inserted above"))
+    }
+
+    /// The node coordinating `key` (a group or a transactional id), as FindCoordinator asked of
+    /// the bootstrap broker names it.
+    pub fn coordinator(&mut self, key: &str, kind: CoordinatorKind) -> Result<&mut Client> {
+        let key_str = StrBytes::from_string(key.to_string());
+        let bootstrap = self.bootstrap();
+        let req = if bootstrap.version::<FindCoordinatorRequest>()? >= 4 {
+            FindCoordinatorRequest::default().with_coordinator_keys(vec![key_str])
+        } else {
+            FindCoordinatorRequest::default().with_key(key_str)
+        };
+        let resp = bootstrap.send(req.with_key_type(kind as i8))?;
+        // v4+ answers per key, older versions at the top level.
+        let (node, code) = match resp.coordinators.first() {
+            Some(c) => (c.node_id.0, c.error_code),
+            None => (resp.node_id.0, resp.error_code),
+        };
+        super::check(code, &format!("find the coordinator of {key}"))?;
+        self.node(node)
     }
 
     /// Metadata of `topics` (all when `None`) as the bootstrap broker knows it.

@@ -12,15 +12,15 @@ use kafka_protocol::messages::offset_commit_request::{
 };
 use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestGroup;
 use kafka_protocol::messages::{
-    DeleteGroupsRequest, DescribeGroupsRequest, FindCoordinatorRequest, GroupId, ListGroupsRequest,
-    OffsetCommitRequest, OffsetFetchRequest, TopicName,
+    DeleteGroupsRequest, DescribeGroupsRequest, GroupId, ListGroupsRequest, OffsetCommitRequest,
+    OffsetFetchRequest, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, StrBytes};
 use kafka_protocol::ResponseError;
 use serde::Serialize;
 use std::collections::BTreeMap;
 
-use super::client::{Brokers, Client};
+use super::client::{Brokers, Client, CoordinatorKind};
 use super::{check, emit, print_json, table};
 
 #[derive(Args)]
@@ -136,23 +136,9 @@ fn list(brokers: &mut Brokers) -> Result<Vec<GroupRow>> {
     Ok(rows.into_values().collect())
 }
 
-/// The node coordinating `group` (FindCoordinator, asked of the bootstrap broker).
+/// The node coordinating `group`.
 fn coordinator<'a>(brokers: &'a mut Brokers, group: &str) -> Result<&'a mut Client> {
-    let key = StrBytes::from_string(group.to_string());
-    let bootstrap = brokers.bootstrap();
-    let req = if bootstrap.version::<FindCoordinatorRequest>()? >= 4 {
-        FindCoordinatorRequest::default().with_coordinator_keys(vec![key])
-    } else {
-        FindCoordinatorRequest::default().with_key(key)
-    };
-    let resp = bootstrap.send(req)?;
-    // v4+ answers per key, older versions at the top level.
-    let (node, code) = match resp.coordinators.first() {
-        Some(c) => (c.node_id.0, c.error_code),
-        None => (resp.node_id.0, resp.error_code),
-    };
-    check(code, &format!("find the coordinator of group {group}"))?;
-    brokers.node(node)
+    brokers.coordinator(group, CoordinatorKind::Group)
 }
 
 /// Partition leaders of `topics`: (topic, partition) -> node.

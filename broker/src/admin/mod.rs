@@ -1,4 +1,4 @@
-//! The admin CLI: `tern group|topic|cluster ...`, talking to brokers over the Kafka protocol
+//! The admin CLI: `tern group|topic|cluster|txn ...`, talking to brokers over the Kafka protocol
 //! (like `rpk` or `kafka-topics.sh`), with readable tables or `--json`.
 
 use anyhow::{bail, Context, Result};
@@ -10,6 +10,7 @@ pub mod client;
 pub mod cluster;
 pub mod group;
 pub mod topic;
+pub mod txn;
 
 pub(crate) fn error_text(code: i16) -> String {
     match ResponseError::try_from_code(code) {
