@@ -57,9 +57,9 @@ def record_batch(value, key=b"k", magic=2, corrupt_crc=False, timestamp=1_700_00
     return struct.pack(">qi", 0, len(body)) + body
 
 
-def produce_v3(topic, partition, records, acks=1):
+def produce_v3(topic, partition, records, acks=1, transactional_id=None):
     body = (
-        struct.pack(">h", -1)  # transactional id: null
+        (string(transactional_id) if transactional_id is not None else struct.pack(">h", -1))
         + struct.pack(">hi", acks, 5000)
         + struct.pack(">i", 1)
         + string(topic)

@@ -273,6 +273,19 @@ def test_bad_transaction_requests_get_the_fitting_error(broker, topic_name):
     # The current one still works: the partition joins, and the transaction ends.
     assert add_partition(topic_name, pid, 1) == 0
     assert end_txn(topic_name, pid, 1) == 0
+    # A transactional batch to a partition its transaction has not added (or from a fenced
+    # epoch) would open a transaction no marker ends: INVALID_TXN_STATE (48) / epoch (47).
+    def produce_txn(epoch):
+        batch = kafka_wire.record_batch(b"v", producer=(pid, epoch, 0), attributes=0x10)
+        with kafka_wire.connect(broker.bootstrap) as sock:
+            resp = kafka_wire.roundtrip(sock, kafka_wire.produce_v3(topic_name, 0, batch, transactional_id=topic_name))
+        return kafka_wire.single_partition_error(resp)
+
+    assert produce_txn(1) == 48
+    assert produce_txn(0) == 47
+    assert add_partition(topic_name, pid, 1) == 0
+    assert produce_txn(1) == 0
+    assert end_txn(topic_name, pid, 1) == 0
     # Clients may not write control batches (a forged commit marker): INVALID_RECORD (87).
     marker = kafka_wire.record_batch(struct.pack(">hi", 0, 0), key=struct.pack(">hh", 0, 1),
                                      producer=(pid, 1, -1), attributes=0x30)

@@ -305,6 +305,38 @@ fn bump_epoch(m: TxnMeta) -> TxnMeta {
     }
 }
 
+/// Checks a transactional produce to `topic`-`partition` against the coordinator (KIP-890's
+/// verification, done locally): the producer must be the id's current one, with its
+/// transaction open and the partition added. So a fenced or timed-out producer cannot open a
+/// transaction on a partition that no marker would ever end (a hanging transaction).
+pub async fn verify_produce(
+    shard: &Rc<Shard>,
+    id: &str,
+    producer_id: i64,
+    epoch: i16,
+    topic: String,
+    partition: i32,
+) -> Result<(), i16> {
+    let txn_id = id.to_string();
+    on_coordinator(shard, id, move |s, _| async move {
+        let Some(m) = s.txns.get(&txn_id) else {
+            return Err(ResponseError::InvalidProducerIdMapping.code());
+        };
+        if m.producer_id != producer_id {
+            return Err(ResponseError::InvalidProducerIdMapping.code());
+        }
+        if epoch < m.producer_epoch {
+            return Err(ResponseError::InvalidProducerEpoch.code());
+        }
+        let added = m.partitions.contains(&(topic, partition));
+        if epoch != m.producer_epoch || m.status != TxnStatus::Ongoing || !added {
+            return Err(ResponseError::InvalidTxnState.code());
+        }
+        Ok(())
+    })
+    .await
+}
+
 /// AddPartitionsToTxn / AddOffsetsToTxn: the partitions join the producer's transaction
 /// (starting it).
 pub async fn add_partitions(

@@ -231,9 +231,39 @@ async fn produce_partition(
     partition: i32,
     records: Option<Bytes>,
     acks: i16,
+    transactional_id: Option<&str>,
 ) -> Outcome {
     if let Err(e) = controller::ensure_topic(shard, &topic, true).await {
         return Outcome::error(e.code, e.message);
+    }
+    // A transactional batch must belong to its producer's open transaction, which this
+    // partition has joined (a single node's coordinator is local).
+    let header = records
+        .as_deref()
+        .and_then(|r| tern_protocol::batch::BatchHeader::parse(r).ok());
+    let transactional = header.filter(|h| h.is_transactional() && !h.is_control());
+    if let (Some(h), None) = (transactional, &shard.config.cluster) {
+        let Some(id) = transactional_id else {
+            return Outcome::error(
+                ResponseError::InvalidTxnState.code(),
+                "a transactional batch needs the producer's transactional id",
+            );
+        };
+        let verified = crate::txn::verify_produce(
+            shard,
+            id,
+            h.producer_id,
+            h.producer_epoch,
+            topic.clone(),
+            partition,
+        )
+        .await;
+        if let Err(code) = verified {
+            return Outcome::error(
+                code,
+                format!("{topic}-{partition} is not in an open transaction of this producer"),
+            );
+        }
     }
     let meta = shard.meta.snapshot();
     let group = meta.topics.get(&topic).and_then(|t| t.group(partition));
@@ -259,6 +289,7 @@ pub async fn handle(shard: &Rc<Shard>, req: ProduceRequest) -> Option<ProduceRes
     if !(-1..=1).contains(&acks) {
         return (acks != 0).then(|| error_response(&req, ResponseError::InvalidRequiredAcks));
     }
+    let transactional_id = req.transactional_id.as_ref().map(|id| id.0.as_str());
     let mut work = Vec::new();
     for topic in &req.topic_data {
         for p in &topic.partition_data {
@@ -268,6 +299,7 @@ pub async fn handle(shard: &Rc<Shard>, req: ProduceRequest) -> Option<ProduceRes
                 p.index,
                 p.records.clone(),
                 acks,
+                transactional_id,
             ));
         }
     }
