@@ -10,7 +10,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
-use tern_storage::PartitionLog;
+use tern_storage::{LogConfig, PartitionLog};
 
 use crate::config::BrokerConfig;
 use crate::metadata::MetaStore;
@@ -129,7 +129,7 @@ impl Shard {
         partition: i32,
         configs: &std::collections::BTreeMap<String, String>,
     ) -> Result<()> {
-        let log_config = topic_config::log_config(configs, self.cache_bytes());
+        let log_config = self.log_config(configs);
         let log = PartitionLog::open(&self.partition_dir(topic, partition), log_config)
             .await
             .with_context(|| format!("open partition {topic}-{partition}"))?;
@@ -139,6 +139,24 @@ impl Shard {
             .insert((topic.to_string(), partition), log);
         self.share_cache_budget();
         Ok(())
+    }
+
+    /// Storage settings of a partition of a topic with these configs (as they apply on this
+    /// node), with the node's cleaner settings: `log.cleaner.dedupe.buffer.size` bounds a
+    /// compaction round's key map.
+    fn log_config(&self, configs: &std::collections::BTreeMap<String, String>) -> LogConfig {
+        let mut log_config = topic_config::log_config(configs, self.cache_bytes());
+        let meta = self.meta.snapshot();
+        let brokers = meta.broker_configs_of(self.config.node_id);
+        let name = "log.cleaner.dedupe.buffer.size";
+        let value = brokers
+            .get(name)
+            .map(|(v, _)| *v)
+            .or_else(|| topic_config::broker_def(name).map(|d| d.default));
+        if let Some(bytes) = value.and_then(|v| v.parse::<usize>().ok()) {
+            log_config.compaction_map_bytes = bytes;
+        }
+        log_config
     }
 
     /// Bytes of batch cache each partition of this shard may keep.
@@ -187,7 +205,7 @@ impl Shard {
         topic: &str,
         configs: &std::collections::BTreeMap<String, String>,
     ) {
-        let log_config = topic_config::log_config(configs, self.cache_bytes());
+        let log_config = self.log_config(configs);
         for ((t, _), log) in self.partitions.borrow().iter() {
             if t == topic {
                 log.set_config(log_config.clone());
