@@ -194,6 +194,13 @@ def test_replicated_topics_are_described_and_read_across_control_batches(cluster
     assert sorted((int(q), int(o), v.encode()) for q, o, v in lines) == sorted(
         (q, o, v) for v, (q, o) in acked.items()
     )
+    # Transactions are single-node only so far: a transactional batch (which no coordinator
+    # would end) is refused, and the partition's stable offset stays at its high watermark.
+    leader = leaders(cluster, topic_name)[0]
+    batch = kafka_wire.record_batch(b"txn", producer=(5, 0, 0), attributes=0x10)
+    with kafka_wire.connect(f"127.0.0.1:{cluster.port_of(leader)}") as sock:
+        resp = kafka_wire.roundtrip(sock, kafka_wire.produce_v3(topic_name, 0, batch, transactional_id="t"))
+    assert kafka_wire.single_partition_error(resp) == 48  # INVALID_TXN_STATE
 
 
 def test_acknowledged_records_survive_killing_and_pausing_leaders(cluster, topic_name):

@@ -1203,6 +1203,17 @@ impl PartitionLog {
                     .await?;
             }
         }
+        // Roll snapshots past the cut describe batches that are gone: a recovery must not load
+        // one once the log has grown past its offset again.
+        let kept = match cut {
+            Cut::Truncate(end) => end,
+            Cut::Reset(_) => i64::MIN,
+        };
+        for file in fs::list_dir(&self.dir).await? {
+            if parse_roll_snapshot_name(&file).is_some_and(|o| o > kept) {
+                fs::remove_file(&file).await?;
+            }
+        }
         fs::sync_dir(&self.dir).await?;
         let mut st = self.state.borrow_mut();
         // Batches appended since the cut are in `max_timestamp` already.

@@ -1147,6 +1147,14 @@ fn a_truncation_cuts_the_tail_in_memory_at_once_and_in_the_files_before_the_next
         fill(&log, 40).await;
         let segments_before = dir_files(&dir, "log").len();
         assert!(segments_before > 3);
+        // The background seals and roll snapshots finish.
+        glommio::timer::sleep(std::time::Duration::from_millis(300)).await;
+        let snapshot_offset = |p: &std::path::PathBuf| -> i64 {
+            p.file_stem().unwrap().to_str().unwrap().parse().unwrap()
+        };
+        assert!(dir_files(&dir, "snapshot")
+            .iter()
+            .any(|p| snapshot_offset(p) > 60));
         log.set_high_watermark(50);
         // Not below the high watermark, and only at the log's batch boundaries.
         assert!(log.truncate(45).is_err());
@@ -1157,6 +1165,10 @@ fn a_truncation_cuts_the_tail_in_memory_at_once_and_in_the_files_before_the_next
         log.set_leader_epoch(1);
         fill(&log, 2).await;
         assert_eq!(log.end_offset(), 70);
+        // Roll snapshots past the cut went with it: a later recovery cannot load one.
+        assert!(dir_files(&dir, "snapshot")
+            .iter()
+            .all(|p| snapshot_offset(p) <= 60));
         let batches = stored_batches(&log).await;
         let epochs: Vec<i32> = batches
             .iter()

@@ -242,7 +242,14 @@ async fn produce_partition(
         .as_deref()
         .and_then(|r| tern_protocol::batch::BatchHeader::parse(r).ok());
     let transactional = header.filter(|h| h.is_transactional() && !h.is_control());
-    if let (Some(h), None) = (transactional, &shard.config.cluster) {
+    if transactional.is_some() && shard.config.cluster.is_some() {
+        // No coordinator would ever end the transaction it opens.
+        return Outcome::error(
+            ResponseError::InvalidTxnState.code(),
+            "transactions are not supported in a cluster yet",
+        );
+    }
+    if let Some(h) = transactional {
         let Some(id) = transactional_id else {
             return Outcome::error(
                 ResponseError::InvalidTxnState.code(),
