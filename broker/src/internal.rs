@@ -11,6 +11,16 @@ use tern_storage::Durability;
 use crate::kafka::now_ms;
 use crate::shard::Shard;
 
+/// The partition of an internal topic of `partitions` partitions that holds `key` (a group or
+/// a transactional id): Java's `String.hashCode`, as Kafka maps them, so a key lands in the
+/// same partition as in Kafka.
+pub fn partition_for(key: &str, partitions: usize) -> i32 {
+    let hash = key
+        .encode_utf16()
+        .fold(0i32, |h, c| h.wrapping_mul(31).wrapping_add(c as i32));
+    (hash & 0x7fff_ffff) % partitions.max(1) as i32
+}
+
 /// How long an append waits for a replicated commit.
 const COMMIT_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -55,5 +65,20 @@ pub async fn append(
                 .await
                 .map_err(storage_error)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::partition_for;
+
+    #[test]
+    fn keys_map_to_partitions_as_java_string_hash_code_does() {
+        // "hello".hashCode() == 99162322; "polygenelubricants".hashCode() == i32::MIN, which
+        // Kafka masks to 0 (not abs(), which would overflow).
+        assert_eq!(partition_for("hello", 50), 99162322 % 50);
+        assert_eq!(partition_for("polygenelubricants", 50), 0);
+        assert_eq!(partition_for("", 16), 0);
+        assert_eq!(partition_for("x", 0), 0);
     }
 }

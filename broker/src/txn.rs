@@ -142,12 +142,6 @@ impl TxnCoordinator {
     }
 }
 
-/// Java's `String.hashCode`, so an id maps to the same partition as in Kafka.
-fn java_hash(s: &str) -> i32 {
-    s.encode_utf16()
-        .fold(0i32, |h, c| h.wrapping_mul(31).wrapping_add(c as i32))
-}
-
 /// The shard coordinating transactional id `id` and its `__transaction_state` partition, or
 /// COORDINATOR_NOT_AVAILABLE.
 pub fn coordinator_of(shard: &Shard, id: &str) -> Result<(usize, i32), i16> {
@@ -156,7 +150,7 @@ pub fn coordinator_of(shard: &Shard, id: &str) -> Result<(usize, i32), i16> {
         .topics
         .get(TXN_TOPIC)
         .ok_or(ResponseError::CoordinatorNotAvailable.code())?;
-    let partition = (java_hash(id) & 0x7fff_ffff) % topic.shards.len().max(1) as i32;
+    let partition = crate::internal::partition_for(id, topic.shards.len());
     Ok((topic.shards[partition as usize], partition))
 }
 

@@ -22,16 +22,9 @@ use state::{Group, GroupConfig};
 
 pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
 
-/// Java's `String.hashCode`, so a group maps to the same `__consumer_offsets` partition as
-/// in Kafka.
-fn java_hash(s: &str) -> i32 {
-    s.encode_utf16()
-        .fold(0i32, |h, c| h.wrapping_mul(31).wrapping_add(c as i32))
-}
-
 /// The `__consumer_offsets` partition holding `group`.
 pub fn partition_for(group: &str, partitions: usize) -> i32 {
-    (java_hash(group) & 0x7fff_ffff) % partitions.max(1) as i32
+    crate::internal::partition_for(group, partitions)
 }
 
 /// The shard coordinating `group`, and its partition, or COORDINATOR_NOT_AVAILABLE.
