@@ -285,6 +285,14 @@ def test_bad_transaction_requests_get_the_fitting_error(broker, topic_name):
     assert produce_txn(0) == 47
     assert add_partition(topic_name, pid, 1) == 0
     assert produce_txn(1) == 0
+
+    # TxnOffsetCommit for a group the transaction never added (no AddOffsetsToTxn): 48.
+    def txn_offset_commit(group):
+        body = (kafka_wire.string(topic_name) + kafka_wire.string(group) + struct.pack(">qh", pid, 1)
+                + struct.pack(">i", 1) + kafka_wire.string(topic_name) + struct.pack(">iiqh", 1, 0, 1, -1))
+        return struct.unpack(">h", call(28, body)[-2:])[0]
+
+    assert txn_offset_commit(topic_name + "-group") == 48
     assert end_txn(topic_name, pid, 1) == 0
     # Clients may not write control batches (a forged commit marker): INVALID_RECORD (87).
     marker = kafka_wire.record_batch(struct.pack(">hi", 0, 0), key=struct.pack(">hh", 0, 1),

@@ -12,8 +12,9 @@ use std::rc::Rc;
 use super::now_ms;
 use super::offset_commit::{check_generation, MAX_METADATA};
 use crate::group::records::{Committed, GroupRecord};
-use crate::group::{self};
+use crate::group::{self, OFFSETS_TOPIC};
 use crate::shard::Shard;
+use crate::txn;
 
 pub async fn handle(shard: &Rc<Shard>, req: TxnOffsetCommitRequest) -> ResponseKind {
     let group_id = req.group_id.0.to_string();
@@ -62,22 +63,38 @@ pub async fn handle(shard: &Rc<Shard>, req: TxnOffsetCommitRequest) -> ResponseK
     let instance = req.group_instance_id.as_ref().map(|s| s.to_string());
     let generation = req.generation_id;
     let group = group_id.clone();
+    let txn_id = req.transactional_id.0.to_string();
     let stored: Result<(), i16> = match group::coordinator_of(shard, &group_id) {
         Err(code) => Err(code),
         Ok((owner, partition)) => {
-            shard
-                .run_on(owner, move |s| async move {
-                    s.groups.check_loaded(partition)?;
-                    // Producers before KIP-447 send no member: only the transaction binds them.
-                    if generation >= 0 || !member.is_empty() {
-                        check_generation(&s, &group, &member, instance.as_deref(), generation)?;
-                    }
-                    if records.is_empty() {
-                        return Ok(());
-                    }
-                    group::store_transactional(&s, partition, pid, epoch, records).await
-                })
-                .await
+            // The group's offsets partition must be in the producer's open transaction
+            // (AddOffsetsToTxn), or no marker would ever settle these offsets.
+            let offsets = OFFSETS_TOPIC.to_string();
+            match txn::verify_produce(shard, &txn_id, pid, epoch, offsets, partition).await {
+                Err(code) => Err(code),
+                Ok(()) => {
+                    shard
+                        .run_on(owner, move |s| async move {
+                            s.groups.check_loaded(partition)?;
+                            // Producers before KIP-447 send no member: only the transaction
+                            // binds them.
+                            if generation >= 0 || !member.is_empty() {
+                                check_generation(
+                                    &s,
+                                    &group,
+                                    &member,
+                                    instance.as_deref(),
+                                    generation,
+                                )?;
+                            }
+                            if records.is_empty() {
+                                return Ok(());
+                            }
+                            group::store_transactional(&s, partition, pid, epoch, records).await
+                        })
+                        .await
+                }
+            }
         }
     };
     let topics = req
