@@ -186,9 +186,20 @@ thread_local! {
 /// synced) takes milliseconds; done in the background, one at a time, it holds up no write.
 /// Until a segment is sealed, syncs cover it too.
 struct Sealer {
-    rolled: RefCell<Vec<Rc<Segment>>>,
-    /// Held while sealing, so seals run in roll order and never twice at once on a segment.
+    dir: PathBuf,
+    rolled: RefCell<Vec<Rolled>>,
+    /// Held while sealing and writing snapshots, so seals run in roll order, never twice at
+    /// once on a segment, and a cut that waits for them sees every snapshot they wrote.
     lock: Semaphore,
+}
+
+/// A rolled segment with the producer snapshot of the batches before its end, written once it
+/// is sealed (so a snapshot never describes batches a crash could still lose).
+#[derive(Clone)]
+struct Rolled {
+    segment: Rc<Segment>,
+    end: i64,
+    snapshot: Rc<Vec<u8>>,
 }
 
 impl Sealer {
@@ -197,7 +208,12 @@ impl Sealer {
     async fn seal_rolled(&self) -> io::Result<()> {
         let _permit = self.lock.acquire_permit(1).await.ok();
         loop {
-            let Some(segment) = self.rolled.borrow().first().cloned() else {
+            let Some(Rolled {
+                segment,
+                end,
+                snapshot,
+            }) = self.rolled.borrow().first().cloned()
+            else {
                 return Ok(());
             };
             #[cfg(test)]
@@ -205,6 +221,9 @@ impl Sealer {
                 gate.wait().await;
             }
             segment.seal().await?;
+            if let Err(error) = write_roll_snapshot(&self.dir, end, &snapshot).await {
+                tracing::warn!(dir = %self.dir.display(), %error, "writing the producer snapshot failed; recovery replays older segments");
+            }
             // Only sealing (under the lock) takes segments off the list: it is still first.
             self.rolled.borrow_mut().remove(0);
         }
@@ -559,6 +578,7 @@ impl PartitionLog {
             advanced: Event::new(),
             write_done: Event::new(),
             sealer: Rc::new(Sealer {
+                dir: dir.to_path_buf(),
                 rolled: RefCell::new(Vec::new()),
                 lock: Semaphore::new(1),
             }),
@@ -988,7 +1008,13 @@ impl PartitionLog {
             if st.synced > offset {
                 return Ok(());
             }
-            let mut unsynced = self.sealer.rolled.borrow().clone();
+            let mut unsynced: Vec<Rc<Segment>> = self
+                .sealer
+                .rolled
+                .borrow()
+                .iter()
+                .map(|r| r.segment.clone())
+                .collect();
             unsynced.push(self.active());
             (st.written, unsynced, st.rollbacks.len())
         };
@@ -1204,7 +1230,8 @@ impl PartitionLog {
             }
         }
         // Roll snapshots past the cut describe batches that are gone: a recovery must not load
-        // one once the log has grown past its offset again.
+        // one once the log has grown past its offset again. (Rolls write them while sealing,
+        // which is done above.)
         let kept = match cut {
             Cut::Truncate(end) => end,
             Cut::Reset(_) => i64::MIN,
@@ -1291,17 +1318,15 @@ impl PartitionLog {
             active.set_aborted(st.aborted.to_bytes(active.base_offset, base));
             producers.to_bytes()
         };
-        self.sealer.rolled.borrow_mut().push(active);
+        self.sealer.rolled.borrow_mut().push(Rolled {
+            segment: active,
+            end: base,
+            snapshot: Rc::new(snapshot),
+        });
         let sealer = self.sealer.clone();
-        let dir = self.dir.clone();
         glommio::spawn_local(async move {
             if let Err(error) = sealer.seal_rolled().await {
-                tracing::error!(dir = %dir.display(), %error, "sealing a rolled segment failed; syncs cover it until a later seal succeeds");
-                return;
-            }
-            // After the seal, so a snapshot never describes batches a crash could still lose.
-            if let Err(error) = write_roll_snapshot(&dir, base, &snapshot).await {
-                tracing::warn!(dir = %dir.display(), %error, "writing the producer snapshot failed; recovery replays older segments");
+                tracing::error!(dir = %sealer.dir.display(), %error, "sealing a rolled segment failed; syncs cover it until a later seal succeeds");
             }
         })
         .detach();
