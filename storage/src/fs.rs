@@ -127,7 +127,18 @@ pub async fn read_file(path: &Path) -> io::Result<Option<Vec<u8>>> {
             };
         }
     };
-    let size = file.file_size().await?;
+    // glommio looks the size up by path: a file removed since it was opened reads as missing.
+    let size = match file.file_size().await {
+        Ok(size) => size,
+        Err(e) => {
+            let e: io::Error = e.into();
+            let _ = file.close().await;
+            return match e.kind() {
+                io::ErrorKind::NotFound => Ok(None),
+                _ => Err(e),
+            };
+        }
+    };
     let data = if size == 0 {
         Vec::new()
     } else {

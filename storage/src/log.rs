@@ -344,12 +344,12 @@ impl State {
                 });
             }
         }
-        // A cut reaches back to the high watermark at most, and a roll snapshot to the
-        // active segment's base: completed transactions below both are settled.
+        // A cut reaches back to the high watermark at most, and a roll snapshot to what is
+        // written: completed transactions below both are settled.
         let settled = self
             .high_watermark
             .unwrap_or(self.written)
-            .min(self.segments.keys().next_back().copied().unwrap_or(0));
+            .min(self.written);
         self.producers.forget_completed_below(settled);
         self.cache
             .push(header.base_offset, header.last_offset(), data.clone());
