@@ -21,6 +21,20 @@ pub fn partition_for(key: &str, partitions: usize) -> i32 {
     (hash & 0x7fff_ffff) % partitions.max(1) as i32
 }
 
+/// The partitions of internal topic `topic` this shard owns (whose coordinator state it
+/// reads back at start).
+pub fn owned_partitions(shard: &Shard, topic: &str) -> Vec<i32> {
+    let meta = shard.meta.snapshot();
+    meta.topics
+        .get(topic)
+        .map(|t| {
+            (0..t.shards.len() as i32)
+                .filter(|&p| t.shards[p as usize] == shard.id)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// How long an append waits for a replicated commit.
 const COMMIT_TIMEOUT: Duration = Duration::from_secs(30);
 

@@ -18,6 +18,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::rc::Rc;
 use std::time::Duration;
 use tern_protocol::batch;
+use tern_protocol::markers::Marker;
 use tern_protocol::txn_records::{self, StoredTxn, TxnStatus};
 use tern_storage::{Durability, LogError};
 
@@ -482,7 +483,13 @@ pub async fn write_markers_to(
                     out.push(((topic, p), unknown));
                     continue;
                 };
-                let result = match log.append_marker(producer_id, epoch, commit, 0, now) {
+                let marker = Marker {
+                    producer_id,
+                    producer_epoch: epoch,
+                    commit,
+                    coordinator_epoch: 0,
+                };
+                let result = match log.append_marker(&marker, now) {
                     Ok(a) => log.wait(&a, Durability::Synced).await,
                     Err(e) => Err(e),
                 };
@@ -516,18 +523,8 @@ pub async fn write_markers_to(
 /// Reads this shard's `__transaction_state` partitions back: the newest record of each id
 /// wins, a tombstone removes it.
 pub async fn load(shard: &Rc<Shard>) -> anyhow::Result<()> {
-    let meta = shard.meta.snapshot();
-    let owned: Vec<i32> = meta
-        .topics
-        .get(TXN_TOPIC)
-        .map(|t| {
-            (0..t.shards.len() as i32)
-                .filter(|&p| t.shards[p as usize] == shard.id)
-                .collect()
-        })
-        .unwrap_or_default();
     let mut count = 0;
-    for p in owned {
+    for p in crate::internal::owned_partitions(shard, TXN_TOPIC) {
         let Some(log) = shard.partition(TXN_TOPIC, p) else {
             continue;
         };

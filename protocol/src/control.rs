@@ -70,22 +70,38 @@ pub fn encode(entry: &raft::Entry, timestamp: i64) -> Option<Bytes> {
             (KRAFT_VOTERS, buf)
         }
     };
+    let mut buf = encode_record(kind, value.freeze(), (-1, -1, false), timestamp);
+    set_base_offset(&mut buf, entry.base as i64);
+    set_leader_epoch(&mut buf, entry.term as i32);
+    Some(buf.freeze())
+}
+
+/// A control batch of one record at offset 0: key (version 0, `kind`), `value`, written for
+/// `producer` (id, epoch, transactional) — Raft's entries (-1, -1, false) and transaction
+/// markers alike.
+pub(crate) fn encode_record(
+    kind: i16,
+    value: Bytes,
+    producer: (i64, i16, bool),
+    timestamp: i64,
+) -> BytesMut {
+    let (producer_id, producer_epoch, transactional) = producer;
     let mut key = BytesMut::with_capacity(4);
     key.put_i16(0);
     key.put_i16(kind);
     let record = Record {
-        transactional: false,
+        transactional,
         control: true,
         delete_horizon: false,
-        partition_leader_epoch: entry.term as i32,
-        producer_id: -1,
-        producer_epoch: -1,
+        partition_leader_epoch: 0,
+        producer_id,
+        producer_epoch,
         timestamp_type: TimestampType::Creation,
         offset: 0,
         sequence: -1,
         timestamp,
         key: Some(key.freeze()),
-        value: Some(value.freeze()),
+        value: Some(value),
         headers: Default::default(),
     };
     let mut buf = BytesMut::new();
@@ -98,9 +114,7 @@ pub fn encode(entry: &raft::Entry, timestamp: i64) -> Option<Bytes> {
         },
     )
     .expect("a control record encodes");
-    set_base_offset(&mut buf, entry.base as i64);
-    set_leader_epoch(&mut buf, entry.term as i32);
-    Some(buf.freeze())
+    buf
 }
 
 /// The Raft payload a control batch written by [`encode`] stores.

@@ -3,10 +3,7 @@
 //! transactional control batch of the producer's id and epoch holding one record whose key is
 //! (version 0, type) and whose value is (version 0, coordinator epoch).
 
-use bytes::{BufMut, Bytes, BytesMut};
-use kafka_protocol::records::{
-    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-};
+use bytes::{BufMut, BytesMut};
 
 use crate::batch::{take_varint, BatchHeader, HEADER_LEN};
 
@@ -15,46 +12,26 @@ pub const ABORT: i16 = 0;
 /// Control record type of a commit marker.
 pub const COMMIT: i16 = 1;
 
-/// The marker batch ending producer `producer_id`'s transaction (offset 0: the log assigns it).
-pub fn encode(
-    producer_id: i64,
-    producer_epoch: i16,
-    commit: bool,
-    coordinator_epoch: i32,
-    timestamp: i64,
-) -> Bytes {
-    let mut key = BytesMut::with_capacity(4);
-    key.put_i16(0);
-    key.put_i16(if commit { COMMIT } else { ABORT });
-    let mut value = BytesMut::with_capacity(6);
-    value.put_i16(0);
-    value.put_i32(coordinator_epoch);
-    let record = Record {
-        transactional: true,
-        control: true,
-        delete_horizon: false,
-        partition_leader_epoch: 0,
-        producer_id,
-        producer_epoch,
-        timestamp_type: TimestampType::Creation,
-        offset: 0,
-        sequence: -1,
-        timestamp,
-        key: Some(key.freeze()),
-        value: Some(value.freeze()),
-        headers: Default::default(),
-    };
-    let mut buf = BytesMut::new();
-    RecordBatchEncoder::encode(
-        &mut buf,
-        [&record],
-        &RecordEncodeOptions {
-            version: 2,
-            compression: Compression::None,
-        },
-    )
-    .expect("a marker record encodes");
-    buf.freeze()
+/// A transaction marker: the coordinator (in `coordinator_epoch`) ends producer
+/// `producer_id`'s transaction, at `producer_epoch`, with a commit or an abort.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Marker {
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    pub commit: bool,
+    pub coordinator_epoch: i32,
+}
+
+impl Marker {
+    /// The marker batch (offset 0: the log assigns it), ready to be stamped in place.
+    pub fn encode(&self, timestamp: i64) -> BytesMut {
+        let mut value = BytesMut::with_capacity(6);
+        value.put_i16(0);
+        value.put_i32(self.coordinator_epoch);
+        let kind = if self.commit { COMMIT } else { ABORT };
+        let producer = (self.producer_id, self.producer_epoch, true);
+        crate::control::encode_record(kind, value.freeze(), producer, timestamp)
+    }
 }
 
 /// The control record type of a control batch (`header` parsed from `batch`, which holds at
@@ -96,7 +73,13 @@ mod tests {
     #[test]
     fn markers_encode_as_kafka_writes_them() {
         for commit in [true, false] {
-            let batch = encode(77, 3, commit, 5, 1_000);
+            let marker = Marker {
+                producer_id: 77,
+                producer_epoch: 3,
+                commit,
+                coordinator_epoch: 5,
+            };
+            let batch = marker.encode(1_000);
             let h = crate::batch::validate(&batch).unwrap();
             assert!(h.is_control() && h.is_transactional());
             assert_eq!(

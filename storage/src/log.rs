@@ -15,13 +15,13 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use tern_protocol::batch::{self, BatchError};
-use tern_protocol::markers;
+use tern_protocol::markers::Marker;
 use thiserror::Error;
 
 use crate::cache::BatchCache;
 use crate::config::LogConfig;
 use crate::fs;
-use crate::producers::{ProducerError, ProducerStates, SequenceCheck};
+use crate::producers::{CompletedTxn, ProducerError, ProducerStates, SequenceCheck};
 use crate::records::{Chunk, Records, StoredBatch};
 use crate::segment::{parse_segment_name, OpenMode, PreparedWrite, Segment};
 use crate::txn_index::{self, AbortedTxn, TxnIndex};
@@ -332,16 +332,7 @@ impl State {
         }
         if let Some(done) = self.producers.record(header, data.head()) {
             if done.aborted {
-                let stable = self
-                    .producers
-                    .first_open_offset()
-                    .map_or(done.marker_offset + 1, |o| o.min(done.marker_offset + 1));
-                self.aborted.insert(AbortedTxn {
-                    producer_id: done.producer_id,
-                    first_offset: done.first_offset,
-                    last_offset: done.marker_offset,
-                    last_stable_offset: stable,
-                });
+                self.aborted.insert(aborted_entry(&self.producers, &done));
             }
         }
         // A cut reaches back to the high watermark at most, and a roll snapshot to what is
@@ -394,29 +385,26 @@ fn closed_below(segments: &[Rc<Segment>], bound: i64) -> &[Rc<Segment>] {
     &closed[..n]
 }
 
-/// A marker batch at the log end, stamped with leader epoch `epoch`.
-#[allow(clippy::too_many_arguments)]
-fn stamp_marker(
-    st: &State,
-    producer_id: i64,
-    producer_epoch: i16,
-    commit: bool,
-    coordinator_epoch: i32,
-    now_ms: i64,
-    epoch: i32,
-) -> Bytes {
-    let mut data = BytesMut::from(
-        &markers::encode(
-            producer_id,
-            producer_epoch,
-            commit,
-            coordinator_epoch,
-            now_ms,
-        )[..],
-    );
+/// `marker`'s batch at the log end, stamped with leader epoch `epoch`.
+fn stamp_marker(st: &State, marker: &Marker, now_ms: i64, epoch: i32) -> Bytes {
+    let mut data = marker.encode(now_ms);
     batch::set_base_offset(&mut data, st.next_offset);
     batch::set_leader_epoch(&mut data, epoch);
     data.freeze()
+}
+
+/// The aborted-index entry of a transaction a marker just aborted; its stable offset is where
+/// the oldest transaction still open starts (or past the marker).
+fn aborted_entry(producers: &ProducerStates, done: &CompletedTxn) -> AbortedTxn {
+    let past_marker = done.marker_offset + 1;
+    AbortedTxn {
+        producer_id: done.producer_id,
+        first_offset: done.first_offset,
+        last_offset: done.marker_offset,
+        last_stable_offset: producers
+            .first_open_offset()
+            .map_or(past_marker, |o| o.min(past_marker)),
+    }
 }
 
 /// Producer state after a crash: the newest roll snapshot at or below the active segment's
@@ -450,15 +438,7 @@ async fn recover_producers(
         segment
             .visit_batches(|h, b| {
                 if let Some(done) = producers.record(h, b).filter(|d| d.aborted) {
-                    let stable = producers
-                        .first_open_offset()
-                        .map_or(done.marker_offset + 1, |o| o.min(done.marker_offset + 1));
-                    aborted.insert(AbortedTxn {
-                        producer_id: done.producer_id,
-                        first_offset: done.first_offset,
-                        last_offset: done.marker_offset,
-                        last_stable_offset: stable,
-                    });
+                    aborted.insert(aborted_entry(&producers, &done));
                 }
             })
             .await?;
@@ -750,31 +730,16 @@ impl PartitionLog {
         })
     }
 
-    /// Appends the marker ending producer `producer_id`'s transaction (WriteTxnMarkers, on a
-    /// log with one replica): commit or abort, from the coordinator in `coordinator_epoch`.
-    /// An older producer epoch than the log knows is a zombie's: refused.
-    pub fn append_marker(
-        &self,
-        producer_id: i64,
-        producer_epoch: i16,
-        commit: bool,
-        coordinator_epoch: i32,
-        now_ms: i64,
-    ) -> Result<Appended, LogError> {
+    /// Appends `marker`, ending its producer's transaction (WriteTxnMarkers, on a log with
+    /// one replica). An older producer epoch than the log knows is a zombie's: refused.
+    pub fn append_marker(&self, marker: &Marker, now_ms: i64) -> Result<Appended, LogError> {
         let mut st = self.state.borrow_mut();
         if st.fenced {
             return Err(LogError::Fenced);
         }
-        st.producers.check_marker(producer_id, producer_epoch)?;
-        let data = stamp_marker(
-            &st,
-            producer_id,
-            producer_epoch,
-            commit,
-            coordinator_epoch,
-            now_ms,
-            st.leader_epoch,
-        );
+        st.producers
+            .check_marker(marker.producer_id, marker.producer_epoch)?;
+        let data = stamp_marker(&st, marker, now_ms, st.leader_epoch);
         let header = batch::BatchHeader::parse(&data)?;
         st.last_epoch = st.leader_epoch;
         let generation = st.rollbacks.len();
@@ -795,24 +760,14 @@ impl PartitionLog {
     /// end and stamped with `epoch`, for Raft to propose.
     pub fn prepare_marker(
         &self,
-        producer_id: i64,
-        producer_epoch: i16,
-        commit: bool,
-        coordinator_epoch: i32,
+        marker: &Marker,
         now_ms: i64,
         epoch: i32,
     ) -> Result<Bytes, LogError> {
         let st = self.state.borrow();
-        st.producers.check_marker(producer_id, producer_epoch)?;
-        Ok(stamp_marker(
-            &st,
-            producer_id,
-            producer_epoch,
-            commit,
-            coordinator_epoch,
-            now_ms,
-            epoch,
-        ))
+        st.producers
+            .check_marker(marker.producer_id, marker.producer_epoch)?;
+        Ok(stamp_marker(&st, marker, now_ms, epoch))
     }
 
     /// Offsets below this are stable: a `read_committed` consumer may read them (Kafka's last

@@ -583,7 +583,13 @@ mod tests {
     }
 
     fn marker(pid: i64, epoch: i16, commit: bool, offset: i64) -> (BatchHeader, bytes::Bytes) {
-        let mut data = bytes::BytesMut::from(&markers::encode(pid, epoch, commit, 0, 0)[..]);
+        let mut data = markers::Marker {
+            producer_id: pid,
+            producer_epoch: epoch,
+            commit,
+            coordinator_epoch: 0,
+        }
+        .encode(0);
         tern_protocol::batch::set_base_offset(&mut data, offset);
         (BatchHeader::parse(&data).unwrap(), data.freeze())
     }

@@ -5,6 +5,17 @@ use crate::LogConfig;
 use kafka_protocol::records::Compression;
 use std::path::Path;
 use tern_protocol::batch;
+use tern_protocol::markers::Marker;
+
+/// Producer `producer_id`'s marker at `producer_epoch` from coordinator epoch 0.
+fn marker(producer_id: i64, producer_epoch: i16, commit: bool) -> Marker {
+    Marker {
+        producer_id,
+        producer_epoch,
+        commit,
+        coordinator_epoch: 0,
+    }
+}
 
 fn run<F: std::future::Future<Output = ()> + 'static>(f: impl FnOnce() -> F + Send + 'static) {
     glommio::LocalExecutorBuilder::default()
@@ -1457,10 +1468,10 @@ fn transactions_match_the_model(seed: u64, replicated: bool) {
             } else if choice < 85 {
                 let commit = rng.next(2) == 0;
                 let a = if replicated {
-                    let data = log.prepare_marker(pid, 0, commit, 0, 0, 0).unwrap();
+                    let data = log.prepare_marker(&marker(pid, 0, commit), 0, 0).unwrap();
                     log.append_replica(data).unwrap()
                 } else {
-                    log.append_marker(pid, 0, commit, 0, 0).unwrap()
+                    log.append_marker(&marker(pid, 0, commit), 0).unwrap()
                 };
                 assert_eq!(a.base_offset, end);
                 events.push(Event::Marker {
@@ -1564,9 +1575,9 @@ fn clients_may_not_write_markers() {
         let log = PartitionLog::open(&dir, LogConfig::default())
             .await
             .unwrap();
-        let marker = tern_protocol::markers::encode(1, 0, true, 0, 0);
+        let forged = marker(1, 0, true).encode(0).freeze();
         assert!(matches!(
-            log.append(marker, 0),
+            log.append(forged, 0),
             Err(LogError::Batch(batch::BatchError::BadRecords(_)))
         ));
         // A zombie's marker (an older epoch than the producer's) is refused.
@@ -1576,11 +1587,11 @@ fn clients_may_not_write_markers() {
         newer[17..21].copy_from_slice(&crc.to_be_bytes());
         log.append(newer.into(), 0).unwrap();
         assert!(matches!(
-            log.append_marker(1, 2, false, 0, 0),
+            log.append_marker(&marker(1, 2, false), 0),
             Err(LogError::Producer(_))
         ));
         assert_eq!(log.open_transactions(), [(1, 0)]);
-        log.append_marker(1, 3, false, 0, 0).unwrap();
+        log.append_marker(&marker(1, 3, false), 0).unwrap();
         assert!(log.open_transactions().is_empty());
     });
 }
@@ -1600,7 +1611,7 @@ fn compaction_drops_aborted_records_and_stays_below_the_last_stable_offset() {
         let plain = log.append(client_batch(5, 1000, 100).into(), 0).unwrap(); // k0..k4 at 0..4
         log.wait(&plain, Durability::Synced).await.unwrap();
         log.append(txn_batch(7, 0, 5).into(), 0).unwrap(); // k0..k4 at 5..9
-        let abort = log.append_marker(7, 0, false, 0, 0).unwrap(); // 10
+        let abort = log.append_marker(&marker(7, 0, false), 0).unwrap(); // 10
         log.wait(&abort, Durability::Synced).await.unwrap();
         fill_unique(&log, 40).await;
         log.compact(now).await.unwrap();
@@ -1624,7 +1635,7 @@ fn compaction_drops_aborted_records_and_stays_below_the_last_stable_offset() {
             "nothing at or past the stable offset shadows older records"
         );
         // Once committed (and the log rolled past it), compaction goes on.
-        let commit = log.append_marker(8, 0, true, 0, 0).unwrap();
+        let commit = log.append_marker(&marker(8, 0, true), 0).unwrap();
         log.wait(&commit, Durability::Synced).await.unwrap();
         fill_unique(&log, 40).await;
         log.compact(now).await.unwrap();

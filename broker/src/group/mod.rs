@@ -478,18 +478,8 @@ fn marker_kind(key: &[u8]) -> Option<bool> {
 
 /// Reads this shard's `__consumer_offsets` partitions back into its coordinator.
 pub async fn load(shard: &Rc<Shard>) -> anyhow::Result<()> {
-    let meta = shard.meta.snapshot();
-    let owned: Vec<i32> = meta
-        .topics
-        .get(OFFSETS_TOPIC)
-        .map(|t| {
-            (0..t.shards.len() as i32)
-                .filter(|&p| t.shards[p as usize] == shard.id)
-                .collect()
-        })
-        .unwrap_or_default();
     let mut count = 0usize;
-    for p in owned {
+    for p in crate::internal::owned_partitions(shard, OFFSETS_TOPIC) {
         count += load_partition(shard, p).await?;
     }
     shard.groups.loaded.set(true);

@@ -12,10 +12,34 @@ use super::now_ms;
 use crate::group::records::{Committed, GroupRecord};
 use crate::group::state::GroupState;
 use crate::group::{self};
+use crate::metadata::ClusterMeta;
 use crate::shard::Shard;
 
 /// `offset.metadata.max.bytes`.
-pub(super) const MAX_METADATA: usize = 4096;
+const MAX_METADATA: usize = 4096;
+
+/// The record storing `committed` as `group`'s offset of `topic`-`partition`, or why not:
+/// the partition does not exist, or the metadata is too large.
+pub(super) fn offset_record(
+    meta: &ClusterMeta,
+    group: &str,
+    topic: &str,
+    partition: i32,
+    committed: Committed,
+) -> Result<GroupRecord, i16> {
+    if meta.owner(topic, partition).is_none() {
+        return Err(ResponseError::UnknownTopicOrPartition.code());
+    }
+    if committed.metadata.len() > MAX_METADATA {
+        return Err(ResponseError::OffsetMetadataTooLarge.code());
+    }
+    Ok(GroupRecord::Offset {
+        group: group.to_string(),
+        topic: topic.to_string(),
+        partition,
+        value: Some(committed),
+    })
+}
 
 /// Whether this member may commit now: simple (no generation) commits only to groups without
 /// members, group members only in the current generation.
@@ -79,28 +103,13 @@ pub async fn handle(shard: &Rc<Shard>, req: OffsetCommitRequest) -> ResponseKind
             t.partitions
                 .iter()
                 .map(|p| {
-                    if meta.owner(&topic, p.partition_index).is_none() {
-                        return Err(ResponseError::UnknownTopicOrPartition.code());
-                    }
-                    let metadata = p
-                        .committed_metadata
-                        .as_ref()
-                        .map(|m| m.to_string())
-                        .unwrap_or_default();
-                    if metadata.len() > MAX_METADATA {
-                        return Err(ResponseError::OffsetMetadataTooLarge.code());
-                    }
-                    Ok(GroupRecord::Offset {
-                        group: group_id.clone(),
-                        topic: topic.clone(),
-                        partition: p.partition_index,
-                        value: Some(Committed {
-                            offset: p.committed_offset,
-                            leader_epoch: p.committed_leader_epoch,
-                            metadata,
-                            commit_timestamp: now_ms(),
-                        }),
-                    })
+                    let committed = Committed {
+                        offset: p.committed_offset,
+                        leader_epoch: p.committed_leader_epoch,
+                        metadata: p.committed_metadata.as_deref().unwrap_or("").to_string(),
+                        commit_timestamp: now_ms(),
+                    };
+                    offset_record(&meta, &group_id, &topic, p.partition_index, committed)
                 })
                 .collect(),
         );

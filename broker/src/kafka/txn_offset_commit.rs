@@ -6,11 +6,10 @@ use kafka_protocol::messages::txn_offset_commit_response::{
     TxnOffsetCommitResponsePartition, TxnOffsetCommitResponseTopic,
 };
 use kafka_protocol::messages::{ResponseKind, TxnOffsetCommitRequest, TxnOffsetCommitResponse};
-use kafka_protocol::ResponseError;
 use std::rc::Rc;
 
 use super::now_ms;
-use super::offset_commit::{check_generation, MAX_METADATA};
+use super::offset_commit::{check_generation, offset_record};
 use crate::group::records::{Committed, GroupRecord};
 use crate::group::{self, OFFSETS_TOPIC};
 use crate::shard::Shard;
@@ -27,28 +26,13 @@ pub async fn handle(shard: &Rc<Shard>, req: TxnOffsetCommitRequest) -> ResponseK
             t.partitions
                 .iter()
                 .map(|p| {
-                    if meta.owner(&topic, p.partition_index).is_none() {
-                        return Err(ResponseError::UnknownTopicOrPartition.code());
-                    }
-                    let metadata = p
-                        .committed_metadata
-                        .as_ref()
-                        .map(|m| m.to_string())
-                        .unwrap_or_default();
-                    if metadata.len() > MAX_METADATA {
-                        return Err(ResponseError::OffsetMetadataTooLarge.code());
-                    }
-                    Ok(GroupRecord::Offset {
-                        group: group_id.clone(),
-                        topic: topic.clone(),
-                        partition: p.partition_index,
-                        value: Some(Committed {
-                            offset: p.committed_offset,
-                            leader_epoch: p.committed_leader_epoch,
-                            metadata,
-                            commit_timestamp: now_ms(),
-                        }),
-                    })
+                    let committed = Committed {
+                        offset: p.committed_offset,
+                        leader_epoch: p.committed_leader_epoch,
+                        metadata: p.committed_metadata.as_deref().unwrap_or("").to_string(),
+                        commit_timestamp: now_ms(),
+                    };
+                    offset_record(&meta, &group_id, &topic, p.partition_index, committed)
                 })
                 .collect()
         })
