@@ -80,6 +80,56 @@ def admin(cluster):
     return cluster.admin
 
 
+def test_a_sequence_gap_is_refused_only_by_a_leader_sure_of_its_term(cluster, topic_name):
+    """OUT_OF_ORDER_SEQUENCE_NUMBER makes librdkafka renumber its unanswered batches under a new
+    epoch, so only a leader that knows no batch it lacks can still commit may send it: a
+    working leader does; a leader replaced while it was paused and cut off answers
+    NOT_LEADER_OR_FOLLOWER on waking, and the retry finds the new leader."""
+    from chaos import iptables_works
+
+    if not iptables_works():
+        pytest.skip("needs iptables to cut a node off")
+    create(cluster, topic_name, partitions=1, rf=3)
+    pid = 4242
+
+    def request(seq, acks=-1):
+        batch = kafka_wire.record_batch(b"s%d" % seq, producer=(pid, 0, seq))
+        return kafka_wire.produce_v3(topic_name, 0, batch, acks=acks)
+
+    def produce(node, seq):
+        with kafka_wire.connect(f"127.0.0.1:{cluster.port_of(node)}") as sock:
+            return kafka_wire.single_partition_error(kafka_wire.roundtrip(sock, request(seq)))
+
+    leader = leaders(cluster, topic_name)[0]
+    assert produce(leader, 0) == 0
+    assert produce(leader, 1) == 0
+    assert produce(leader, 5) == 45  # OUT_OF_ORDER_SEQUENCE_NUMBER
+    assert produce(leader, 2) == 0
+
+    # Cut off (nothing reaches its Raft listener) and paused at once, it still believes it leads
+    # when it wakes, until check-quorum; a request waiting in its socket is served first thing.
+    # (acks=1: with acks=all its stale view of the ISR may refuse first, retriably too.)
+    rpc_port = str(cluster.port + 100 + leader - 1)
+    rules = [["-p", "tcp", "--dport", rpc_port, "-j", "DROP"], ["-p", "tcp", "--sport", rpc_port, "-j", "DROP"]]
+    for rule in rules:
+        subprocess.run(["iptables", "-A", "INPUT", *rule], check=True)
+    try:
+        cluster.run("pause", leader)
+        wait_for(lambda: leaders(cluster, topic_name)[0] not in (leader, -1), timeout=30, what="a new leader")
+        new_leader = leaders(cluster, topic_name)[0]
+        assert produce(new_leader, 3) == 0
+        with kafka_wire.connect(f"127.0.0.1:{cluster.port_of(leader)}") as sock:
+            sock.sendall(request(9, acks=1))
+            cluster.run("resume", leader)
+            size = int.from_bytes(kafka_wire.recv_exact(sock, 4), "big")
+            resp = kafka_wire.recv_exact(sock, size)[4:]  # past the correlation id
+    finally:
+        for rule in rules:
+            subprocess.run(["iptables", "-D", "INPUT", *rule], capture_output=True)
+    assert kafka_wire.single_partition_error(resp) == 6  # NOT_LEADER_OR_FOLLOWER
+    assert produce(new_leader, 4) == 0
+
+
 def leaders(cluster, topic):
     md = admin(cluster).list_topics(topic, timeout=10)
     return {p.id: p.leader for p in md.topics[topic].partitions.values()}

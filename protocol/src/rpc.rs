@@ -18,7 +18,7 @@ use thiserror::Error;
 use crate::batch::{BatchHeader, HEADER_LEN};
 
 /// Bumped when the frame or its messages change incompatibly.
-pub const VERSION: u16 = 3;
+pub const VERSION: u16 = 4;
 /// Largest frame accepted: a replication round is bounded by Raft's append window (a few MiB),
 /// and one batch by `message.max.bytes`.
 pub const MAX_FRAME: usize = 256 << 20;
@@ -125,10 +125,10 @@ struct WireEnvelope {
     from: u64,
     to: u64,
     messages: Vec<WireMessage>,
-    /// (group, term, commit)
-    heartbeats: Vec<(u64, u64, u64)>,
-    /// (group, term, match_end, durable)
-    acks: Vec<(u64, u64, u64, u64)>,
+    /// (group, term, commit, round)
+    heartbeats: Vec<(u64, u64, u64, u64)>,
+    /// (group, term, match_end, durable, round)
+    acks: Vec<(u64, u64, u64, u64, u64)>,
 }
 
 #[derive(rkyv::Archive, rkyv::Serialize)]
@@ -199,12 +199,13 @@ enum WireBody {
     },
     Heartbeat {
         commit: u64,
+        round: u64,
     },
     AppendResponse {
         match_end: u64,
         durable: u64,
         reject: Option<WireReject>,
-        heartbeat: bool,
+        heartbeat: Option<u64>,
     },
     TimeoutNow,
     InstallStart {
@@ -320,7 +321,10 @@ fn wire_body(body: &raft::Body, data: &mut Vec<Bytes>, at: &mut u64) -> WireBody
                 })
                 .collect(),
         },
-        B::Heartbeat { commit } => WireBody::Heartbeat { commit: *commit },
+        B::Heartbeat { commit, round } => WireBody::Heartbeat {
+            commit: *commit,
+            round: *round,
+        },
         B::AppendResponse {
             match_end,
             durable,
@@ -373,12 +377,12 @@ pub fn encode_envelope(env: &raft::Envelope) -> Encoded {
         heartbeats: env
             .heartbeats
             .iter()
-            .map(|h| (h.group, h.term, h.commit))
+            .map(|h| (h.group, h.term, h.commit, h.round))
             .collect(),
         acks: env
             .acks
             .iter()
-            .map(|a| (a.group, a.term, a.match_end, a.durable))
+            .map(|a| (a.group, a.term, a.match_end, a.durable, a.round))
             .collect(),
     };
     let meta = rkyv::to_bytes::<rancor::Error>(&wire).expect("an envelope always serializes");
@@ -409,8 +413,8 @@ fn message_meta(m: &raft::Message) -> usize {
 /// the receiver steps them: messages, then heartbeats, then acks. `None` for an envelope that
 /// fits as it is (the common case: nothing is copied).
 pub fn split_envelope(env: &raft::Envelope) -> Option<Vec<raft::Envelope>> {
-    const HEARTBEAT: usize = 32;
-    const ACK: usize = 40;
+    const HEARTBEAT: usize = 40;
+    const ACK: usize = 48;
     let total = env
         .messages
         .iter()
@@ -540,6 +544,7 @@ fn envelope(w: &ArchivedWireEnvelope, data: &Bytes) -> Result<raft::Envelope, Rp
                 group: h.0.to_native(),
                 term: h.1.to_native(),
                 commit: h.2.to_native(),
+                round: h.3.to_native(),
             })
             .collect(),
         acks: w
@@ -550,6 +555,7 @@ fn envelope(w: &ArchivedWireEnvelope, data: &Bytes) -> Result<raft::Envelope, Rp
                 term: a.1.to_native(),
                 match_end: a.2.to_native(),
                 durable: a.3.to_native(),
+                round: a.4.to_native(),
             })
             .collect(),
     })
@@ -597,8 +603,9 @@ fn body(b: &ArchivedWireBody, data: &Bytes) -> Result<raft::Body, RpcError> {
                 commit: commit.to_native(),
             }
         }
-        ArchivedWireBody::Heartbeat { commit } => B::Heartbeat {
+        ArchivedWireBody::Heartbeat { commit, round } => B::Heartbeat {
             commit: commit.to_native(),
+            round: round.to_native(),
         },
         ArchivedWireBody::AppendResponse {
             match_end,
@@ -608,7 +615,7 @@ fn body(b: &ArchivedWireBody, data: &Bytes) -> Result<raft::Body, RpcError> {
         } => B::AppendResponse {
             match_end: match_end.to_native(),
             durable: durable.to_native(),
-            heartbeat: *heartbeat,
+            heartbeat: heartbeat.as_ref().map(|r| r.to_native()),
             reject: reject.as_ref().map(|r| raft::Reject {
                 prev_end: r.prev_end.to_native(),
                 hint_end: r.hint_end.to_native(),
@@ -719,12 +726,14 @@ mod tests {
                 group: 8,
                 term: 3,
                 commit: 100,
+                round: 12,
             }],
             acks: vec![raft::HeartbeatAck {
                 group: 9,
                 term: 4,
                 match_end: 50,
                 durable: 40,
+                round: 11,
             }],
         }
     }
@@ -831,6 +840,7 @@ mod tests {
                 group,
                 term: 3,
                 commit: 9,
+                round: 1,
             });
         }
         let pieces = split_envelope(&env).unwrap();
@@ -872,11 +882,20 @@ mod tests {
                 transfer: true,
             },
             B::VoteResponse { granted: false },
-            B::Heartbeat { commit: 3 },
+            B::Heartbeat {
+                commit: 3,
+                round: 7,
+            },
+            B::AppendResponse {
+                match_end: 4,
+                durable: 4,
+                heartbeat: Some(7),
+                reject: None,
+            },
             B::AppendResponse {
                 match_end: 4,
                 durable: 3,
-                heartbeat: false,
+                heartbeat: None,
                 reject: Some(raft::Reject {
                     prev_end: 9,
                     hint_end: 8,

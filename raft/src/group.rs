@@ -68,6 +68,8 @@ pub(crate) enum Mutation {
     SkipLogMatching,
     /// A follower reports appended-but-unsynced entries as durable.
     CountUnsyncedAsDurable,
+    /// A leadership check holds without heartbeats answered after it began.
+    ConfirmWithoutHeartbeats,
     /// A replica that lost its data votes before it has the committed entries again.
     VoteAfterDataLoss,
 }
@@ -112,6 +114,14 @@ pub struct RoleChange {
     pub role: Role,
     pub term: Term,
     pub leader: Option<NodeId>,
+}
+
+/// A leader's check that it still leads, from [`Group::leadership_check`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LeadershipCheck {
+    pub term: Term,
+    /// Heartbeats the leader had sent in `term` when the check began.
+    pub round: u64,
 }
 
 /// What the host must do after an input, in this order: persist `hard_state` and `meta`
@@ -199,6 +209,8 @@ pub struct Group<L: Log> {
     sync_requested: Option<SyncToken>,
     election_elapsed: u32,
     heartbeat_elapsed: u32,
+    /// Leader: heartbeats broadcast in this term (leadership checks count answers by it).
+    heartbeat_round: u64,
     election_timeout: u32,
     votes: BTreeMap<NodeId, bool>,
     /// Leader: one per other member.
@@ -270,6 +282,7 @@ impl<L: Log> Group<L> {
             sync_requested: None,
             election_elapsed: 0,
             heartbeat_elapsed: 0,
+            heartbeat_round: 0,
             election_timeout: cfg.election_ticks,
             votes: BTreeMap::new(),
             progress: BTreeMap::new(),
@@ -507,7 +520,7 @@ impl<L: Log> Group<L> {
         } else {
             self.update_follower_commit();
             if let Some(leader) = self.leader {
-                self.respond_progress(leader, false);
+                self.respond_progress(leader, None);
             }
         }
     }
@@ -564,7 +577,7 @@ impl<L: Log> Group<L> {
             match m.body {
                 // Tell a stale leader (or pre-candidate) the newer term so it steps down.
                 Body::Append { .. } | Body::Heartbeat { .. } | Body::InstallStart { .. } => {
-                    self.send(m.from, self.progress_body(true, None))
+                    self.send(m.from, self.progress_body(Some(0), None))
                 }
                 Body::PreVote { .. } => self.send(m.from, Body::PreVoteResponse { granted: false }),
                 _ => {}
@@ -615,11 +628,11 @@ impl<L: Log> Group<L> {
                     self.handle_append(m.from, prev_end, prev_term, entries, commit);
                 }
             }
-            Body::Heartbeat { commit } => {
+            Body::Heartbeat { commit, round } => {
                 if self.follow(m.from) {
                     self.leader_commit = self.leader_commit.max(commit);
                     self.update_follower_commit();
-                    self.respond_progress(m.from, true);
+                    self.respond_progress(m.from, Some(round));
                 }
             }
             Body::InstallStart {
@@ -776,6 +789,7 @@ impl<L: Log> Group<L> {
         self.set_role(Role::Leader, Some(self.cfg.id));
         self.election_elapsed = 0;
         self.heartbeat_elapsed = 0;
+        self.heartbeat_round = 0;
         self.transfer = None;
         self.progress.clear();
         self.membership_changed();
@@ -992,7 +1006,7 @@ impl<L: Log> Group<L> {
         self.leader_match_end = self.leader_match_end.max(match_end.min(self.log.end()));
         self.leader_commit = self.leader_commit.max(commit);
         self.update_follower_commit();
-        self.respond_progress(from, false);
+        self.respond_progress(from, None);
     }
 
     fn reject(&mut self, from: NodeId, prev_end: Offset, hint_end: Offset) {
@@ -1007,7 +1021,7 @@ impl<L: Log> Group<L> {
                 .unwrap_or(log_start),
             log_start,
         };
-        self.send(from, self.progress_body(false, Some(reject)));
+        self.send(from, self.progress_body(None, Some(reject)));
     }
 
     fn handle_install_start(
@@ -1038,7 +1052,7 @@ impl<L: Log> Group<L> {
             self.commit = start; // the log start is never above the high watermark
             self.commit_dirty = true;
         }
-        self.respond_progress(from, false);
+        self.respond_progress(from, None);
     }
 
     /// Follower: what this replica has of the leader's log durably.
@@ -1069,7 +1083,7 @@ impl<L: Log> Group<L> {
         }
     }
 
-    fn progress_body(&self, heartbeat: bool, reject: Option<Reject>) -> Body {
+    fn progress_body(&self, heartbeat: Option<u64>, reject: Option<Reject>) -> Body {
         Body::AppendResponse {
             match_end: self.leader_match_end,
             durable: self.durable_match(),
@@ -1078,7 +1092,7 @@ impl<L: Log> Group<L> {
         }
     }
 
-    fn respond_progress(&mut self, to: NodeId, heartbeat: bool) {
+    fn respond_progress(&mut self, to: NodeId, heartbeat: Option<u64>) {
         self.send(to, self.progress_body(heartbeat, None));
     }
 
@@ -1090,13 +1104,16 @@ impl<L: Log> Group<L> {
         match_end: Offset,
         durable: Offset,
         reject: Option<Reject>,
-        heartbeat: bool,
+        heartbeat: Option<u64>,
     ) {
         let end = self.log.end();
         let Some(pr) = self.progress.get_mut(&from) else {
             return;
         };
         pr.recent_active = true;
+        if let Some(round) = heartbeat {
+            pr.heartbeat_round = pr.heartbeat_round.max(round);
+        }
         if let Some(r) = reject {
             let stale = match pr.state {
                 ProgressState::Probe => r.prev_end != pr.next,
@@ -1130,14 +1147,14 @@ impl<L: Log> Group<L> {
         pr.acked(match_end);
         match pr.state {
             ProgressState::Probe => {
-                if heartbeat {
+                if heartbeat.is_some() {
                     pr.probe_sent = false; // the probe or its answer may be lost: send again
                 } else if match_end >= pr.next && match_end > 0 {
                     pr.become_replicate(match_end);
                 }
             }
             ProgressState::Replicate => {
-                if heartbeat {
+                if heartbeat.is_some() {
                     // Behind with nothing in flight (it restarted), or no progress over a whole
                     // heartbeat interval (an append was lost): find where it is again.
                     let stalled = !pr.has_inflight() || match_end <= pr.last_heartbeat_match;
@@ -1264,14 +1281,51 @@ impl<L: Log> Group<L> {
         if self.role != Role::Leader {
             return;
         }
+        self.heartbeat_round += 1;
         for i in 0..self.peers.len() {
             self.send(
                 self.peers[i],
                 Body::Heartbeat {
                     commit: self.commit,
+                    round: self.heartbeat_round,
                 },
             );
         }
+    }
+
+    /// Leader: starts a leadership check (the host's ReadIndex, Raft dissertation §6.4): pass
+    /// what this returns to [`Group::leadership_confirmed`]. Answers to heartbeats sent from now
+    /// on count toward it.
+    pub fn leadership_check(&self) -> Option<LeadershipCheck> {
+        (self.role == Role::Leader).then_some(LeadershipCheck {
+            term: self.term,
+            round: self.heartbeat_round,
+        })
+    }
+
+    /// Whether this replica is still the leader of the check's term and a majority of voters
+    /// answered a heartbeat sent after the check began (so no later term had a leader then),
+    /// with an entry of this term committed (so this leader's log holds every entry that will
+    /// ever commit below its log end at check time: entries it lacks there never will).
+    pub fn leadership_confirmed(&self, check: LeadershipCheck) -> bool {
+        if self.role != Role::Leader || self.term != check.term {
+            return false;
+        }
+        let term_committed = self.epochs.term_before(self.commit) == self.term;
+        let m = self.membership.current();
+        let answered = m
+            .voters
+            .iter()
+            .filter(|&&v| {
+                v == self.cfg.id
+                    || self
+                        .progress
+                        .get(&v)
+                        .is_some_and(|p| p.heartbeat_round > check.round)
+                    || self.mutated(Mutation::ConfirmWithoutHeartbeats)
+            })
+            .count();
+        term_committed && answered >= m.quorum()
     }
 
     fn send(&mut self, to: NodeId, body: Body) {

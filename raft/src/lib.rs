@@ -29,7 +29,10 @@ mod sim;
 
 pub use entry::{Entry, Payload};
 pub use epochs::EpochTable;
-pub use group::{Config, Group, HardState, Meta, ProposeError, Ready, Role, RoleChange, SyncToken};
+pub use group::{
+    Config, Group, HardState, LeadershipCheck, Meta, ProposeError, Ready, Role, RoleChange,
+    SyncToken,
+};
 pub use log::{Log, MemLog};
 pub use membership::{Membership, MembershipChange, MembershipLog};
 pub use message::{Body, Message, Reject};

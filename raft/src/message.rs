@@ -36,17 +36,20 @@ pub enum Body {
         entries: Vec<Entry>,
         commit: Offset,
     },
+    /// `round`: the leader's count of heartbeats sent in this term, echoed in the answer.
     Heartbeat {
         commit: Offset,
+        round: u64,
     },
     /// The answer to an append or a heartbeat, or a follower's notice that it synced more.
     /// `match_end`: the follower's log matches the leader's up to here (0 when unknown).
     /// `durable`: and is synced up to here; only this counts toward commit.
+    /// `heartbeat`: the round of the heartbeat this answers (`None`: an append's answer).
     AppendResponse {
         match_end: Offset,
         durable: Offset,
         reject: Option<Reject>,
-        heartbeat: bool,
+        heartbeat: Option<u64>,
     },
     /// Leader transfer: start an election now.
     TimeoutNow,

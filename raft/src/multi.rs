@@ -18,6 +18,7 @@ pub struct HeartbeatItem {
     pub group: GroupId,
     pub term: Term,
     pub commit: Offset,
+    pub round: u64,
 }
 
 /// A follower's answer to a heartbeat for one group.
@@ -27,6 +28,8 @@ pub struct HeartbeatAck {
     pub term: Term,
     pub match_end: Offset,
     pub durable: Offset,
+    /// The round of the heartbeat answered.
+    pub round: u64,
 }
 
 /// Everything one node sends another in one round.
@@ -177,7 +180,10 @@ impl<L: Log> MultiRaft<L> {
             self.step_group(gid, m);
         }
         for hb in env.heartbeats {
-            let body = Body::Heartbeat { commit: hb.commit };
+            let body = Body::Heartbeat {
+                commit: hb.commit,
+                round: hb.round,
+            };
             self.step_group(
                 hb.group,
                 Message {
@@ -193,7 +199,7 @@ impl<L: Log> MultiRaft<L> {
                 match_end: a.match_end,
                 durable: a.durable,
                 reject: None,
-                heartbeat: true,
+                heartbeat: Some(a.round),
             };
             self.step_group(
                 a.group,
@@ -234,7 +240,7 @@ impl<L: Log> MultiRaft<L> {
             for m in ready.messages.drain(..) {
                 let to = m.to;
                 match m.body {
-                    Body::Heartbeat { commit } => self
+                    Body::Heartbeat { commit, round } => self
                         .outbox
                         .entry(to)
                         .or_insert_with(|| Envelope::new(self.id, to))
@@ -243,17 +249,19 @@ impl<L: Log> MultiRaft<L> {
                             group: gid,
                             term: m.term,
                             commit,
+                            round,
                         }),
                     Body::AppendResponse {
                         match_end,
                         durable,
                         reject: None,
-                        heartbeat: true,
+                        heartbeat: Some(round),
                     } => self.held_acks.entry(to).or_default().push(HeartbeatAck {
                         group: gid,
                         term: m.term,
                         match_end,
                         durable,
+                        round,
                     }),
                     _ => self
                         .outbox

@@ -150,7 +150,15 @@ fn s5_1_a_replica_seeing_a_newer_term_adopts_it_and_follows() {
     net.elect(1);
     for id in [1, 2] {
         let g = net.g(id);
-        g.step(msg(3, id, 7, Body::Heartbeat { commit: 0 }));
+        g.step(msg(
+            3,
+            id,
+            7,
+            Body::Heartbeat {
+                commit: 0,
+                round: 1,
+            },
+        ));
         assert_eq!(
             (g.term(), g.role(), g.leader()),
             (7, Role::Follower, Some(3))
@@ -305,7 +313,15 @@ fn s5_2_a_candidate_follows_a_leader_of_its_term() {
     let g = net.g(2);
     g.step(msg(3, 2, 0, Body::TimeoutNow));
     assert_eq!((g.role(), g.term()), (Role::Candidate, 1));
-    g.step(msg(1, 2, 1, Body::Heartbeat { commit: 0 }));
+    g.step(msg(
+        1,
+        2,
+        1,
+        Body::Heartbeat {
+            commit: 0,
+            round: 1,
+        },
+    ));
     assert_eq!((g.role(), g.leader()), (Role::Follower, Some(1)));
 }
 
@@ -545,7 +561,15 @@ fn s5_4_1_a_voter_refuses_a_candidate_whose_log_is_behind() {
             },
         ));
         let _ = voter.ready();
-        voter.step(msg(1, 3, 1, Body::Heartbeat { commit: 0 })); // knows term 1's leader
+        voter.step(msg(
+            1,
+            3,
+            1,
+            Body::Heartbeat {
+                commit: 0,
+                round: 1,
+            },
+        )); // knows term 1's leader
         for _ in 0..10 {
             voter.tick(); // and its lease ran out
         }
@@ -606,7 +630,7 @@ fn s5_4_2_a_leader_does_not_commit_an_older_terms_entry_by_counting_replicas() {
             match_end: 2,
             durable: 2,
             reject: None,
-            heartbeat: false,
+            heartbeat: None,
         },
     ));
     assert_eq!(g.commit(), 0);
@@ -619,7 +643,7 @@ fn s5_4_2_a_leader_does_not_commit_an_older_terms_entry_by_counting_replicas() {
             match_end: 3,
             durable: 3,
             reject: None,
-            heartbeat: false,
+            heartbeat: None,
         },
     ));
     assert_eq!(g.commit(), 3);
@@ -659,6 +683,56 @@ fn check_quorum_a_leader_cut_off_from_the_majority_steps_down() {
         net.g(1).propose(Bytes::from_static(b"x"), 1),
         Err(ProposeError::NotLeader { .. })
     ));
+}
+
+#[test]
+fn leadership_check_needs_heartbeats_answered_after_it_and_a_commit_of_the_term() {
+    let mut net = Net::new(3);
+    net.elect(1);
+    net.g(1).broadcast_heartbeat();
+    net.stabilize();
+    let check = net.g(1).leadership_check().expect("leader");
+    // Answers to heartbeats sent before the check do not count.
+    assert!(!net.g(1).leadership_confirmed(check));
+    net.g(1).broadcast_heartbeat();
+    net.stabilize();
+    assert!(net.g(1).leadership_confirmed(check));
+
+    // Cut off from the majority (before check-quorum notices), no check is confirmed.
+    net.cut = BTreeSet::from([2, 3]);
+    let check = net.g(1).leadership_check().expect("still leader");
+    net.tick_all(5);
+    assert_eq!(net.g(1).role(), Role::Leader);
+    assert!(!net.g(1).leadership_confirmed(check));
+
+    // A newly elected leader whose first entry is not committed yet is not confirmed either,
+    // however many heartbeats are answered: an older leader's entry it lacks may still commit.
+    net.cut.clear();
+    net.tick_all(25); // 1 steps down; someone leads again
+    let leader = (1..=3)
+        .find(|&i| net.n(i).role() == Role::Leader)
+        .expect("a leader");
+    net.auto_sync = false;
+    let other = (1..=3).find(|&i| i != leader).unwrap();
+    net.g(other).campaign_now();
+    net.stabilize(); // elected, but no one syncs its first entry
+    assert_eq!(net.n(other).role(), Role::Leader);
+    let check = net.g(other).leadership_check().expect("leader");
+    net.g(other).broadcast_heartbeat();
+    net.stabilize();
+    assert!(!net.g(other).leadership_confirmed(check));
+    for id in 1..=3 {
+        net.sync(id);
+    }
+    net.g(other).broadcast_heartbeat();
+    net.stabilize();
+    assert!(net.g(other).leadership_confirmed(check));
+    // A check from an earlier term never holds.
+    let stale = crate::LeadershipCheck {
+        term: check.term - 1,
+        ..check
+    };
+    assert!(!net.g(other).leadership_confirmed(stale));
 }
 
 #[test]

@@ -26,6 +26,8 @@ pub struct Progress {
     pub recent_active: bool,
     /// `match_end` as of the previous heartbeat answer, to tell a lost append from a slow one.
     pub last_heartbeat_match: Offset,
+    /// The newest heartbeat round of this term the follower answered.
+    pub heartbeat_round: u64,
     /// Ends and sizes of the appends in flight (Replicate).
     inflight: VecDeque<(Offset, usize)>,
     inflight_bytes: usize,
@@ -41,6 +43,7 @@ impl Progress {
             probe_sent: false,
             recent_active: false,
             last_heartbeat_match: 0,
+            heartbeat_round: 0,
             inflight: VecDeque::new(),
             inflight_bytes: 0,
         }

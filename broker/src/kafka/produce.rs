@@ -123,6 +123,9 @@ async fn produce_local(
 
 /// How long acks=all waits for a replicated batch to commit before REQUEST_TIMED_OUT.
 const COMMIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// How long a leader may take to confirm its leadership before refusing a sequence (a leader
+/// cut off steps down within two election timeouts).
+const CONFIRM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The leader's side of a produce to a replicated partition: propose through Raft, then wait
 /// for the local write (acks=1) or the commit (acks=all).
@@ -167,7 +170,23 @@ async fn produce_replicated(
             format!("fewer than min.insync.replicas={min_isr} replicas are in sync"),
         );
     }
-    let proposed = match cluster.replicator.propose(group, records, now_ms()) {
+    let mut proposed = cluster.replicator.propose(group, records.clone(), now_ms());
+    if let Err(ReplicateError::Log(LogError::Producer(ProducerError::OutOfOrder { .. }))) = proposed
+    {
+        // A refused sequence makes the producer renumber the batches it has not had answered
+        // under a new epoch (librdkafka does): were one of them in another replica's log and
+        // later committed, it would be written twice. Only a leader confirmed in its term (its
+        // first entry committed, a majority still following it) knows that every batch it
+        // lacks is lost for good; anyone else answers NOT_LEADER_OR_FOLLOWER, and the retry
+        // finds the real leader.
+        let confirmed = cluster.replicator.confirm_leadership(group);
+        match crate::rpc::with_timeout(CONFIRM_TIMEOUT, confirmed).await {
+            Some(Ok(())) => proposed = cluster.replicator.propose(group, records, now_ms()),
+            Some(Err(e)) => return not_leader(&e.to_string()),
+            None => return not_leader("leadership not confirmed in time"),
+        }
+    }
+    let proposed = match proposed {
         Ok(p) => p,
         Err(ReplicateError::Log(e)) => {
             let mut outcome = Outcome::error(log_error_code(&e), e.to_string());

@@ -263,3 +263,45 @@ fn a_follower_cut_off_catches_up_from_the_files_and_a_diverged_leader_is_truncat
             .all(|b| b[b.len() - 2] != 200 || batch::BatchHeader::parse(b).unwrap().is_control()));
     });
 }
+
+#[test]
+fn only_a_leader_confirmed_in_its_term_passes_a_leadership_check() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
+    run(move || async move {
+        let nodes = cluster(&dir, 3, LogConfig::default()).await;
+        let first = leader(&nodes, &[0, 1, 2]).await;
+        produce(&nodes[first], 1).await.unwrap();
+        let confirm = |i: usize| {
+            let r = nodes[i].replicator.clone();
+            glommio::spawn_local(async move { r.confirm_leadership(GROUP).await })
+        };
+        // A working leader is confirmed within a few heartbeats; a follower is no leader.
+        let ok = crate::rpc::with_timeout(Duration::from_secs(10), confirm(first)).await;
+        assert!(matches!(ok, Some(Ok(()))), "{ok:?}");
+        let follower = (first + 1) % 3;
+        assert!(matches!(
+            confirm(follower).await,
+            Err(ReplicateError::NotLeader { .. })
+        ));
+
+        // Cut off while the others elect another leader, it still believes it leads: its check
+        // is not confirmed, and fails once it hears of the new term.
+        nodes[first].replicator.set_paused(true);
+        let alive: Vec<usize> = (0..3).filter(|&i| i != first).collect();
+        let second = leader(&nodes, &alive).await;
+        produce(&nodes[second], 2).await.unwrap();
+        assert_eq!(
+            nodes[first].replicator.role(GROUP).unwrap().role,
+            Role::Leader
+        );
+        let stale = confirm(first);
+        glommio::timer::sleep(Duration::from_millis(300)).await;
+        nodes[first].replicator.set_paused(false);
+        let out = crate::rpc::with_timeout(Duration::from_secs(10), stale).await;
+        assert!(
+            matches!(out, Some(Err(ReplicateError::NotLeader { .. }))),
+            "{out:?}"
+        );
+    });
+}

@@ -20,8 +20,8 @@ use self::log::{data_id, mix, Committed, CommittedChain, SimLog};
 use crate::group::Mutation;
 use crate::rng::Rng;
 use crate::{
-    Config, Envelope, Group, GroupId, HardState, Log, Membership, MembershipChange, MembershipLog,
-    Meta, MultiRaft, NodeId, Offset, Role, SyncToken, Term,
+    Config, Envelope, Group, GroupId, HardState, LeadershipCheck, Log, Membership,
+    MembershipChange, MembershipLog, Meta, MultiRaft, NodeId, Offset, Role, SyncToken, Term,
 };
 
 const HEARTBEAT_TICKS: u32 = 2;
@@ -85,6 +85,9 @@ struct Node {
     pending_sync: BTreeMap<GroupId, SyncToken>,
     /// Clock skew: the node's clock advances on 1 in `tick_period` of its tick events.
     tick_period: u64,
+    /// Stopped (SIGSTOP) until this step: it neither ticks, syncs nor takes messages, which
+    /// wait for it; on waking it acts on what it knew, then catches up.
+    paused_until: u64,
     seen: BTreeMap<GroupId, Seen>,
 }
 
@@ -107,6 +110,16 @@ struct GroupCheck {
     /// Proposals made after healing, and whether one of them committed.
     healed_proposals: HashSet<u64>,
     healed_commit: bool,
+    /// Leadership checks begun and not yet confirmed or abandoned.
+    checks: Vec<PendingCheck>,
+}
+
+/// A leader's leadership check, with what the checker knew when it began.
+struct PendingCheck {
+    node: NodeId,
+    check: LeadershipCheck,
+    /// The newest term that had a leader when the check began.
+    newest_led_term: Term,
 }
 
 pub(crate) struct Sim {
@@ -162,6 +175,7 @@ impl Sim {
                 stored: BTreeMap::new(),
                 pending_sync: BTreeMap::new(),
                 tick_period: 1 + rng.below(3),
+                paused_until: 0,
                 seen: BTreeMap::new(),
             })
             .collect();
@@ -202,6 +216,7 @@ impl Sim {
                 lost_logs: Vec::new(),
                 healed_proposals: HashSet::new(),
                 healed_commit: false,
+                checks: Vec::new(),
             });
             for id in ids {
                 sim.create_replica(id, gid);
@@ -287,6 +302,7 @@ impl Sim {
     }
 
     fn random_step(&mut self, faults: bool) {
+        self.wake();
         if self.network.iter().any(|(due, _)| *due <= self.step) && self.rng.chance(80) {
             return self.deliver();
         }
@@ -297,6 +313,8 @@ impl Sim {
             self.tick();
         } else if r < 78 {
             self.sync();
+        } else if r < 84 {
+            self.begin_leadership_check();
         } else {
             self.propose();
         }
@@ -306,6 +324,17 @@ impl Sim {
         (0..self.nodes.len())
             .filter(|&i| self.nodes[i].raft.is_some())
             .collect()
+    }
+
+    /// Nodes up and not paused.
+    fn running_nodes(&self) -> Vec<usize> {
+        (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].raft.is_some() && !self.is_paused(i))
+            .collect()
+    }
+
+    fn is_paused(&self, i: usize) -> bool {
+        self.nodes[i].paused_until > self.step
     }
 
     fn pick<T: Copy>(&mut self, xs: &[T]) -> Option<T> {
@@ -366,6 +395,10 @@ impl Sim {
             .collect();
         let Some(i) = self.pick(&due) else { return };
         let (_, env) = self.network.swap_remove(i);
+        let to = env.to as usize - 1;
+        if self.is_paused(to) {
+            return self.network.push((self.nodes[to].paused_until, env));
+        }
         if self.blocked.contains(&(env.from, env.to)) || self.rng.chance(self.drop_pct) {
             return self.trace(|| format!("drop {}->{}", env.from, env.to));
         }
@@ -373,7 +406,6 @@ impl Sim {
             let later = self.step + 1 + self.rng.below(self.max_delay * 4);
             self.network.push((later, env.clone()));
         }
-        let to = env.to as usize - 1;
         self.trace(|| format!("deliver {env:?}"));
         if let Some(raft) = self.nodes[to].raft.as_mut() {
             raft.step(env);
@@ -382,7 +414,7 @@ impl Sim {
     }
 
     fn tick(&mut self) {
-        let Some(i) = self.pick(&self.up_nodes()) else {
+        let Some(i) = self.pick(&self.running_nodes()) else {
             return;
         };
         if self.rng.below(self.nodes[i].tick_period) != 0 {
@@ -396,7 +428,7 @@ impl Sim {
 
     /// A node's fsync completes: everything written so far is durable.
     fn sync(&mut self) {
-        let Some(i) = self.pick(&self.up_nodes()) else {
+        let Some(i) = self.pick(&self.running_nodes()) else {
             return;
         };
         let node = &mut self.nodes[i];
@@ -413,9 +445,10 @@ impl Sim {
         self.process(i);
     }
 
-    /// Leaders of `gid` among the nodes that are up (more than one during a partition).
+    /// Leaders of `gid` among the nodes running (more than one during a partition).
     fn leaders(&self, gid: GroupId) -> Vec<usize> {
         (0..self.nodes.len())
+            .filter(|&i| !self.is_paused(i))
             .filter(|&i| {
                 let g = self.nodes[i].raft.as_ref().and_then(|r| r.group(gid));
                 g.is_some_and(|g| g.role() == Role::Leader)
@@ -447,9 +480,84 @@ impl Sim {
         self.process(i);
     }
 
+    /// A node waking from a pause may serve a client before it hears what happened meanwhile:
+    /// it begins a leadership check in each group it (still) leads.
+    fn wake(&mut self) {
+        for i in 0..self.nodes.len() {
+            if self.nodes[i].paused_until != self.step {
+                continue;
+            }
+            for gid in 0..self.groups.len() as GroupId {
+                if self.leaders(gid).contains(&i) {
+                    self.begin_check_at(i, gid);
+                }
+            }
+        }
+    }
+
+    /// A leader begins a leadership check (as a broker does before refusing a producer's
+    /// sequence): confirmed later, it says no later term had a leader when it began.
+    fn begin_leadership_check(&mut self) {
+        let gid = self.rng.below(self.groups.len() as u64);
+        if let Some(i) = self.pick(&self.leaders(gid)) {
+            self.begin_check_at(i, gid);
+        }
+    }
+
+    fn begin_check_at(&mut self, i: usize, gid: GroupId) {
+        let node = self.nodes[i].id;
+        let Some(check) = self.nodes[i]
+            .raft
+            .as_ref()
+            .and_then(|r| r.group(gid))
+            .and_then(|g| g.leadership_check())
+        else {
+            return;
+        };
+        let group = &mut self.groups[gid as usize];
+        let newest_led_term = group.leaders.keys().copied().max().unwrap_or(0);
+        group.checks.push(PendingCheck {
+            node,
+            check,
+            newest_led_term,
+        });
+        self.trace(|| format!("leadership check {check:?} of group {gid} on node {node}"));
+    }
+
+    /// Leadership checks confirmed since the last step must be true; the others wait while
+    /// their replica still leads their term.
+    fn check_leadership_checks(&mut self) -> Result<(), String> {
+        for gid in 0..self.groups.len() {
+            let checks = std::mem::take(&mut self.groups[gid].checks);
+            for pending in checks {
+                let g = self.nodes[pending.node as usize - 1]
+                    .raft
+                    .as_ref()
+                    .and_then(|r| r.group(gid as GroupId));
+                let Some(g) = g.filter(|g| g.term() == pending.check.term) else {
+                    continue;
+                };
+                if !g.leadership_confirmed(pending.check) {
+                    if g.role() == Role::Leader {
+                        self.groups[gid].checks.push(pending);
+                    }
+                    continue;
+                }
+                if pending.newest_led_term > pending.check.term {
+                    return Err(format!(
+                        "step {}: group {gid}: node {} confirmed its leadership of term {}, but term {} had a leader before the check began",
+                        self.step, pending.node, pending.check.term, pending.newest_led_term
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn fault(&mut self) {
-        match self.rng.below(9) {
+        match self.rng.below(10) {
             0 => self.crash(),
+            9 => self.pause(),
             8 => self.lose_data(),
             1 => self.restart_one(),
             2 => {
@@ -477,6 +585,27 @@ impl Sim {
             5 => self.change_membership(),
             6 => self.transfer_leader(),
             _ => self.trim_log(),
+        }
+    }
+
+    /// Stops a node for about an election timeout or longer, as SIGSTOP does. (A node ticks
+    /// about once in 10 to 30 steps, and times out elections after 10 to 20 ticks.)
+    /// Leaders are paused more often than not: a stale leader is what tests leadership checks.
+    fn pause(&mut self) {
+        if (0..self.nodes.len()).any(|i| self.is_paused(i)) {
+            return; // one at a time
+        }
+        let leaders: Vec<usize> = (0..self.groups.len() as GroupId)
+            .flat_map(|gid| self.leaders(gid))
+            .collect();
+        let pool = match leaders.is_empty() || self.rng.chance(30) {
+            true => self.running_nodes(),
+            false => leaders,
+        };
+        if let Some(i) = self.pick(&pool) {
+            self.nodes[i].paused_until = self.step + 100 + self.rng.below(400);
+            let until = self.nodes[i].paused_until;
+            self.trace(|| format!("pause node {} until step {until}", i + 1));
         }
     }
 
@@ -597,6 +726,9 @@ impl Sim {
 
     fn heal(&mut self) {
         for i in 0..self.nodes.len() {
+            if self.is_paused(i) {
+                self.nodes[i].paused_until = self.step + 1; // wakes next step
+            }
             if self.nodes[i].raft.is_none() {
                 self.restart(i);
             }
@@ -878,7 +1010,7 @@ impl Sim {
         for (gid, node, c, leader, term) in extensions {
             self.extend_committed(gid, node, c, leader, term)?;
         }
-        Ok(())
+        self.check_leadership_checks()
     }
 
     /// A replica committed past what was seen committed: record the new entries, checking that

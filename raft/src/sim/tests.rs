@@ -155,6 +155,7 @@ fn mutations_are_caught() {
         Mutation::SkipLogMatching,
         Mutation::CountUnsyncedAsDurable,
         Mutation::VoteAfterDataLoss,
+        Mutation::ConfirmWithoutHeartbeats,
     ] {
         let caught: Vec<(u64, String)> = (0..SEEDS)
             .filter_map(|seed| {
