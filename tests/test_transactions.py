@@ -183,6 +183,36 @@ def test_a_timeout_above_the_maximum_is_refused(broker, topic_name):
     assert "INVALID_TRANSACTION_TIMEOUT" in str(e.value) or "timeout" in str(e.value).lower(), e.value
 
 
+def test_the_timeout_limit_and_id_expiration_are_broker_settings(fresh_broker, topic_name):
+    import json
+    import subprocess
+
+    from conftest import TERN_BIN
+
+    broker = fresh_broker("--transaction-max-timeout-ms", "5000", "--transactional-id-expiration-ms", "2000")
+    create(broker, topic_name, partitions=1)
+    refused = Producer({"bootstrap.servers": broker.bootstrap, "transactional.id": topic_name + "-long",
+                        "transaction.timeout.ms": 6000})
+    with pytest.raises(KafkaException) as e:
+        refused.init_transactions(30)
+    assert "INVALID_TRANSACTION_TIMEOUT" in str(e.value) or "timeout" in str(e.value).lower(), e.value
+
+    p = producer(broker, topic_name, **{"transaction.timeout.ms": 5000})
+    p.begin_transaction()
+    p.produce(topic_name, value=b"kept", partition=0)
+    p.commit_transaction(30)
+
+    def listed():
+        out = subprocess.run([TERN_BIN, "txn", "-b", broker.bootstrap, "list", "--json"], capture_output=True,
+                             text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        return {r["transactional_id"] for r in json.loads(out.stdout)}
+
+    assert topic_name in listed()
+    # Unused past transactional.id.expiration.ms, the id is forgotten.
+    wait_for(lambda: topic_name not in listed(), timeout=30, what="the idle transactional id forgotten")
+
+
 @pytest.mark.parametrize("phase", ["open", "committed", "aborted"])
 def test_sigkill_mid_transaction_then_restart(fresh_broker, topic_name, phase):
     broker = fresh_broker()

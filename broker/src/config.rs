@@ -33,6 +33,10 @@ pub struct BrokerConfig {
     /// `producer.id.expiration.ms`: idempotent producers not heard from for this long are
     /// forgotten (checked with retention).
     pub producer_id_expiration: std::time::Duration,
+    /// `transaction.max.timeout.ms`.
+    pub transaction_max_timeout_ms: i32,
+    /// `transactional.id.expiration.ms`.
+    pub transactional_id_expiration: std::time::Duration,
     /// Segment writes each shard runs at once (its partitions share them).
     pub write_slots: usize,
     /// Cluster mode (`--controller-quorum`); `None`: a single node.

@@ -152,6 +152,14 @@ struct StartArgs {
     /// old batches taken as new (producer.id.expiration.ms).
     #[arg(long, default_value_t = 86_400_000)]
     producer_id_expiration_ms: u64,
+    /// The longest transaction.timeout.ms a transactional producer may ask for
+    /// (transaction.max.timeout.ms); longer: INVALID_TRANSACTION_TIMEOUT.
+    #[arg(long, default_value_t = 900_000, value_parser = clap::value_parser!(i32).range(1..))]
+    transaction_max_timeout_ms: i32,
+    /// A transactional id with no transaction open, unused for this long, is forgotten
+    /// (transactional.id.expiration.ms).
+    #[arg(long, default_value_t = 604_800_000, value_parser = clap::value_parser!(u64).range(1..))]
+    transactional_id_expiration_ms: u64,
     /// How long an idle shard keeps polling for work before it sleeps, in microseconds
     /// (0: sleep at once). Waking a sleeping thread costs far more than polling for a moment,
     /// most of all in virtual machines, so many small requests go faster with polling; the
@@ -288,6 +296,10 @@ fn start(args: StartArgs) -> Result<()> {
             args.retention_check_interval_ms,
         ),
         producer_id_expiration: std::time::Duration::from_millis(args.producer_id_expiration_ms),
+        transaction_max_timeout_ms: args.transaction_max_timeout_ms,
+        transactional_id_expiration: std::time::Duration::from_millis(
+            args.transactional_id_expiration_ms,
+        ),
         write_slots: args.write_slots as usize,
         cluster: match (&args.controller_quorum, &args.rpc_listen) {
             (Some(quorum), Some(rpc)) => Some(cluster::ClusterConfig {

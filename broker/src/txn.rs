@@ -29,13 +29,6 @@ use crate::shard::Shard;
 
 pub const TXN_TOPIC: &str = "__transaction_state";
 
-/// `transaction.max.timeout.ms`: the longest transaction timeout a producer may ask for.
-pub const MAX_TIMEOUT_MS: i32 = 900_000;
-
-/// `transactional.id.expiration.ms`: an id with no transaction open, unused this long, is
-/// forgotten (a tombstone in `__transaction_state`).
-const ID_EXPIRATION_MS: i64 = 7 * 24 * 3600 * 1000;
-
 /// One transactional id's state.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TxnMeta {
@@ -285,12 +278,12 @@ pub async fn init_producer(
     Ok((meta.producer_id, meta.producer_epoch))
 }
 
-/// Whether an id with no transaction open has been unused past its expiration.
-fn expired(m: &TxnMeta, now: i64) -> bool {
+/// Whether an id with no transaction open has been unused past `expiration_ms`.
+fn expired(m: &TxnMeta, now: i64, expiration_ms: i64) -> bool {
     matches!(
         m.status,
         TxnStatus::Empty | TxnStatus::CompleteCommit | TxnStatus::CompleteAbort
-    ) && now.saturating_sub(m.last_update_ms) > ID_EXPIRATION_MS
+    ) && now.saturating_sub(m.last_update_ms) > expiration_ms
 }
 
 fn bump_epoch(m: TxnMeta) -> TxnMeta {
@@ -574,6 +567,7 @@ pub async fn tick_loop(shard: Rc<Shard>) {
     loop {
         glommio::timer::sleep(Duration::from_secs(1)).await;
         let now = now_ms();
+        let expiration_ms = shard.config.transactional_id_expiration.as_millis() as i64;
         let due: Vec<(String, TxnMeta)> = shard
             .txns
             .txns
@@ -583,7 +577,7 @@ pub async fn tick_loop(shard: Rc<Shard>) {
                 m.completing()
                     || (m.status == TxnStatus::Ongoing
                         && now.saturating_sub(m.start_ms) > i64::from(m.timeout_ms))
-                    || expired(m, now)
+                    || expired(m, now, expiration_ms)
             })
             .map(|(id, m)| (id.clone(), m.clone()))
             .collect();
@@ -601,7 +595,7 @@ pub async fn tick_loop(shard: Rc<Shard>) {
             let result = if current.completing() {
                 tracing::info!(transactional_id = %id, status = current.status.name(), "finishing a prepared transaction");
                 complete(&shard, partition, &id, current).await.map(|_| ())
-            } else if expired(&current, now) {
+            } else if expired(&current, now, expiration_ms) {
                 tracing::info!(transactional_id = %id, "forgetting an expired transactional id");
                 store(&shard, partition, &id, None).await
             } else {

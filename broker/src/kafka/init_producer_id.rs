@@ -32,7 +32,7 @@ pub async fn handle(shard: &Rc<Shard>, req: InitProducerIdRequest) -> ResponseKi
             return answer(Err(ResponseError::InvalidRequest.code()));
         }
         let timeout = req.transaction_timeout_ms;
-        if timeout <= 0 || timeout > txn::MAX_TIMEOUT_MS {
+        if timeout <= 0 || timeout > shard.config.transaction_max_timeout_ms {
             return answer(Err(ResponseError::InvalidTransactionTimeout.code()));
         }
         let txn_id = id.clone();
