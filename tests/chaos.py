@@ -23,10 +23,12 @@ Used by tests/test_chaos.py (a short run in CI) and by scripts/chaos (the soak).
 """
 
 import argparse
+import glob
 import os
 import random
 import shutil
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -112,8 +114,9 @@ class Cluster:
 class Workload:
     """The producer and the live consumer, each on its own thread."""
 
-    def __init__(self, bootstrap, topic, rate=400):
+    def __init__(self, bootstrap, topic, rate=400, client_debug=None):
         self.bootstrap, self.topic, self.rate = bootstrap, topic, rate
+        self.client_debug = client_debug
         self.acked = {}  # value -> (partition, offset)
         self.failed = []
         self.reads = {p: [] for p in range(PARTITIONS)}  # partition -> [(offset, value)]
@@ -131,13 +134,16 @@ class Workload:
             t.start()
 
     def _produce(self):
-        p = Producer({
+        config = {
             "bootstrap.servers": self.bootstrap,
             "acks": "all",
             "enable.idempotence": True,
             "linger.ms": 5,
             "message.timeout.ms": 300000,
-        })
+        }
+        if self.client_debug:
+            config["debug"] = self.client_debug  # librdkafka's own log, on stderr
+        p = Producer(config)
 
         def delivered(err, m):
             if err:
@@ -203,6 +209,27 @@ def read_log(bootstrap, topic):
     return {p: sorted(records.items()) for p, records in log.items()}
 
 
+def batch_headers(data_dir, topic, partition, offsets):
+    """Header fields of the stored batches holding any of `offsets`, in one node's data dir:
+    what tells a broker's lost dedup (same producer epoch and sequences twice) from a client's
+    renumbering (a new epoch)."""
+    found = []
+    for path in sorted(glob.glob(os.path.join(data_dir, f"{topic}-{partition}", "*.log"))):
+        with open(path, "rb") as f:
+            data = f.read()
+        pos = 0
+        while pos + 61 <= len(data):
+            (base, length, epoch, _magic, _crc, attrs, delta, _ts, _max_ts, pid, pepoch, seq,
+             count) = struct.unpack_from(">qiibIhiqqqhii", data, pos)
+            if length <= 0:
+                break
+            if any(base <= o <= base + delta for o in offsets):
+                found.append({"offsets": (base, base + delta), "leader_epoch": epoch, "control": bool(attrs & 0x20),
+                              "producer": (pid, pepoch), "sequences": (seq, seq + delta), "records": count})
+            pos += 12 + length
+    return found
+
+
 def check(workload, log):
     """The anomalies found, by kind."""
     anomalies = {"lost": [], "duplicate": [], "inconsistent offset": [], "non-monotonic or skipping read": [], "uncommitted read": []}
@@ -235,7 +262,7 @@ def check(workload, log):
     return anomalies
 
 
-def run(faults, workdir, tern_bin, seed=None, log=print):
+def run(faults, workdir, tern_bin, seed=None, log=print, client_debug=None):
     rng = random.Random(seed)
     cluster = Cluster(workdir, tern_bin)
     kinds = ["kill", "pause"] + (["cut", "split"] if iptables_works() else [])
@@ -249,7 +276,7 @@ def run(faults, workdir, tern_bin, seed=None, log=print):
         topic = f"chaos-{rng.randrange(1 << 30):x}"
         admin.create_topics([NewTopic(topic, num_partitions=PARTITIONS, replication_factor=3)])[topic].result(60)
         time.sleep(2)
-        workload = Workload(bootstrap, topic)
+        workload = Workload(bootstrap, topic, client_debug=client_debug)
         workload.start()
         for i in range(faults):
             time.sleep(rng.uniform(0.3, 1.0))
@@ -289,6 +316,7 @@ def run(faults, workdir, tern_bin, seed=None, log=print):
             "anomalies": {k: len(v) for k, v in anomalies.items()},
             "examples": {k: v[:5] for k, v in anomalies.items() if v},
             "logs": cluster.dir,
+            "topic": topic,
         }
     finally:
         if workload is not None:

@@ -115,7 +115,16 @@ impl ProducerStates {
             return Ok(SequenceCheck::Append);
         }
         let Some(p) = self.producers.get(&h.producer_id) else {
-            // Unknown producer (new, or its state was lost): accept what it sends.
+            // Unknown producer (new, or its state was lost): accept what it sends. Past its
+            // first batch, that is rare enough to say (a retry would be written again).
+            if h.base_sequence > 0 {
+                tracing::info!(
+                    producer_id = h.producer_id,
+                    epoch = h.producer_epoch,
+                    sequence = h.base_sequence,
+                    "a producer unknown here continues its sequence: taken as new"
+                );
+            }
             return Ok(SequenceCheck::Append);
         };
         if h.producer_epoch < p.epoch {

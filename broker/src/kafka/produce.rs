@@ -181,7 +181,12 @@ async fn produce_replicated(
         // finds the real leader.
         let confirmed = cluster.replicator.confirm_leadership(group);
         match crate::rpc::with_timeout(CONFIRM_TIMEOUT, confirmed).await {
-            Some(Ok(())) => proposed = cluster.replicator.propose(group, records, now_ms()),
+            Some(Ok(())) => {
+                proposed = cluster.replicator.propose(group, records, now_ms());
+                if let Err(ReplicateError::Log(e)) = &proposed {
+                    tracing::info!(topic, group, error = %e, "refused a producer's sequence as the confirmed leader");
+                }
+            }
             Some(Err(e)) => return not_leader(&e.to_string()),
             None => return not_leader("leadership not confirmed in time"),
         }
