@@ -330,18 +330,18 @@ impl State {
         if header.max_timestamp > self.max_timestamp.0 {
             self.max_timestamp = (header.max_timestamp, header.base_offset);
         }
+        // A cut reaches back to the high watermark at most, and a roll snapshot to what is
+        // written: below both, producer state is settled.
+        let settled = self
+            .high_watermark
+            .unwrap_or(self.written)
+            .min(self.written);
+        self.producers.settle(settled);
         if let Some(done) = self.producers.record(header, data.head()) {
             if done.aborted {
                 self.aborted.insert(aborted_entry(&self.producers, &done));
             }
         }
-        // A cut reaches back to the high watermark at most, and a roll snapshot to what is
-        // written: completed transactions below both are settled.
-        let settled = self
-            .high_watermark
-            .unwrap_or(self.written)
-            .min(self.written);
-        self.producers.forget_completed_below(settled);
         self.cache
             .push(header.base_offset, header.last_offset(), data.clone());
         self.pending.push(data);

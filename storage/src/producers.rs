@@ -13,7 +13,8 @@ use tern_protocol::batch::BatchHeader;
 use tern_protocol::markers;
 use thiserror::Error;
 
-/// Batches remembered per producer: clients keep at most 5 requests in flight.
+/// Batches remembered per producer below what a cut can reach: clients keep at most 5
+/// requests in flight.
 const REMEMBERED: usize = 5;
 
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
@@ -106,6 +107,10 @@ pub struct ProducerStates {
     /// Transactions ended by a marker, in marker order, kept while a cut could still remove
     /// their marker (reopening them) or the marker is above the high watermark.
     completed: VecDeque<CompletedTxn>,
+    /// No cut reaches below this (`None`: none reaches any batch). Each producer keeps its
+    /// batches from here on and the `REMEMBERED` newest below, so a cut leaves it the window it
+    /// would have had without the batches cut.
+    settled: Option<i64>,
 }
 
 impl ProducerStates {
@@ -228,7 +233,9 @@ impl ProducerStates {
             base_offset: h.base_offset,
             last_offset: h.last_offset(),
         });
-        if p.batches.len() > REMEMBERED {
+        let settled = self.settled.unwrap_or(i64::MAX);
+        // The front goes once the REMEMBERED batches after it are all below any cut.
+        while p.batches.len() > REMEMBERED && p.batches[REMEMBERED].base_offset < settled {
             p.batches.pop_front();
         }
         None
@@ -292,9 +299,11 @@ impl ProducerStates {
         }
     }
 
-    /// Forgets completed transactions whose marker is below `offset`: no cut can reach them
-    /// and they are stable.
-    pub fn forget_completed_below(&mut self, offset: i64) {
+    /// No cut will reach below `offset` (the high watermark, or what is written): completed
+    /// transactions whose marker is below it are forgotten (stable), and producers' windows
+    /// keep what a cut at or past it must leave them.
+    pub fn settle(&mut self, offset: i64) {
+        self.settled = Some(offset);
         while self
             .completed
             .front()
@@ -379,8 +388,10 @@ impl ProducerStates {
             out.extend_from_slice(&p.epoch.to_be_bytes());
             out.extend_from_slice(&p.last_timestamp.to_be_bytes());
             out.extend_from_slice(&p.open_txn.unwrap_or(-1).to_be_bytes());
-            out.push(p.batches.len() as u8);
-            for b in &p.batches {
+            // A snapshot describes a settled point: the newest REMEMBERED batches are the window.
+            let skip = p.batches.len().saturating_sub(REMEMBERED);
+            out.push((p.batches.len() - skip) as u8);
+            for b in p.batches.iter().skip(skip) {
                 out.extend_from_slice(&b.first_seq.to_be_bytes());
                 out.extend_from_slice(&b.last_seq.to_be_bytes());
                 out.extend_from_slice(&b.base_offset.to_be_bytes());
@@ -495,6 +506,33 @@ mod tests {
             base_sequence: seq,
             record_count: count,
         }
+    }
+
+    #[test]
+    fn a_cut_leaves_the_window_the_producer_had_before_the_batches_cut() {
+        let mut s = ProducerStates::default();
+        // Ten one-record batches at offsets 0..10; only 0..3 are settled.
+        s.settle(3);
+        for i in 0..10 {
+            s.record(&header(7, 0, i, 1, i as i64), &[]);
+        }
+        // A cut at 6 (uncommitted batches replaced): the five newest before it remain, so a
+        // retry of the batch at 1 is still recognised, and the next batch is sequence 6.
+        s.truncate_from(6);
+        assert_eq!(
+            s.check(&header(7, 0, 1, 1, -1)),
+            Ok(SequenceCheck::Duplicate {
+                base_offset: 1,
+                last_offset: 1
+            })
+        );
+        assert_eq!(s.check(&header(7, 0, 6, 1, -1)), Ok(SequenceCheck::Append));
+        // Settled everywhere, the window is back to the five newest; snapshots hold five too.
+        s.settle(i64::MAX);
+        s.record(&header(7, 0, 6, 1, 6), &[]);
+        assert_eq!(s.producers[&7].batches.len(), REMEMBERED);
+        let back = ProducerStates::from_bytes(&s.to_bytes(), 0).unwrap();
+        assert_eq!(back.producers[&7].batches, s.producers[&7].batches);
     }
 
     #[test]
@@ -647,7 +685,7 @@ mod tests {
         assert!(!s.record(&h, &data).unwrap().aborted);
         assert_eq!(s.check(&txn(2, 2, 0, -1)), Ok(SequenceCheck::Append));
         assert_eq!(s.first_unstable_offset(16), None);
-        s.forget_completed_below(16);
+        s.settle(16);
         assert_eq!(s.first_unstable_offset(0), None);
         // Producers with an open transaction do not expire.
         s.record(&txn(3, 0, 0, 16), &[]);
