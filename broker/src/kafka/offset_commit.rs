@@ -18,27 +18,57 @@ use crate::shard::Shard;
 /// `offset.metadata.max.bytes`.
 const MAX_METADATA: usize = 4096;
 
-/// The record storing `committed` as `group`'s offset of `topic`-`partition`, or why not:
-/// the partition does not exist, or the metadata is too large.
+/// One partition of an offset commit (OffsetCommit or TxnOffsetCommit).
+pub(super) struct CommitPart<'a> {
+    pub partition: i32,
+    pub offset: i64,
+    pub leader_epoch: i32,
+    pub metadata: Option<&'a str>,
+}
+
+/// The record storing `part` (committed now) as `group`'s offset of `topic`, or why not: the
+/// partition does not exist, or the metadata is too large.
 pub(super) fn offset_record(
     meta: &ClusterMeta,
     group: &str,
     topic: &str,
-    partition: i32,
-    committed: Committed,
+    part: CommitPart,
 ) -> Result<GroupRecord, i16> {
-    if meta.owner(topic, partition).is_none() {
+    if meta.owner(topic, part.partition).is_none() {
         return Err(ResponseError::UnknownTopicOrPartition.code());
     }
-    if committed.metadata.len() > MAX_METADATA {
+    let metadata = part.metadata.unwrap_or("");
+    if metadata.len() > MAX_METADATA {
         return Err(ResponseError::OffsetMetadataTooLarge.code());
     }
     Ok(GroupRecord::Offset {
         group: group.to_string(),
         topic: topic.to_string(),
-        partition,
-        value: Some(committed),
+        partition: part.partition,
+        value: Some(Committed {
+            offset: part.offset,
+            leader_epoch: part.leader_epoch,
+            metadata: metadata.to_string(),
+            commit_timestamp: now_ms(),
+        }),
     })
+}
+
+/// The records to store of a commit planned per partition (the others answer their error).
+pub(super) fn records_to_store(planned: &[Vec<Result<GroupRecord, i16>>]) -> Vec<GroupRecord> {
+    planned
+        .iter()
+        .flatten()
+        .filter_map(|r| r.as_ref().ok().cloned())
+        .collect()
+}
+
+/// A partition's answer: its own error, else the store's.
+pub(super) fn partition_error(planned: &Result<GroupRecord, i16>, stored: &Result<(), i16>) -> i16 {
+    match (planned, stored) {
+        (Err(code), _) | (Ok(_), Err(code)) => *code,
+        (Ok(_), Ok(())) => 0,
+    }
 }
 
 /// Whether this member may commit now: simple (no generation) commits only to groups without
@@ -103,22 +133,18 @@ pub async fn handle(shard: &Rc<Shard>, req: OffsetCommitRequest) -> ResponseKind
             t.partitions
                 .iter()
                 .map(|p| {
-                    let committed = Committed {
+                    let part = CommitPart {
+                        partition: p.partition_index,
                         offset: p.committed_offset,
                         leader_epoch: p.committed_leader_epoch,
-                        metadata: p.committed_metadata.as_deref().unwrap_or("").to_string(),
-                        commit_timestamp: now_ms(),
+                        metadata: p.committed_metadata.as_deref(),
                     };
-                    offset_record(&meta, &group_id, &topic, p.partition_index, committed)
+                    offset_record(&meta, &group_id, &topic, part)
                 })
                 .collect(),
         );
     }
-    let records: Vec<GroupRecord> = planned
-        .iter()
-        .flatten()
-        .filter_map(|r| r.as_ref().ok().cloned())
-        .collect();
+    let records = records_to_store(&planned);
     let member = req.member_id.to_string();
     let instance = req.group_instance_id.as_ref().map(|s| s.to_string());
     let generation = req.generation_id_or_member_epoch;
@@ -147,14 +173,9 @@ pub async fn handle(shard: &Rc<Shard>, req: OffsetCommitRequest) -> ResponseKind
                         .iter()
                         .zip(results)
                         .map(|(p, r)| {
-                            let code = match (&r, &stored) {
-                                (Err(code), _) => *code,
-                                (Ok(_), Err(code)) => *code,
-                                (Ok(_), Ok(())) => 0,
-                            };
                             OffsetCommitResponsePartition::default()
                                 .with_partition_index(p.partition_index)
-                                .with_error_code(code)
+                                .with_error_code(partition_error(&r, &stored))
                         })
                         .collect(),
                 )

@@ -8,9 +8,10 @@ use kafka_protocol::messages::txn_offset_commit_response::{
 use kafka_protocol::messages::{ResponseKind, TxnOffsetCommitRequest, TxnOffsetCommitResponse};
 use std::rc::Rc;
 
-use super::now_ms;
-use super::offset_commit::{check_generation, offset_record};
-use crate::group::records::{Committed, GroupRecord};
+use super::offset_commit::{
+    check_generation, offset_record, partition_error, records_to_store, CommitPart,
+};
+use crate::group::records::GroupRecord;
 use crate::group::{self, OFFSETS_TOPIC};
 use crate::shard::Shard;
 use crate::txn;
@@ -26,22 +27,18 @@ pub async fn handle(shard: &Rc<Shard>, req: TxnOffsetCommitRequest) -> ResponseK
             t.partitions
                 .iter()
                 .map(|p| {
-                    let committed = Committed {
+                    let part = CommitPart {
+                        partition: p.partition_index,
                         offset: p.committed_offset,
                         leader_epoch: p.committed_leader_epoch,
-                        metadata: p.committed_metadata.as_deref().unwrap_or("").to_string(),
-                        commit_timestamp: now_ms(),
+                        metadata: p.committed_metadata.as_deref(),
                     };
-                    offset_record(&meta, &group_id, &topic, p.partition_index, committed)
+                    offset_record(&meta, &group_id, &topic, part)
                 })
                 .collect()
         })
         .collect();
-    let records: Vec<GroupRecord> = planned
-        .iter()
-        .flatten()
-        .filter_map(|r| r.as_ref().ok().cloned())
-        .collect();
+    let records = records_to_store(&planned);
     let (pid, epoch) = (req.producer_id.0, req.producer_epoch);
     let member = req.member_id.to_string();
     let instance = req.group_instance_id.as_ref().map(|s| s.to_string());
@@ -93,10 +90,7 @@ pub async fn handle(shard: &Rc<Shard>, req: TxnOffsetCommitRequest) -> ResponseK
                         .iter()
                         .zip(results)
                         .map(|(p, r)| {
-                            let code = match (&r, &stored) {
-                                (Err(code), _) | (Ok(_), Err(code)) => *code,
-                                (Ok(_), Ok(())) => 0,
-                            };
+                            let code = partition_error(&r, &stored);
                             TxnOffsetCommitResponsePartition::default()
                                 .with_partition_index(p.partition_index)
                                 .with_error_code(code)
