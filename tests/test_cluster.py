@@ -4,6 +4,7 @@ Raft's control batches."""
 
 import os
 import random
+import re
 import socket
 import subprocess
 import time
@@ -29,7 +30,7 @@ def ports_free(base, n):
 
 
 class Cluster:
-    def __init__(self, workdir, n=3, flags="", racks=""):
+    def __init__(self, workdir, n=3, flags="", racks="", cores=1):
         self.n = n
         self.dir = os.path.join(workdir, f"cluster-{random.randrange(1 << 30):x}")
         while True:
@@ -43,6 +44,7 @@ class Cluster:
             TERN_BIN=TERN_BIN,
             TERN_CLUSTER_FLAGS=flags,
             TERN_CLUSTER_RACKS=racks,
+            TERN_CLUSTER_CORES=str(cores),
         )
 
     def run(self, *args):
@@ -302,6 +304,98 @@ def test_acknowledged_records_survive_killing_and_pausing_leaders(cluster, topic
     assert (lost, moved, dups) == ([], [], 0), cluster.logs()
     status = cluster.run("status")
     assert status.count("running") == 3, status
+
+
+def test_nodes_of_two_shards_replicate_the_partitions_of_both(workdir, topic_name):
+    """Each shard of a node hosts the replicas of its partitions (and coordinates the groups
+    of its __consumer_offsets partitions): records written to partitions of both shards, with
+    the leaders of both killed and restarted, are all there, once, where they were acked, and a
+    group's committed offsets survive its coordinator's death."""
+    cluster = Cluster(workdir, cores=2).start()
+    try:
+        create(cluster, topic_name, partitions=4, rf=3)
+        for node in range(1, 4):
+            log = open(os.path.join(cluster.dir, f"node{node}.log"), errors="replace").read()
+            log = re.sub(r"\x1b\[[0-9;]*m", "", log)
+            hosted = [line for line in log.splitlines() if "hosting a replica" in line and topic_name in line]
+            assert len(hosted) == 4, log[-4000:]
+            assert any("shard=0" in line for line in hosted) and any("shard=1" in line for line in hosted), hosted
+        p = Producer({"bootstrap.servers": cluster.bootstrap, "acks": "all", "enable.idempotence": True,
+                      "linger.ms": 5, "message.timeout.ms": 120000})
+        acked, errors, sent = {}, [], 0
+
+        def delivered(err, m):
+            if err:
+                errors.append(str(err))
+            else:
+                acked[m.value()] = (m.partition(), m.offset())
+
+        def produce_for(seconds):
+            nonlocal sent
+            end = time.time() + seconds
+            while time.time() < end:
+                p.produce(topic_name, value=b"x%d" % sent, partition=sent % 4, on_delivery=delivered)
+                sent += 1
+                p.poll(0)
+                time.sleep(0.002)
+
+        produce_for(1.5)
+        for partition in (0, 1):
+            victim = leaders(cluster, topic_name)[partition]
+            cluster.run("kill", victim)
+            produce_for(3)
+            cluster.run("restart", victim)
+            produce_for(1)
+        assert p.flush(120) == 0
+        assert errors == []
+        seen, dups = consume_all(cluster, topic_name, 4, acked)
+        lost = [v for v in acked if v not in seen]
+        moved = [v for v in acked if v in seen and seen[v] != acked[v]]
+        assert (len(acked), lost, moved, dups) == (sent, [], [], 0), cluster.logs()
+
+        # A group whose __consumer_offsets partition lives on shard 1.
+        log = re.sub(r"\x1b\[[0-9;]*m", "", open(os.path.join(cluster.dir, "node1.log"), errors="replace").read())
+        offsets_shards = dict(re.findall(r"hosting a replica topic=__consumer_offsets partition=(\d+) .*shard=(\d)", log))
+        assert offsets_shards, log[-4000:]
+
+        def partition_of(key):
+            h = 0
+            for ch in key:
+                h = (31 * h + ord(ch)) & 0xFFFFFFFF
+            return (h & 0x7FFFFFFF) % len(offsets_shards)
+
+        group = next(g for g in (f"{topic_name}-group{i}" for i in range(1000))
+                     if offsets_shards[str(partition_of(g))] == "1")
+        c = Consumer({"bootstrap.servers": cluster.bootstrap, "group.id": group,
+                      "auto.offset.reset": "earliest", "enable.auto.commit": False})
+        c.subscribe([topic_name])
+        got = 0
+        deadline = time.time() + 60
+        while got < 100 and time.time() < deadline:
+            m = c.poll(0.5)
+            if m is not None and not m.error():
+                got += 1
+        c.commit(asynchronous=False)
+        committed = {tp.partition: tp.offset for tp in c.committed([TopicPartition(topic_name, i) for i in range(4)], timeout=10)}
+        c.close()
+        # Positions count Raft's control batches too: at least one per record read.
+        assert got == 100 and sum(max(o, 0) for o in committed.values()) >= 100, committed
+        coordinator = admin(cluster).describe_consumer_groups([group])[group].result().coordinator.id
+        cluster.run("kill", coordinator)
+
+        def committed_again():
+            c = Consumer({"bootstrap.servers": cluster.bootstrap, "group.id": group})
+            try:
+                tps = c.committed([TopicPartition(topic_name, i) for i in range(4)], timeout=10)
+                return {tp.partition: tp.offset for tp in tps} == committed
+            except KafkaException:
+                return False
+            finally:
+                c.close()
+
+        wait_for(committed_again, what="the committed offsets, from the new coordinator")
+    finally:
+        cluster.run("stop")
 
 
 def test_group_offsets_survive_the_coordinator_dying(cluster, topic_name):

@@ -96,11 +96,8 @@ pub async fn create_topic(shard: &Rc<Shard>, topic: NewTopic) -> Result<(Uuid, i
     }
     let id = Uuid::new_v4();
     let clustered = shard.cluster().is_some();
-    let shards = match clustered {
-        // Replicated partitions live on shard 0, with the replication driver.
-        true => vec![0; topic.partitions as usize],
-        false => meta.place(topic.partitions as usize, shard.shard_count()),
-    };
+    // In a cluster each node takes a partition's shard modulo its own shard count.
+    let shards = meta.place(topic.partitions as usize, shard.shard_count());
     let mut created = crate::metadata::TopicMeta::local(id, shards.clone(), topic.configs.clone());
     if clustered {
         created.replicas = place_replicas(&meta, &topic)?;
@@ -194,10 +191,11 @@ pub async fn create_partitions(
         if validate_only {
             return Ok(());
         }
+        let placed = meta.place(replicas.len(), shard.shard_count());
         let first_group = meta.next_group.max(1);
         meta.next_group = first_group + new.partitions as u64;
         if let Some(topic) = meta.topics.get_mut(&name) {
-            topic.shards.extend(std::iter::repeat_n(0, replicas.len()));
+            topic.shards.extend(placed);
             topic
                 .groups
                 .extend((0..replicas.len() as u64).map(|i| first_group + i));

@@ -29,7 +29,7 @@ pub fn owned_partitions(shard: &Shard, topic: &str) -> Vec<i32> {
         .get(topic)
         .map(|t| {
             (0..t.shards.len() as i32)
-                .filter(|&p| t.shards[p as usize] == shard.id)
+                .filter(|&p| meta.owner_of(t, p) == Some(shard.id))
                 .collect()
         })
         .unwrap_or_default()
@@ -56,15 +56,15 @@ pub async fn append(
     };
     match shard.replica_group(topic, partition) {
         Some(group) => {
-            let cluster = shard
-                .cluster()
+            let replicas = shard
+                .replicas()
                 .ok_or(ResponseError::NotCoordinator.code())?;
-            let proposed = cluster
+            let proposed = replicas
                 .replicator
                 .propose(group, batch, now)
                 .map_err(|_| ResponseError::NotCoordinator.code())?;
             let committed =
-                cluster
+                replicas
                     .replicator
                     .committed(group, proposed.last_offset, proposed.term);
             match crate::rpc::with_timeout(COMMIT_TIMEOUT, committed).await {

@@ -104,6 +104,10 @@ pub struct ClusterMeta {
     /// cluster-wide defaults, a node id for one node's.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub broker_configs: BTreeMap<String, BTreeMap<String, String>>,
+    /// This node's shard count (not stored: in a cluster, nodes may differ). A node takes
+    /// a partition's shard modulo it.
+    #[serde(skip)]
+    pub local_shards: usize,
 }
 
 /// Where a config's value comes from (DescribeConfigs' config_source).
@@ -191,12 +195,15 @@ impl ClusterMeta {
         self.topics.iter().find(|(_, t)| t.id == id)
     }
 
-    /// Owner shard of a partition, if the topic and partition exist.
+    /// Owner shard of a partition on this node, if the topic and partition exist.
     pub fn owner(&self, topic: &str, partition: i32) -> Option<usize> {
-        let t = self.topics.get(topic)?;
-        usize::try_from(partition)
-            .ok()
-            .and_then(|p| t.shards.get(p).copied())
+        self.owner_of(self.topics.get(topic)?, partition)
+    }
+
+    /// Owner shard of partition `partition` of `t` on this node.
+    pub fn owner_of(&self, t: &TopicMeta, partition: i32) -> Option<usize> {
+        let s = *t.shards.get(usize::try_from(partition).ok()?)?;
+        Some(s % self.local_shards.max(1))
     }
 
     /// Shards for `count` new partitions: each goes to the shard owning the fewest.
@@ -225,6 +232,8 @@ pub type Leader = (i32, i32);
 /// The published snapshot. Node-wide; every shard holds an `Arc` of it.
 pub struct MetaStore {
     current: ArcSwap<ClusterMeta>,
+    /// This node's shard count.
+    shards: usize,
     path: PathBuf,
     /// Cluster mode: the leader of each Raft group this node hosts, as its replica knows it
     /// (the replication driver on shard 0 writes it on each role change; Metadata reads it).
@@ -259,7 +268,11 @@ impl MetaStore {
             }
         }
         Ok(MetaStore {
-            current: ArcSwap::from_pointee(meta),
+            current: ArcSwap::from_pointee(ClusterMeta {
+                local_shards: shards,
+                ..meta
+            }),
+            shards,
             path,
             leaders: Default::default(),
             isr: Default::default(),
@@ -315,7 +328,8 @@ impl MetaStore {
             .context("write cluster metadata")
     }
 
-    pub fn publish(&self, meta: ClusterMeta) {
+    pub fn publish(&self, mut meta: ClusterMeta) {
+        meta.local_shards = self.shards;
         self.current.store(Arc::new(meta));
     }
 

@@ -39,8 +39,10 @@ pub struct Shard {
     /// Segment writes in flight at once on this shard (`--write-slots`), shared by its
     /// partitions.
     pub write_slots: Rc<glommio::sync::Semaphore>,
-    /// Cluster mode, on shard 0: the node's metadata and replication.
+    /// Cluster mode, on shard 0: the node's metadata, controller and routing.
     cluster: RefCell<Option<Rc<crate::cluster::Cluster>>>,
+    /// Cluster mode: the Raft groups of the partitions this shard owns.
+    replicas: RefCell<Option<Rc<crate::cluster::Replicas>>>,
 }
 
 impl Shard {
@@ -48,9 +50,33 @@ impl Shard {
         self.peers.len()
     }
 
-    /// Cluster mode, on shard 0 (where the controller and the replication driver run).
+    /// Cluster mode, on shard 0 (where the controller runs).
     pub fn cluster(&self) -> Option<Rc<crate::cluster::Cluster>> {
         self.cluster.borrow().clone()
+    }
+
+    /// Cluster mode: the replicas this shard hosts (every shard has them).
+    pub fn replicas(&self) -> Option<Rc<crate::cluster::Replicas>> {
+        self.replicas.borrow().clone()
+    }
+
+    pub fn set_replicas(&self, replicas: Rc<crate::cluster::Replicas>) {
+        *self.replicas.borrow_mut() = Some(replicas);
+    }
+
+    /// Runs `f` on shard `target` without waiting for it. Jobs posted to one shard run in the
+    /// order posted.
+    pub fn post<F>(&self, target: usize, f: F)
+    where
+        F: FnOnce(Rc<Shard>) + Send + 'static,
+    {
+        let job: Job = Box::new(move |shard| {
+            f(shard);
+            Box::pin(async {})
+        });
+        self.peers[target]
+            .unbounded_send(job)
+            .expect("shards live as long as the process");
     }
 
     /// Runs `f` on shard `target` and returns its result. Local calls run inline.
@@ -105,7 +131,7 @@ impl Shard {
         let log = self.partition(topic, partition).ok_or(not_leader)?;
         let epoch = match self.replica_group(topic, partition) {
             None => 0,
-            Some(group) => match self.cluster() {
+            Some(group) => match self.replicas() {
                 Some(c) if c.leads(group) => c.leader_epoch(group).ok_or(not_leader)?,
                 Some(c) if any_replica => c.replica_epoch(group).ok_or(not_leader)?,
                 _ => return Err(not_leader),
@@ -288,6 +314,7 @@ impl ShardSeed {
                 self.config.write_slots as u64,
             )),
             cluster: RefCell::new(None),
+            replicas: RefCell::new(None),
         });
         tern_storage::fs::probe_direct_io(&shard.config.data_dir)
             .await
@@ -301,11 +328,20 @@ impl ShardSeed {
                 }
             }
         }
-        if let (0, Some(config)) = (shard.id, &shard.config.cluster) {
-            let cluster = crate::cluster::Cluster::start(&shard, config.clone())
-                .await
-                .context("join the cluster")?;
-            *shard.cluster.borrow_mut() = Some(cluster);
+        match (shard.id, &shard.config.cluster) {
+            (_, None) => {}
+            (0, Some(config)) => {
+                let cluster = crate::cluster::Cluster::start(&shard, config.clone())
+                    .await
+                    .context("join the cluster")?;
+                *shard.cluster.borrow_mut() = Some(cluster);
+            }
+            (_, Some(config)) => {
+                let replicas = crate::cluster::Replicas::start_on_shard(&shard, config.clone())
+                    .await
+                    .context("start the shard's replication")?;
+                shard.set_replicas(replicas);
+            }
         }
         crate::group::load(&shard)
             .await

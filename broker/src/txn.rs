@@ -145,7 +145,11 @@ pub fn coordinator_of(shard: &Shard, id: &str) -> Result<(usize, i32), i16> {
         .get(TXN_TOPIC)
         .ok_or(ResponseError::CoordinatorNotAvailable.code())?;
     let partition = crate::internal::partition_for(id, topic.shards.len());
-    Ok((topic.shards[partition as usize], partition))
+    let owner = meta.owner_of(topic, partition);
+    Ok((
+        owner.ok_or(ResponseError::CoordinatorNotAvailable.code())?,
+        partition,
+    ))
 }
 
 /// Runs `f` on the shard coordinating `id` once its state is loaded there.

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use tern_protocol::rpc::{Leadership, NodeFrame, NodeMessage};
 use tern_raft::{GroupId, MembershipChange, NodeId, Role};
 
-use super::Cluster;
+use super::{Cluster, Replicas};
 use crate::controller::ApiError;
 use crate::metadata::ClusterMeta;
 use crate::shard::Shard;
@@ -49,23 +49,39 @@ fn ids(nodes: &[u64]) -> Vec<i32> {
 }
 
 impl Cluster {
-    /// Tells every other node the groups this node leads, and moves this node's reassigning
-    /// partitions one step.
+    /// Tells every other node the groups this node leads (gathered from every shard), and
+    /// moves this node's reassigning partitions one step.
     pub(super) async fn report_loop(self: Rc<Self>, shard: Rc<Shard>) {
         let mut rebalanced = Instant::now();
         loop {
             glommio::timer::sleep(REPORT_INTERVAL).await;
             let meta = shard.meta.snapshot();
-            let led = self.leaderships(&shard, &meta);
+            let full = self.told.borrow().rounds.is_multiple_of(FULL_EVERY);
+            let rebalance = self
+                .config
+                .leader_rebalance
+                .is_some_and(|interval| rebalanced.elapsed() >= interval);
+            if rebalance {
+                rebalanced = Instant::now();
+            }
+            let mut led = Vec::new();
+            for target in 0..shard.shard_count() {
+                let meta = meta.clone();
+                let part = shard
+                    .run_on(target, move |s| async move {
+                        match s.replicas() {
+                            Some(r) => r.report_round(&s, &meta, full, rebalance),
+                            None => Vec::new(),
+                        }
+                    })
+                    .await;
+                led.extend(part);
+            }
             let me = self.config.node_id;
             for l in &led {
-                self.take_leadership(&shard, me, l);
+                take_leadership(&shard, me, l);
             }
             let mut told = self.told.borrow_mut();
-            let full = told.rounds.is_multiple_of(FULL_EVERY);
-            if full {
-                self.note_log_starts(&shard);
-            }
             let groups: Vec<Leadership> = led
                 .iter()
                 .filter(|l| full || told.last.get(&l.group) != Some(l))
@@ -85,152 +101,51 @@ impl Cluster {
                     }
                 }
             }
-            self.drive_reassignments(&meta);
-            if let Some(interval) = self.config.leader_rebalance {
-                if rebalanced.elapsed() >= interval {
-                    rebalanced = Instant::now();
-                    self.prefer_leaders(&meta);
-                }
-            }
         }
     }
 
-    /// Hands each partition this node leads to its preferred replica, if that one is in sync
-    /// and not fenced (and the partition is not being moved).
-    fn prefer_leaders(&self, meta: &ClusterMeta) {
-        let me = self.node_id();
-        let hosted: Vec<(GroupId, String, i32)> = self
-            .hosted
-            .borrow()
-            .iter()
-            .map(|(&g, (t, p))| (g, t.clone(), *p))
-            .collect();
-        for (group, topic, p) in hosted {
-            let Some(t) = meta.topics.get(&topic) else {
-                continue;
-            };
-            let preferred = t.replicas.get(p as usize).and_then(|r| r.first().copied());
-            let Some(preferred) = preferred.filter(|&n| n != me) else {
-                continue;
-            };
-            if t.reassigning.contains_key(&p) || meta.fenced.contains(&preferred) {
-                continue;
-            }
-            let in_sync = self
-                .replicator
-                .in_sync(group, self.config.replica_lag)
-                .is_some_and(|isr| isr.contains(&(preferred as NodeId)));
-            if in_sync {
-                self.transfer(group, preferred as NodeId);
-            }
-        }
-    }
-
-    /// The partition groups this node leads, as it would tell them.
-    fn leaderships(&self, shard: &Shard, meta: &ClusterMeta) -> Vec<Leadership> {
-        let groups: Vec<GroupId> = self.hosted.borrow().keys().copied().collect();
-        groups
-            .into_iter()
-            .filter_map(|group| self.leadership(shard, meta, group))
-            .collect()
-    }
-
-    /// A partition group as this node tells it, if it leads it. Fenced replicas are not in
-    /// sync (as KRaft's controller takes them out of every ISR).
-    pub(super) fn leadership(
-        &self,
-        shard: &Shard,
-        meta: &ClusterMeta,
-        group: GroupId,
-    ) -> Option<Leadership> {
-        let role = self.replicator.role(group)?;
-        if role.role != Role::Leader {
-            return None;
-        }
-        let mut isr = self.replicator.in_sync(group, self.config.replica_lag)?;
-        isr.retain(|&n| !meta.fenced.contains(&(n as i32)));
-        let config = self.replicator.committed_membership(group)?;
-        Some(Leadership {
-            group,
-            term: role.term,
-            isr,
-            voters: config.voters.into_iter().collect(),
-            learners: config.learners.into_iter().collect(),
-            log_start: self.hosted_log(shard, group)?.log_start_offset(),
-        })
-    }
-
-    fn take_leadership(&self, shard: &Shard, leader: NodeId, l: &Leadership) {
-        shard.meta.leader_told(
-            l.group,
-            leader as i32,
-            l.term as i32,
-            ids(&l.isr),
-            (ids(&l.voters), ids(&l.learners)),
-        );
-    }
-
-    /// Takes other nodes' messages for as long as the node runs.
+    /// Takes other nodes' messages for as long as the node runs; what concerns one group goes
+    /// to the shard hosting it.
     pub(super) async fn message_loop(
         self: Rc<Self>,
         shard: Rc<Shard>,
         messages: LocalReceiver<NodeFrame>,
     ) {
         while let Some(frame) = messages.recv().await {
+            let from = frame.from;
             match frame.message {
                 NodeMessage::Leaders { groups } => {
-                    for l in &groups {
-                        self.take_leadership(&shard, frame.from, l);
+                    let mut by_owner: HashMap<usize, Vec<Leadership>> = HashMap::new();
+                    for l in groups {
+                        take_leadership(&shard, from, &l);
+                        if self.hosted.borrow().contains_key(&l.group) {
+                            by_owner.entry(self.owner(l.group)).or_default().push(l);
+                        }
                     }
-                    self.follow_log_starts(&shard, frame.from, &groups).await;
+                    for (owner, groups) in by_owner {
+                        shard.post(owner, move |s| {
+                            if let Some(r) = s.replicas() {
+                                glommio::spawn_local(async move {
+                                    r.follow_log_starts(&s, from, &groups).await
+                                })
+                                .detach();
+                            }
+                        });
+                    }
                 }
-                NodeMessage::TransferLeader { group, to } => self.transfer(group, to),
+                NodeMessage::TransferLeader { group, to } => {
+                    shard.post(self.owner(group), move |s| {
+                        if let Some(r) = s.replicas() {
+                            r.transfer(group, to);
+                        }
+                    });
+                }
                 NodeMessage::LogStart { group, start } => {
-                    self.replica_log_start(group, frame.from, start)
-                }
-            }
-        }
-    }
-
-    fn transfer(&self, group: GroupId, to: NodeId) {
-        match self.replicator.transfer_leader(group, to) {
-            Ok(()) => tracing::info!(group, to, "handing leadership over"),
-            Err(e) => tracing::info!(group, to, error = ?e, "leadership not handed over"),
-        }
-    }
-
-    /// Leader: one configuration change toward each reassigning partition's target.
-    fn drive_reassignments(&self, meta: &ClusterMeta) {
-        let me = self.config.node_id;
-        for t in meta.topics.values() {
-            for (&p, target) in &t.reassigning {
-                let Some(group) = t.group(p) else {
-                    continue;
-                };
-                if !self.leads(group) {
-                    continue;
-                }
-                let Some(config) = self.replicator.membership(group) else {
-                    continue;
-                };
-                let target: Vec<NodeId> = target.iter().map(|&n| n as NodeId).collect();
-                let change = if let Some(&x) = target.iter().find(|&&x| !config.is_member(x)) {
-                    MembershipChange::AddLearner(x)
-                } else if let Some(&x) = target.iter().find(|x| config.learners.contains(x)) {
-                    MembershipChange::Promote(x)
-                } else if let Some(x) = config.members().find(|&x| x != me && !target.contains(&x))
-                {
-                    MembershipChange::Remove(x)
-                } else {
-                    if !target.contains(&me) {
-                        // Only this node is left to go: a new replica takes over first.
-                        self.transfer(group, target[0]);
-                    }
-                    continue;
-                };
-                match self.replicator.propose_membership(group, change) {
-                    Ok(_) => tracing::info!(group, ?change, "reassignment step"),
-                    Err(e) => tracing::debug!(group, ?change, error = ?e, "reassignment waits"),
+                    shard.post(self.owner(group), move |s| {
+                        if let Some(r) = s.replicas() {
+                            r.replica_log_start(group, from, start);
+                        }
+                    });
                 }
             }
         }
@@ -279,7 +194,7 @@ impl Cluster {
     /// replica, if that one is in sync; waits until it took over.
     pub async fn elect_preferred(
         &self,
-        shard: &Shard,
+        shard: &Rc<Shard>,
         group: GroupId,
         preferred: i32,
     ) -> Result<(), ApiError> {
@@ -303,7 +218,11 @@ impl Cluster {
             to: preferred as NodeId,
         };
         if leader == self.node_id() {
-            self.transfer(group, preferred as NodeId);
+            shard.post(self.owner(group), move |s| {
+                if let Some(r) = s.replicas() {
+                    r.transfer(group, preferred as NodeId);
+                }
+            });
         } else if self
             .transport
             .send_message(leader as NodeId, message)
@@ -330,4 +249,134 @@ impl Cluster {
             "the preferred replica did not take over in time",
         ))
     }
+}
+
+impl Replicas {
+    /// One report round on this shard: the groups it leads (their log starts told to Raft on
+    /// a `full` round), a reassignment step for each, and with `rebalance` leadership handed
+    /// back to preferred replicas.
+    fn report_round(
+        &self,
+        shard: &Shard,
+        meta: &ClusterMeta,
+        full: bool,
+        rebalance: bool,
+    ) -> Vec<Leadership> {
+        if full {
+            self.note_log_starts(shard);
+        }
+        let groups: Vec<GroupId> = self.hosted.borrow().keys().copied().collect();
+        let led = groups
+            .into_iter()
+            .filter_map(|group| self.leadership(shard, meta, group))
+            .collect();
+        self.drive_reassignments(meta);
+        if rebalance {
+            self.prefer_leaders(meta);
+        }
+        led
+    }
+
+    /// Hands each partition this shard leads to its preferred replica, if that one is in sync
+    /// and not fenced (and the partition is not being moved).
+    fn prefer_leaders(&self, meta: &ClusterMeta) {
+        let me = self.node_id();
+        let hosted: Vec<(GroupId, String, i32)> = self
+            .hosted
+            .borrow()
+            .iter()
+            .map(|(&g, (t, p))| (g, t.clone(), *p))
+            .collect();
+        for (group, topic, p) in hosted {
+            let Some(t) = meta.topics.get(&topic) else {
+                continue;
+            };
+            let preferred = t.replicas.get(p as usize).and_then(|r| r.first().copied());
+            let Some(preferred) = preferred.filter(|&n| n != me) else {
+                continue;
+            };
+            if t.reassigning.contains_key(&p) || meta.fenced.contains(&preferred) {
+                continue;
+            }
+            let in_sync = self
+                .in_sync(group)
+                .is_some_and(|isr| isr.contains(&preferred));
+            if in_sync {
+                self.transfer(group, preferred as NodeId);
+            }
+        }
+    }
+
+    /// A partition group as this node tells it, if it leads it. Fenced replicas are not in
+    /// sync (as KRaft's controller takes them out of every ISR).
+    pub(super) fn leadership(
+        &self,
+        shard: &Shard,
+        meta: &ClusterMeta,
+        group: GroupId,
+    ) -> Option<Leadership> {
+        let role = self.replicator.role(group)?;
+        if role.role != Role::Leader {
+            return None;
+        }
+        let mut isr = self.replicator.in_sync(group, self.config.replica_lag)?;
+        isr.retain(|&n| !meta.fenced.contains(&(n as i32)));
+        let config = self.replicator.committed_membership(group)?;
+        Some(Leadership {
+            group,
+            term: role.term,
+            isr,
+            voters: config.voters.into_iter().collect(),
+            learners: config.learners.into_iter().collect(),
+            log_start: self.hosted_log(shard, group)?.log_start_offset(),
+        })
+    }
+
+    /// Leader: one configuration change toward each reassigning partition's target.
+    fn drive_reassignments(&self, meta: &ClusterMeta) {
+        let me = self.config.node_id;
+        for t in meta.topics.values() {
+            for (&p, target) in &t.reassigning {
+                let Some(group) = t.group(p) else {
+                    continue;
+                };
+                if !self.leads(group) {
+                    continue;
+                }
+                let Some(config) = self.replicator.membership(group) else {
+                    continue;
+                };
+                let target: Vec<NodeId> = target.iter().map(|&n| n as NodeId).collect();
+                let change = if let Some(&x) = target.iter().find(|&&x| !config.is_member(x)) {
+                    MembershipChange::AddLearner(x)
+                } else if let Some(&x) = target.iter().find(|x| config.learners.contains(x)) {
+                    MembershipChange::Promote(x)
+                } else if let Some(x) = config.members().find(|&x| x != me && !target.contains(&x))
+                {
+                    MembershipChange::Remove(x)
+                } else {
+                    if !target.contains(&me) {
+                        // Only this node is left to go: a new replica takes over first.
+                        self.transfer(group, target[0]);
+                    }
+                    continue;
+                };
+                match self.replicator.propose_membership(group, change) {
+                    Ok(_) => tracing::info!(group, ?change, "reassignment step"),
+                    Err(e) => tracing::debug!(group, ?change, error = ?e, "reassignment waits"),
+                }
+            }
+        }
+    }
+}
+
+/// A leader told a group's state: Metadata on this node answers with it.
+fn take_leadership(shard: &Shard, leader: NodeId, l: &Leadership) {
+    shard.meta.leader_told(
+        l.group,
+        leader as i32,
+        l.term as i32,
+        ids(&l.isr),
+        (ids(&l.voters), ids(&l.learners)),
+    );
 }

@@ -16,10 +16,10 @@ use tern_raft::{GroupId, NodeId};
 use tern_storage::PartitionLog;
 
 use super::leaders::REPORT_INTERVAL;
-use super::Cluster;
+use super::Replicas;
 use crate::shard::Shard;
 
-/// Log starts as this node knows them. Exists on shard 0 of a cluster node.
+/// Log starts as a shard knows them, for the groups it hosts.
 #[derive(Default)]
 pub(super) struct LogStarts {
     /// Leader: where each follower said its replica starts.
@@ -39,8 +39,8 @@ impl LogStarts {
     }
 }
 
-impl Cluster {
-    /// The log of a partition this node holds.
+impl Replicas {
+    /// The log of a partition this shard holds.
     pub(super) fn hosted_log(&self, shard: &Shard, group: GroupId) -> Option<Rc<PartitionLog>> {
         let (topic, p) = self.hosted.borrow().get(&group).cloned()?;
         shard.partition(&topic, p)

@@ -22,8 +22,9 @@
 //! Leaders tell every node what they lead (`leaders.rs`): Metadata on any node names each
 //! partition's leader, ISR and configuration, and the controller sees reassignments finish.
 //!
-//! Exists on shard 0 only: the replication driver runs there, and replicated partitions are
-//! placed there (per shard: planned).
+//! Exists on shard 0 only, beside that shard's [`Replicas`]: every shard hosts the replicas of
+//! the partitions placed on it (`replicas.rs`), and shard 0 routes other nodes' envelopes and
+//! messages to them.
 
 use anyhow::{Context, Result};
 use bytes::Bytes;
@@ -37,18 +38,21 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 use tern_protocol::batch;
-use tern_raft::{GroupId, Membership, NodeId, Role, RoleChange};
+use tern_raft::{Envelope, GroupId, Membership, NodeId, Role};
 use tern_storage::{LogConfig, PartitionLog};
 
 use crate::controller::ApiError;
 use crate::group::OFFSETS_TOPIC;
 use crate::metadata::{ClusterMeta, NodeInfo};
-use crate::replication::{Replicator, Timing};
-use crate::rpc::{RpcConfig, Transport};
+use crate::replication::{Replicator, StateHome};
+use crate::rpc::Transport;
 use crate::shard::Shard;
 
 mod leaders;
 mod log_start;
+pub mod replicas;
+
+pub use replicas::Replicas;
 
 /// The metadata log's Raft group.
 pub const METADATA_GROUP: GroupId = 0;
@@ -108,7 +112,7 @@ impl ClusterConfig {
     }
 
     /// Names the cluster in RPC hellos: nodes configured with another quorum are refused.
-    fn cluster_name(&self) -> String {
+    pub(crate) fn cluster_name(&self) -> String {
         self.quorum
             .iter()
             .map(|(id, addr)| format!("{id}@{addr}"))
@@ -120,23 +124,20 @@ impl ClusterConfig {
 /// The node's cluster membership. Exists on shard 0 only.
 pub struct Cluster {
     pub config: ClusterConfig,
-    pub replicator: Rc<Replicator>,
+    /// Shard 0's replicas (with the metadata group).
+    local: Rc<Replicas>,
+    replicator: Rc<Replicator>,
     transport: Rc<Transport>,
     metadata: Rc<PartitionLog>,
-    /// Partitions this node holds: their Raft group → (topic, partition).
-    hosted: RefCell<BTreeMap<GroupId, (String, i32)>>,
+    /// Partitions this node holds: their Raft group → (topic, partition, owner shard).
+    hosted: RefCell<BTreeMap<GroupId, (String, i32, usize)>>,
     /// The metadata log is applied up to here.
     applied: Cell<i64>,
     /// Outcomes of the newest snapshots applied: (offset, accepted).
     outcomes: RefCell<VecDeque<(i64, bool)>>,
     applied_event: Event,
-    /// Since when this node is the controller (it fences no node before it could hear from
-    /// each for a session timeout).
-    controller_since: Cell<Option<Instant>>,
     /// What this node last told the others of the groups it leads.
     told: RefCell<leaders::Told>,
-    /// Log starts of the replicas of the groups this node holds.
-    starts: RefCell<log_start::LogStarts>,
     /// Controller: when it first heard each node's hello (a node just registered is not
     /// fenced before it could be heard from).
     first_seen: RefCell<BTreeMap<i32, Instant>>,
@@ -156,32 +157,14 @@ impl Cluster {
         let voter = config.quorum.contains_key(&me);
         let listener = glommio::net::TcpListener::bind(config.rpc_listen)
             .map_err(|e| anyhow::anyhow!("bind RPC listener {}: {e}", config.rpc_listen))?;
-        let rpc = RpcConfig {
-            node_id: me,
-            cluster: config.cluster_name(),
-            peers: config
-                .quorum
-                .iter()
-                .filter(|(&id, _)| id != me)
-                .map(|(&id, &addr)| (id, addr))
-                .collect(),
-            kafka: advertised(shard),
-            rack: config.rack.clone(),
-            rpc: config.rpc_advertised.to_string(),
-            dial_from: Some(config.rpc_listen.ip()).filter(|ip| !ip.is_unspecified()),
-        };
-        let (transport, inbound) = Transport::start(rpc, listener);
+        let (transport, inbound) = Transport::start(replicas::rpc_config(shard, &config), listener);
         let messages = transport
             .take_messages()
             .context("the transport's node messages")?;
-        let replicator = Replicator::start(
-            transport.clone(),
-            inbound,
-            Timing::default(),
-            &shard.config.data_dir,
-        )
-        .await
-        .context("start replication")?;
+        let home = StateHome::File(shard.config.data_dir.clone());
+        let local = Replicas::start(shard, config.clone(), transport.clone(), home).await?;
+        shard.set_replicas(local.clone());
+        let replicator = local.replicator.clone();
         let metadata = PartitionLog::open(
             &shard.config.data_dir.join(METADATA_DIR),
             LogConfig {
@@ -198,16 +181,19 @@ impl Cluster {
                 METADATA_GROUP,
                 metadata.clone(),
                 Membership::new(config.quorum.keys().copied()),
+                None,
             )
             .await
             .context("start the metadata group")?;
         tracing::info!(
             node = me,
             role = if voter { "controller voter" } else { "broker" },
+            shards = shard.shard_count(),
             "joining the cluster"
         );
         let cluster = Rc::new(Cluster {
             config,
+            local,
             replicator,
             transport,
             metadata,
@@ -215,20 +201,10 @@ impl Cluster {
             applied: Cell::new(0),
             outcomes: RefCell::new(VecDeque::new()),
             applied_event: Event::new(),
-            controller_since: Cell::new(None),
             told: RefCell::default(),
-            starts: RefCell::default(),
             first_seen: RefCell::default(),
         });
-        shard.groups.set_clustered();
-        let (weak, shard_ref) = (Rc::downgrade(&cluster), shard.clone());
-        cluster
-            .replicator
-            .on_role_change(Box::new(move |group, role| {
-                if let Some(cluster) = weak.upgrade() {
-                    cluster.role_changed(&shard_ref, group, role);
-                }
-            }));
+        glommio::spawn_local(cluster.clone().route_loop(shard.clone(), inbound)).detach();
         glommio::spawn_local(cluster.clone().apply_loop(shard.clone())).detach();
         glommio::spawn_local(cluster.clone().register_loop(shard.clone())).detach();
         glommio::spawn_local(cluster.clone().report_loop(shard.clone())).detach();
@@ -236,99 +212,41 @@ impl Cluster {
         Ok(cluster)
     }
 
-    pub fn node_id(&self) -> i32 {
-        self.config.node_id as i32
+    /// The shard hosting `group` on this node (shard 0 for the metadata group, and for groups
+    /// this node does not hold: their envelopes are dropped there).
+    fn owner(&self, group: GroupId) -> usize {
+        self.hosted.borrow().get(&group).map_or(0, |h| h.2)
     }
 
-    /// A group's role, term or leader changed: published for Metadata; for a
-    /// `__consumer_offsets` partition, its groups come to or leave this node's coordinator.
-    fn role_changed(self: &Rc<Self>, shard: &Rc<Shard>, group: GroupId, role: RoleChange) {
-        let leader = role.leader.map_or(-1, |l| l as i32);
-        shard
-            .meta
-            .set_leader(group, Some((leader, role.term as i32)));
-        if group == METADATA_GROUP {
-            let since = (role.role == Role::Leader).then(Instant::now);
-            self.controller_since.set(since);
-        }
-        let Some((topic, p)) = self.hosted.borrow().get(&group).cloned() else {
-            return;
-        };
-        if topic != OFFSETS_TOPIC {
-            return;
-        }
-        let partitions = shard
-            .meta
-            .snapshot()
-            .topics
-            .get(OFFSETS_TOPIC)
-            .map_or(1, |t| t.shards.len());
-        if role.role != Role::Leader {
-            shard.groups.stop_leading(p, partitions);
-            return;
-        }
-        shard.groups.begin_leading(p, partitions);
-        let (me, shard) = (self.clone(), shard.clone());
-        glommio::spawn_local(async move {
-            // Everything committed before this term is in the log (and under the high
-            // watermark) once an entry of this term commits.
-            while !me.replicator.commit_in_term(group) {
-                if !me.leads(group) {
-                    return;
+    /// Hands each shard the part of every envelope from other nodes for its groups. Jobs to a
+    /// shard run in the order sent, so envelopes keep their order; what waits for a busy shard
+    /// is bounded by Raft's per-follower window and one heartbeat per group per interval.
+    async fn route_loop(
+        self: Rc<Self>,
+        shard: Rc<Shard>,
+        inbound: glommio::channels::local_channel::LocalReceiver<Envelope>,
+    ) {
+        while let Some(envelope) = inbound.recv().await {
+            for (owner, part) in split_envelope(envelope, |g| self.owner(g)) {
+                match owner {
+                    0 => self.replicator.deliver(part),
+                    _ => shard.post(owner, move |s| {
+                        if let Some(r) = s.replicas() {
+                            r.replicator.deliver(part);
+                        }
+                    }),
                 }
-                glommio::timer::sleep(Duration::from_millis(10)).await;
             }
-            match crate::group::load_partition(&shard, p).await {
-                Ok(records) => {
-                    tracing::info!(
-                        partition = p,
-                        records,
-                        "coordinating the groups of an offsets partition"
-                    );
-                    shard.groups.finish_loading(p);
-                }
-                Err(e) => tracing::error!(partition = p, error = %format!("{e:#}"), "load groups"),
-            }
-        })
-        .detach();
+        }
+    }
+
+    pub fn node_id(&self) -> i32 {
+        self.config.node_id as i32
     }
 
     pub fn is_controller(&self) -> bool {
         self.replicator
             .role(METADATA_GROUP)
-            .is_some_and(|r| r.role == Role::Leader)
-    }
-
-    /// The in-sync replicas of a group this node leads (`None` elsewhere).
-    pub fn in_sync(&self, group: GroupId) -> Option<Vec<i32>> {
-        let isr = self.replicator.in_sync(group, self.config.replica_lag)?;
-        Some(isr.into_iter().map(|n| n as i32).collect())
-    }
-
-    /// The leader epoch (Raft term) of a group this node leads.
-    pub fn leader_epoch(&self, group: GroupId) -> Option<i32> {
-        let role = self.replicator.role(group)?;
-        (role.role == Role::Leader).then_some(role.term as i32)
-    }
-
-    /// The leader epoch (Raft term) of this node's replica of `group`, leader or not, while it
-    /// knows a leader (a follower serving a consumer, KIP-392).
-    pub fn replica_epoch(&self, group: GroupId) -> Option<i32> {
-        let role = self.replicator.role(group)?;
-        role.leader.map(|_| role.term as i32)
-    }
-
-    /// OffsetForLeaderEpoch on a group this node leads: the largest epoch not above `epoch`
-    /// and where it ends.
-    pub fn epoch_end(&self, group: GroupId, epoch: i32) -> Option<(i32, i64)> {
-        let (term, end) = self.replicator.epoch_end(group, epoch.max(0) as u64)?;
-        Some((term as i32, end as i64))
-    }
-
-    /// Whether this node leads partition group `group`.
-    pub fn leads(&self, group: GroupId) -> bool {
-        self.replicator
-            .role(group)
             .is_some_and(|r| r.role == Role::Leader)
     }
 
@@ -534,53 +452,77 @@ impl Cluster {
             return false;
         }
         let me = self.node_id();
+        let mut peers = Vec::new();
         for (&id, node) in &meta.nodes {
             // Voters are reached at their quorum address; other nodes where they registered.
             let id = id as NodeId;
             if !self.config.quorum.contains_key(&id) {
-                match node.rpc.parse() {
-                    Ok(addr) => self.transport.add_peer(id, addr),
+                match node.rpc.parse::<SocketAddr>() {
+                    Ok(addr) => peers.push((id, addr)),
                     Err(_) => {
                         tracing::warn!(node = id, rpc = %node.rpc, "node registered without a usable RPC address")
                     }
                 }
             }
         }
+        if !peers.is_empty() {
+            // Every shard connects to them (a known peer at the same address is kept).
+            for target in 0..shard.shard_count() {
+                let peers = peers.clone();
+                shard
+                    .run_on(target, move |s| async move {
+                        if let Some(r) = s.replicas() {
+                            for (id, addr) in peers {
+                                r.transport.add_peer(id, addr);
+                            }
+                        }
+                    })
+                    .await;
+            }
+        }
         // The partitions this node holds, or joins as a reassignment's new replica.
+        let shards = shard.shard_count();
         let mut wanted = BTreeMap::new();
         for (name, t) in &meta.topics {
             for (p, replicas) in t.replicas.iter().enumerate() {
                 let target = t.reassigning.get(&(p as i32));
                 let mine = replicas.contains(&me) || target.is_some_and(|t| t.contains(&me));
-                if let (true, Some(&group)) = (mine, t.groups.get(p)) {
-                    wanted.insert(group, (name.clone(), p as i32, replicas.clone()));
+                if let (true, Some(&group), Some(&owner)) = (mine, t.groups.get(p), t.shards.get(p))
+                {
+                    let owner = owner % shards;
+                    wanted.insert(group, (name.clone(), p as i32, owner, replicas.clone()));
                 }
             }
         }
-        let gone: Vec<(GroupId, (String, i32))> = self
+        let gone: Vec<(GroupId, (String, i32, usize))> = self
             .hosted
             .borrow()
             .iter()
             .filter(|(g, _)| !wanted.contains_key(g))
-            .map(|(g, tp)| (*g, tp.clone()))
+            .map(|(g, h)| (*g, h.clone()))
             .collect();
-        for (group, (name, p)) in gone {
-            if let Err(e) = self.replicator.remove_group(group).await {
-                // Its files stay: a later start must not find its state without them.
-                tracing::error!(error = %e, topic = %name, partition = p, "forget a partition's Raft state");
-                continue;
-            }
+        for (group, (name, p, owner)) in gone {
             let exists = meta
                 .topics
                 .get(&name)
                 .is_some_and(|t| t.groups.contains(&group));
-            if !exists {
-                shard.meta.set_leader(group, None); // else its leader keeps telling
-            }
-            self.hosted.borrow_mut().remove(&group);
-            self.starts.borrow_mut().forget(group);
-            if let Err(e) = shard.remove_partition(&name, p).await {
-                tracing::error!(error = %format!("{e:#}"), "remove a partition no longer held");
+            let removed = shard
+                .run_on(owner, move |s| async move {
+                    let Some(r) = s.replicas() else {
+                        return Err("no replicas on this shard".to_string());
+                    };
+                    r.remove_replica(&s, group, exists)
+                        .await
+                        .map_err(|e| format!("{e:#}"))
+                })
+                .await;
+            match removed {
+                Ok(()) => {
+                    self.hosted.borrow_mut().remove(&group);
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, topic = %name, partition = p, "remove a partition no longer held")
+                }
             }
         }
         // Opened concurrently (each waits on its own file I/O): a topic of thousands of
@@ -590,20 +532,33 @@ impl Cluster {
             .filter(|(group, _)| !self.hosted.borrow().contains_key(group))
             .collect();
         futures::stream::iter(new)
-            .for_each_concurrent(OPEN_CONCURRENCY, |(group, (name, p, replicas))| {
-                self.open_replica(shard, &meta, &current, group, name, p, replicas)
+            .for_each_concurrent(OPEN_CONCURRENCY, |(group, (name, p, owner, replicas))| {
+                self.open_replica(shard, &meta, &current, group, name, p, owner, replicas)
             })
             .await;
         let brokers_changed = current.broker_configs != meta.broker_configs;
-        for (name, t) in &meta.topics {
-            if brokers_changed
-                || current
-                    .topics
-                    .get(name)
-                    .is_some_and(|old| old.configs != t.configs)
-            {
-                let configs = meta.topic_configs(&t.configs, self.node_id());
-                shard.reconfigure_topic(name, &configs);
+        let changed: Vec<(String, BTreeMap<String, String>)> = meta
+            .topics
+            .iter()
+            .filter(|(name, t)| {
+                brokers_changed
+                    || current
+                        .topics
+                        .get(*name)
+                        .is_some_and(|old| old.configs != t.configs)
+            })
+            .map(|(name, t)| (name.clone(), meta.topic_configs(&t.configs, me)))
+            .collect();
+        if !changed.is_empty() {
+            for target in 0..shards {
+                let changed = changed.clone();
+                shard
+                    .run_on(target, move |s| async move {
+                        for (name, configs) in &changed {
+                            s.reconfigure_topic(name, configs);
+                        }
+                    })
+                    .await;
             }
         }
         tracing::info!(
@@ -615,7 +570,8 @@ impl Cluster {
         true
     }
 
-    /// Opens this node's replica of partition `p` of `name` and starts its Raft group.
+    /// Opens this node's replica of partition `p` of `name` on shard `owner` and starts its
+    /// Raft group there.
     #[allow(clippy::too_many_arguments)]
     async fn open_replica(
         &self,
@@ -625,30 +581,39 @@ impl Cluster {
         group: GroupId,
         name: String,
         p: i32,
+        owner: usize,
         replicas: Vec<i32>,
     ) {
-        let opened = async {
-            let configs = meta.topic_configs(&meta.topics[&name].configs, self.node_id());
-            shard.open_partition(&name, p, &configs).await?;
-            let log = shard.partition(&name, p).context("partition just opened")?;
-            let members = Membership::new(replicas.iter().map(|&n| n as u64));
-            self.replicator.add_group(group, log, members).await
+        let configs = meta.topic_configs(&meta.topics[&name].configs, self.node_id());
+        // A new partition's first replica is its preferred leader: it stands first.
+        let new_partition = current
+            .topics
+            .get(&name)
+            .is_none_or(|t| p as usize >= t.replicas.len());
+        let campaign = new_partition && replicas.first() == Some(&self.node_id());
+        // Shard 0 holds the node's Raft state file: the owner starts from what it stored.
+        let stored = match owner {
+            0 => None,
+            _ => self.replicator.stored_state(group),
         };
-        match opened.await {
-            Ok(()) => {
-                // A new partition's first replica is its preferred leader: it stands first.
-                let new_partition = current
-                    .topics
-                    .get(&name)
-                    .is_none_or(|t| p as usize >= t.replicas.len());
-                if new_partition && replicas.first() == Some(&self.node_id()) {
-                    self.replicator.campaign(group);
-                }
-                self.hosted.borrow_mut().insert(group, (name, p));
-            }
-            Err(e) => {
-                tracing::error!(topic = %name, partition = p, error = %format!("{e:#}"), "open a replicated partition")
-            }
+        // Envelopes for the group go to its shard from now on.
+        self.hosted
+            .borrow_mut()
+            .insert(group, (name.clone(), p, owner));
+        let topic = name.clone();
+        let opened = shard
+            .run_on(owner, move |s| async move {
+                let Some(r) = s.replicas() else {
+                    return Err("no replicas on this shard".to_string());
+                };
+                r.open_replica(&s, group, topic, p, configs, replicas, stored, campaign)
+                    .await
+                    .map_err(|e| format!("{e:#}"))
+            })
+            .await;
+        if let Err(e) = opened {
+            self.hosted.borrow_mut().remove(&group);
+            tracing::error!(topic = %name, partition = p, error = %e, "open a replicated partition");
         }
     }
 
@@ -734,7 +699,7 @@ impl Cluster {
     /// The registered nodes the controller has not heard from within the session timeout
     /// (counted from when it became controller at the earliest).
     fn fenced(&self, meta: &ClusterMeta) -> std::collections::BTreeSet<i32> {
-        let Some(controller_since) = self.controller_since.get() else {
+        let Some(controller_since) = self.local.controller_since.get() else {
             return meta.fenced.clone();
         };
         let first_seen = self.first_seen.borrow();
@@ -829,4 +794,125 @@ fn decode_snapshot(batch: &Bytes) -> Option<ClusterMeta> {
         return None;
     }
     serde_json::from_slice(&record.value?).ok()
+}
+
+/// The parts of `envelope` for each shard, by the shard `owner` gives each group (one part,
+/// without copying, when all of it goes to one shard).
+fn split_envelope(envelope: Envelope, owner: impl Fn(GroupId) -> usize) -> Vec<(usize, Envelope)> {
+    let groups = envelope
+        .messages
+        .iter()
+        .map(|(g, _)| *g)
+        .chain(envelope.heartbeats.iter().map(|h| h.group))
+        .chain(envelope.acks.iter().map(|a| a.group));
+    let mut owners = groups.map(&owner);
+    let Some(first) = owners.next() else {
+        return vec![(0, envelope)];
+    };
+    if owners.all(|o| o == first) {
+        return vec![(first, envelope)];
+    }
+    let mut parts: BTreeMap<usize, Envelope> = BTreeMap::new();
+    let (from, to) = (envelope.from, envelope.to);
+    let empty = || Envelope {
+        from,
+        to,
+        messages: Vec::new(),
+        heartbeats: Vec::new(),
+        acks: Vec::new(),
+    };
+    for (g, m) in envelope.messages {
+        let part = parts.entry(owner(g)).or_insert_with(empty);
+        part.messages.push((g, m));
+    }
+    for h in envelope.heartbeats {
+        let part = parts.entry(owner(h.group)).or_insert_with(empty);
+        part.heartbeats.push(h);
+    }
+    for a in envelope.acks {
+        let part = parts.entry(owner(a.group)).or_insert_with(empty);
+        part.acks.push(a);
+    }
+    parts.into_iter().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_envelope;
+    use tern_raft::{Body, Envelope, HeartbeatAck, HeartbeatItem, Message};
+
+    fn message(term: u64) -> Message {
+        Message {
+            from: 1,
+            to: 2,
+            term,
+            body: Body::PreVoteResponse { granted: true },
+        }
+    }
+
+    fn heartbeat(group: u64) -> HeartbeatItem {
+        HeartbeatItem {
+            group,
+            term: 1,
+            commit: 0,
+            round: 1,
+        }
+    }
+
+    fn ack(group: u64) -> HeartbeatAck {
+        HeartbeatAck {
+            group,
+            term: 1,
+            match_end: 0,
+            durable: 0,
+            round: 1,
+        }
+    }
+
+    #[test]
+    fn an_envelope_splits_by_the_shard_of_each_group_in_order() {
+        let envelope = Envelope {
+            from: 1,
+            to: 2,
+            messages: vec![(10, message(1)), (11, message(2)), (12, message(3))],
+            heartbeats: vec![heartbeat(10), heartbeat(11), heartbeat(13)],
+            acks: vec![ack(12), ack(10)],
+        };
+        // Even groups on shard 0, odd ones on shard 1.
+        let parts = split_envelope(envelope, |g| (g % 2) as usize);
+        assert_eq!(parts.len(), 2);
+        let (zero, one) = (&parts[0], &parts[1]);
+        assert_eq!((zero.0, one.0), (0, 1));
+        let groups = |e: &Envelope| {
+            let m: Vec<u64> = e.messages.iter().map(|(g, _)| *g).collect();
+            let h: Vec<u64> = e.heartbeats.iter().map(|h| h.group).collect();
+            let a: Vec<u64> = e.acks.iter().map(|a| a.group).collect();
+            (m, h, a)
+        };
+        assert_eq!(groups(&zero.1), (vec![10, 12], vec![10], vec![12, 10]));
+        assert_eq!(groups(&one.1), (vec![11], vec![11, 13], vec![]));
+        assert_eq!(zero.1.messages[1].1.term, 3, "messages keep their order");
+        assert!(parts.iter().all(|(_, e)| e.from == 1 && e.to == 2));
+    }
+
+    #[test]
+    fn an_envelope_for_one_shard_goes_whole() {
+        let envelope = Envelope {
+            from: 3,
+            to: 1,
+            messages: vec![(5, message(1))],
+            heartbeats: vec![heartbeat(7)],
+            acks: Vec::new(),
+        };
+        let parts = split_envelope(envelope.clone(), |_| 1);
+        assert_eq!(parts, vec![(1, envelope)]);
+        let empty = Envelope {
+            from: 3,
+            to: 1,
+            messages: Vec::new(),
+            heartbeats: Vec::new(),
+            acks: Vec::new(),
+        };
+        assert_eq!(split_envelope(empty.clone(), |_| 1), vec![(0, empty)]);
+    }
 }

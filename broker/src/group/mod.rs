@@ -35,7 +35,11 @@ pub fn coordinator_of(shard: &Shard, group: &str) -> Result<(usize, i32), i16> {
         .get(OFFSETS_TOPIC)
         .ok_or(ResponseError::CoordinatorNotAvailable.code())?;
     let partition = partition_for(group, topic.shards.len());
-    Ok((topic.shards[partition as usize], partition))
+    let owner = meta.owner_of(topic, partition);
+    Ok((
+        owner.ok_or(ResponseError::CoordinatorNotAvailable.code())?,
+        partition,
+    ))
 }
 
 /// A group's committed offsets by (topic, partition).

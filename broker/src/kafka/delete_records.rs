@@ -32,8 +32,9 @@ pub async fn handle(shard: &Rc<Shard>, req: DeleteRecordsRequest) -> ResponseKin
                         let Some(log) = s.partition(&topic, partition) else {
                             return not_leader;
                         };
-                        let replicated =
-                            s.replica_group(&topic, partition).map(|g| (g, s.cluster()));
+                        let replicated = s
+                            .replica_group(&topic, partition)
+                            .map(|g| (g, s.replicas()));
                         if let Some((group, cluster)) = &replicated {
                             if !cluster.as_ref().is_some_and(|c| c.leads(*group)) {
                                 return not_leader;

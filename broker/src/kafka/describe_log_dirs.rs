@@ -17,7 +17,7 @@ pub async fn handle(shard: &Rc<Shard>, req: DescribeLogDirsRequest) -> ResponseK
     let mut by_owner: BTreeMap<usize, Vec<(String, i32)>> = BTreeMap::new();
     for (name, t) in &meta.topics {
         for (p, &owner) in t.shards.iter().enumerate() {
-            let p = p as i32;
+            let (p, owner) = (p as i32, owner % meta.local_shards.max(1));
             let asked = match &req.topics {
                 None => true,
                 Some(topics) => topics

@@ -32,7 +32,7 @@ async fn lookup(
     }
     match shard.replica_group(&topic, partition) {
         None => (0, leader_epoch, log.end_offset()),
-        Some(group) => match shard.cluster().and_then(|c| c.epoch_end(group, epoch)) {
+        Some(group) => match shard.replicas().and_then(|r| r.epoch_end(group, epoch)) {
             Some((found, end)) => (0, found, end),
             None => (ResponseError::NotLeaderOrFollower.code(), -1, -1),
         },

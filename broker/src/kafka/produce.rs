@@ -138,8 +138,8 @@ async fn produce_replicated(
     acks: i16,
 ) -> Outcome {
     let not_leader = |why: &str| Outcome::error(ResponseError::NotLeaderOrFollower.code(), why);
-    let Some(cluster) = shard.cluster() else {
-        return not_leader("replicated partitions are served by shard 0");
+    let Some(cluster) = shard.replicas() else {
+        return not_leader("this shard holds no replicas");
     };
     // acks=all needs min.insync.replicas in sync, before the append and after it (Kafka's
     // NOT_ENOUGH_REPLICAS and NOT_ENOUGH_REPLICAS_AFTER_APPEND).
@@ -159,7 +159,7 @@ async fn produce_replicated(
         }
         _ => 1,
     };
-    let enough = |cluster: &crate::cluster::Cluster| {
+    let enough = |cluster: &crate::cluster::Replicas| {
         cluster
             .in_sync(group)
             .is_some_and(|isr| isr.len() >= min_isr)

@@ -8,7 +8,9 @@
 //! Producers waiting for acks=all are answered when the commit index passes their batch and the
 //! batch there is still theirs (same term at that offset).
 //!
-//! Exists once per node, on shard 0 (per shard with partitions spread over shards: planned).
+//! Exists on every shard of a cluster node, for the partitions that shard owns. The node's Raft
+//! state file is written by shard 0's driver: the others send it their groups' state and wait
+//! for the write before they send anything (see [`StateHome`]).
 
 pub mod log;
 pub mod state;
@@ -16,9 +18,10 @@ pub mod state;
 use bytes::Bytes;
 use event_listener::Event;
 use futures::channel::oneshot;
+use futures::future::LocalBoxFuture;
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 use tern_raft::{
@@ -94,7 +97,20 @@ struct Host {
     caught_up: BTreeMap<NodeId, Instant>,
 }
 
-/// A node's replicated partitions. Exists once per node, on shard 0.
+/// Where a driver's Raft state is made durable.
+pub enum StateHome {
+    /// The node's state file (shard 0's driver): its own groups' state, and what the other
+    /// shards' drivers send it.
+    File(PathBuf),
+    /// Another driver writes the file: changed states (`None`: forgotten) go there, and the
+    /// future completes once they are durable.
+    Remote(StateSender),
+}
+
+pub type StateSender =
+    Box<dyn Fn(Vec<(GroupId, Option<Persisted>)>) -> LocalBoxFuture<'static, std::io::Result<()>>>;
+
+/// A shard's replicated partitions.
 pub struct Replicator {
     node: NodeId,
     timing: Timing,
@@ -110,9 +126,12 @@ pub struct Replicator {
     /// When each node was last heard from (any envelope: heartbeat answers come at least
     /// every heartbeat interval from a live follower).
     heard: RefCell<BTreeMap<NodeId, Instant>>,
-    /// The node's Raft state file, and the state it held at start for groups not added yet
-    /// (kept in every write until they are added or removed).
-    state_path: PathBuf,
+    /// The node's Raft state file (`None`: another shard's driver writes it, through
+    /// `send_state`), and the state of every group it holds but this driver does not host:
+    /// read at start for groups not added yet, or sent by other shards (kept in every write
+    /// until they are added or removed).
+    state_path: Option<PathBuf>,
+    send_state: Option<StateSender>,
     stored: RefCell<BTreeMap<GroupId, Persisted>>,
     /// One writer of the state file at a time.
     state_lock: glommio::sync::Semaphore,
@@ -122,19 +141,24 @@ pub struct Replicator {
 pub type RoleListener = Box<dyn Fn(GroupId, RoleChange)>;
 
 impl Replicator {
-    /// Starts the driver: its ticker, its inbound envelopes from `inbound`, its round loop.
-    /// The groups' Raft state is kept in `state_dir`.
+    /// Starts the driver: its ticker and its round loop. Envelopes come in through
+    /// [`Self::deliver`]. With `StateHome::File(dir)` the node's Raft state is kept in `dir`.
     pub async fn start(
         transport: Rc<Transport>,
-        inbound: glommio::channels::local_channel::LocalReceiver<Envelope>,
         timing: Timing,
-        state_dir: &Path,
+        home: StateHome,
     ) -> anyhow::Result<Rc<Replicator>> {
-        let state_path = state::path(state_dir);
-        let stored = match tern_storage::fs::read_file(&state_path).await? {
+        let (state_path, send_state) = match home {
+            StateHome::File(dir) => (Some(state::path(&dir)), None),
+            StateHome::Remote(sender) => (None, Some(sender)),
+        };
+        let stored = match &state_path {
             None => BTreeMap::new(),
-            Some(data) => state::decode_node(&data)
-                .ok_or_else(|| anyhow::anyhow!("damaged Raft state in {}", state_path.display()))?,
+            Some(path) => match tern_storage::fs::read_file(path).await? {
+                None => BTreeMap::new(),
+                Some(data) => state::decode_node(&data)
+                    .ok_or_else(|| anyhow::anyhow!("damaged Raft state in {}", path.display()))?,
+            },
         };
         let node = transport.node_id();
         let r = Rc::new(Replicator {
@@ -149,6 +173,7 @@ impl Replicator {
             role_listener: RefCell::new(None),
             heard: RefCell::new(BTreeMap::new()),
             state_path,
+            send_state,
             stored: RefCell::new(stored),
             state_lock: glommio::sync::Semaphore::new(1),
         });
@@ -163,24 +188,67 @@ impl Replicator {
             }
         })
         .detach();
-        let me = r.clone();
-        glommio::spawn_local(async move {
-            while let Some(envelope) = inbound.recv().await {
-                if me.paused.get() {
-                    continue; // lost, as on a cut link
-                }
-                me.heard.borrow_mut().insert(envelope.from, Instant::now());
-                me.multi.borrow_mut().step(envelope);
-                me.work.notify(1);
-            }
-        })
-        .detach();
         glommio::spawn_local(r.clone().rounds()).detach();
         Ok(r)
     }
 
+    /// Takes an envelope from another node (the part of it for this shard's groups).
+    pub fn deliver(&self, envelope: Envelope) {
+        if self.paused.get() {
+            return; // lost, as on a cut link
+        }
+        self.heard
+            .borrow_mut()
+            .insert(envelope.from, Instant::now());
+        self.multi.borrow_mut().step(envelope);
+        self.work.notify(1);
+    }
+
+    /// Makes the state of `groups` durable: in the node's file, or through the driver that
+    /// writes it.
+    async fn write_state(&self, groups: &[GroupId]) -> std::io::Result<()> {
+        let Some(send) = &self.send_state else {
+            return self.write_state_file().await;
+        };
+        let states = {
+            let hosts = self.hosts.borrow();
+            groups
+                .iter()
+                .map(|g| (*g, hosts.get(g).map(|h| h.persisted.clone())))
+                .collect()
+        };
+        send(states).await
+    }
+
+    /// The node's file: the state of another shard's groups changed (`None`: forgotten).
+    pub async fn store_for_shard(
+        &self,
+        states: Vec<(GroupId, Option<Persisted>)>,
+    ) -> std::io::Result<()> {
+        {
+            let mut stored = self.stored.borrow_mut();
+            for (group, state) in states {
+                match state {
+                    Some(p) => stored.insert(group, p),
+                    None => stored.remove(&group),
+                };
+            }
+        }
+        self.write_state_file().await
+    }
+
+    /// The node's file: the stored state of a group another shard is about to host.
+    pub fn stored_state(&self, group: GroupId) -> Option<Persisted> {
+        self.stored.borrow().get(&group).cloned()
+    }
+
     /// Writes every group's state to the node's file (atomically, synced).
-    async fn write_state(&self) -> std::io::Result<()> {
+    async fn write_state_file(&self) -> std::io::Result<()> {
+        let Some(path) = &self.state_path else {
+            return Err(std::io::Error::other(
+                "this shard does not write the Raft state file",
+            ));
+        };
         let _permit = self
             .state_lock
             .acquire_permit(1)
@@ -193,7 +261,7 @@ impl Replicator {
             let pending = stored.iter().filter(|(g, _)| !hosts.contains_key(g));
             state::encode_node(added.chain(pending.map(|(g, p)| (*g, p))))
         };
-        tern_storage::fs::write_file_atomic(&self.state_path, &data).await
+        tern_storage::fs::write_file_atomic(path, &data).await
     }
 
     #[cfg(test)]
@@ -214,15 +282,17 @@ impl Replicator {
     }
 
     /// Starts replicating `log` (in `dir`) as group `group`: from its persisted Raft state if
-    /// it has one, else as a new replica with `membership`.
+    /// it has one (`handed` by the driver that writes the node's file, or in this one's), else
+    /// as a new replica with `membership`.
     pub async fn add_group(
         &self,
         group: GroupId,
         log: Rc<PartitionLog>,
         membership: Membership,
+        handed: Option<Persisted>,
     ) -> anyhow::Result<()> {
         let dir = log.dir().to_path_buf();
-        let kept = self.stored.borrow_mut().remove(&group);
+        let kept = handed.or_else(|| self.stored.borrow_mut().remove(&group));
         let stored = match kept {
             Some(p) => Some(p),
             // Written by an earlier version, beside the partition's log.
@@ -283,7 +353,7 @@ impl Replicator {
                 let _ = w.done.send(Err(ReplicateError::UnknownGroup));
             }
         }
-        self.write_state().await
+        self.write_state(&[group]).await
     }
 
     /// Whether this node leads `group` and has committed an entry of its own term (so its
@@ -554,7 +624,7 @@ impl Replicator {
 
     async fn round(self: &Rc<Self>, ready: MultiReady) {
         // 1. Persist, before anything of this round is sent.
-        let mut changed = false;
+        let mut changed = Vec::new();
         {
             let mut hosts = self.hosts.borrow_mut();
             let multi = self.multi.borrow();
@@ -574,12 +644,12 @@ impl Replicator {
                 if let Some(g) = multi.group(*gid) {
                     host.persisted.commit = g.durable_commit();
                 }
-                changed = true;
+                changed.push(*gid);
             }
         }
-        let written = match changed {
-            true => self.write_state().await,
-            false => Ok(()),
+        let written = match changed.is_empty() {
+            false => self.write_state(&changed).await,
+            true => Ok(()),
         };
         if let Err(error) = written {
             // Nothing of this round may be sent: Raft resends once state is stored again.

@@ -47,15 +47,20 @@ async fn cluster(dir: &std::path::Path, n: u64, log_config: LogConfig) -> Vec<No
             tick: Duration::from_millis(10),
             ..Timing::default()
         };
-        let replicator =
-            Replicator::start(transport, inbound, timing, &dir.join(format!("node{id}")))
-                .await
-                .unwrap();
+        let home = StateHome::File(dir.join(format!("node{id}")));
+        let replicator = Replicator::start(transport, timing, home).await.unwrap();
+        let deliver = replicator.clone();
+        glommio::spawn_local(async move {
+            while let Some(envelope) = inbound.recv().await {
+                deliver.deliver(envelope);
+            }
+        })
+        .detach();
         let log = PartitionLog::open(&dir.join(format!("node{id}/t-0")), log_config.clone())
             .await
             .unwrap();
         replicator
-            .add_group(GROUP, log.clone(), Membership::new(1..=n))
+            .add_group(GROUP, log.clone(), Membership::new(1..=n), None)
             .await
             .unwrap();
         nodes.push(Node { replicator, log });

@@ -11,8 +11,9 @@
 //! ([`Transport::add_peer`]). A node of the same cluster that is not known yet may connect: that
 //! is how a broker that is not a voter registers.
 //!
-//! Exists once per node, on shard 0 (connections per shard pair are planned with partitions
-//! spread over shards).
+//! Every shard of a node has its own outgoing connections (its replicas' envelopes go out on
+//! them); shard 0 alone listens, and hands other shards the parts of envelopes for their
+//! groups.
 
 use bytes::{Bytes, BytesMut};
 use futures::future::{select, Either};
@@ -70,7 +71,7 @@ pub enum SendError {
     Full,
 }
 
-/// The node's side of the internal RPC. Exists once per node, on shard 0.
+/// A shard's side of the internal RPC: its outgoing connections, and on shard 0 the listener.
 pub struct Transport {
     config: Rc<RpcConfig>,
     peers: RefCell<BTreeMap<NodeId, Peer>>,
@@ -130,6 +131,22 @@ impl Transport {
             transport.add_peer(peer, addr);
         }
         (transport, received)
+    }
+
+    /// Connections to every peer, without a listener (a shard other than 0).
+    pub fn outgoing(config: RpcConfig) -> Rc<Transport> {
+        let config = Rc::new(config);
+        let transport = Rc::new(Transport {
+            config: config.clone(),
+            peers: RefCell::new(BTreeMap::new()),
+            dropped: Cell::new(0),
+            hellos: Hellos::default(),
+            messages: RefCell::new(None),
+        });
+        for (&peer, &addr) in &config.peers {
+            transport.add_peer(peer, addr);
+        }
+        transport
     }
 
     /// Connects to node `peer` at `addr` (again, if it moved). Peers are never forgotten.
