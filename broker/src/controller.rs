@@ -96,11 +96,23 @@ pub async fn create_topic(shard: &Rc<Shard>, topic: NewTopic) -> Result<(Uuid, i
     }
     let id = Uuid::new_v4();
     let clustered = shard.cluster().is_some();
-    // In a cluster each node takes a partition's shard modulo its own shard count.
-    let shards = meta.place(topic.partitions as usize, shard.shard_count());
+    let (shards, replicas) = match clustered {
+        // Each node takes a partition's shard modulo its own shard count.
+        true => {
+            let replicas = place_replicas(&meta, &topic)?;
+            (
+                meta.place_replicated(&replicas, shard.shard_count()),
+                replicas,
+            )
+        }
+        false => (
+            meta.place(topic.partitions as usize, shard.shard_count()),
+            Vec::new(),
+        ),
+    };
     let mut created = crate::metadata::TopicMeta::local(id, shards.clone(), topic.configs.clone());
     if clustered {
-        created.replicas = place_replicas(&meta, &topic)?;
+        created.replicas = replicas;
         created.groups = (0..topic.partitions as u64)
             .map(|i| meta.next_group.max(1) + i)
             .collect();
@@ -191,7 +203,7 @@ pub async fn create_partitions(
         if validate_only {
             return Ok(());
         }
-        let placed = meta.place(replicas.len(), shard.shard_count());
+        let placed = meta.place_replicated(&replicas, shard.shard_count());
         let first_group = meta.next_group.max(1);
         meta.next_group = first_group + new.partitions as u64;
         if let Some(topic) = meta.topics.get_mut(&name) {

@@ -206,6 +206,36 @@ impl ClusterMeta {
         Some(s % self.local_shards.max(1))
     }
 
+    /// Cluster mode: shards for new partitions with these replicas. Each goes to the shard
+    /// where its preferred leader (first replica) leads the fewest partitions, then to the one
+    /// holding the fewest, so each node's leaderships spread over its shards.
+    pub fn place_replicated(&self, replicas: &[Vec<i32>], shards: usize) -> Vec<usize> {
+        let shards = shards.max(1);
+        let mut load = vec![0usize; shards];
+        let mut led: BTreeMap<(i32, usize), usize> = BTreeMap::new();
+        for t in self.topics.values() {
+            for (p, &s) in t.shards.iter().enumerate() {
+                load[s % shards] += 1;
+                if let Some(&first) = t.replicas.get(p).and_then(|r| r.first()) {
+                    *led.entry((first, s % shards)).or_default() += 1;
+                }
+            }
+        }
+        replicas
+            .iter()
+            .map(|r| {
+                let first = r.first().copied().unwrap_or(-1);
+                let leading = |s: usize| led.get(&(first, s)).copied().unwrap_or(0);
+                let s = (0..shards)
+                    .min_by_key(|&s| (leading(s), load[s]))
+                    .unwrap_or(0);
+                load[s] += 1;
+                *led.entry((first, s)).or_default() += 1;
+                s
+            })
+            .collect()
+    }
+
     /// Shards for `count` new partitions: each goes to the shard owning the fewest.
     pub fn place(&self, count: usize, shards: usize) -> Vec<usize> {
         let mut load = vec![0usize; shards];
@@ -416,5 +446,32 @@ mod tests {
         assert_eq!(meta.owner("a", 3), None);
         assert_eq!(meta.owner("a", -1), None);
         assert_eq!(meta.owner("b", 0), None);
+    }
+
+    #[test]
+    fn each_nodes_leaderships_spread_over_its_shards() {
+        let mut meta = ClusterMeta {
+            local_shards: 2,
+            ..ClusterMeta::default()
+        };
+        // Two nodes leading in turn, two shards: placing by count alone ([0, 1, 0, 1]) would
+        // put both of node 1's leaderships on shard 0 and both of node 2's on shard 1.
+        let replicas = vec![vec![1, 2], vec![2, 1], vec![1, 2], vec![2, 1]];
+        assert_eq!(meta.place(4, 2), vec![0, 1, 0, 1]);
+        let shards = meta.place_replicated(&replicas, 2);
+        assert_eq!(shards, vec![0, 1, 1, 0]);
+        // Existing topics count: node 1 already leads on shard 0.
+        let mut old = TopicMeta::local(Uuid::new_v4(), vec![0], BTreeMap::new());
+        old.replicas = vec![vec![1, 2]];
+        meta.topics.insert("old".into(), old);
+        assert_eq!(meta.place_replicated(&[vec![1, 2]], 2), vec![1]);
+        // The shard a node uses is the placement modulo its own count.
+        meta.topics.insert("new".into(), {
+            let mut t = TopicMeta::local(Uuid::new_v4(), vec![3, 2], BTreeMap::new());
+            t.replicas = vec![vec![1], vec![2]];
+            t
+        });
+        assert_eq!(meta.owner("new", 0), Some(1));
+        assert_eq!(meta.owner("new", 1), Some(0));
     }
 }
