@@ -64,6 +64,49 @@ impl Shard {
         *self.replicas.borrow_mut() = Some(replicas);
     }
 
+    /// Answers the items of a request that touches partitions on several shards: each
+    /// `Ok((owner, item))` is given to `work` on its owner shard, with one job per owner shard
+    /// carrying all of its items (run there concurrently); an `Err(answer)` is answered
+    /// already. Returns the answers in the items' order.
+    pub async fn on_owners<I, R, F, Fut>(
+        self: &Rc<Self>,
+        items: Vec<Result<(usize, I), R>>,
+        work: F,
+    ) -> Vec<R>
+    where
+        I: Send + 'static,
+        R: Send + 'static,
+        F: Fn(Rc<Shard>, I) -> Fut + Clone + Send + 'static,
+        Fut: Future<Output = R> + 'static,
+    {
+        let mut out: Vec<Option<R>> = Vec::with_capacity(items.len());
+        let mut by_owner: std::collections::BTreeMap<usize, Vec<(usize, I)>> = Default::default();
+        for (i, item) in items.into_iter().enumerate() {
+            match item {
+                Ok((owner, item)) => {
+                    by_owner.entry(owner).or_default().push((i, item));
+                    out.push(None);
+                }
+                Err(answer) => out.push(Some(answer)),
+            }
+        }
+        let jobs = by_owner.into_iter().map(|(owner, items)| {
+            let work = work.clone();
+            self.run_on(owner, move |s| async move {
+                let (at, items): (Vec<usize>, Vec<I>) = items.into_iter().unzip();
+                let answers = items.into_iter().map(|item| work(s.clone(), item));
+                let answers = futures::future::join_all(answers).await;
+                at.into_iter().zip(answers).collect::<Vec<_>>()
+            })
+        });
+        for (i, answer) in futures::future::join_all(jobs).await.into_iter().flatten() {
+            out[i] = Some(answer);
+        }
+        out.into_iter()
+            .map(|a| a.expect("an owner shard answers every item it was given"))
+            .collect()
+    }
+
     /// Runs `f` on shard `target` without waiting for it. Jobs posted to one shard run in the
     /// order posted.
     pub fn post<F>(&self, target: usize, f: F)

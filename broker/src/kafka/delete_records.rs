@@ -13,53 +13,66 @@ use std::time::Duration;
 use super::produce::log_error_code;
 use crate::shard::Shard;
 
+/// Moves one partition's log start on its owner shard: `(error, low watermark)`.
+async fn delete(
+    s: Rc<Shard>,
+    topic: String,
+    partition: i32,
+    offset: i64,
+    timeout: Duration,
+) -> (i16, i64) {
+    let not_leader = (ResponseError::NotLeaderOrFollower.code(), -1);
+    let Some(log) = s.partition(&topic, partition) else {
+        return not_leader;
+    };
+    let replicated = s
+        .replica_group(&topic, partition)
+        .map(|g| (g, s.replicas()));
+    if let Some((group, replicas)) = &replicated {
+        if !replicas.as_ref().is_some_and(|r| r.leads(*group)) {
+            return not_leader;
+        }
+    }
+    let start = match log.delete_records(offset).await {
+        Ok(start) => start,
+        Err(e) => return (log_error_code(&e), -1),
+    };
+    let Some((group, Some(replicas))) = replicated else {
+        return (0, start);
+    };
+    match replicas
+        .replicate_log_start(&s, group, start, timeout)
+        .await
+    {
+        Ok(low) => (0, low),
+        Err(e) => (e.code(), -1),
+    }
+}
+
 pub async fn handle(shard: &Rc<Shard>, req: DeleteRecordsRequest) -> ResponseKind {
     let meta = shard.meta.snapshot();
     let timeout = Duration::from_millis(req.timeout_ms.max(0) as u64);
+    let asked = req
+        .topics
+        .iter()
+        .flat_map(|t| t.partitions.iter().map(move |p| (t.name.0.as_str(), p)))
+        .map(|(name, p)| match meta.owner(name, p.partition_index) {
+            Some(owner) => Ok((owner, (name.to_string(), p.partition_index, p.offset))),
+            None => Err((ResponseError::UnknownTopicOrPartition.code(), -1)),
+        })
+        .collect();
+    let answers = shard
+        .on_owners(asked, move |s, (topic, partition, offset)| {
+            delete(s, topic, partition, offset, timeout)
+        })
+        .await;
+    let mut answers = answers.into_iter();
     let mut topics = Vec::new();
     for t in req.topics {
-        let name = t.name.0.to_string();
-        let deletions = t.partitions.iter().map(|p| {
-            let (topic, partition, offset) = (name.clone(), p.partition_index, p.offset);
-            let owner = meta.owner(&name, partition);
-            async move {
-                let Some(owner) = owner else {
-                    return (ResponseError::UnknownTopicOrPartition.code(), -1);
-                };
-                shard
-                    .run_on(owner, move |s| async move {
-                        let not_leader = (ResponseError::NotLeaderOrFollower.code(), -1);
-                        let Some(log) = s.partition(&topic, partition) else {
-                            return not_leader;
-                        };
-                        let replicated = s
-                            .replica_group(&topic, partition)
-                            .map(|g| (g, s.replicas()));
-                        if let Some((group, cluster)) = &replicated {
-                            if !cluster.as_ref().is_some_and(|c| c.leads(*group)) {
-                                return not_leader;
-                            }
-                        }
-                        let start = match log.delete_records(offset).await {
-                            Ok(start) => start,
-                            Err(e) => return (log_error_code(&e), -1),
-                        };
-                        let Some((group, Some(cluster))) = replicated else {
-                            return (0, start);
-                        };
-                        match cluster.replicate_log_start(&s, group, start, timeout).await {
-                            Ok(low) => (0, low),
-                            Err(e) => (e.code(), -1),
-                        }
-                    })
-                    .await
-            }
-        });
-        let results = futures::future::join_all(deletions).await;
         let partitions = t
             .partitions
             .iter()
-            .zip(results)
+            .zip(answers.by_ref())
             .map(|(p, (error, low))| {
                 DeleteRecordsPartitionResult::default()
                     .with_partition_index(p.partition_index)

@@ -14,42 +14,53 @@ use crate::shard::Shard;
 
 pub async fn handle(shard: &Rc<Shard>, req: DescribeProducersRequest) -> ResponseKind {
     let meta = shard.meta.snapshot();
+    let asked = req
+        .topics
+        .iter()
+        .flat_map(|t| {
+            t.partition_indexes
+                .iter()
+                .map(move |&p| (t.name.0.as_str(), p))
+        })
+        .map(|(name, p)| match meta.owner(name, p) {
+            Some(owner) => Ok((owner, (name.to_string(), p))),
+            None => Err(Err(ResponseError::UnknownTopicOrPartition.code())),
+        })
+        .collect();
+    let answers = shard
+        .on_owners(asked, |s, (topic, p)| async move {
+            s.readable_partition(&topic, p, -1, false)
+                .map(|(log, _)| log.producers())
+        })
+        .await;
+    let mut answers = answers.into_iter();
     let mut topics = Vec::new();
     for t in req.topics {
-        let name = t.name.0.to_string();
-        let mut partitions = Vec::new();
-        for p in t.partition_indexes {
-            let response = PartitionResponse::default().with_partition_index(p);
-            let Some(owner) = meta.owner(&name, p) else {
-                partitions
-                    .push(response.with_error_code(ResponseError::UnknownTopicOrPartition.code()));
-                continue;
-            };
-            let topic = name.clone();
-            let found = shard
-                .run_on(owner, move |s| async move {
-                    s.readable_partition(&topic, p, -1, false)
-                        .map(|(log, _)| log.producers())
-                })
-                .await;
-            partitions.push(match found {
-                Err(code) => response.with_error_code(code),
-                Ok(producers) => response.with_active_producers(
-                    producers
-                        .into_iter()
-                        .map(|v| {
-                            ProducerState::default()
-                                .with_producer_id(ProducerId(v.producer_id))
-                                .with_producer_epoch(v.epoch.into())
-                                .with_last_sequence(v.last_sequence)
-                                .with_last_timestamp(v.last_timestamp)
-                                .with_coordinator_epoch(-1)
-                                .with_current_txn_start_offset(v.txn_start_offset)
-                        })
-                        .collect(),
-                ),
-            });
-        }
+        let partitions = t
+            .partition_indexes
+            .iter()
+            .zip(answers.by_ref())
+            .map(|(&p, found)| {
+                let response = PartitionResponse::default().with_partition_index(p);
+                match found {
+                    Err(code) => response.with_error_code(code),
+                    Ok(producers) => response.with_active_producers(
+                        producers
+                            .into_iter()
+                            .map(|v| {
+                                ProducerState::default()
+                                    .with_producer_id(ProducerId(v.producer_id))
+                                    .with_producer_epoch(v.epoch.into())
+                                    .with_last_sequence(v.last_sequence)
+                                    .with_last_timestamp(v.last_timestamp)
+                                    .with_coordinator_epoch(-1)
+                                    .with_current_txn_start_offset(v.txn_start_offset)
+                            })
+                            .collect(),
+                    ),
+                }
+            })
+            .collect();
         topics.push(
             TopicResponse::default()
                 .with_name(t.name)

@@ -66,35 +66,42 @@ pub async fn handle(shard: &Rc<Shard>, req: ListOffsetsRequest, version: i16) ->
         }
     }
     let committed = req.isolation_level == 1;
+    let mut asked = Vec::new();
+    for t in &req.topics {
+        let name = t.name.0.as_str();
+        for p in &t.partitions {
+            let partition = p.partition_index;
+            asked.push(
+                match (named[&(name, partition)] > 1, meta.owner(name, partition)) {
+                    (true, _) => Err((ResponseError::InvalidRequest.code(), -1, -1, -1)),
+                    (false, None) => {
+                        Err((ResponseError::UnknownTopicOrPartition.code(), -1, -1, -1))
+                    }
+                    (false, Some(owner)) => {
+                        let item = (
+                            name.to_string(),
+                            partition,
+                            p.timestamp,
+                            p.current_leader_epoch,
+                        );
+                        Ok((owner, item))
+                    }
+                },
+            );
+        }
+    }
+    let answers = shard
+        .on_owners(asked, move |s, (topic, partition, timestamp, epoch)| {
+            lookup(s, topic, partition, timestamp, epoch, committed)
+        })
+        .await;
+    let mut answers = answers.into_iter();
     let mut topics = Vec::new();
     for t in &req.topics {
-        let name = t.name.0.to_string();
-        let lookups = t.partitions.iter().map(|p| {
-            let (topic, partition, timestamp) = (name.clone(), p.partition_index, p.timestamp);
-            let current_epoch = p.current_leader_epoch;
-            let owner = meta.owner(&name, partition);
-            let duplicate = named[&(t.name.0.as_str(), partition)] > 1;
-            async move {
-                if duplicate {
-                    return (ResponseError::InvalidRequest.code(), -1, -1, -1);
-                }
-                match owner {
-                    Some(owner) => {
-                        shard
-                            .run_on(owner, move |s| {
-                                lookup(s, topic, partition, timestamp, current_epoch, committed)
-                            })
-                            .await
-                    }
-                    None => (ResponseError::UnknownTopicOrPartition.code(), -1, -1, -1),
-                }
-            }
-        });
-        let results = futures::future::join_all(lookups).await;
         let partitions = t
             .partitions
             .iter()
-            .zip(results)
+            .zip(answers.by_ref())
             .map(|(p, (error, timestamp, offset, epoch))| {
                 ListOffsetsPartitionResponse::default()
                     .with_partition_index(p.partition_index)

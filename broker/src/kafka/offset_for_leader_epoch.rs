@@ -41,29 +41,35 @@ async fn lookup(
 
 pub async fn handle(shard: &Rc<Shard>, req: OffsetForLeaderEpochRequest) -> ResponseKind {
     let meta = shard.meta.snapshot();
+    let asked = req
+        .topics
+        .iter()
+        .flat_map(|t| t.partitions.iter().map(move |p| (t.topic.0.as_str(), p)))
+        .map(|(name, p)| match meta.owner(name, p.partition) {
+            Some(owner) => {
+                let item = (
+                    name.to_string(),
+                    p.partition,
+                    p.current_leader_epoch,
+                    p.leader_epoch,
+                );
+                Ok((owner, item))
+            }
+            None => Err((ResponseError::UnknownTopicOrPartition.code(), -1, -1)),
+        })
+        .collect();
+    let answers = shard
+        .on_owners(asked, |s, (topic, partition, current, epoch)| {
+            lookup(s, topic, partition, current, epoch)
+        })
+        .await;
+    let mut answers = answers.into_iter();
     let mut topics = Vec::new();
     for t in &req.topics {
-        let name = t.topic.0.to_string();
-        let lookups = t.partitions.iter().map(|p| {
-            let (topic, partition) = (name.clone(), p.partition);
-            let (current, epoch) = (p.current_leader_epoch, p.leader_epoch);
-            let owner = meta.owner(&name, partition);
-            async move {
-                match owner {
-                    Some(owner) => {
-                        shard
-                            .run_on(owner, move |s| lookup(s, topic, partition, current, epoch))
-                            .await
-                    }
-                    None => (ResponseError::UnknownTopicOrPartition.code(), -1, -1),
-                }
-            }
-        });
-        let results = futures::future::join_all(lookups).await;
         let partitions = t
             .partitions
             .iter()
-            .zip(results)
+            .zip(answers.by_ref())
             .map(|(p, (error, epoch, end))| {
                 EpochEndOffset::default()
                     .with_partition(p.partition)
