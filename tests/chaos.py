@@ -86,9 +86,15 @@ class Cluster:
         port = str(self.rpc_port(node))
         return [["-p", "tcp", "--dport", port, "-j", "DROP"], ["-p", "tcp", "--sport", port, "-j", "DROP"]]
 
-    @staticmethod
-    def _link_rules(a, b):
-        return [["-s", f"127.0.0.{x}", "-d", f"127.0.0.{y}", "-p", "tcp", "-j", "DROP"] for x, y in ((a, b), (b, a))]
+    def _link_rules(self, a, b):
+        # Both ways of both connections (a dials b's RPC port, b dials a's), by this cluster's
+        # ports so that other clusters on the same addresses are not cut.
+        rules = []
+        for x, y in ((a, b), (b, a)):
+            port = str(self.rpc_port(y))
+            rules.append(["-s", f"127.0.0.{x}", "-d", f"127.0.0.{y}", "-p", "tcp", "--dport", port, "-j", "DROP"])
+            rules.append(["-s", f"127.0.0.{y}", "-d", f"127.0.0.{x}", "-p", "tcp", "--sport", port, "-j", "DROP"])
+        return rules
 
     def _apply(self, key, rules):
         for rule in rules:

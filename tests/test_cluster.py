@@ -82,54 +82,39 @@ def admin(cluster):
     return cluster.admin
 
 
-def test_a_sequence_gap_is_refused_only_by_a_leader_sure_of_its_term(cluster, topic_name):
-    """OUT_OF_ORDER_SEQUENCE_NUMBER makes librdkafka renumber its unanswered batches under a new
-    epoch, so only a leader that knows no batch it lacks can still commit may send it: a
-    working leader does; a leader replaced while it was paused and cut off answers
-    NOT_LEADER_OR_FOLLOWER on waking, and the retry finds the new leader."""
-    from chaos import iptables_works
-
-    if not iptables_works():
-        pytest.skip("needs iptables to cut a node off")
+def test_a_sequence_gap_at_a_leader_is_answered_retriably(cluster, topic_name):
+    """A gap in a producer's sequence at a partition leader is earlier batches refused by a
+    replica not yet leading, or still in flight: answered NOT_LEADER_OR_FOLLOWER, not
+    OUT_OF_ORDER_SEQUENCE_NUMBER, which makes librdkafka bump its epoch and renumber the
+    unanswered batches of every partition (one written but unanswered is then written twice,
+    as the chaos test found). Once the missing batches come, the rest follows in order."""
     create(cluster, topic_name, partitions=1, rf=3)
     pid = 4242
 
-    def request(seq, acks=-1):
+    def produce(node, seq, acks=-1):
         batch = kafka_wire.record_batch(b"s%d" % seq, producer=(pid, 0, seq))
-        return kafka_wire.produce_v3(topic_name, 0, batch, acks=acks)
-
-    def produce(node, seq):
         with kafka_wire.connect(f"127.0.0.1:{cluster.port_of(node)}") as sock:
-            return kafka_wire.single_partition_error(kafka_wire.roundtrip(sock, request(seq)))
+            resp = kafka_wire.roundtrip(sock, kafka_wire.produce_v3(topic_name, 0, batch, acks=acks))
+            return kafka_wire.single_partition_error(resp)
 
     leader = leaders(cluster, topic_name)[0]
     assert produce(leader, 0) == 0
     assert produce(leader, 1) == 0
-    assert produce(leader, 5) == 45  # OUT_OF_ORDER_SEQUENCE_NUMBER
-    assert produce(leader, 2) == 0
-
-    # Cut off (nothing reaches its Raft listener) and paused at once, it still believes it leads
-    # when it wakes, until check-quorum; a request waiting in its socket is served first thing.
-    # (acks=1: with acks=all its stale view of the ISR may refuse first, retriably too.)
-    rpc_port = str(cluster.port + 100 + leader - 1)
-    rules = [["-p", "tcp", "--dport", rpc_port, "-j", "DROP"], ["-p", "tcp", "--sport", rpc_port, "-j", "DROP"]]
-    for rule in rules:
-        subprocess.run(["iptables", "-A", "INPUT", *rule], check=True)
-    try:
-        cluster.run("pause", leader)
-        wait_for(lambda: leaders(cluster, topic_name)[0] not in (leader, -1), timeout=30, what="a new leader")
-        new_leader = leaders(cluster, topic_name)[0]
-        assert produce(new_leader, 3) == 0
-        with kafka_wire.connect(f"127.0.0.1:{cluster.port_of(leader)}") as sock:
-            sock.sendall(request(9, acks=1))
-            cluster.run("resume", leader)
-            size = int.from_bytes(kafka_wire.recv_exact(sock, 4), "big")
-            resp = kafka_wire.recv_exact(sock, size)[4:]  # past the correlation id
-    finally:
-        for rule in rules:
-            subprocess.run(["iptables", "-D", "INPUT", *rule], capture_output=True)
-    assert kafka_wire.single_partition_error(resp) == 6  # NOT_LEADER_OR_FOLLOWER
-    assert produce(new_leader, 4) == 0
+    assert produce(leader, 4) == 6  # NOT_LEADER_OR_FOLLOWER, retriable
+    assert produce(leader, 4, acks=1) == 6
+    for seq in (2, 3, 4):
+        assert produce(leader, seq) == 0
+    assert produce(leader, 3) == 0  # a retry of a batch written: its first answer again
+    c = Consumer({"bootstrap.servers": cluster.bootstrap, "group.id": "unused", "enable.auto.commit": False})
+    c.assign([TopicPartition(topic_name, 0, 0)])
+    values = []
+    deadline = time.time() + 30
+    while len(values) < 5 and time.time() < deadline:
+        m = c.poll(0.5)
+        if m is not None and not m.error():
+            values.append(m.value())
+    c.close()
+    assert values == [b"s0", b"s1", b"s2", b"s3", b"s4"]
 
 
 def leaders(cluster, topic):

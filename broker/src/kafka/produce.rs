@@ -123,9 +123,6 @@ async fn produce_local(
 
 /// How long acks=all waits for a replicated batch to commit before REQUEST_TIMED_OUT.
 const COMMIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
-/// How long a leader may take to confirm its leadership before refusing a sequence (a leader
-/// cut off steps down within two election timeouts).
-const CONFIRM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The leader's side of a produce to a replicated partition: propose through Raft, then wait
 /// for the local write (acks=1) or the commit (acks=all).
@@ -170,26 +167,21 @@ async fn produce_replicated(
             format!("fewer than min.insync.replicas={min_isr} replicas are in sync"),
         );
     }
-    let mut proposed = cluster.replicator.propose(group, records.clone(), now_ms());
-    if let Err(ReplicateError::Log(LogError::Producer(ProducerError::OutOfOrder { .. }))) = proposed
+    let proposed = cluster.replicator.propose(group, records, now_ms());
+    if let Err(ReplicateError::Log(LogError::Producer(e @ ProducerError::OutOfOrder { .. }))) =
+        &proposed
     {
-        // A refused sequence makes the producer renumber the batches it has not had answered
-        // under a new epoch (librdkafka does): were one of them in another replica's log and
-        // later committed, it would be written twice. Only a leader confirmed in its term (its
-        // first entry committed, a majority still following it) knows that every batch it
-        // lacks is lost for good; anyone else answers NOT_LEADER_OR_FOLLOWER, and the retry
-        // finds the real leader.
-        let confirmed = cluster.replicator.confirm_leadership(group);
-        match crate::rpc::with_timeout(CONFIRM_TIMEOUT, confirmed).await {
-            Some(Ok(())) => {
-                proposed = cluster.replicator.propose(group, records, now_ms());
-                if let Err(ReplicateError::Log(e)) = &proposed {
-                    tracing::info!(topic, group, error = %e, "refused a producer's sequence as the confirmed leader");
-                }
-            }
-            Some(Err(e)) => return not_leader(&e.to_string()),
-            None => return not_leader("leadership not confirmed in time"),
-        }
+        // A sequence gap at a leader is earlier batches of the producer refused by a replica
+        // that was not leading yet, or still in flight: they come again, in order. Answered
+        // OUT_OF_ORDER_SEQUENCE_NUMBER, librdkafka would bump its epoch and renumber every
+        // unanswered batch of every partition, and one that was written (its answer lost in a
+        // failover) would then be written twice. A retriable answer makes it send them again
+        // in order; a gap that never fills (the client gave up on a batch) makes the client
+        // bump its epoch itself.
+        tracing::debug!(topic, group, error = %e, "a sequence gap: the producer retries");
+        return not_leader(&format!(
+            "{e}: earlier batches of the producer are missing; retry them in order"
+        ));
     }
     let proposed = match proposed {
         Ok(p) => p,
@@ -249,69 +241,91 @@ async fn produce_replicated(
     }
 }
 
-async fn produce_partition(
+/// A partition's batch, checked, for its owner shard.
+struct Routed {
+    topic: String,
+    partition: i32,
+    group: Option<u64>,
+    records: Bytes,
+}
+
+/// The checks of one partition of a produce request made on the connection's shard: its
+/// owner shard and what to append there, or the answer.
+async fn route_partition(
     shard: &Rc<Shard>,
     topic: String,
     partition: i32,
     records: Option<Bytes>,
-    acks: i16,
     transactional_id: Option<&str>,
-) -> Outcome {
-    if let Err(e) = controller::ensure_topic(shard, &topic, true).await {
-        return Outcome::error(e.code, e.message);
+) -> Result<(usize, Routed), Outcome> {
+    produce_checks(shard, &topic, partition, records.as_ref(), transactional_id)
+        .await
+        .map_err(|(code, message)| Outcome::error(code, message))?;
+    let meta = shard.meta.snapshot();
+    let group = meta.topics.get(&topic).and_then(|t| t.group(partition));
+    let Some(owner) = meta.owner(&topic, partition) else {
+        return Err(Outcome::error(
+            ResponseError::UnknownTopicOrPartition.code(),
+            format!("{topic} has no partition {partition}"),
+        ));
+    };
+    let Some(records) = records else {
+        return Err(Outcome::error(
+            ResponseError::InvalidRecord.code(),
+            "no records",
+        ));
+    };
+    let routed = Routed {
+        topic,
+        partition,
+        group,
+        records,
+    };
+    Ok((owner, routed))
+}
+
+/// The topic exists (or is created), and a transactional batch belongs to its producer's open
+/// transaction, which this partition has joined.
+async fn produce_checks(
+    shard: &Rc<Shard>,
+    topic: &str,
+    partition: i32,
+    records: Option<&Bytes>,
+    transactional_id: Option<&str>,
+) -> Result<(), (i16, String)> {
+    if let Err(e) = controller::ensure_topic(shard, topic, true).await {
+        return Err((e.code, e.message));
     }
     // A transactional batch must belong to its producer's open transaction, which this
     // partition has joined (a single node's coordinator is local).
-    let header = records
-        .as_deref()
-        .and_then(|r| tern_protocol::batch::BatchHeader::parse(r).ok());
+    let header = records.and_then(|r| tern_protocol::batch::BatchHeader::parse(r).ok());
     let transactional = header.filter(|h| h.is_transactional() && !h.is_control());
+    let invalid_txn = ResponseError::InvalidTxnState.code();
     if transactional.is_some() && shard.config.cluster.is_some() {
         // No coordinator would ever end the transaction it opens.
-        return Outcome::error(
-            ResponseError::InvalidTxnState.code(),
-            "transactions are not supported in a cluster yet",
-        );
+        let why = "transactions are not supported in a cluster yet";
+        return Err((invalid_txn, why.to_string()));
     }
     if let Some(h) = transactional {
         let Some(id) = transactional_id else {
-            return Outcome::error(
-                ResponseError::InvalidTxnState.code(),
-                "a transactional batch needs the producer's transactional id",
-            );
+            let why = "a transactional batch needs the producer's transactional id";
+            return Err((invalid_txn, why.to_string()));
         };
         let verified = crate::txn::verify_produce(
             shard,
             id,
             h.producer_id,
             h.producer_epoch,
-            topic.clone(),
+            topic.to_string(),
             partition,
         )
         .await;
         if let Err(code) = verified {
-            return Outcome::error(
-                code,
-                format!("{topic}-{partition} is not in an open transaction of this producer"),
-            );
+            let why = format!("{topic}-{partition} is not in an open transaction of this producer");
+            return Err((code, why));
         }
     }
-    let meta = shard.meta.snapshot();
-    let group = meta.topics.get(&topic).and_then(|t| t.group(partition));
-    let Some(owner) = meta.owner(&topic, partition) else {
-        return Outcome::error(
-            ResponseError::UnknownTopicOrPartition.code(),
-            format!("{topic} has no partition {partition}"),
-        );
-    };
-    let Some(records) = records else {
-        return Outcome::error(ResponseError::InvalidRecord.code(), "no records");
-    };
-    shard
-        .run_on(owner, move |s| {
-            produce_local(s, topic, partition, group, records, acks)
-        })
-        .await
+    Ok(())
 }
 
 /// Returns `None` for acks=0 (no response is sent).
@@ -321,20 +335,25 @@ pub async fn handle(shard: &Rc<Shard>, req: ProduceRequest) -> Option<ProduceRes
         return (acks != 0).then(|| error_response(&req, ResponseError::InvalidRequiredAcks));
     }
     let transactional_id = req.transactional_id.as_ref().map(|id| id.0.as_str());
-    let mut work = Vec::new();
+    let mut checks = Vec::new();
     for topic in &req.topic_data {
         for p in &topic.partition_data {
-            work.push(produce_partition(
+            checks.push(route_partition(
                 shard,
                 topic.name.0.to_string(),
                 p.index,
                 p.records.clone(),
-                acks,
                 transactional_id,
             ));
         }
     }
-    let mut outcomes = futures::future::join_all(work).await.into_iter();
+    let routed = futures::future::join_all(checks).await;
+    let outcomes = shard
+        .on_owners(routed, move |s, r: Routed| {
+            produce_local(s, r.topic, r.partition, r.group, r.records, acks)
+        })
+        .await;
+    let mut outcomes = outcomes.into_iter();
     if acks == 0 {
         return None;
     }

@@ -531,33 +531,6 @@ impl Replicator {
         })
     }
 
-    /// Waits until this node is confirmed as `group`'s leader: an entry of its term committed
-    /// and a majority of voters answering a heartbeat sent after the call (Raft's leadership
-    /// check). Then no other leader existed when it was called, and no entry this leader lacks
-    /// below its log end can ever commit. Fails as soon as it stops leading that term.
-    pub async fn confirm_leadership(&self, group: GroupId) -> Result<(), ReplicateError> {
-        let check = {
-            let multi = self.multi.borrow();
-            let g = multi.group(group).ok_or(ReplicateError::UnknownGroup)?;
-            g.leadership_check()
-                .ok_or(ReplicateError::NotLeader { leader: g.leader() })?
-        };
-        loop {
-            {
-                let multi = self.multi.borrow();
-                let g = multi.group(group).ok_or(ReplicateError::UnknownGroup)?;
-                if g.leadership_confirmed(check) {
-                    return Ok(());
-                }
-                if g.role() != Role::Leader || g.term() != check.term {
-                    return Err(ReplicateError::NotLeader { leader: g.leader() });
-                }
-            }
-            // Heartbeats go out every few ticks; a rare path, so polling is enough.
-            glommio::timer::sleep(self.timing.tick).await;
-        }
-    }
-
     /// Waits until the batch ending at `last_offset`, proposed in `term`, is committed; fails
     /// if another entry took its place.
     pub async fn committed(
