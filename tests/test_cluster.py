@@ -1046,3 +1046,86 @@ def test_the_metadata_log_is_compacted_and_nodes_start_from_its_base(cluster, to
     wait_for(lambda: topics(3) == expected, what="the topics on the restarted node")
     cluster.run("add", 4)
     wait_for(lambda: topics(4) == expected, what="the topics on a node that joined after compaction")
+
+
+def test_a_single_nodes_topics_move_into_a_cluster(workdir, topic_name):
+    """A single node's data dir started in cluster mode (a quorum of itself) keeps its topics:
+    every record at the same offset, the groups' committed offsets, and writes go on; the
+    metadata file is renamed, and a restart does not move anything again."""
+    from conftest import Broker, free_port
+
+    data = os.path.join(workdir, f"single-{topic_name}", "data")
+    os.makedirs(os.path.dirname(data))
+    broker = Broker(data, ["--cores", "1"]).start()
+
+    def read_all(expect):
+        c = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "unused",
+                      "enable.auto.commit": False})
+        c.assign([TopicPartition(topic_name, p, 0) for p in range(3)])
+        seen = {}
+        deadline = time.time() + 60
+        while len(seen) < expect and time.time() < deadline:
+            m = c.poll(0.5)
+            if m is not None and not m.error():
+                seen[m.value()] = (m.partition(), m.offset())
+        c.close()
+        return seen
+
+    def committed(group):
+        c = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": group})
+        try:
+            tps = c.committed([TopicPartition(topic_name, p) for p in range(3)], timeout=20)
+            return {tp.partition: tp.offset for tp in tps}
+        finally:
+            c.close()
+
+    try:
+        single = AdminClient({"bootstrap.servers": broker.bootstrap})
+        single.create_topics([NewTopic(topic_name, num_partitions=3, replication_factor=1)])[topic_name].result(30)
+        p = Producer({"bootstrap.servers": broker.bootstrap, "acks": "all", "enable.idempotence": True})
+        for i in range(300):
+            p.produce(topic_name, value=b"v%d" % i, partition=i % 3)
+        assert p.flush(30) == 0
+        group = topic_name + "-group"
+        c = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": group,
+                      "auto.offset.reset": "earliest", "enable.auto.commit": False})
+        c.subscribe([topic_name])
+        got = 0
+        deadline = time.time() + 60
+        while got < 100 and time.time() < deadline:
+            m = c.poll(0.5)
+            if m is not None and not m.error():
+                got += 1
+        c.commit(asynchronous=False)
+        c.close()
+        before = read_all(300)
+        offsets = committed(group)
+        assert len(before) == 300 and sum(max(o, 0) for o in offsets.values()) == 100, offsets
+        broker.stop()
+
+        rpc = free_port()
+        broker.extra_args = ["--cores", "1", "--node-id", "1", "--rpc-listen", f"127.0.0.1:{rpc}",
+                             "--controller-quorum", f"1@127.0.0.1:{rpc}"]
+        broker.start()
+        wait_for(lambda: "moved the single node's topics into the cluster" in broker.read_log(),
+                 what="the topics moved into the cluster")
+        assert read_all(300) == before
+        assert committed(group) == offsets
+        acked = []
+        p = Producer({"bootstrap.servers": broker.bootstrap, "acks": "all", "enable.idempotence": True})
+        for i in range(30):
+            p.produce(topic_name, value=b"w%d" % i, partition=i % 3,
+                      on_delivery=lambda err, m: acked.append((err, m.partition(), m.offset())))
+        assert p.flush(30) == 0
+        ends = {part: max(o for (q, o) in before.values() if q == part) for part in range(3)}
+        assert all(err is None and off > ends[part] for err, part, off in acked), acked
+        wait_for(lambda: os.path.exists(os.path.join(data, "cluster-meta.json.migrated")),
+                 what=f"the metadata file renamed\n{broker.read_log()[-3000:]}")
+        assert not os.path.exists(os.path.join(data, "cluster-meta.json"))
+
+        broker.stop()
+        broker.start()
+        assert len(read_all(330)) == 330
+        assert broker.read_log().count("moved the single node's topics into the cluster") == 1
+    finally:
+        broker.stop()

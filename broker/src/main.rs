@@ -329,12 +329,18 @@ fn start(args: StartArgs) -> Result<()> {
     let _data_lock = lock_data_dir(&config.data_dir)?;
     raise_open_files_limit();
     let meta = Arc::new(MetaStore::load(&config.data_dir, cpus.len())?);
-    if config.cluster.is_some() {
-        // The metadata log is the cluster's metadata; a single node's file is not migrated.
+    if let Some(cluster) = &config.cluster {
+        // The metadata log is the cluster's metadata: a single node's topics move into it
+        // (cluster/migrate.rs), which takes a quorum of this node alone.
+        let alone = cluster.quorum.len() == 1 && cluster.quorum.contains_key(&cluster.node_id);
+        let topics = meta.set_aside_single_node();
         anyhow::ensure!(
-            meta.snapshot().topics.is_empty(),
-            "data dir {} holds a single node's topics; moving them into a cluster is not supported yet",
-            config.data_dir.display()
+            topics == 0 || alone,
+            "data dir {} holds a single node's {topics} topics: to move them into a cluster, start \
+             this node first as a quorum of itself alone (--controller-quorum {}@<its RPC \
+             address>), then add nodes and reassign the partitions",
+            config.data_dir.display(),
+            cluster.node_id
         );
     } else {
         meta.ensure_internal_topic(

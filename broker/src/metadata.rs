@@ -262,6 +262,8 @@ pub type Leader = (i32, i32);
 /// The published snapshot. Node-wide; every shard holds an `Arc` of it.
 pub struct MetaStore {
     current: ArcSwap<ClusterMeta>,
+    /// Cluster mode: a single node's metadata found at start, to move into the cluster.
+    single_node: std::sync::Mutex<Option<ClusterMeta>>,
     /// This node's shard count.
     shards: usize,
     path: PathBuf,
@@ -303,6 +305,7 @@ impl MetaStore {
                 ..meta
             }),
             shards,
+            single_node: Default::default(),
             path,
             leaders: Default::default(),
             isr: Default::default(),
@@ -343,6 +346,50 @@ impl MetaStore {
         std::fs::rename(&tmp, &self.path)
             .with_context(|| format!("rename to {}", self.path.display()))?;
         self.publish(meta);
+        Ok(())
+    }
+
+    /// Cluster mode, at start: sets a single node's metadata (the file's) aside for the
+    /// cluster to take over, and starts from nothing (the metadata log). Returns its topic
+    /// count.
+    pub fn set_aside_single_node(&self) -> usize {
+        let file = self.snapshot();
+        if file.topics.is_empty() {
+            return 0;
+        }
+        let topics = file.topics.len();
+        if let Ok(mut aside) = self.single_node.lock() {
+            *aside = Some((*file).clone());
+        }
+        self.publish(ClusterMeta::default());
+        topics
+    }
+
+    /// The single node's metadata is not to be moved into the cluster (this run).
+    pub fn forget_single_node(&self) {
+        if let Ok(mut aside) = self.single_node.lock() {
+            *aside = None;
+        }
+    }
+
+    /// The single node's metadata set aside at start, if any (see `set_aside_single_node`).
+    pub fn single_node(&self) -> Option<ClusterMeta> {
+        self.single_node.lock().ok()?.clone()
+    }
+
+    /// The single node's metadata is in the cluster now: its file is kept, renamed, so a
+    /// restart does not find it again.
+    pub async fn single_node_migrated(&self) -> Result<()> {
+        let (from, to) = (self.path.clone(), self.path.with_extension("json.migrated"));
+        tern_storage::fs::blocking(move || std::fs::rename(&from, &to))
+            .await
+            .context("rename the single node's metadata file")?;
+        if let Some(dir) = self.path.parent() {
+            tern_storage::fs::sync_dir(dir).await?;
+        }
+        if let Ok(mut aside) = self.single_node.lock() {
+            *aside = None;
+        }
         Ok(())
     }
 

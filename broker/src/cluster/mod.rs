@@ -50,6 +50,7 @@ use crate::shard::Shard;
 
 mod leaders;
 mod log_start;
+mod migrate;
 pub mod replicas;
 
 pub use replicas::Replicas;
@@ -686,6 +687,9 @@ impl Cluster {
                 continue;
             }
             self.add_metadata_learners(&current);
+            if self.migrate_single_node(&shard, &current).await {
+                continue;
+            }
             // Every voter registered: the groups' topic can get its replicas.
             if !current.topics.contains_key(OFFSETS_TOPIC)
                 && current.nodes.len() >= self.config.quorum.len()
