@@ -91,3 +91,38 @@ def test_offsets_seek_and_times(broker, topic_name):
     msgs = read_all(broker, topic_name, 0, start=45)
     assert [m.value for m in msgs] == [b"%d" % i for i in range(45, 50)]
     assert [m.timestamp for m in msgs] == [base + i * 10 for i in range(45, 50)]
+
+
+def test_incremental_fetch_sessions(broker, topic_name):
+    """kafka-python fetches in a KIP-227 session: after the first full fetch it names only
+    the partitions whose position changed, and is told only of partitions with news. Every
+    record arrives once, in order, while writes go on to some of the partitions."""
+    a = admin(broker)
+    a.create_topics([NewTopic(topic_name, 6, 1)])
+    a.close()
+    p = KafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=5)
+    for i in range(600):
+        p.send(topic_name, value=b"%d" % i, partition=i % 6)
+    p.flush()
+    c = KafkaConsumer(bootstrap_servers=broker.bootstrap, enable_auto_commit=False,
+                      consumer_timeout_ms=3000, max_partition_fetch_bytes=2048)
+    tps = [TopicPartition(topic_name, i) for i in range(6)]
+    c.assign(tps)
+    c.seek_to_beginning()
+    got = {i: [] for i in range(6)}
+    for n, m in enumerate(c):
+        got[m.partition].append(int(m.value))
+        if n == 300:
+            # Writes to two of the partitions while the session is in use.
+            for i in range(600, 700):
+                p.send(topic_name, value=b"%d" % i, partition=i % 2)
+            p.flush()
+    sessions = [h.next_metadata.session_id for h in c._fetcher._session_handlers.values()]
+    c.close()
+    p.close()
+    assert sessions and all(s != 0 for s in sessions), sessions
+    for i in range(6):
+        expect = [v for v in range(600) if v % 6 == i]
+        if i < 2:
+            expect += [v for v in range(600, 700) if v % 2 == i]
+        assert got[i] == expect, (i, got[i][:10])

@@ -33,6 +33,8 @@ pub struct Shard {
     pub groups: crate::group::Coordinator,
     /// Transactional ids this shard coordinates.
     pub txns: crate::txn::TxnCoordinator,
+    /// Incremental fetch sessions of this shard's connections (KIP-227).
+    pub fetch_sessions: crate::kafka::FetchSessions,
     /// Bytes of requests being read or handled; when used up the shard stops reading from
     /// sockets until responses go out (backpressure).
     pub request_memory: Rc<glommio::sync::Semaphore>,
@@ -341,6 +343,7 @@ impl ShardSeed {
     /// Builds the shard on its own executor, opens the partitions it owns, and starts serving
     /// jobs from other shards.
     pub async fn start(self) -> Result<Rc<Shard>> {
+        let shards = self.peers.len();
         let shard = Rc::new(Shard {
             id: self.id,
             config: self.config.clone(),
@@ -350,6 +353,7 @@ impl ShardSeed {
             controller_lock: glommio::sync::Semaphore::new(1),
             groups: crate::group::Coordinator::new(self.config.group),
             txns: crate::txn::TxnCoordinator::default(),
+            fetch_sessions: crate::kafka::FetchSessions::new(self.id, shards),
             request_memory: Rc::new(glommio::sync::Semaphore::new(
                 self.config.request_memory() as u64
             )),

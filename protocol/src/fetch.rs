@@ -51,15 +51,31 @@ pub enum Piece<R> {
     Records(R),
 }
 
-/// Encodes a whole Fetch response frame (size prefix included) for `version` (see
-/// [`VERSIONS`]), with throttle time, top-level error code and session id zero. `endpoints`
-/// (v16+) are the nodes named as current leaders.
+/// What a Fetch response says before its topics.
+#[derive(Clone, Copy, Debug)]
+pub struct ResponseHeader {
+    pub correlation_id: i32,
+    pub version: i16,
+    /// v7+: the top-level error (fetch sessions' errors).
+    pub error_code: i16,
+    /// v7+: the fetch session (KIP-227), 0 for none.
+    pub session_id: i32,
+}
+
+/// Encodes a whole Fetch response frame (size prefix included) for `header.version` (see
+/// [`VERSIONS`]), with throttle time zero. `endpoints` (v16+) are the nodes named as current
+/// leaders.
 pub fn encode_response<R>(
-    correlation_id: i32,
-    version: i16,
+    header: ResponseHeader,
     topics: Vec<FetchTopic<R>>,
     endpoints: &[NodeEndpoint],
 ) -> Vec<Piece<R>> {
+    let ResponseHeader {
+        correlation_id,
+        version,
+        error_code,
+        session_id,
+    } = header;
     assert!(VERSIONS.contains(&version), "Fetch v{version} not encoded");
     let flexible = version >= 12;
     let mut buf = BytesMut::with_capacity(64 + topics.len() * 96);
@@ -74,8 +90,8 @@ pub fn encode_response<R>(
     }
     buf.put_i32(0); // throttle_time_ms
     if version >= 7 {
-        buf.put_i16(0); // error_code
-        buf.put_i32(0); // session_id
+        buf.put_i16(error_code);
+        buf.put_i32(session_id);
     }
     put_array_len(&mut buf, flexible, topics.len());
     for topic in topics {
@@ -194,6 +210,16 @@ mod tests {
         Vec<(i32, i16, i64, Option<Vec<(i64, i64)>>, Option<Vec<u8>>)>,
     )>;
 
+    /// Responses carry a session id and a top-level error from v7.
+    fn header(version: i16) -> ResponseHeader {
+        ResponseHeader {
+            correlation_id: 42,
+            version,
+            error_code: if version >= 7 { 71 } else { 0 },
+            session_id: if version >= 7 { 123_456 } else { 0 },
+        }
+    }
+
     /// The current leader a partition of `index` names: some do, some do not.
     fn leader_of(index: i32) -> Option<(i32, i32)> {
         (index % 3 == 0).then_some((index.rem_euclid(7), index.rem_euclid(5)))
@@ -241,7 +267,7 @@ mod tests {
     fn ours(version: i16, shape: &Shape) -> Vec<u8> {
         let mut out = Vec::new();
         let topics = topics(shape, |d| Bytes::from(d.clone()));
-        for piece in encode_response(42, version, topics, &endpoints(shape)) {
+        for piece in encode_response(header(version), topics, &endpoints(shape)) {
             match piece {
                 Piece::Bytes(b) | Piece::Records(b) => out.extend_from_slice(&b),
             }
@@ -312,6 +338,8 @@ mod tests {
             .collect();
         let body = ResponseKind::Fetch(
             FetchResponse::default()
+                .with_error_code(if version >= 7 { 71 } else { 0 })
+                .with_session_id(if version >= 7 { 123_456 } else { 0 })
                 .with_responses(responses)
                 .with_node_endpoints(if version >= 16 {
                     node_endpoints
@@ -359,7 +387,7 @@ mod tests {
             ],
         )];
         let topics = topics(&shape, |d| d.len());
-        let pieces = encode_response(1, 12, topics, &[]);
+        let pieces = encode_response(header(12), topics, &[]);
         let records: Vec<usize> = pieces
             .iter()
             .filter_map(|p| match p {

@@ -16,6 +16,7 @@ use tern_protocol::fetch::{self as framing, FetchPartition, FetchTopic, NodeEndp
 use tern_storage::{Chunk, Records};
 use uuid::Uuid;
 
+use super::fetch_session::{self, Plan};
 use super::produce::log_error_code;
 use crate::metadata::ClusterMeta;
 use crate::server::Reply;
@@ -242,26 +243,72 @@ fn resolve(
                 .partitions
                 .iter()
                 .map(|p| {
-                    let owner = meta.owner(&name, p.partition);
-                    let error = topic_error.or(match owner {
-                        None => Some(ResponseError::UnknownTopicOrPartition.code()),
-                        Some(_) => None,
-                    });
-                    Wanted {
-                        topic: name.clone(),
-                        partition: p.partition,
-                        offset: p.fetch_offset,
-                        current_leader_epoch: p.current_leader_epoch,
-                        max_bytes: p.partition_max_bytes.max(0) as usize,
-                        owner,
-                        error,
-                        preferred: preferred_replica(shard, &meta, &name, p.partition, rack),
-                    }
+                    let asked = (
+                        p.fetch_offset,
+                        p.current_leader_epoch,
+                        p.partition_max_bytes,
+                    );
+                    wanted(shard, &meta, &name, p.partition, asked, topic_error, rack)
                 })
                 .collect();
             (name, id, wanted)
         })
         .collect()
+}
+
+/// The partitions of a fetch session, in its order (a topic's consecutive partitions
+/// together).
+fn resolve_session(
+    shard: &Shard,
+    parts: &[fetch_session::SessionPart],
+    rack: &str,
+) -> Vec<(String, Uuid, Vec<Wanted>)> {
+    let meta = shard.meta.snapshot();
+    let mut topics: Vec<(String, Uuid, Vec<Wanted>)> = Vec::new();
+    for p in parts {
+        // A topic deleted (or, by id, recreated) since it joined the session.
+        let gone = meta
+            .topics
+            .get(&p.topic)
+            .is_none_or(|t| !p.id.is_nil() && t.id != p.id);
+        let error = gone.then_some(ResponseError::UnknownTopicOrPartition.code());
+        let asked = (p.fetch_offset, p.current_leader_epoch, p.max_bytes);
+        let w = wanted(shard, &meta, &p.topic, p.partition, asked, error, rack);
+        match topics.last_mut() {
+            Some((name, _, ws)) if *name == p.topic => ws.push(w),
+            _ => topics.push((p.topic.clone(), p.id, vec![w])),
+        }
+    }
+    topics
+}
+
+/// One partition to read: where from and within what (`asked`: fetch offset, the client's
+/// leader epoch, its byte limit).
+fn wanted(
+    shard: &Shard,
+    meta: &ClusterMeta,
+    name: &str,
+    partition: i32,
+    asked: (i64, i32, i32),
+    topic_error: Option<i16>,
+    rack: &str,
+) -> Wanted {
+    let owner = meta.owner(name, partition);
+    let error = topic_error.or(match owner {
+        None => Some(ResponseError::UnknownTopicOrPartition.code()),
+        Some(_) => None,
+    });
+    let (offset, current_leader_epoch, max_bytes) = asked;
+    Wanted {
+        topic: name.to_string(),
+        partition,
+        offset,
+        current_leader_epoch,
+        max_bytes: max_bytes.max(0) as usize,
+        owner,
+        error,
+        preferred: preferred_replica(shard, meta, name, partition, rack),
+    }
 }
 
 /// Reads every wanted partition, one request per owner shard (they run concurrently), each
@@ -325,7 +372,19 @@ pub async fn handle(
     correlation_id: i32,
 ) -> Reply {
     let rack = consumer_rack(&req, version);
-    let topics = resolve(shard, &req, version, rack);
+    let plan = {
+        let meta = shard.meta.snapshot();
+        let name_of = |t: &kafka_protocol::messages::TopicName, id: Uuid| match version >= 13 {
+            true => meta.topic_by_id(id).map(|(n, _)| n.clone()),
+            false => Some(t.0.to_string()),
+        };
+        shard.fetch_sessions.plan(&req, version, name_of)
+    };
+    let topics = match &plan {
+        Plan::Refused(e) => return encode(correlation_id, version, e.code(), 0, Vec::new(), &[]),
+        Plan::Full(_) => resolve(shard, &req, version, rack),
+        Plan::Incremental { parts, .. } => resolve_session(shard, parts, rack),
+    };
     // The response is bounded by the client's max_bytes and by the shard's memory budget;
     // partitions fill it in request order (each owner shard reads within it, so at most one
     // budget per shard is read).
@@ -365,15 +424,114 @@ pub async fn handle(
         });
         select_all(waits).await;
     };
-    let (topics, endpoints) = build_response(shard, topics, reads, max_bytes, committed);
+    let asked = match plan {
+        Plan::Full(Some(_)) => session_parts(&topics),
+        _ => Vec::new(),
+    };
+    let (mut response, endpoints) = build_response(shard, topics, reads, max_bytes, committed);
+    let session_id = match plan {
+        Plan::Full(Some(id)) => {
+            shard
+                .fetch_sessions
+                .start(id, told_in_full(asked, &response));
+            id
+        }
+        Plan::Incremental { id, parts } => {
+            let told = incremental(&mut response, &parts);
+            shard.fetch_sessions.answered(id, &told);
+            id
+        }
+        Plan::Full(None) | Plan::Refused(_) => 0,
+    };
+    encode(correlation_id, version, 0, session_id, response, &endpoints)
+}
+
+/// A Fetch response's frame, records sent from their own buffers.
+fn encode(
+    correlation_id: i32,
+    version: i16,
+    error_code: i16,
+    session_id: i32,
+    topics: Vec<FetchTopic<Records>>,
+    endpoints: &[NodeEndpoint],
+) -> Reply {
+    let header = framing::ResponseHeader {
+        correlation_id,
+        version,
+        error_code,
+        session_id,
+    };
     let mut chunks = Vec::new();
-    for piece in framing::encode_response(correlation_id, version, topics, &endpoints) {
+    for piece in framing::encode_response(header, topics, endpoints) {
         match piece {
             Piece::Bytes(header) => chunks.push(Chunk::Memory(header)),
             Piece::Records(records) => chunks.extend(records.into_chunks()),
         }
     }
     Reply::Chunks(chunks)
+}
+
+/// A new session's partitions, as the full fetch that starts it asked for them.
+fn session_parts(topics: &[(String, Uuid, Vec<Wanted>)]) -> Vec<fetch_session::SessionPart> {
+    topics
+        .iter()
+        .flat_map(|(name, id, parts)| {
+            parts.iter().map(|w| fetch_session::SessionPart {
+                topic: name.clone(),
+                id: *id,
+                partition: w.partition,
+                fetch_offset: w.offset,
+                current_leader_epoch: w.current_leader_epoch,
+                max_bytes: w.max_bytes as i32,
+                sent: None,
+            })
+        })
+        .collect()
+}
+
+/// The session's partitions with what the full response (same partitions, same order) told
+/// them.
+fn told_in_full(
+    mut parts: Vec<fetch_session::SessionPart>,
+    response: &[FetchTopic<Records>],
+) -> Vec<fetch_session::SessionPart> {
+    let told = response.iter().flat_map(|t| &t.partitions);
+    for (part, p) in parts.iter_mut().zip(told) {
+        part.sent = Some((p.high_watermark, p.last_stable_offset, p.log_start_offset));
+    }
+    parts
+}
+
+/// Keeps in an incremental response only the partitions with something to say: records, an
+/// error, a replica to read from, or a high watermark, stable offset or log start the client
+/// was not told yet. Returns what each partition was told, and whether it had records.
+fn incremental(
+    response: &mut Vec<FetchTopic<Records>>,
+    session: &[fetch_session::SessionPart],
+) -> Vec<fetch_session::Told> {
+    let known: std::collections::HashMap<(&str, i32), Option<fetch_session::Offsets>> = session
+        .iter()
+        .map(|p| ((p.topic.as_str(), p.partition), p.sent))
+        .collect();
+    let mut told = Vec::new();
+    for topic in response.iter_mut() {
+        let name = topic.name.clone();
+        topic.partitions.retain(|p| {
+            let now = (p.high_watermark, p.last_stable_offset, p.log_start_offset);
+            let data = p.records.as_ref().is_some_and(|(len, _)| *len > 0);
+            let changed = known.get(&(name.as_str(), p.index)).copied().flatten() != Some(now);
+            let send = data || changed || p.error_code != 0 || p.preferred_read_replica >= 0;
+            told.push(fetch_session::Told {
+                topic: name.clone(),
+                partition: p.index,
+                sent: send.then_some(now),
+                records: data,
+            });
+            send
+        });
+    }
+    response.retain(|t| !t.partitions.is_empty());
+    told
 }
 
 fn build_response(
