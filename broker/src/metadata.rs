@@ -268,7 +268,8 @@ pub struct MetaStore {
     shards: usize,
     path: PathBuf,
     /// Cluster mode: the leader of each Raft group this node hosts, as its replica knows it
-    /// (the replication driver on shard 0 writes it on each role change; Metadata reads it).
+    /// (each shard's replication driver writes its groups' on each role change; Metadata
+    /// reads it).
     leaders: std::sync::RwLock<std::collections::HashMap<u64, Leader>>,
     /// Cluster mode: the in-sync replicas of each Raft group, as its leader last told.
     isr: std::sync::RwLock<std::collections::HashMap<u64, Vec<i32>>>,
