@@ -383,6 +383,42 @@ def test_nodes_of_two_shards_replicate_the_partitions_of_both(workdir, topic_nam
         cluster.run("stop")
 
 
+def test_a_node_restarted_with_fewer_shards_keeps_its_replicas(workdir, topic_name):
+    """A node's partitions are placed on shards modulo its shard count: restarted with one
+    shard instead of two, a node hosts them all on shard 0, from the Raft state it stored,
+    and counts in their quorums (with another node down, nothing acknowledged is missing)."""
+    cluster = Cluster(workdir, cores=2).start()
+    try:
+        create(cluster, topic_name, partitions=6, rf=3)
+        p = Producer({"bootstrap.servers": cluster.bootstrap, "acks": "all", "enable.idempotence": True})
+        for i in range(600):
+            p.produce(topic_name, value=b"%d" % i, partition=i % 6)
+        assert p.flush(60) == 0
+        cluster.run("stop")
+        cluster.run("restart", 1)
+        cluster.run("restart", 2)
+        cluster.env["TERN_CLUSTER_CORES"] = "1"
+        cluster.run("restart", 3)
+        wait_for(lambda: all(l > 0 for l in leaders(cluster, topic_name).values()), what="leaders")
+        for i in range(600, 900):
+            p.produce(topic_name, value=b"%d" % i, partition=i % 6)
+        assert p.flush(60) == 0
+        cluster.run("kill", 1)
+        for i in range(900, 1200):
+            p.produce(topic_name, value=b"%d" % i, partition=i % 6)
+        assert p.flush(120) == 0
+        seen, dups = consume_all(cluster, topic_name, 6, [b"%d" % i for i in range(1200)])
+        missing = [i for i in range(1200) if b"%d" % i not in seen]
+        assert (missing, dups) == ([], 0), cluster.logs()
+        log = re.sub(r"\x1b\[[0-9;]*m", "", open(os.path.join(cluster.dir, "node3.log"), errors="replace").read())
+        first_run, last_run = log[:log.rindex("joining the cluster")], log[log.rindex("joining the cluster"):]
+        assert f"topic={topic_name} partition=1 group" in first_run and "shard=1" in first_run
+        assert "shards=1" in last_run and f"topic={topic_name} partition=1 group" in last_run
+        assert "shard=1" not in last_run, last_run[-3000:]
+    finally:
+        cluster.run("stop")
+
+
 def test_group_offsets_survive_the_coordinator_dying(cluster, topic_name):
     create(cluster, topic_name, partitions=3, rf=3)
     p = Producer({"bootstrap.servers": cluster.bootstrap, "acks": "all"})
