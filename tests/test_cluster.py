@@ -61,11 +61,51 @@ class Cluster:
     def port_of(self, node):
         return self.port + node - 1
 
+    def node_log(self, node):
+        """Node `node`'s log, without colours."""
+        with open(os.path.join(self.dir, f"node{node}.log"), errors="replace") as f:
+            return re.sub(r"\x1b\[[0-9;]*m", "", f.read())
+
     def logs(self, nodes=None):
         return "\n".join(
             f"--- node {i}\n" + open(os.path.join(self.dir, f"node{i}.log"), errors="replace").read()[-6000:]
             for i in range(1, (nodes or self.n) + 1)
         )
+
+
+class Writer:
+    """An idempotent acks=all producer writing x0, x1, ... round-robin over `partitions`,
+    remembering where each record was acknowledged."""
+
+    def __init__(self, cluster, topic, partitions):
+        self.cluster, self.topic, self.partitions = cluster, topic, partitions
+        self.p = Producer({"bootstrap.servers": cluster.bootstrap, "acks": "all", "enable.idempotence": True,
+                           "linger.ms": 5, "message.timeout.ms": 120000})
+        self.acked, self.errors, self.sent = {}, [], 0
+
+    def _delivered(self, err, m):
+        if err:
+            self.errors.append(str(err))
+        else:
+            self.acked[m.value()] = (m.partition(), m.offset())
+
+    def produce_for(self, seconds):
+        end = time.time() + seconds
+        while time.time() < end:
+            self.p.produce(self.topic, value=b"x%d" % self.sent, partition=self.sent % self.partitions,
+                           on_delivery=self._delivered)
+            self.sent += 1
+            self.p.poll(0)
+            time.sleep(0.002)
+
+    def check(self):
+        """Every record acknowledged, and each read back once, where it was acknowledged."""
+        assert self.p.flush(120) == 0
+        assert self.errors == []
+        seen, dups = consume_all(self.cluster, self.topic, self.partitions, self.acked)
+        lost = [v for v in self.acked if v not in seen]
+        moved = [v for v in self.acked if v in seen and seen[v] != self.acked[v]]
+        assert (len(self.acked), lost, moved, dups) == (self.sent, [], [], 0), self.cluster.logs()
 
 
 @pytest.fixture
@@ -242,51 +282,20 @@ def test_replicated_topics_are_described_and_read_across_control_batches(cluster
 
 def test_acknowledged_records_survive_killing_and_pausing_leaders(cluster, topic_name):
     create(cluster, topic_name, partitions=3, rf=3)
-    p = Producer({
-        "bootstrap.servers": cluster.bootstrap,
-        "acks": "all",
-        "enable.idempotence": True,
-        "linger.ms": 5,
-        "message.timeout.ms": 120000,
-    })
-    acked, errors = {}, []
-
-    def delivered(err, m):
-        if err:
-            errors.append(str(err))
-        else:
-            acked[m.value()] = (m.partition(), m.offset())
-
-    sent = 0
-
-    def produce_for(seconds):
-        nonlocal sent
-        end = time.time() + seconds
-        while time.time() < end:
-            p.produce(topic_name, value=b"x%d" % sent, partition=sent % 3, on_delivery=delivered)
-            sent += 1
-            p.poll(0)
-            time.sleep(0.002)
-
-    produce_for(1.5)
+    w = Writer(cluster, topic_name, 3)
+    w.produce_for(1.5)
     # SIGKILL the leader of partition 0 mid-write, then bring it back.
     victim = leaders(cluster, topic_name)[0]
     cluster.run("kill", victim)
-    produce_for(4)
+    w.produce_for(4)
     cluster.run("restart", victim)
     # SIGSTOP the leader of partition 1 for longer than an election timeout, then resume it.
     victim = leaders(cluster, topic_name)[1]
     cluster.run("pause", victim)
-    produce_for(4)
+    w.produce_for(4)
     cluster.run("resume", victim)
-    produce_for(1.5)
-    assert p.flush(120) == 0
-    assert errors == []
-    assert len(acked) == sent
-    seen, dups = consume_all(cluster, topic_name, 3, acked)
-    lost = [v for v in acked if v not in seen]
-    moved = [v for v in acked if v in seen and seen[v] != acked[v]]
-    assert (lost, moved, dups) == ([], [], 0), cluster.logs()
+    w.produce_for(1.5)
+    w.check()
     status = cluster.run("status")
     assert status.count("running") == 3, status
 
@@ -300,46 +309,22 @@ def test_nodes_of_two_shards_replicate_the_partitions_of_both(workdir, topic_nam
     try:
         create(cluster, topic_name, partitions=4, rf=3)
         for node in range(1, 4):
-            log = open(os.path.join(cluster.dir, f"node{node}.log"), errors="replace").read()
-            log = re.sub(r"\x1b\[[0-9;]*m", "", log)
+            log = cluster.node_log(node)
             hosted = [line for line in log.splitlines() if "hosting a replica" in line and topic_name in line]
             assert len(hosted) == 4, log[-4000:]
             assert any("shard=0" in line for line in hosted) and any("shard=1" in line for line in hosted), hosted
-        p = Producer({"bootstrap.servers": cluster.bootstrap, "acks": "all", "enable.idempotence": True,
-                      "linger.ms": 5, "message.timeout.ms": 120000})
-        acked, errors, sent = {}, [], 0
-
-        def delivered(err, m):
-            if err:
-                errors.append(str(err))
-            else:
-                acked[m.value()] = (m.partition(), m.offset())
-
-        def produce_for(seconds):
-            nonlocal sent
-            end = time.time() + seconds
-            while time.time() < end:
-                p.produce(topic_name, value=b"x%d" % sent, partition=sent % 4, on_delivery=delivered)
-                sent += 1
-                p.poll(0)
-                time.sleep(0.002)
-
-        produce_for(1.5)
+        w = Writer(cluster, topic_name, 4)
+        w.produce_for(1.5)
         for partition in (0, 1):
             victim = leaders(cluster, topic_name)[partition]
             cluster.run("kill", victim)
-            produce_for(3)
+            w.produce_for(3)
             cluster.run("restart", victim)
-            produce_for(1)
-        assert p.flush(120) == 0
-        assert errors == []
-        seen, dups = consume_all(cluster, topic_name, 4, acked)
-        lost = [v for v in acked if v not in seen]
-        moved = [v for v in acked if v in seen and seen[v] != acked[v]]
-        assert (len(acked), lost, moved, dups) == (sent, [], [], 0), cluster.logs()
+            w.produce_for(1)
+        w.check()
 
         # A group whose __consumer_offsets partition lives on shard 1.
-        log = re.sub(r"\x1b\[[0-9;]*m", "", open(os.path.join(cluster.dir, "node1.log"), errors="replace").read())
+        log = cluster.node_log(1)
         offsets_shards = dict(re.findall(r"hosting a replica topic=__consumer_offsets partition=(\d+) .*shard=(\d)", log))
         assert offsets_shards, log[-4000:]
 
@@ -410,7 +395,7 @@ def test_a_node_restarted_with_fewer_shards_keeps_its_replicas(workdir, topic_na
         seen, dups = consume_all(cluster, topic_name, 6, [b"%d" % i for i in range(1200)])
         missing = [i for i in range(1200) if b"%d" % i not in seen]
         assert (missing, dups) == ([], 0), cluster.logs()
-        log = re.sub(r"\x1b\[[0-9;]*m", "", open(os.path.join(cluster.dir, "node3.log"), errors="replace").read())
+        log = cluster.node_log(3)
         first_run, last_run = log[:log.rindex("joining the cluster")], log[log.rindex("joining the cluster"):]
         assert f"topic={topic_name} partition=1 group" in first_run and "shard=1" in first_run
         assert "shards=1" in last_run and f"topic={topic_name} partition=1 group" in last_run
