@@ -445,6 +445,107 @@ def test_group_offsets_survive_the_coordinator_dying(cluster, topic_name):
     assert described.coordinator.id != victim
 
 
+def java_partition(key, partitions):
+    """The partition of an internal topic holding `key`, as Kafka maps it (String.hashCode)."""
+    h = 0
+    for c in key.encode("utf-16-be").decode("utf-16-be"):
+        h = (h * 31 + ord(c)) & 0xFFFFFFFF
+    return (h & 0x7FFFFFFF) % partitions
+
+
+def txn_coordinator(cluster, txn_id):
+    """The node leading the transactional id's `__transaction_state` partition."""
+    md = admin(cluster).list_topics("__transaction_state", timeout=10)
+    parts = md.topics["__transaction_state"].partitions
+    return parts[java_partition(txn_id, len(parts))].leader
+
+
+def read_values(cluster, topic, partitions, isolation, settle=3.0):
+    c = Consumer({"bootstrap.servers": cluster.bootstrap, "group.id": "reader", "isolation.level": isolation,
+                  "enable.auto.commit": False})
+    c.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
+    out, quiet_since = [], time.time()
+    while time.time() - quiet_since < settle:
+        m = c.poll(0.2)
+        if m is None or m.error():
+            continue
+        out.append(m.value())
+        quiet_since = time.time()
+    c.close()
+    return sorted(out)
+
+
+def test_transactions_span_nodes_and_survive_the_coordinator_dying(cluster, topic_name):
+    out, src = topic_name, topic_name + "-in"
+    create(cluster, out, partitions=3, rf=3)
+    create(cluster, src, partitions=1, rf=3)
+    # The partitions have leaders on several nodes: the coordinator verifies produces and
+    # writes markers through other nodes.
+    assert len(set(leaders(cluster, out).values())) > 1
+    txn_id = topic_name + "-tx"
+    config = {"bootstrap.servers": cluster.bootstrap, "transactional.id": txn_id, "linger.ms": 5}
+    p = Producer(config)
+    p.init_transactions(60)
+    p.begin_transaction()
+    for i in range(6):
+        p.produce(out, value=b"c%d" % i, partition=i % 3)
+    p.commit_transaction(60)
+    p.begin_transaction()
+    for i in range(3):
+        p.produce(out, value=b"a%d" % i, partition=i % 3)
+    p.flush(60)
+    p.abort_transaction(60)
+
+    # Consume-transform-produce: the group's offsets commit with the output.
+    plain = Producer({"bootstrap.servers": cluster.bootstrap, "acks": "all"})
+    for i in range(5):
+        plain.produce(src, value=b"%d" % i, partition=0)
+    assert plain.flush(30) == 0
+    group = topic_name + "-g"
+    c = Consumer({"bootstrap.servers": cluster.bootstrap, "group.id": group, "enable.auto.commit": False,
+                  "auto.offset.reset": "earliest", "isolation.level": "read_committed"})
+    c.subscribe([src])
+    got = []
+    deadline = time.time() + 60
+    while len(got) < 5 and time.time() < deadline:
+        m = c.poll(1)
+        if m is not None and not m.error():
+            got.append(m)
+    assert len(got) == 5
+    p.begin_transaction()
+    for i, m in enumerate(got):
+        p.produce(out, value=b"t" + m.value(), partition=i % 3)
+    p.send_offsets_to_transaction([TopicPartition(src, 0, 5)], c.consumer_group_metadata(), 60)
+    p.commit_transaction(60)
+    assert c.committed([TopicPartition(src, 0)], 10)[0].offset == 5
+    c.close()
+
+    # A transaction left open when its coordinator's node dies: a new instance of the producer
+    # finds the new coordinator, which aborts it and fences the old instance.
+    p.begin_transaction()
+    for i in range(3):
+        p.produce(out, value=b"open%d" % i, partition=i % 3)
+    p.flush(60)
+    victim = txn_coordinator(cluster, txn_id)
+    cluster.run("kill", victim)
+    p2 = Producer(config)
+    p2.init_transactions(120)
+    p2.begin_transaction()
+    for i in range(3):
+        p2.produce(out, value=b"after%d" % i, partition=i % 3)
+    p2.commit_transaction(120)
+    assert txn_coordinator(cluster, txn_id) != victim
+    with pytest.raises(KafkaException):
+        p.commit_transaction(30)
+
+    committed = [b"c%d" % i for i in range(6)] + [b"t%d" % i for i in range(5)] + [b"after%d" % i for i in range(3)]
+    assert read_values(cluster, out, 3, "read_committed") == sorted(committed), cluster.logs()
+    uncommitted = committed + [b"a%d" % i for i in range(3)] + [b"open%d" % i for i in range(3)]
+    assert read_values(cluster, out, 3, "read_uncommitted") == sorted(uncommitted)
+    if os.environ.get("TERN_SHOW_LOGS"):
+        print(cluster.logs())
+
+
 def test_kip848_members_keep_their_partitions_when_the_coordinator_dies(workdir, topic_name):
     """A KIP-848 group's records are replicated in __consumer_offsets: the node that takes
     over coordination knows the members, so they carry on without losing partitions."""

@@ -28,6 +28,8 @@ pub struct BrokerConfig {
     pub group: crate::group::state::GroupConfig,
     /// `offsets.topic.num.partitions`.
     pub offsets_partitions: i32,
+    /// `transaction.state.log.num.partitions`.
+    pub transaction_partitions: i32,
     /// `log.retention.check.interval.ms`.
     pub retention_check_interval: std::time::Duration,
     /// `producer.id.expiration.ms`: idempotent producers not heard from for this long are

@@ -292,6 +292,7 @@ fn start(args: StartArgs) -> Result<()> {
             ),
         },
         offsets_partitions: args.offsets_partitions,
+        transaction_partitions: args.transaction_partitions,
         retention_check_interval: std::time::Duration::from_millis(
             args.retention_check_interval_ms,
         ),
@@ -354,7 +355,7 @@ fn start(args: StartArgs) -> Result<()> {
         )?;
         meta.ensure_internal_topic(
             txn::TXN_TOPIC,
-            args.transaction_partitions,
+            config.transaction_partitions,
             &[
                 ("cleanup.policy", "compact"),
                 ("segment.bytes", "104857600"),

@@ -9,25 +9,36 @@
 //! it loads the state again; one left Ongoing past its timeout is aborted with the producer's
 //! epoch bumped, which fences the producer that let it lapse. While a state change is being
 //! stored or markers written, other requests for the id get CONCURRENT_TRANSACTIONS and retry.
+//!
+//! In a cluster the id's partition is replicated and its leader coordinates: the state is
+//! read back when leadership arrives and forgotten when it leaves; markers go through each
+//! partition's leader (Raft), on this node or another (`cluster/calls.rs`).
 
 use bytes::Bytes;
+use futures::future::{FutureExt, LocalBoxFuture};
 use kafka_protocol::records::{Compression, RecordBatchDecoder};
 use kafka_protocol::ResponseError;
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::rc::Rc;
 use std::time::Duration;
 use tern_protocol::batch;
 use tern_protocol::markers::Marker;
+use tern_protocol::rpc::NodeMessage;
 use tern_protocol::txn_records::{self, StoredTxn, TxnStatus};
+use tern_raft::NodeId;
 use tern_storage::{Durability, LogError};
 
 use crate::controller::{self, CONTROLLER_SHARD};
 use crate::group::OFFSETS_TOPIC;
 use crate::kafka::now_ms;
+use crate::replication::ReplicateError;
 use crate::shard::Shard;
 
 pub const TXN_TOPIC: &str = "__transaction_state";
+
+/// How long a marker waits for its replicated commit.
+const MARKER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One transactional id's state.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,13 +97,18 @@ impl TxnMeta {
 }
 
 /// The transactional ids a shard coordinates (those of the `__transaction_state` partitions
-/// it owns).
+/// it owns; in a cluster, those it leads).
 #[derive(Default)]
 pub struct TxnCoordinator {
     txns: RefCell<HashMap<String, TxnMeta>>,
     /// Ids with a state change or markers in progress.
     busy: RefCell<BTreeSet<String>>,
     loaded: Cell<bool>,
+    /// Cluster mode: coordination follows the leadership of `__transaction_state`
+    /// partitions. The partitions led here and read back, and those being read.
+    led: RefCell<HashSet<i32>>,
+    loading: RefCell<HashSet<i32>>,
+    clustered: Cell<bool>,
 }
 
 /// Holds an id busy until dropped.
@@ -108,6 +124,55 @@ impl Drop for Busy<'_> {
 }
 
 impl TxnCoordinator {
+    /// COORDINATOR_LOAD_IN_PROGRESS until this shard has read back the ids of
+    /// `__transaction_state` partition `partition`; in a cluster NOT_COORDINATOR unless this
+    /// node leads it.
+    pub fn check_loaded(&self, partition: i32) -> Result<(), i16> {
+        if self.clustered.get() {
+            if self.loading.borrow().contains(&partition) {
+                return Err(ResponseError::CoordinatorLoadInProgress.code());
+            }
+            if !self.led.borrow().contains(&partition) {
+                return Err(ResponseError::NotCoordinator.code());
+            }
+            return Ok(());
+        }
+        if self.loaded.get() {
+            Ok(())
+        } else {
+            Err(ResponseError::CoordinatorLoadInProgress.code())
+        }
+    }
+
+    /// Cluster mode: this node now leads `__transaction_state` partition `partition` (of
+    /// `partitions`); its ids are read back before they are served.
+    pub fn begin_leading(&self, partition: i32, partitions: usize) {
+        self.clustered.set(true);
+        self.forget_partition(partition, partitions);
+        self.loading.borrow_mut().insert(partition);
+    }
+
+    /// Cluster mode: the partition's ids were read back; serve them.
+    pub fn finish_loading(&self, partition: i32) {
+        if self.loading.borrow_mut().remove(&partition) {
+            self.led.borrow_mut().insert(partition);
+        }
+    }
+
+    /// Cluster mode: another node leads `partition` now; its ids leave this node (their
+    /// state is in the partition, which the new leader reads back).
+    pub fn stop_leading(&self, partition: i32, partitions: usize) {
+        self.clustered.set(true);
+        self.loading.borrow_mut().remove(&partition);
+        self.led.borrow_mut().remove(&partition);
+        self.forget_partition(partition, partitions);
+    }
+
+    fn forget_partition(&self, partition: i32, partitions: usize) {
+        let here = |id: &String| crate::internal::partition_for(id, partitions) == partition;
+        self.txns.borrow_mut().retain(|id, _| !here(id));
+    }
+
     /// Marks `id` busy, or CONCURRENT_TRANSACTIONS if it already is.
     fn claim(&self, id: &str) -> Result<Busy<'_>, i16> {
         if !self.busy.borrow_mut().insert(id.to_string()) {
@@ -159,19 +224,32 @@ where
     Fut: std::future::Future<Output = Result<T, i16>> + 'static,
     T: Send + 'static,
 {
-    if shard.config.cluster.is_some() {
-        // Transaction state is not replicated yet: a cluster has no transaction coordinator.
-        return Err(ResponseError::CoordinatorNotAvailable.code());
-    }
     let (owner, partition) = coordinator_of(shard, id)?;
     shard
         .run_on(owner, move |s| async move {
-            if !s.txns.loaded.get() {
-                return Err(ResponseError::CoordinatorLoadInProgress.code());
-            }
+            s.txns.check_loaded(partition)?;
             f(s, partition).await
         })
         .await
+}
+
+/// Cluster mode: the node leading partition `partition` of `topic`, if one is known.
+fn leader_node(shard: &Shard, topic: &str, partition: i32) -> Option<i32> {
+    let meta = shard.meta.snapshot();
+    let t = meta.topics.get(topic)?;
+    t.group(partition)?;
+    let leader = crate::kafka::nodes::partition(shard, t, partition).leader;
+    (leader >= 0).then_some(leader)
+}
+
+/// The coordinator epoch markers of `partition`'s ids carry: its leader epoch in a cluster.
+fn coordinator_epoch(shard: &Shard, partition: i32) -> i32 {
+    let meta = shard.meta.snapshot();
+    let group = meta.topics.get(TXN_TOPIC).and_then(|t| t.group(partition));
+    match (shard.replicas(), group) {
+        (Some(r), Some(g)) => r.leader_epoch(g).unwrap_or(0),
+        _ => 0,
+    }
 }
 
 /// Stores `meta` (None: a tombstone) as the state of `id`, then takes it in memory.
@@ -187,6 +265,10 @@ async fn store(
     let data = batch::encode_plain(&[record], Compression::None)
         .map_err(|_| ResponseError::UnknownServerError.code())?;
     crate::internal::append(shard, TXN_TOPIC, partition, data).await?;
+    if shard.txns.check_loaded(partition).is_err() {
+        // Leadership moved while it was stored: the new coordinator reads it back.
+        return Err(ResponseError::NotCoordinator.code());
+    }
     let mut txns = shard.txns.txns.borrow_mut();
     match meta {
         Some(m) => txns.insert(id.to_string(), m),
@@ -309,6 +391,41 @@ pub async fn verify_produce(
     topic: String,
     partition: i32,
 ) -> Result<(), i16> {
+    if let Some(replicas) = shard.replicas() {
+        let (_, txn_partition) = coordinator_of(shard, id)?;
+        let leader = leader_node(shard, TXN_TOPIC, txn_partition)
+            .ok_or(ResponseError::NotCoordinator.code())?;
+        if leader != shard.config.node_id {
+            let transactional_id = id.to_string();
+            let answer = replicas
+                .call(shard.id, leader as NodeId, |call| NodeMessage::VerifyTxn {
+                    call,
+                    transactional_id,
+                    producer_id,
+                    producer_epoch: epoch,
+                    topic,
+                    partition,
+                })
+                .await?;
+            return match answer {
+                NodeMessage::TxnVerified { error: 0, .. } => Ok(()),
+                NodeMessage::TxnVerified { error, .. } => Err(error),
+                _ => Err(ResponseError::UnknownServerError.code()),
+            };
+        }
+    }
+    verify_here(shard, id, producer_id, epoch, topic, partition).await
+}
+
+/// [`verify_produce`] with the coordinator on this node.
+pub async fn verify_here(
+    shard: &Rc<Shard>,
+    id: &str,
+    producer_id: i64,
+    epoch: i16,
+    topic: String,
+    partition: i32,
+) -> Result<(), i16> {
     let txn_id = id.to_string();
     on_coordinator(shard, id, move |s, _| async move {
         let Some(m) = s.txns.get(&txn_id) else {
@@ -393,7 +510,14 @@ async fn end(
         ..meta
     };
     store(shard, partition, id, Some(prepared.clone())).await?;
-    complete(shard, partition, id, prepared).await
+    complete(shard, partition, id, prepared)
+        .await
+        .map_err(|code| {
+            // Decided and stored: the coordinator's tick finishes it, and the client's retry
+            // then finds it complete.
+            tracing::info!(transactional_id = %id, code, "markers not all written yet");
+            ResponseError::ConcurrentTransactions.code()
+        })
 }
 
 /// Writes the markers of a prepared transaction and stores it complete.
@@ -404,14 +528,13 @@ async fn complete(
     prepared: TxnMeta,
 ) -> Result<TxnMeta, i16> {
     let commit = prepared.status == TxnStatus::PrepareCommit;
-    write_markers(
-        shard,
-        prepared.producer_id,
-        prepared.producer_epoch,
+    let marker = Marker {
+        producer_id: prepared.producer_id,
+        producer_epoch: prepared.producer_epoch,
         commit,
-        &prepared.partitions,
-    )
-    .await?;
+        coordinator_epoch: coordinator_epoch(shard, partition),
+    };
+    write_markers(shard, marker, &prepared.partitions).await?;
     let done = TxnMeta {
         status: match commit {
             true => TxnStatus::CompleteCommit,
@@ -430,9 +553,7 @@ async fn complete(
 /// epoch wrote already needs no marker of this one.
 async fn write_markers(
     shard: &Rc<Shard>,
-    producer_id: i64,
-    epoch: i16,
-    commit: bool,
+    marker: Marker,
     partitions: &BTreeSet<(String, i32)>,
 ) -> Result<(), i16> {
     let settled = [
@@ -440,7 +561,7 @@ async fn write_markers(
         ResponseError::InvalidProducerEpoch.code(),
     ];
     let partitions: Vec<(String, i32)> = partitions.iter().cloned().collect();
-    for (_, result) in write_markers_to(shard, producer_id, epoch, commit, partitions).await {
+    for (_, result) in write_markers_to(shard, marker, partitions).await {
         match result {
             Err(code) if !settled.contains(&code) => return Err(code),
             _ => {}
@@ -449,16 +570,88 @@ async fn write_markers(
     Ok(())
 }
 
-/// Writes producer `producer_id`'s commit or abort marker to each of `partitions`, on their
-/// owner shards, synced; offsets the transaction committed to a group take effect (or are
-/// dropped) with the marker on their `__consumer_offsets` partition. A marker of an older
-/// epoch than the partition knows (a zombie's) is refused there: INVALID_PRODUCER_EPOCH.
-/// Returns each partition's result.
+/// Writes `marker` to each of `partitions` (in a cluster, through their leaders, here or on
+/// other nodes): see [`write_local_markers`]. Returns each partition's result.
 pub async fn write_markers_to(
     shard: &Rc<Shard>,
-    producer_id: i64,
-    epoch: i16,
-    commit: bool,
+    marker: Marker,
+    partitions: Vec<(String, i32)>,
+) -> Vec<((String, i32), Result<(), i16>)> {
+    let Some(replicas) = shard.replicas() else {
+        return write_local_markers(shard, marker, partitions).await;
+    };
+    let me = shard.config.node_id;
+    let mut results = Vec::new();
+    let mut local = Vec::new();
+    let mut remote: BTreeMap<i32, Vec<(String, i32)>> = BTreeMap::new();
+    for (topic, p) in partitions {
+        match leader_node(shard, &topic, p) {
+            Some(node) if node != me => remote.entry(node).or_default().push((topic, p)),
+            // Led here, or not replicated: this node's answer says which.
+            _ if shard.meta.snapshot().topics.contains_key(&topic) => local.push((topic, p)),
+            _ => results.push((
+                (topic, p),
+                Err(ResponseError::UnknownTopicOrPartition.code()),
+            )),
+        }
+    }
+    let mut writes: Vec<LocalBoxFuture<'_, Vec<_>>> = Vec::new();
+    if !local.is_empty() {
+        writes.push(write_local_markers(shard, marker, local).boxed_local());
+    }
+    for (node, parts) in remote {
+        let replicas = replicas.clone();
+        writes.push(
+            async move {
+                let asked = parts.clone();
+                let answer = replicas
+                    .call(shard.id, node as NodeId, |call| NodeMessage::WriteMarkers {
+                        call,
+                        producer_id: marker.producer_id,
+                        producer_epoch: marker.producer_epoch,
+                        commit: marker.commit,
+                        coordinator_epoch: marker.coordinator_epoch,
+                        partitions: parts,
+                    })
+                    .await;
+                let mut answered: HashMap<(String, i32), i16> = match answer {
+                    Ok(NodeMessage::MarkersWritten { results, .. }) => results
+                        .into_iter()
+                        .map(|(t, p, code)| ((t, p), code))
+                        .collect(),
+                    Ok(_) => HashMap::new(),
+                    Err(code) => asked.iter().map(|tp| (tp.clone(), code)).collect(),
+                };
+                let unanswered = ResponseError::UnknownServerError.code();
+                asked
+                    .into_iter()
+                    .map(|tp| {
+                        let code = answered.remove(&tp).unwrap_or(unanswered);
+                        (tp, if code == 0 { Ok(()) } else { Err(code) })
+                    })
+                    .collect()
+            }
+            .boxed_local(),
+        );
+    }
+    results.extend(
+        futures::future::join_all(writes)
+            .await
+            .into_iter()
+            .flatten(),
+    );
+    results
+}
+
+/// Writes `marker` to each of `partitions` held here, on their owner shards: committed by a
+/// majority of a replicated partition's replicas (at its leader: NOT_LEADER_OR_FOLLOWER
+/// elsewhere), synced on a partition of one replica. Offsets the transaction committed to a
+/// group take effect (or are dropped) with the marker on their `__consumer_offsets`
+/// partition. A marker of an older epoch than the partition knows (a zombie's) is refused
+/// there: INVALID_PRODUCER_EPOCH. Returns each partition's result.
+pub async fn write_local_markers(
+    shard: &Rc<Shard>,
+    marker: Marker,
     partitions: Vec<(String, i32)>,
 ) -> Vec<((String, i32), Result<(), i16>)> {
     let meta = shard.meta.snapshot();
@@ -473,36 +666,12 @@ pub async fn write_markers_to(
     }
     let writes = by_owner.into_iter().map(|(owner, parts)| {
         shard.run_on(owner, move |s| async move {
-            let now = now_ms();
             let mut out = Vec::new();
             for (topic, p) in parts {
-                let Some(log) = s.partition(&topic, p) else {
-                    out.push(((topic, p), unknown));
-                    continue;
-                };
-                let marker = Marker {
-                    producer_id,
-                    producer_epoch: epoch,
-                    commit,
-                    coordinator_epoch: 0,
-                };
-                let result = match log.append_marker(&marker, now) {
-                    Ok(a) => log.wait(&a, Durability::Synced).await,
-                    Err(e) => Err(e),
-                };
-                let result = match result {
-                    Ok(()) => {
-                        if topic == OFFSETS_TOPIC {
-                            s.groups.complete_txn(producer_id, p, commit);
-                        }
-                        Ok(())
-                    }
-                    Err(LogError::Producer(_)) => Err(ResponseError::InvalidProducerEpoch.code()),
-                    Err(e) => {
-                        tracing::error!(topic, partition = p, error = %e, "write a transaction marker");
-                        Err(crate::kafka::log_error_code(&e))
-                    }
-                };
+                let result = write_marker(&s, &marker, &topic, p).await;
+                if result.is_ok() && topic == OFFSETS_TOPIC {
+                    s.groups.complete_txn(marker.producer_id, p, marker.commit);
+                }
                 out.push(((topic, p), result));
             }
             out
@@ -517,41 +686,56 @@ pub async fn write_markers_to(
     results
 }
 
-/// Reads this shard's `__transaction_state` partitions back: the newest record of each id
-/// wins, a tombstone removes it.
+/// Writes `marker` to partition `p` of `topic`, owned by this shard.
+async fn write_marker(shard: &Rc<Shard>, marker: &Marker, topic: &str, p: i32) -> Result<(), i16> {
+    let not_leader = ResponseError::NotLeaderOrFollower.code();
+    let Some(log) = shard.partition(topic, p) else {
+        // A replica elsewhere, or no such partition.
+        return match shard.replica_group(topic, p) {
+            Some(_) => Err(not_leader),
+            None => Err(ResponseError::UnknownTopicOrPartition.code()),
+        };
+    };
+    let refused = |e: LogError| match e {
+        LogError::Producer(_) => ResponseError::InvalidProducerEpoch.code(),
+        e => {
+            tracing::error!(topic, partition = p, error = %e, "write a transaction marker");
+            crate::kafka::log_error_code(&e)
+        }
+    };
+    let Some(group) = shard.replica_group(topic, p) else {
+        let appended = log.append_marker(marker, now_ms()).map_err(refused)?;
+        return log
+            .wait(&appended, Durability::Synced)
+            .await
+            .map_err(refused);
+    };
+    let replicas = shard.replicas().ok_or(not_leader)?;
+    let proposed = match replicas.replicator.propose_marker(group, marker, now_ms()) {
+        Ok(p) => p,
+        Err(ReplicateError::Log(e)) => return Err(refused(e)),
+        Err(_) => return Err(not_leader),
+    };
+    let committed = replicas
+        .replicator
+        .committed(group, proposed.last_offset, proposed.term);
+    match crate::rpc::with_timeout(MARKER_TIMEOUT, committed).await {
+        Some(Ok(())) => Ok(()),
+        Some(Err(_)) => Err(not_leader),
+        None => Err(ResponseError::RequestTimedOut.code()),
+    }
+}
+
+/// Reads this shard's `__transaction_state` partitions back (in a cluster, each as this node
+/// comes to lead it: [`load_partition`]).
 pub async fn load(shard: &Rc<Shard>) -> anyhow::Result<()> {
+    if shard.config.cluster.is_some() {
+        shard.txns.clustered.set(true);
+        return Ok(());
+    }
     let mut count = 0;
     for p in crate::internal::owned_partitions(shard, TXN_TOPIC) {
-        let Some(log) = shard.partition(TXN_TOPIC, p) else {
-            continue;
-        };
-        let mut offset = log.log_start_offset();
-        while offset < log.high_watermark() {
-            let mut data: Bytes = log.read(offset, 1 << 20, true).await?;
-            if data.is_empty() {
-                break;
-            }
-            while !data.is_empty() {
-                let set = RecordBatchDecoder::decode(&mut data)
-                    .map_err(|e| anyhow::anyhow!("decode {TXN_TOPIC}-{p}: {e:#}"))?;
-                for r in set.records {
-                    offset = r.offset + 1;
-                    if r.control {
-                        continue;
-                    }
-                    let Some((id, stored)) = r.key.and_then(|k| txn_records::decode(k, r.value))
-                    else {
-                        continue;
-                    };
-                    count += 1;
-                    let mut txns = shard.txns.txns.borrow_mut();
-                    match stored {
-                        Some(s) => txns.insert(id, TxnMeta::from_stored(s)),
-                        None => txns.remove(&id),
-                    };
-                }
-            }
-        }
+        count += load_partition(shard, p).await?;
     }
     shard.txns.loaded.set(true);
     if count > 0 {
@@ -562,6 +746,42 @@ pub async fn load(shard: &Rc<Shard>) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Reads `__transaction_state` partition `p` back, up to its high watermark: the newest
+/// record of each id wins, a tombstone removes it. Returns the records read.
+pub async fn load_partition(shard: &Rc<Shard>, p: i32) -> anyhow::Result<usize> {
+    let mut count = 0;
+    let Some(log) = shard.partition(TXN_TOPIC, p) else {
+        return Ok(0);
+    };
+    let mut offset = log.log_start_offset();
+    while offset < log.high_watermark() {
+        let mut data: Bytes = log.read(offset, 1 << 20, true).await?;
+        if data.is_empty() {
+            break;
+        }
+        while !data.is_empty() {
+            let set = RecordBatchDecoder::decode(&mut data)
+                .map_err(|e| anyhow::anyhow!("decode {TXN_TOPIC}-{p}: {e:#}"))?;
+            for r in set.records {
+                offset = r.offset + 1;
+                if r.control {
+                    continue;
+                }
+                let Some((id, stored)) = r.key.and_then(|k| txn_records::decode(k, r.value)) else {
+                    continue;
+                };
+                count += 1;
+                let mut txns = shard.txns.txns.borrow_mut();
+                match stored {
+                    Some(s) => txns.insert(id, TxnMeta::from_stored(s)),
+                    None => txns.remove(&id),
+                };
+            }
+        }
+    }
+    Ok(count)
 }
 
 /// Every second: finishes transactions left between prepare and complete (a restart, a failed
@@ -577,6 +797,9 @@ pub async fn tick_loop(shard: Rc<Shard>) {
             .txns
             .borrow()
             .iter()
+            .filter(|(id, _)| {
+                coordinator_of(&shard, id).is_ok_and(|(_, p)| shard.txns.check_loaded(p).is_ok())
+            })
             .filter(|(_, m)| {
                 m.completing()
                     || (m.status == TxnStatus::Ongoing

@@ -85,6 +85,45 @@ pub enum NodeMessage {
     /// Follower to its group's leader: its replica's log start offset, after it followed the
     /// leader's (DeleteRecords, retention).
     LogStart { group: u64, start: i64 },
+    /// Transaction coordinator to a partition leader: write producer `producer_id`'s commit
+    /// or abort marker to these partitions, committed through their Raft groups. Answered
+    /// with [`NodeMessage::MarkersWritten`].
+    WriteMarkers {
+        call: Call,
+        producer_id: i64,
+        producer_epoch: i16,
+        commit: bool,
+        /// The coordinator's epoch: the leader epoch of its `__transaction_state` partition.
+        coordinator_epoch: i32,
+        partitions: Vec<(String, i32)>,
+    },
+    /// Each partition's Kafka error code (0: written).
+    MarkersWritten {
+        call: Call,
+        results: Vec<(String, i32, i16)>,
+    },
+    /// Partition leader to a transaction coordinator (KIP-890's verification): is this
+    /// producer the id's current one, with its transaction open and the partition in it?
+    /// Answered with [`NodeMessage::TxnVerified`].
+    VerifyTxn {
+        call: Call,
+        transactional_id: String,
+        producer_id: i64,
+        producer_epoch: i16,
+        topic: String,
+        partition: i32,
+    },
+    /// The Kafka error code of the verification (0: verified).
+    TxnVerified { call: Call, error: i16 },
+}
+
+/// A request between nodes that expects an answer: the answer carries the same call, so it
+/// reaches the caller's shard and waiting request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct Call {
+    pub id: u64,
+    /// The calling shard of the calling node.
+    pub shard: u32,
 }
 
 /// A group as its leader sees it.
@@ -801,6 +840,30 @@ mod tests {
             NodeMessage::LogStart {
                 group: 7,
                 start: 120,
+            },
+            NodeMessage::WriteMarkers {
+                call: Call { id: 9, shard: 1 },
+                producer_id: 4000,
+                producer_epoch: 3,
+                commit: true,
+                coordinator_epoch: 2,
+                partitions: vec![("orders".into(), 0), ("__consumer_offsets".into(), 17)],
+            },
+            NodeMessage::MarkersWritten {
+                call: Call { id: 9, shard: 1 },
+                results: vec![("orders".into(), 0, 0), ("gone".into(), 2, 3)],
+            },
+            NodeMessage::VerifyTxn {
+                call: Call { id: 10, shard: 0 },
+                transactional_id: "tx-1".into(),
+                producer_id: 4000,
+                producer_epoch: 3,
+                topic: "orders".into(),
+                partition: 0,
+            },
+            NodeMessage::TxnVerified {
+                call: Call { id: 10, shard: 0 },
+                error: 48,
             },
         ] {
             let node = NodeFrame {

@@ -1,5 +1,6 @@
 //! What partition leaders tell every node, and the leader's part in reassignments and
-//! elections.
+//! elections; the node messages other nodes send (also the transaction coordinators' calls,
+//! `calls.rs`) are taken here.
 //!
 //! Twice a second each node tells the others the groups it leads: term, ISR and committed
 //! configuration (only what changed, and everything every few seconds so a node that restarted
@@ -23,6 +24,7 @@ use kafka_protocol::ResponseError;
 use std::collections::{BTreeSet, HashMap};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
+use tern_protocol::markers::Marker;
 use tern_protocol::rpc::{Leadership, NodeFrame, NodeMessage};
 use tern_raft::{GroupId, MembershipChange, NodeId, Role};
 
@@ -144,6 +146,70 @@ impl Cluster {
                     shard.post(self.owner(group), move |s| {
                         if let Some(r) = s.replicas() {
                             r.replica_log_start(group, from, start);
+                        }
+                    });
+                }
+                NodeMessage::WriteMarkers {
+                    call,
+                    producer_id,
+                    producer_epoch,
+                    commit,
+                    coordinator_epoch,
+                    partitions,
+                } => {
+                    let (transport, shard) = (self.transport.clone(), shard.clone());
+                    glommio::spawn_local(async move {
+                        let marker = Marker {
+                            producer_id,
+                            producer_epoch,
+                            commit,
+                            coordinator_epoch,
+                        };
+                        let results = crate::txn::write_local_markers(&shard, marker, partitions)
+                            .await
+                            .into_iter()
+                            .map(|((t, p), r)| (t, p, r.err().unwrap_or(0)))
+                            .collect();
+                        let answer = NodeMessage::MarkersWritten { call, results };
+                        let _ = transport.send_message(from, answer);
+                    })
+                    .detach();
+                }
+                NodeMessage::VerifyTxn {
+                    call,
+                    transactional_id,
+                    producer_id,
+                    producer_epoch,
+                    topic,
+                    partition,
+                } => {
+                    let (transport, shard) = (self.transport.clone(), shard.clone());
+                    glommio::spawn_local(async move {
+                        let verified = crate::txn::verify_here(
+                            &shard,
+                            &transactional_id,
+                            producer_id,
+                            producer_epoch,
+                            topic,
+                            partition,
+                        )
+                        .await;
+                        let error = verified.err().unwrap_or(0);
+                        let _ =
+                            transport.send_message(from, NodeMessage::TxnVerified { call, error });
+                    })
+                    .detach();
+                }
+                answer @ (NodeMessage::MarkersWritten { call, .. }
+                | NodeMessage::TxnVerified { call, .. }) => {
+                    let target = call.shard as usize;
+                    if target >= shard.shard_count() {
+                        tracing::debug!(node = from, shard = target, "an answer for no shard");
+                        continue;
+                    }
+                    shard.post(target, move |s| {
+                        if let Some(r) = s.replicas() {
+                            r.calls.answer(call, answer);
                         }
                     });
                 }

@@ -47,7 +47,9 @@ use crate::metadata::{ClusterMeta, NodeInfo};
 use crate::replication::{Replicator, StateHome};
 use crate::rpc::Transport;
 use crate::shard::Shard;
+use crate::txn::TXN_TOPIC;
 
+mod calls;
 mod leaders;
 mod log_start;
 mod migrate;
@@ -690,11 +692,16 @@ impl Cluster {
             if self.migrate_single_node(&shard, &current).await {
                 continue;
             }
-            // Every voter registered: the groups' topic can get its replicas.
-            if !current.topics.contains_key(OFFSETS_TOPIC)
-                && current.nodes.len() >= self.config.quorum.len()
-            {
-                self.create_offsets_topic(&shard).await;
+            // Every voter registered: the coordinators' topics can get their replicas.
+            if current.nodes.len() >= self.config.quorum.len() {
+                for (name, partitions) in [
+                    (OFFSETS_TOPIC, shard.config.offsets_partitions),
+                    (TXN_TOPIC, shard.config.transaction_partitions),
+                ] {
+                    if !current.topics.contains_key(name) {
+                        create_internal_topic(&shard, name, partitions).await;
+                    }
+                }
             }
             self.finish_reassignments(&shard, &current).await;
         }
@@ -751,27 +758,26 @@ impl Cluster {
     }
 }
 
-impl Cluster {
-    /// Creates `__consumer_offsets` (replication factor min(3, nodes)), as Kafka does when
-    /// the first group needs it.
-    async fn create_offsets_topic(&self, shard: &Rc<Shard>) {
-        let topic = crate::controller::NewTopic {
-            name: OFFSETS_TOPIC.to_string(),
-            partitions: shard.config.offsets_partitions,
-            configs: [
-                ("cleanup.policy", "compact"),
-                ("segment.bytes", "104857600"),
-            ]
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-            replication_factor: -1,
-            assignments: None,
-        };
-        match crate::controller::create_topic(shard, topic).await {
-            Ok(_) => tracing::info!("created the consumer offsets topic"),
-            Err(e) => tracing::debug!(error = %e.message, "create the consumer offsets topic"),
-        }
+/// Creates internal topic `name` (`__consumer_offsets`, `__transaction_state`), compacted,
+/// replication factor min(3, nodes), as Kafka does when the first group or transactional
+/// producer needs it.
+async fn create_internal_topic(shard: &Rc<Shard>, name: &str, partitions: i32) {
+    let topic = crate::controller::NewTopic {
+        name: name.to_string(),
+        partitions,
+        configs: [
+            ("cleanup.policy", "compact"),
+            ("segment.bytes", "104857600"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect(),
+        replication_factor: -1,
+        assignments: None,
+    };
+    match crate::controller::create_topic(shard, topic).await {
+        Ok(_) => tracing::info!(topic = name, "created an internal topic"),
+        Err(e) => tracing::debug!(topic = name, error = %e.message, "create an internal topic"),
     }
 }
 

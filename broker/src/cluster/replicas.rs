@@ -22,6 +22,7 @@ use crate::replication::state::Persisted;
 use crate::replication::{Replicator, StateHome, Timing};
 use crate::rpc::{RpcConfig, Transport};
 use crate::shard::Shard;
+use crate::txn::TXN_TOPIC;
 
 /// The Raft groups a shard hosts.
 pub struct Replicas {
@@ -34,6 +35,8 @@ pub struct Replicas {
     pub(super) starts: RefCell<LogStarts>,
     /// Shard 0: since when this node leads the metadata group (is the controller).
     pub(super) controller_since: Cell<Option<Instant>>,
+    /// Requests to other nodes waiting for their answers.
+    pub(super) calls: super::calls::Calls,
 }
 
 /// Who this node is to the others, as every shard's connections say in their hello.
@@ -73,6 +76,7 @@ impl Replicas {
             hosted: RefCell::default(),
             starts: RefCell::default(),
             controller_since: Cell::new(None),
+            calls: Default::default(),
         });
         shard.groups.set_clustered();
         let (weak, shard_ref) = (Rc::downgrade(&replicas), shard.clone());
@@ -117,8 +121,9 @@ impl Replicas {
         self.config.node_id as i32
     }
 
-    /// A group's role, term or leader changed: published for Metadata; for a
-    /// `__consumer_offsets` partition, its groups come to or leave this shard's coordinator.
+    /// A group's role, term or leader changed: published for Metadata; for a partition of
+    /// `__consumer_offsets` or `__transaction_state`, its groups or transactional ids come to
+    /// or leave this shard's coordinator.
     fn role_changed(self: &Rc<Self>, shard: &Rc<Shard>, group: GroupId, role: RoleChange) {
         let leader = role.leader.map_or(-1, |l| l as i32);
         shard
@@ -131,20 +136,22 @@ impl Replicas {
         let Some((topic, p)) = self.hosted.borrow().get(&group).cloned() else {
             return;
         };
-        if topic != OFFSETS_TOPIC {
-            return;
-        }
+        let coordinator = match topic.as_str() {
+            OFFSETS_TOPIC => Coordinator::Groups,
+            TXN_TOPIC => Coordinator::Transactions,
+            _ => return,
+        };
         let partitions = shard
             .meta
             .snapshot()
             .topics
-            .get(OFFSETS_TOPIC)
+            .get(&topic)
             .map_or(1, |t| t.shards.len());
         if role.role != Role::Leader {
-            shard.groups.stop_leading(p, partitions);
+            coordinator.stop_leading(shard, p, partitions);
             return;
         }
-        shard.groups.begin_leading(p, partitions);
+        coordinator.begin_leading(shard, p, partitions);
         let (me, shard) = (self.clone(), shard.clone());
         glommio::spawn_local(async move {
             // Everything committed before this term is in the log (and under the high
@@ -155,16 +162,14 @@ impl Replicas {
                 }
                 glommio::timer::sleep(Duration::from_millis(10)).await;
             }
-            match crate::group::load_partition(&shard, p).await {
+            match coordinator.load(&shard, p).await {
                 Ok(records) => {
-                    tracing::info!(
-                        partition = p,
-                        records,
-                        "coordinating the groups of an offsets partition"
-                    );
-                    shard.groups.finish_loading(p);
+                    tracing::info!(topic, partition = p, records, "coordinating a partition");
+                    coordinator.finish_loading(&shard, p);
                 }
-                Err(e) => tracing::error!(partition = p, error = %format!("{e:#}"), "load groups"),
+                Err(e) => {
+                    tracing::error!(topic, partition = p, error = %format!("{e:#}"), "load a coordinator's state")
+                }
             }
         })
         .detach();
@@ -260,6 +265,45 @@ impl Replicas {
         match self.replicator.transfer_leader(group, to) {
             Ok(()) => tracing::info!(group, to, "handing leadership over"),
             Err(e) => tracing::info!(group, to, error = ?e, "leadership not handed over"),
+        }
+    }
+}
+
+/// A coordinator whose state is an internal topic's partitions, and which follows their
+/// leadership.
+#[derive(Clone, Copy)]
+enum Coordinator {
+    Groups,
+    Transactions,
+}
+
+impl Coordinator {
+    fn begin_leading(self, shard: &Shard, p: i32, partitions: usize) {
+        match self {
+            Coordinator::Groups => shard.groups.begin_leading(p, partitions),
+            Coordinator::Transactions => shard.txns.begin_leading(p, partitions),
+        }
+    }
+
+    fn finish_loading(self, shard: &Shard, p: i32) {
+        match self {
+            Coordinator::Groups => shard.groups.finish_loading(p),
+            Coordinator::Transactions => shard.txns.finish_loading(p),
+        }
+    }
+
+    fn stop_leading(self, shard: &Shard, p: i32, partitions: usize) {
+        match self {
+            Coordinator::Groups => shard.groups.stop_leading(p, partitions),
+            Coordinator::Transactions => shard.txns.stop_leading(p, partitions),
+        }
+    }
+
+    /// Reads partition `p` back; returns the records read.
+    async fn load(self, shard: &Rc<Shard>, p: i32) -> Result<usize> {
+        match self {
+            Coordinator::Groups => crate::group::load_partition(shard, p).await,
+            Coordinator::Transactions => crate::txn::load_partition(shard, p).await,
         }
     }
 }

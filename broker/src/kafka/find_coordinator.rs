@@ -1,6 +1,6 @@
 //! FindCoordinator: the node coordinating a group (the leader of its `__consumer_offsets`
-//! partition; this node on a single node) or a transactional id (single node only so far:
-//! transaction state is not replicated yet).
+//! partition) or a transactional id (the leader of its `__transaction_state` partition); on a
+//! single node, this node.
 
 use kafka_protocol::messages::find_coordinator_response::Coordinator;
 use kafka_protocol::messages::{
@@ -31,12 +31,7 @@ pub fn handle(shard: &Rc<Shard>, req: FindCoordinatorRequest, version: i16) -> R
                 .with_node_id(BrokerId(-1))
                 .with_port(-1);
             let error = if req.key_type == KEY_TRANSACTION {
-                if cfg.cluster.is_some() {
-                    Some((
-                        ResponseError::CoordinatorNotAvailable,
-                        "transactions are not supported in a cluster yet",
-                    ))
-                } else if txn::coordinator_of(shard, &key).is_err() {
+                if txn::coordinator_of(shard, &key).is_err() {
                     Some((
                         ResponseError::CoordinatorNotAvailable,
                         "the transaction state topic does not exist",
@@ -57,9 +52,16 @@ pub fn handle(shard: &Rc<Shard>, req: FindCoordinatorRequest, version: i16) -> R
             } else {
                 None
             };
-            // In a cluster, the coordinator is the leader of the group's offsets partition.
+            // In a cluster, the coordinator is the leader of the key's partition.
             let node = match (error, &cfg.cluster) {
-                (None, Some(_)) => coordinator_node(shard, &key),
+                (None, Some(_)) if req.key_type == KEY_TRANSACTION => {
+                    let partition = txn::coordinator_of(shard, &key).map_or(-1, |(_, p)| p);
+                    coordinator_node(shard, txn::TXN_TOPIC, partition)
+                }
+                (None, Some(_)) => {
+                    let partition = group::coordinator_of(shard, &key).map_or(-1, |(_, p)| p);
+                    coordinator_node(shard, group::OFFSETS_TOPIC, partition)
+                }
                 (None, None) => Some(super::nodes::NodeView {
                     id: cfg.node_id,
                     host: cfg.advertised_host.clone(),
@@ -99,11 +101,11 @@ pub fn handle(shard: &Rc<Shard>, req: FindCoordinatorRequest, version: i16) -> R
     ResponseKind::FindCoordinator(resp)
 }
 
-/// Cluster mode: the node leading the `__consumer_offsets` partition of group `key`.
-fn coordinator_node(shard: &Shard, key: &str) -> Option<super::nodes::NodeView> {
+/// Cluster mode: the node leading `partition` of internal topic `topic`.
+fn coordinator_node(shard: &Shard, topic: &str, partition: i32) -> Option<super::nodes::NodeView> {
     let meta = shard.meta.snapshot();
-    let topic = meta.topics.get(group::OFFSETS_TOPIC)?;
-    let (_, partition) = group::coordinator_of(shard, key).ok()?;
+    let topic = meta.topics.get(topic)?;
+    topic.group(partition)?;
     let leader = super::nodes::partition(shard, topic, partition).leader;
     super::nodes::nodes(shard)
         .into_iter()

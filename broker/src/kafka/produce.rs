@@ -301,11 +301,6 @@ async fn produce_checks(
     let header = records.and_then(|r| tern_protocol::batch::BatchHeader::parse(r).ok());
     let transactional = header.filter(|h| h.is_transactional() && !h.is_control());
     let invalid_txn = ResponseError::InvalidTxnState.code();
-    if transactional.is_some() && shard.config.cluster.is_some() {
-        // No coordinator would ever end the transaction it opens.
-        let why = "transactions are not supported in a cluster yet";
-        return Err((invalid_txn, why.to_string()));
-    }
     if let Some(h) = transactional {
         let Some(id) = transactional_id else {
             let why = "a transactional batch needs the producer's transactional id";
@@ -321,11 +316,32 @@ async fn produce_checks(
         )
         .await;
         if let Err(code) = verified {
+            if coordinator_unsure(code) {
+                // The coordinator could not say (it is moving, loading or busy): retriable,
+                // as Kafka answers (KIP-890).
+                let why =
+                    format!("the transaction coordinator could not verify {topic}-{partition} yet");
+                return Err((ResponseError::NotEnoughReplicas.code(), why));
+            }
             let why = format!("{topic}-{partition} is not in an open transaction of this producer");
             return Err((code, why));
         }
     }
     Ok(())
+}
+
+/// Whether a verification error says the coordinator could not answer, rather than that the
+/// producer's transaction does not hold the partition.
+fn coordinator_unsure(code: i16) -> bool {
+    [
+        ResponseError::NotCoordinator,
+        ResponseError::CoordinatorNotAvailable,
+        ResponseError::CoordinatorLoadInProgress,
+        ResponseError::ConcurrentTransactions,
+        ResponseError::RequestTimedOut,
+    ]
+    .iter()
+    .any(|e| e.code() == code)
 }
 
 /// Returns `None` for acks=0 (no response is sent).

@@ -1,14 +1,14 @@
-//! WriteTxnMarkers: commit or abort markers written to partitions this node holds, as a
-//! coordinator or an operator aborting a hanging transaction (`kafka-transactions.sh abort`)
-//! sends them. Single node: the partitions' replicated writes in a cluster are not done yet.
+//! WriteTxnMarkers: commit or abort markers, as an operator aborting a hanging transaction
+//! (`kafka-transactions.sh abort`, `tern txn abort`) sends them. In a cluster each partition's
+//! marker is written through its leader, here or on the node leading it.
 
 use kafka_protocol::messages::write_txn_markers_response::{
     WritableTxnMarkerPartitionResult, WritableTxnMarkerResult, WritableTxnMarkerTopicResult,
 };
 use kafka_protocol::messages::{ResponseKind, WriteTxnMarkersRequest, WriteTxnMarkersResponse};
-use kafka_protocol::ResponseError;
 use std::collections::BTreeMap;
 use std::rc::Rc;
+use tern_protocol::markers::Marker;
 
 use super::topic_name;
 use crate::shard::Shard;
@@ -26,13 +26,13 @@ pub async fn handle(shard: &Rc<Shard>, req: WriteTxnMarkersRequest) -> ResponseK
                     .map(|&p| (t.name.0.to_string(), p))
             })
             .collect();
-        let results = if shard.config.cluster.is_some() {
-            let code = Err(ResponseError::UnsupportedVersion.code());
-            partitions.into_iter().map(|tp| (tp, code)).collect()
-        } else {
-            let (pid, epoch, commit) = (m.producer_id.0, m.producer_epoch, m.transaction_result);
-            txn::write_markers_to(shard, pid, epoch, commit, partitions).await
+        let marker = Marker {
+            producer_id: m.producer_id.0,
+            producer_epoch: m.producer_epoch,
+            commit: m.transaction_result,
+            coordinator_epoch: m.coordinator_epoch,
         };
+        let results = txn::write_markers_to(shard, marker, partitions).await;
         let mut by_topic: BTreeMap<String, Vec<WritableTxnMarkerPartitionResult>> = BTreeMap::new();
         for ((topic, p), result) in results {
             by_topic.entry(topic).or_default().push(

@@ -24,6 +24,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
+use tern_protocol::markers::Marker;
 use tern_raft::{
     Config, Envelope, Group, GroupId, Membership, MembershipChange, MultiRaft, MultiReady, NodeId,
     Offset, ProposeError, Role, RoleChange, Term,
@@ -515,6 +516,40 @@ impl Replicator {
                 log_append_time,
             } => (data, records, log_append_time),
         };
+        self.propose_prepared(multi, group, data, records, log_append_time)
+    }
+
+    /// The leader's side of a transaction marker (WriteTxnMarkers): proposes `marker`'s
+    /// control batch. A marker of an older producer epoch than the log knows is refused.
+    pub fn propose_marker(
+        &self,
+        group: GroupId,
+        marker: &Marker,
+        now_ms: i64,
+    ) -> Result<Proposed, ReplicateError> {
+        let mut multi = self.multi.borrow_mut();
+        let g = multi.group_mut(group).ok_or(ReplicateError::UnknownGroup)?;
+        if g.role() != Role::Leader {
+            return Err(ReplicateError::NotLeader { leader: g.leader() });
+        }
+        let data = g
+            .log()
+            .storage()
+            .prepare_marker(marker, now_ms, g.term() as i32)?;
+        self.propose_prepared(multi, group, data, 1, -1)
+    }
+
+    /// Proposes a batch prepared at the log end of `group`, which this node leads.
+    fn propose_prepared(
+        &self,
+        mut multi: std::cell::RefMut<'_, MultiRaft<ReplicaLog>>,
+        group: GroupId,
+        data: Bytes,
+        records: u64,
+        log_append_time: i64,
+    ) -> Result<Proposed, ReplicateError> {
+        let g = multi.group_mut(group).ok_or(ReplicateError::UnknownGroup)?;
+        let term = g.term();
         let (base, last) = g.propose(data, records).map_err(|e| match e {
             ProposeError::NotLeader { leader } => ReplicateError::NotLeader { leader },
             _ => ReplicateError::NotLeader { leader: None },
