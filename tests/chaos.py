@@ -19,6 +19,14 @@ topic is read back, and the history is checked:
 - read of uncommitted data: the live consumer read a record that is not in the final log at
   that offset (it was truncated later).
 
+Beside it, a transactional producer runs transactions over the partitions of a second topic
+(committing, and aborting every fifth), starting a new instance when one is fenced or fails
+fatally; a read_committed reader of that topic must then see every committed transaction
+whole and once, no aborted one, and each transaction whose outcome the client never learned
+whole or not at all:
+
+- lost transaction, visible abort, partial transaction, duplicate (transactional) record.
+
 Used by tests/test_chaos.py (a short run in CI) and by scripts/chaos (the soak).
 """
 
@@ -35,7 +43,7 @@ import tempfile
 import threading
 import time
 
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -194,10 +202,109 @@ class Workload:
         self.threads[1].join()
 
 
-def read_log(bootstrap, topic):
+class Transactions:
+    """Transactions of `size` records over the partitions of `topic`, one at a time, on their
+    own thread; each ends committed, aborted, or unknown (the client could not tell)."""
+
+    def __init__(self, bootstrap, topic, size=6):
+        self.bootstrap, self.topic, self.size = bootstrap, topic, size
+        self.committed, self.aborted, self.unknown = [], [], []  # lists of value lists
+        self.instances = 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self):
+        self.thread.start()
+
+    def _producer(self):
+        self.instances += 1
+        while not self.stop.is_set():
+            p = Producer({"bootstrap.servers": self.bootstrap, "transactional.id": self.topic + "-txn",
+                          "linger.ms": 5, "transaction.timeout.ms": 60000, "message.timeout.ms": 60000})
+            try:
+                p.init_transactions(60)
+                return p
+            except KafkaException:
+                time.sleep(0.5)  # its coordinator is moving: a new instance tries again
+        return None
+
+    def _end(self, p, values, abort):
+        """Ends the open transaction; returns whether the producer is still usable."""
+        try:
+            while True:
+                try:
+                    if abort:
+                        p.abort_transaction(60)
+                        self.aborted.append(values)
+                    else:
+                        p.commit_transaction(60)
+                        self.committed.append(values)
+                    return True
+                except KafkaException as e:
+                    if e.args[0].retriable():
+                        continue
+                    if e.args[0].txn_requires_abort() and not abort:
+                        # Committing failed before the outcome was decided: abort instead.
+                        abort = True
+                        continue
+                    raise
+        except KafkaException:
+            self.unknown.append(values)
+            return False
+
+    def _run(self):
+        p = self._producer()
+        n = 0
+        while p is not None and not self.stop.is_set():
+            values = [b"t%d-%d" % (n, i) for i in range(self.size)]
+            try:
+                p.begin_transaction()
+                for i, v in enumerate(values):
+                    p.produce(self.topic, value=v, partition=i % PARTITIONS)
+                    p.poll(0)
+            except (KafkaException, BufferError):
+                self.unknown.append(values)
+                p = self._producer()
+                n += 1
+                continue
+            usable = self._end(p, values, abort=n % 5 == 4)
+            n += 1
+            if not usable:
+                p = self._producer()
+            time.sleep(0.05)
+
+    def finish(self):
+        self.stop.set()
+        self.thread.join(300)
+
+
+def check_transactions(txns, log):
+    """The anomalies of the transactions against what a read_committed reader reads."""
+    anomalies = {"lost transaction": [], "visible abort": [], "partial transaction": [],
+                 "duplicate transactional record": []}
+    seen = {}
+    for p, records in log.items():
+        for (offset, value) in records:
+            if value in seen:
+                anomalies["duplicate transactional record"].append((value, seen[value], (p, offset)))
+            seen[value] = (p, offset)
+    for values in txns.committed:
+        if not all(v in seen for v in values):
+            anomalies["lost transaction"].append(values[0])
+    for values in txns.aborted:
+        if any(v in seen for v in values):
+            anomalies["visible abort"].append(values[0])
+    for values in txns.unknown:
+        if 0 < sum(v in seen for v in values) < len(values):
+            anomalies["partial transaction"].append(values[0])
+    return anomalies
+
+
+def read_log(bootstrap, topic, isolation="read_uncommitted"):
     """Every record of the topic: partition -> [(offset, value)]. Reads until nothing more comes
     for a while (the ends of partitions may be control batches, which consumers skip)."""
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "chaos-final", "enable.auto.commit": False})
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "chaos-final", "enable.auto.commit": False,
+                  "isolation.level": isolation})
     c.assign([TopicPartition(topic, p, 0) for p in range(PARTITIONS)])
     log = {p: {} for p in range(PARTITIONS)}
     quiet_until = time.time() + 10
@@ -276,14 +383,20 @@ def run(faults, workdir, tern_bin, seed=None, log=print, client_debug=None):
         log("iptables is not usable here: network faults skipped")
     bootstrap = cluster.run("start", cluster.n).strip().splitlines()[-1]
     counts = {k: 0 for k in kinds}
-    workload = None
+    workload = txns = None
     try:
         admin = AdminClient({"bootstrap.servers": bootstrap})
         topic = f"chaos-{rng.randrange(1 << 30):x}"
-        admin.create_topics([NewTopic(topic, num_partitions=PARTITIONS, replication_factor=3)])[topic].result(60)
+        txn_topic = topic + "-txn"
+        created = admin.create_topics([NewTopic(t, num_partitions=PARTITIONS, replication_factor=3)
+                                       for t in (topic, txn_topic)])
+        for f in created.values():
+            f.result(60)
         time.sleep(2)
         workload = Workload(bootstrap, topic, client_debug=client_debug)
         workload.start()
+        txns = Transactions(bootstrap, txn_topic)
+        txns.start()
         for i in range(faults):
             time.sleep(rng.uniform(0.3, 1.0))
             node = rng.randrange(1, cluster.n + 1)
@@ -311,14 +424,18 @@ def run(faults, workdir, tern_bin, seed=None, log=print, client_debug=None):
                 log(f"{i + 1} faults, {len(workload.acked)} acknowledged")
         cluster.heal_all()
         workload.finish()
+        txns.finish()
         final = read_log(bootstrap, topic)
         anomalies = check(workload, final)
+        anomalies.update(check_transactions(txns, read_log(bootstrap, txn_topic, "read_committed")))
         return {
             "faults": counts,
             "sent": workload.sent,
             "acknowledged": len(workload.acked),
             "failed": len(workload.failed),
             "read live": sum(len(r) for r in workload.reads.values()),
+            "transactions": {"committed": len(txns.committed), "aborted": len(txns.aborted),
+                             "unknown": len(txns.unknown), "producer instances": txns.instances},
             "anomalies": {k: len(v) for k, v in anomalies.items()},
             "examples": {k: v[:5] for k, v in anomalies.items() if v},
             "logs": cluster.dir,
@@ -328,6 +445,8 @@ def run(faults, workdir, tern_bin, seed=None, log=print, client_debug=None):
         if workload is not None:
             workload.producing.clear()
             workload.stop.set()
+        if txns is not None:
+            txns.stop.set()
         cluster.heal_all()
         try:
             cluster.run("stop")

@@ -16,6 +16,7 @@ def test_thirty_faults_lose_duplicate_and_move_nothing(tmp_path):
     if iptables_works():
         assert result["faults"]["cut"] > 0 and result["faults"]["split"] > 0, result
     assert result["acknowledged"] > 0
+    assert result["transactions"]["committed"] > 0, result
     if any(result["anomalies"].values()):
         # What a failure seen only in CI needs: the nodes' logs, and each node's batches at the
         # offsets involved.

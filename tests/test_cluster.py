@@ -546,6 +546,42 @@ def test_transactions_span_nodes_and_survive_the_coordinator_dying(cluster, topi
         print(cluster.logs())
 
 
+def test_an_operator_finds_and_aborts_a_hanging_transaction_in_a_cluster(cluster, topic_name):
+    import json
+
+    create(cluster, topic_name, partitions=3, rf=3)
+    p = Producer({"bootstrap.servers": cluster.bootstrap, "transactional.id": topic_name, "linger.ms": 5})
+    p.init_transactions(60)
+    p.begin_transaction()
+    for i in range(3):
+        p.produce(topic_name, value=b"hanging%d" % i, partition=i)
+    p.flush(60)
+
+    def txn(*args):
+        return tern(cluster, "txn", *args)
+
+    # Listed by whichever node coordinates it, described by its coordinator.
+    listed = {r["transactional_id"]: r for r in json.loads(txn("list", "--json"))}
+    assert listed[topic_name]["state"] == "Ongoing", listed
+    desc = json.loads(txn("describe", topic_name, "--json"))
+    assert desc["partitions"] == {topic_name: [0, 1, 2]}, desc
+    # Each partition's leader knows the open transaction; the operator's abort goes to it and
+    # is written through Raft: the stable offset moves past the marker.
+    c = Consumer({"bootstrap.servers": cluster.bootstrap, "group.id": "ends", "isolation.level": "read_committed"})
+    for partition in range(3):
+        [prod] = json.loads(txn("producers", topic_name, "--partition", str(partition), "--json"))
+        assert prod["txn_start_offset"] is not None, prod
+        assert c.get_watermark_offsets(TopicPartition(topic_name, partition), timeout=10)[1] == 1
+        txn("abort", topic_name, "--partition", str(partition), "--producer-id", str(prod["producer_id"]),
+            "--producer-epoch", str(prod["producer_epoch"]))
+        [prod] = json.loads(txn("producers", topic_name, "--partition", str(partition), "--json"))
+        assert prod["txn_start_offset"] is None, prod
+        # The open transaction's first record was at 1 (after the leader's first entry).
+        assert c.get_watermark_offsets(TopicPartition(topic_name, partition), timeout=10)[1] == 3
+    c.close()
+    assert read_values(cluster, topic_name, 3, "read_committed") == []
+
+
 def test_kip848_members_keep_their_partitions_when_the_coordinator_dies(workdir, topic_name):
     """A KIP-848 group's records are replicated in __consumer_offsets: the node that takes
     over coordination knows the members, so they carry on without losing partitions."""
