@@ -25,7 +25,7 @@ use std::time::Duration;
 use tern_protocol::batch;
 use tern_protocol::markers::Marker;
 use tern_protocol::rpc::NodeMessage;
-use tern_protocol::txn_records::{self, StoredTxn, TxnStatus};
+use tern_protocol::txn_records;
 use tern_raft::NodeId;
 use tern_storage::{Durability, LogError};
 
@@ -34,67 +34,17 @@ use crate::group::OFFSETS_TOPIC;
 use crate::kafka::now_ms;
 use crate::replication::ReplicateError;
 use crate::shard::Shard;
+pub use machine::TxnMeta;
+use machine::{EndStep, InitStep, TickStep};
+
+mod machine;
+#[cfg(test)]
+mod sim;
 
 pub const TXN_TOPIC: &str = "__transaction_state";
 
 /// How long a marker waits for its replicated commit.
 const MARKER_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// One transactional id's state.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TxnMeta {
-    pub producer_id: i64,
-    pub producer_epoch: i16,
-    pub timeout_ms: i32,
-    pub status: TxnStatus,
-    pub partitions: BTreeSet<(String, i32)>,
-    pub start_ms: i64,
-    pub last_update_ms: i64,
-}
-
-impl TxnMeta {
-    fn stored(&self) -> StoredTxn {
-        let mut by_topic: BTreeMap<&str, Vec<i32>> = BTreeMap::new();
-        for (t, p) in &self.partitions {
-            by_topic.entry(t).or_default().push(*p);
-        }
-        StoredTxn {
-            producer_id: self.producer_id,
-            producer_epoch: self.producer_epoch,
-            timeout_ms: self.timeout_ms,
-            status: self.status,
-            partitions: by_topic
-                .into_iter()
-                .map(|(t, ps)| (t.to_string(), ps))
-                .collect(),
-            last_update_ms: self.last_update_ms,
-            start_ms: self.start_ms,
-        }
-    }
-
-    fn from_stored(s: StoredTxn) -> TxnMeta {
-        TxnMeta {
-            producer_id: s.producer_id,
-            producer_epoch: s.producer_epoch,
-            timeout_ms: s.timeout_ms,
-            status: s.status,
-            partitions: s
-                .partitions
-                .into_iter()
-                .flat_map(|(t, ps)| ps.into_iter().map(move |p| (t.clone(), p)))
-                .collect(),
-            start_ms: s.start_ms,
-            last_update_ms: s.last_update_ms,
-        }
-    }
-
-    fn completing(&self) -> bool {
-        matches!(
-            self.status,
-            TxnStatus::PrepareCommit | TxnStatus::PrepareAbort | TxnStatus::PrepareEpochFence
-        )
-    }
-}
 
 /// The transactional ids a shard coordinates (those of the `__transaction_state` partitions
 /// it owns; in a cluster, those it leads).
@@ -277,21 +227,6 @@ async fn store(
     Ok(())
 }
 
-/// Checks a request's producer id and epoch against the id's state.
-fn check_producer(meta: Option<&TxnMeta>, producer_id: i64, epoch: i16) -> Result<TxnMeta, i16> {
-    let meta = meta.ok_or(ResponseError::InvalidProducerIdMapping.code())?;
-    if meta.producer_id != producer_id {
-        return Err(ResponseError::InvalidProducerIdMapping.code());
-    }
-    if epoch != meta.producer_epoch {
-        return Err(ResponseError::ProducerFenced.code());
-    }
-    if meta.completing() {
-        return Err(ResponseError::ConcurrentTransactions.code());
-    }
-    Ok(meta.clone())
-}
-
 /// InitProducerId for a transactional id: a new producer id (epoch 0) the first time, else
 /// the next epoch, which fences older instances; a transaction they left open is aborted
 /// first. `expected`: the (producer id, epoch) a re-initialising producer had (KIP-360).
@@ -303,79 +238,40 @@ pub async fn init_producer(
     expected: Option<(i64, i16)>,
 ) -> Result<(i64, i16), i16> {
     let _busy = shard.txns.claim(id)?;
-    let now = now_ms();
-    let current = shard.txns.get(id);
-    if let (Some(m), Some((pid, epoch))) = (&current, expected) {
-        if m.producer_id != pid || m.producer_epoch != epoch {
-            return Err(ResponseError::ProducerFenced.code());
-        }
-    }
-    let mut meta = match current {
-        None => {
-            let allocated = shard
-                .run_on(CONTROLLER_SHARD, |s| async move {
-                    controller::allocate_producer_id(&s).await
-                })
-                .await
-                .map_err(|e| e.code)?;
-            TxnMeta {
-                producer_id: allocated,
-                producer_epoch: -1,
-                timeout_ms,
-                status: TxnStatus::Empty,
-                partitions: BTreeSet::new(),
-                start_ms: -1,
-                last_update_ms: now,
+    let (mut expected, mut new_id) = (expected, None);
+    loop {
+        let current = shard.txns.get(id);
+        let step = machine::init_step(
+            current.as_ref(),
+            expected.take(),
+            new_id,
+            timeout_ms,
+            now_ms(),
+        )?;
+        match step {
+            InitStep::NewProducerId => {
+                let allocated = shard
+                    .run_on(CONTROLLER_SHARD, |s| async move {
+                        controller::allocate_producer_id(&s).await
+                    })
+                    .await
+                    .map_err(|e| e.code)?;
+                new_id = Some(allocated);
+            }
+            InitStep::Complete(prepared) => {
+                // Left between prepare and markers (a crash, a failed marker write).
+                tracing::info!(transactional_id = %id, status = prepared.status.name(), "finishing a prepared transaction");
+                complete(shard, partition, id, prepared).await?;
+            }
+            InitStep::Abort(fenced) => {
+                end(shard, partition, id, fenced, false).await?;
+            }
+            InitStep::Store(meta) => {
+                let answer = (meta.producer_id, meta.producer_epoch);
+                store(shard, partition, id, Some(meta)).await?;
+                return Ok(answer);
             }
         }
-        Some(m) if m.completing() => {
-            // Left between prepare and markers (a crash, a failed marker write): finish it.
-            tracing::info!(transactional_id = %id, status = m.status.name(), "finishing a prepared transaction");
-            complete(shard, partition, id, m.clone()).await?;
-            shard.txns.get(id).unwrap_or(m)
-        }
-        Some(m) if m.status == TxnStatus::Ongoing => {
-            // An older instance's transaction: aborted, with the epoch bumped to fence it.
-            let fenced = bump_epoch(m);
-            end(shard, partition, id, fenced, false).await?
-        }
-        Some(m) => m,
-    };
-    if meta.producer_epoch >= i16::MAX - 1 {
-        // Epochs exhausted: a new producer id.
-        meta.producer_id = shard
-            .run_on(CONTROLLER_SHARD, |s| async move {
-                controller::allocate_producer_id(&s).await
-            })
-            .await
-            .map_err(|e| e.code)?;
-        meta.producer_epoch = -1;
-    }
-    let meta = TxnMeta {
-        producer_epoch: meta.producer_epoch + 1,
-        timeout_ms,
-        status: TxnStatus::Empty,
-        partitions: BTreeSet::new(),
-        start_ms: -1,
-        last_update_ms: now,
-        ..meta
-    };
-    store(shard, partition, id, Some(meta.clone())).await?;
-    Ok((meta.producer_id, meta.producer_epoch))
-}
-
-/// Whether an id with no transaction open has been unused past `expiration_ms`.
-fn expired(m: &TxnMeta, now: i64, expiration_ms: i64) -> bool {
-    matches!(
-        m.status,
-        TxnStatus::Empty | TxnStatus::CompleteCommit | TxnStatus::CompleteAbort
-    ) && now.saturating_sub(m.last_update_ms) > expiration_ms
-}
-
-fn bump_epoch(m: TxnMeta) -> TxnMeta {
-    TxnMeta {
-        producer_epoch: m.producer_epoch.saturating_add(1).min(i16::MAX - 1),
-        ..m
     }
 }
 
@@ -428,20 +324,13 @@ pub async fn verify_here(
 ) -> Result<(), i16> {
     let txn_id = id.to_string();
     on_coordinator(shard, id, move |s, _| async move {
-        let Some(m) = s.txns.get(&txn_id) else {
-            return Err(ResponseError::InvalidProducerIdMapping.code());
-        };
-        if m.producer_id != producer_id {
-            return Err(ResponseError::InvalidProducerIdMapping.code());
-        }
-        if epoch < m.producer_epoch {
-            return Err(ResponseError::InvalidProducerEpoch.code());
-        }
-        let added = m.partitions.contains(&(topic, partition));
-        if epoch != m.producer_epoch || m.status != TxnStatus::Ongoing || !added {
-            return Err(ResponseError::InvalidTxnState.code());
-        }
-        Ok(())
+        machine::verify(
+            s.txns.get(&txn_id).as_ref(),
+            producer_id,
+            epoch,
+            &topic,
+            partition,
+        )
     })
     .await
 }
@@ -457,20 +346,11 @@ pub async fn add_partitions(
     partitions: Vec<(String, i32)>,
 ) -> Result<(), i16> {
     let _busy = shard.txns.claim(id)?;
-    let meta = check_producer(shard.txns.get(id).as_ref(), producer_id, epoch)?;
-    let now = now_ms();
-    let mut next = meta.clone();
-    if meta.status != TxnStatus::Ongoing {
-        next.status = TxnStatus::Ongoing;
-        next.start_ms = now;
-        next.partitions.clear();
+    let current = shard.txns.get(id);
+    match machine::add_partitions(current.as_ref(), producer_id, epoch, partitions, now_ms())? {
+        Some(next) => store(shard, partition, id, Some(next)).await,
+        None => Ok(()),
     }
-    next.partitions.extend(partitions);
-    if next == meta {
-        return Ok(());
-    }
-    next.last_update_ms = now;
-    store(shard, partition, id, Some(next)).await
 }
 
 /// EndTxn: commits or aborts the producer's transaction. A retry of the end that completed
@@ -484,11 +364,10 @@ pub async fn end_txn(
     commit: bool,
 ) -> Result<(), i16> {
     let _busy = shard.txns.claim(id)?;
-    let meta = check_producer(shard.txns.get(id).as_ref(), producer_id, epoch)?;
-    match (meta.status, commit) {
-        (TxnStatus::Ongoing, _) => end(shard, partition, id, meta, commit).await.map(|_| ()),
-        (TxnStatus::CompleteCommit, true) | (TxnStatus::CompleteAbort, false) => Ok(()),
-        _ => Err(ResponseError::InvalidTxnState.code()),
+    let current = shard.txns.get(id);
+    match machine::end_step(current.as_ref(), producer_id, epoch, commit)? {
+        EndStep::Done => Ok(()),
+        EndStep::End(meta) => end(shard, partition, id, meta, commit).await.map(|_| ()),
     }
 }
 
@@ -501,14 +380,7 @@ async fn end(
     meta: TxnMeta,
     commit: bool,
 ) -> Result<TxnMeta, i16> {
-    let prepared = TxnMeta {
-        status: match commit {
-            true => TxnStatus::PrepareCommit,
-            false => TxnStatus::PrepareAbort,
-        },
-        last_update_ms: now_ms(),
-        ..meta
-    };
+    let prepared = machine::prepare(meta, commit, now_ms());
     store(shard, partition, id, Some(prepared.clone())).await?;
     complete(shard, partition, id, prepared)
         .await
@@ -527,23 +399,14 @@ async fn complete(
     id: &str,
     prepared: TxnMeta,
 ) -> Result<TxnMeta, i16> {
-    let commit = prepared.status == TxnStatus::PrepareCommit;
     let marker = Marker {
         producer_id: prepared.producer_id,
         producer_epoch: prepared.producer_epoch,
-        commit,
+        commit: machine::commits(&prepared),
         coordinator_epoch: coordinator_epoch(shard, partition),
     };
     write_markers(shard, marker, &prepared.partitions).await?;
-    let done = TxnMeta {
-        status: match commit {
-            true => TxnStatus::CompleteCommit,
-            false => TxnStatus::CompleteAbort,
-        },
-        partitions: BTreeSet::new(),
-        last_update_ms: now_ms(),
-        ..prepared
-    };
+    let done = machine::complete(prepared, now_ms());
     store(shard, partition, id, Some(done.clone())).await?;
     Ok(done)
 }
@@ -800,12 +663,7 @@ pub async fn tick_loop(shard: Rc<Shard>) {
             .filter(|(id, _)| {
                 coordinator_of(&shard, id).is_ok_and(|(_, p)| shard.txns.check_loaded(p).is_ok())
             })
-            .filter(|(_, m)| {
-                m.completing()
-                    || (m.status == TxnStatus::Ongoing
-                        && now.saturating_sub(m.start_ms) > i64::from(m.timeout_ms))
-                    || expired(m, now, expiration_ms)
-            })
+            .filter(|(_, m)| machine::tick_step(m, now, expiration_ms).is_some())
             .map(|(id, m)| (id.clone(), m.clone()))
             .collect();
         for (id, m) in due {
@@ -819,17 +677,20 @@ pub async fn tick_loop(shard: Rc<Shard>) {
             let Some(current) = shard.txns.get(&id).filter(|c| *c == m) else {
                 continue;
             };
-            let result = if current.completing() {
-                tracing::info!(transactional_id = %id, status = current.status.name(), "finishing a prepared transaction");
-                complete(&shard, partition, &id, current).await.map(|_| ())
-            } else if expired(&current, now, expiration_ms) {
-                tracing::info!(transactional_id = %id, "forgetting an expired transactional id");
-                store(&shard, partition, &id, None).await
-            } else {
-                tracing::info!(transactional_id = %id, "aborting a transaction past its timeout");
-                end(&shard, partition, &id, bump_epoch(current), false)
-                    .await
-                    .map(|_| ())
+            let result = match machine::tick_step(&current, now, expiration_ms) {
+                None => Ok(()),
+                Some(TickStep::Complete) => {
+                    tracing::info!(transactional_id = %id, status = current.status.name(), "finishing a prepared transaction");
+                    complete(&shard, partition, &id, current).await.map(|_| ())
+                }
+                Some(TickStep::Forget) => {
+                    tracing::info!(transactional_id = %id, "forgetting an expired transactional id");
+                    store(&shard, partition, &id, None).await
+                }
+                Some(TickStep::Abort(fenced)) => {
+                    tracing::info!(transactional_id = %id, "aborting a transaction past its timeout");
+                    end(&shard, partition, &id, fenced, false).await.map(|_| ())
+                }
             };
             if let Err(code) = result {
                 tracing::warn!(transactional_id = %id, code, "completing a transaction failed; retrying");
