@@ -124,8 +124,8 @@ struct StartArgs {
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(i32).range(1..=1000))]
     offsets_partitions: i32,
     /// Partitions of __transaction_state, created on first start
-    /// (transaction.state.log.num.partitions).
-    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(i32).range(1..=1000))]
+    /// (transaction.state.log.num.partitions; 50 as in Kafka).
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(i32).range(1..=1000))]
     transaction_partitions: i32,
     /// How long a group forming from empty waits for more members before its first
     /// rebalance completes (group.initial.rebalance.delay.ms).
