@@ -271,13 +271,14 @@ def test_replicated_topics_are_described_and_read_across_control_batches(cluster
     assert sorted((int(q), int(o), v.encode()) for q, o, v in lines) == sorted(
         (q, o, v) for v, (q, o) in acked.items()
     )
-    # Transactions are single-node only so far: a transactional batch (which no coordinator
-    # would end) is refused, and the partition's stable offset stays at its high watermark.
+    # A transactional batch of a producer no coordinator knows (so none would end its
+    # transaction) is refused after the leader asks the id's coordinator, and the partition's
+    # stable offset stays at its high watermark.
     leader = leaders(cluster, topic_name)[0]
     batch = kafka_wire.record_batch(b"txn", producer=(5, 0, 0), attributes=0x10)
     with kafka_wire.connect(f"127.0.0.1:{cluster.port_of(leader)}") as sock:
         resp = kafka_wire.roundtrip(sock, kafka_wire.produce_v3(topic_name, 0, batch, transactional_id="t"))
-    assert kafka_wire.single_partition_error(resp) == 48  # INVALID_TXN_STATE
+    assert kafka_wire.single_partition_error(resp) == 49  # INVALID_PRODUCER_ID_MAPPING
 
 
 def test_acknowledged_records_survive_killing_and_pausing_leaders(cluster, topic_name):
@@ -1199,7 +1200,7 @@ def test_the_metadata_log_is_compacted_and_nodes_start_from_its_base(cluster, to
         out = subprocess.run([TERN_BIN, "topic", "list", "--json", "-b", f"127.0.0.1:{cluster.port_of(node)}"],
                              capture_output=True, text=True, timeout=60)
         return sorted(t["topic"] for t in json.loads(out.stdout)) if out.returncode == 0 else None
-    expected = sorted(names[6:] + ["__consumer_offsets"])
+    expected = sorted(names[6:] + ["__consumer_offsets", "__transaction_state"])
     wait_for(lambda: topics(1) == expected, what="the topics on node 1")
     cluster.run("kill", 3)
     cluster.run("restart", 3)
@@ -1267,10 +1268,14 @@ def test_a_single_nodes_topics_move_into_a_cluster(workdir, topic_name):
         broker.extra_args = ["--cores", "1", "--node-id", "1", "--rpc-listen", f"127.0.0.1:{rpc}",
                              "--controller-quorum", f"1@127.0.0.1:{rpc}"]
         broker.start()
-        wait_for(lambda: "moved the single node's topics into the cluster" in broker.read_log(),
-                 what="the topics moved into the cluster")
+        try:
+            wait_for(lambda: "moved the single node's topics into the cluster" in broker.read_log(),
+                     what="the topics moved into the cluster")
+        except AssertionError:
+            print("LOG", broker.read_log()[-8000:])
+            raise
         assert read_all(300) == before
-        assert committed(group) == offsets
+        assert committed(group) == offsets, broker.read_log()[-30000:]
         acked = []
         p = Producer({"bootstrap.servers": broker.bootstrap, "acks": "all", "enable.idempotence": True})
         for i in range(30):

@@ -88,6 +88,14 @@ pub fn validate_new_topic(topic: &NewTopic) -> Result<(), ApiError> {
 pub async fn create_topic(shard: &Rc<Shard>, topic: NewTopic) -> Result<(Uuid, i16), ApiError> {
     validate_new_topic(&topic)?;
     let (_lock, mut meta) = begin_change(shard).await?;
+    if shard.cluster().is_some() && shard.meta.single_node().is_some() {
+        // A single node's topics are moving in (cluster/migrate.rs): one created now could
+        // take one of their names. Retriable, as while a controller is elected.
+        return Err(ApiError::new(
+            ResponseError::NotController,
+            "the single node's topics are moving into the cluster; retry",
+        ));
+    }
     if meta.topics.contains_key(&topic.name) {
         return Err(ApiError::new(
             ResponseError::TopicAlreadyExists,
@@ -506,9 +514,11 @@ pub async fn ensure_topic(
         return Ok(());
     }
     validate_topic_name(name)?;
-    // The groups' topic is made by the broker, with its own settings, never by a client.
+    // The coordinators' topics are made by the broker, with their own settings, never by a
+    // client.
     if !(allow_auto_create && shard.config.auto_create_topics)
         || name == crate::group::OFFSETS_TOPIC
+        || name == crate::txn::TXN_TOPIC
     {
         return Err(unknown_topic(name));
     }

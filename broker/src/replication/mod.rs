@@ -357,18 +357,25 @@ impl Replicator {
         self.write_state(&[group]).await
     }
 
-    /// Whether this node leads `group` and has committed an entry of its own term (so its
-    /// high watermark covers everything committed before it was elected).
+    /// Whether this node leads `group`, has committed an entry of its own term and its log's
+    /// high watermark shows it (so reading the log up to the high watermark reads everything
+    /// committed before it was elected).
     pub fn commit_in_term(&self, group: GroupId) -> bool {
         let multi = self.multi.borrow();
         let Some(g) = multi.group(group) else {
             return false;
         };
-        g.role() == Role::Leader
-            && g.epochs()
-                .epochs()
-                .last()
-                .is_some_and(|&(term, start)| term == g.term() && g.commit() > start)
+        let Some(&(term, start)) = g.epochs().epochs().last() else {
+            return false;
+        };
+        // The storage log's high watermark follows Raft's commit at the driver's next round:
+        // until it passes too, a reader of the log up to it would miss committed entries.
+        let applied = self
+            .hosts
+            .borrow()
+            .get(&group)
+            .is_some_and(|h| h.log.high_watermark() as u64 > start);
+        g.role() == Role::Leader && term == g.term() && g.commit() > start && applied
     }
 
     /// Leader: the replicas in sync (Kafka's ISR): itself, and each follower heard from within
