@@ -1,9 +1,12 @@
-//! Appending to the internal topics coordinators keep their state in (`__consumer_offsets`,
-//! `__transaction_state`): synced on a single node, committed by a majority of the
-//! partition's replicas in a cluster, before the coordinator acts on it.
+//! The internal topics coordinators keep their state in (`__consumer_offsets`,
+//! `__transaction_state`): appending to them (synced on a single node, committed by a majority
+//! of the partition's replicas in a cluster, before the coordinator acts on it), mapping keys
+//! to partitions, and which partitions a shard's coordinator serves.
 
 use bytes::Bytes;
 use kafka_protocol::ResponseError;
+use std::cell::{Cell, RefCell};
+use std::collections::HashSet;
 use std::rc::Rc;
 use std::time::Duration;
 use tern_storage::Durability;
@@ -33,6 +36,68 @@ pub fn owned_partitions(shard: &Shard, topic: &str) -> Vec<i32> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// Which partitions of an internal topic a shard's coordinator serves: on a single node every
+/// one it owns, once read back at start; in a cluster those this node leads, once read back
+/// after leadership came.
+#[derive(Default)]
+pub struct Served {
+    loaded: Cell<bool>,
+    clustered: Cell<bool>,
+    led: RefCell<HashSet<i32>>,
+    loading: RefCell<HashSet<i32>>,
+}
+
+impl Served {
+    /// COORDINATOR_LOAD_IN_PROGRESS until `partition` is read back; in a cluster
+    /// NOT_COORDINATOR unless this node leads it.
+    pub fn check(&self, partition: i32) -> Result<(), i16> {
+        if self.clustered.get() {
+            if self.loading.borrow().contains(&partition) {
+                return Err(ResponseError::CoordinatorLoadInProgress.code());
+            }
+            if !self.led.borrow().contains(&partition) {
+                return Err(ResponseError::NotCoordinator.code());
+            }
+            return Ok(());
+        }
+        if self.loaded.get() {
+            Ok(())
+        } else {
+            Err(ResponseError::CoordinatorLoadInProgress.code())
+        }
+    }
+
+    /// Single node: every owned partition was read back.
+    pub fn set_loaded(&self) {
+        self.loaded.set(true);
+    }
+
+    /// Cluster mode: serving follows leadership from now on.
+    pub fn set_clustered(&self) {
+        self.clustered.set(true);
+    }
+
+    /// Cluster mode: this node leads `partition` now; it is read back before it is served.
+    pub fn begin_leading(&self, partition: i32) {
+        self.clustered.set(true);
+        self.loading.borrow_mut().insert(partition);
+    }
+
+    /// Cluster mode: `partition` was read back; serve it.
+    pub fn finish_loading(&self, partition: i32) {
+        if self.loading.borrow_mut().remove(&partition) {
+            self.led.borrow_mut().insert(partition);
+        }
+    }
+
+    /// Cluster mode: another node leads `partition` now.
+    pub fn stop_leading(&self, partition: i32) {
+        self.clustered.set(true);
+        self.loading.borrow_mut().remove(&partition);
+        self.led.borrow_mut().remove(&partition);
+    }
 }
 
 /// How long an append waits for a replicated commit.

@@ -78,7 +78,8 @@ impl Replicas {
             controller_since: Cell::new(None),
             calls: Default::default(),
         });
-        shard.groups.set_clustered();
+        shard.groups.served.set_clustered();
+        shard.txns.served.set_clustered();
         let (weak, shard_ref) = (Rc::downgrade(&replicas), shard.clone());
         replicas
             .replicator
@@ -287,8 +288,8 @@ impl Coordinator {
 
     fn finish_loading(self, shard: &Shard, p: i32) {
         match self {
-            Coordinator::Groups => shard.groups.finish_loading(p),
-            Coordinator::Transactions => shard.txns.finish_loading(p),
+            Coordinator::Groups => shard.groups.served.finish_loading(p),
+            Coordinator::Transactions => shard.txns.served.finish_loading(p),
         }
     }
 

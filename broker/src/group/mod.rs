@@ -8,7 +8,7 @@ pub mod state;
 use bytes::Bytes;
 use kafka_protocol::records::{Compression, Record, RecordBatchDecoder};
 use kafka_protocol::ResponseError;
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -54,12 +54,8 @@ pub struct Coordinator {
     /// KIP-848 groups (`group.protocol=consumer`), stored as Kafka's records so members and
     /// assignments survive a restart or a coordinator moving.
     consumer_groups: RefCell<HashMap<String, consumer::ConsumerGroup>>,
-    loaded: Cell<bool>,
-    /// Cluster mode: coordination follows the leadership of `__consumer_offsets` partitions.
-    /// The partitions led here and read back (their groups are served), and those being read.
-    led: RefCell<HashSet<i32>>,
-    loading: RefCell<HashSet<i32>>,
-    clustered: Cell<bool>,
+    /// The `__consumer_offsets` partitions whose groups are served here.
+    pub served: crate::internal::Served,
     /// Offsets committed inside transactions (TxnOffsetCommit), by (producer id, partition),
     /// waiting for the transaction's marker.
     pub pending_txn_offsets: RefCell<HashMap<(i64, i32), Vec<GroupRecord>>>,
@@ -72,58 +68,28 @@ impl Coordinator {
             groups: RefCell::new(HashMap::new()),
             offsets: RefCell::new(HashMap::new()),
             consumer_groups: RefCell::new(HashMap::new()),
-            loaded: Cell::new(false),
-            led: RefCell::new(HashSet::new()),
-            loading: RefCell::new(HashSet::new()),
-            clustered: Cell::new(false),
+            served: Default::default(),
             pending_txn_offsets: RefCell::new(HashMap::new()),
         }
     }
 
-    /// COORDINATOR_LOAD_IN_PROGRESS until this shard has read back the groups of `__consumer_offsets`
-    /// partition `partition`; in cluster mode NOT_COORDINATOR unless this node leads it.
+    /// COORDINATOR_LOAD_IN_PROGRESS until this shard has read back the groups of
+    /// `__consumer_offsets` partition `partition`; in cluster mode NOT_COORDINATOR unless this
+    /// node leads it.
     pub fn check_loaded(&self, partition: i32) -> Result<(), i16> {
-        if self.clustered.get() {
-            if self.loading.borrow().contains(&partition) {
-                return Err(ResponseError::CoordinatorLoadInProgress.code());
-            }
-            if !self.led.borrow().contains(&partition) {
-                return Err(ResponseError::NotCoordinator.code());
-            }
-            return Ok(());
-        }
-        if self.loaded.get() {
-            Ok(())
-        } else {
-            Err(ResponseError::CoordinatorLoadInProgress.code())
-        }
-    }
-
-    /// Cluster mode: coordination follows `__consumer_offsets` leadership from now on.
-    pub fn set_clustered(&self) {
-        self.clustered.set(true);
+        self.served.check(partition)
     }
 
     /// Cluster mode: this node now leads `__consumer_offsets` partition `partition`; its
     /// groups are read back before they are served.
     pub fn begin_leading(&self, partition: i32, partitions: usize) {
-        self.clustered.set(true);
         self.forget_partition(partition, partitions);
-        self.loading.borrow_mut().insert(partition);
-    }
-
-    /// Cluster mode: the partition's groups were read back; serve them.
-    pub fn finish_loading(&self, partition: i32) {
-        if self.loading.borrow_mut().remove(&partition) {
-            self.led.borrow_mut().insert(partition);
-        }
+        self.served.begin_leading(partition);
     }
 
     /// Cluster mode: another node leads `partition` now; its groups leave this node.
     pub fn stop_leading(&self, partition: i32, partitions: usize) {
-        self.clustered.set(true);
-        self.loading.borrow_mut().remove(&partition);
-        self.led.borrow_mut().remove(&partition);
+        self.served.stop_leading(partition);
         self.forget_partition(partition, partitions);
     }
 
@@ -486,7 +452,7 @@ pub async fn load(shard: &Rc<Shard>) -> anyhow::Result<()> {
     for p in crate::internal::owned_partitions(shard, OFFSETS_TOPIC) {
         count += load_partition(shard, p).await?;
     }
-    shard.groups.loaded.set(true);
+    shard.groups.served.set_loaded();
     if count > 0 {
         tracing::info!(shard = shard.id, records = count, "loaded consumer groups");
     }

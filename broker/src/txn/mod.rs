@@ -18,8 +18,8 @@ use bytes::Bytes;
 use futures::future::{FutureExt, LocalBoxFuture};
 use kafka_protocol::records::{Compression, RecordBatchDecoder};
 use kafka_protocol::ResponseError;
-use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::rc::Rc;
 use std::time::Duration;
 use tern_protocol::batch;
@@ -53,12 +53,8 @@ pub struct TxnCoordinator {
     txns: RefCell<HashMap<String, TxnMeta>>,
     /// Ids with a state change or markers in progress.
     busy: RefCell<BTreeSet<String>>,
-    loaded: Cell<bool>,
-    /// Cluster mode: coordination follows the leadership of `__transaction_state`
-    /// partitions. The partitions led here and read back, and those being read.
-    led: RefCell<HashSet<i32>>,
-    loading: RefCell<HashSet<i32>>,
-    clustered: Cell<bool>,
+    /// The `__transaction_state` partitions whose ids are served here.
+    pub served: crate::internal::Served,
 }
 
 /// Holds an id busy until dropped.
@@ -78,43 +74,20 @@ impl TxnCoordinator {
     /// `__transaction_state` partition `partition`; in a cluster NOT_COORDINATOR unless this
     /// node leads it.
     pub fn check_loaded(&self, partition: i32) -> Result<(), i16> {
-        if self.clustered.get() {
-            if self.loading.borrow().contains(&partition) {
-                return Err(ResponseError::CoordinatorLoadInProgress.code());
-            }
-            if !self.led.borrow().contains(&partition) {
-                return Err(ResponseError::NotCoordinator.code());
-            }
-            return Ok(());
-        }
-        if self.loaded.get() {
-            Ok(())
-        } else {
-            Err(ResponseError::CoordinatorLoadInProgress.code())
-        }
+        self.served.check(partition)
     }
 
     /// Cluster mode: this node now leads `__transaction_state` partition `partition` (of
     /// `partitions`); its ids are read back before they are served.
     pub fn begin_leading(&self, partition: i32, partitions: usize) {
-        self.clustered.set(true);
         self.forget_partition(partition, partitions);
-        self.loading.borrow_mut().insert(partition);
-    }
-
-    /// Cluster mode: the partition's ids were read back; serve them.
-    pub fn finish_loading(&self, partition: i32) {
-        if self.loading.borrow_mut().remove(&partition) {
-            self.led.borrow_mut().insert(partition);
-        }
+        self.served.begin_leading(partition);
     }
 
     /// Cluster mode: another node leads `partition` now; its ids leave this node (their
     /// state is in the partition, which the new leader reads back).
     pub fn stop_leading(&self, partition: i32, partitions: usize) {
-        self.clustered.set(true);
-        self.loading.borrow_mut().remove(&partition);
-        self.led.borrow_mut().remove(&partition);
+        self.served.stop_leading(partition);
         self.forget_partition(partition, partitions);
     }
 
@@ -593,14 +566,13 @@ async fn write_marker(shard: &Rc<Shard>, marker: &Marker, topic: &str, p: i32) -
 /// comes to lead it: [`load_partition`]).
 pub async fn load(shard: &Rc<Shard>) -> anyhow::Result<()> {
     if shard.config.cluster.is_some() {
-        shard.txns.clustered.set(true);
-        return Ok(());
+        return Ok(()); // each partition as leadership comes (cluster/replicas.rs)
     }
     let mut count = 0;
     for p in crate::internal::owned_partitions(shard, TXN_TOPIC) {
         count += load_partition(shard, p).await?;
     }
-    shard.txns.loaded.set(true);
+    shard.txns.served.set_loaded();
     if count > 0 {
         tracing::info!(
             shard = shard.id,
