@@ -543,8 +543,6 @@ def test_transactions_span_nodes_and_survive_the_coordinator_dying(cluster, topi
     assert read_values(cluster, out, 3, "read_committed") == sorted(committed), cluster.logs()
     uncommitted = committed + [b"a%d" % i for i in range(3)] + [b"open%d" % i for i in range(3)]
     assert read_values(cluster, out, 3, "read_uncommitted") == sorted(uncommitted)
-    if os.environ.get("TERN_SHOW_LOGS"):
-        print(cluster.logs())
 
 
 def test_an_operator_finds_and_aborts_a_hanging_transaction_in_a_cluster(cluster, topic_name):
