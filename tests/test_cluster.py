@@ -461,19 +461,10 @@ def txn_coordinator(cluster, txn_id):
     return parts[java_partition(txn_id, len(parts))].leader
 
 
-def read_values(cluster, topic, partitions, isolation, settle=3.0):
-    c = Consumer({"bootstrap.servers": cluster.bootstrap, "group.id": "reader", "isolation.level": isolation,
-                  "enable.auto.commit": False})
-    c.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
-    out, quiet_since = [], time.time()
-    while time.time() - quiet_since < settle:
-        m = c.poll(0.2)
-        if m is None or m.error():
-            continue
-        out.append(m.value())
-        quiet_since = time.time()
-    c.close()
-    return sorted(out)
+def read_values(cluster, topic, partitions, isolation):
+    """Every value of `topic` a reader with `isolation` reads from the start, sorted."""
+    from test_transactions import read
+    return sorted(v for _, _, v in read(cluster, topic, partitions, isolation, settle=3.0))
 
 
 def test_transactions_span_nodes_and_survive_the_coordinator_dying(cluster, topic_name):

@@ -279,25 +279,34 @@ enum Coordinator {
 }
 
 impl Coordinator {
-    fn begin_leading(self, shard: &Shard, p: i32, partitions: usize) {
+    fn served(self, shard: &Shard) -> &crate::internal::Served {
         match self {
-            Coordinator::Groups => shard.groups.begin_leading(p, partitions),
-            Coordinator::Transactions => shard.txns.begin_leading(p, partitions),
+            Coordinator::Groups => &shard.groups.served,
+            Coordinator::Transactions => &shard.txns.served,
         }
+    }
+
+    fn forget_partition(self, shard: &Shard, p: i32, partitions: usize) {
+        match self {
+            Coordinator::Groups => shard.groups.forget_partition(p, partitions),
+            Coordinator::Transactions => shard.txns.forget_partition(p, partitions),
+        }
+    }
+
+    /// This node leads `p` now: what memory holds of it goes; it is read back before served.
+    fn begin_leading(self, shard: &Shard, p: i32, partitions: usize) {
+        self.forget_partition(shard, p, partitions);
+        self.served(shard).begin_leading(p);
     }
 
     fn finish_loading(self, shard: &Shard, p: i32) {
-        match self {
-            Coordinator::Groups => shard.groups.served.finish_loading(p),
-            Coordinator::Transactions => shard.txns.served.finish_loading(p),
-        }
+        self.served(shard).finish_loading(p);
     }
 
+    /// Another node leads `p` now: its state leaves this node.
     fn stop_leading(self, shard: &Shard, p: i32, partitions: usize) {
-        match self {
-            Coordinator::Groups => shard.groups.stop_leading(p, partitions),
-            Coordinator::Transactions => shard.txns.stop_leading(p, partitions),
-        }
+        self.served(shard).stop_leading(p);
+        self.forget_partition(shard, p, partitions);
     }
 
     /// Reads partition `p` back; returns the records read.

@@ -80,21 +80,9 @@ impl Coordinator {
         self.served.check(partition)
     }
 
-    /// Cluster mode: this node now leads `__consumer_offsets` partition `partition`; its
-    /// groups are read back before they are served.
-    pub fn begin_leading(&self, partition: i32, partitions: usize) {
-        self.forget_partition(partition, partitions);
-        self.served.begin_leading(partition);
-    }
-
-    /// Cluster mode: another node leads `partition` now; its groups leave this node.
-    pub fn stop_leading(&self, partition: i32, partitions: usize) {
-        self.served.stop_leading(partition);
-        self.forget_partition(partition, partitions);
-    }
-
-    /// Drops the groups of `partition` (of `partitions`) from memory.
-    fn forget_partition(&self, partition: i32, partitions: usize) {
+    /// Drops the groups of `partition` (of `partitions`) from memory: another node leads
+    /// it, or this one is about to read it back.
+    pub fn forget_partition(&self, partition: i32, partitions: usize) {
         let here = |g: &String| partition_for(g, partitions) == partition;
         self.groups.borrow_mut().retain(|g, _| !here(g));
         self.offsets.borrow_mut().retain(|g, _| !here(g));

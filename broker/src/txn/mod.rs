@@ -77,21 +77,9 @@ impl TxnCoordinator {
         self.served.check(partition)
     }
 
-    /// Cluster mode: this node now leads `__transaction_state` partition `partition` (of
-    /// `partitions`); its ids are read back before they are served.
-    pub fn begin_leading(&self, partition: i32, partitions: usize) {
-        self.forget_partition(partition, partitions);
-        self.served.begin_leading(partition);
-    }
-
-    /// Cluster mode: another node leads `partition` now; its ids leave this node (their
-    /// state is in the partition, which the new leader reads back).
-    pub fn stop_leading(&self, partition: i32, partitions: usize) {
-        self.served.stop_leading(partition);
-        self.forget_partition(partition, partitions);
-    }
-
-    fn forget_partition(&self, partition: i32, partitions: usize) {
+    /// Drops the ids of `partition` (of `partitions`) from memory: another node leads
+    /// it, or this one is about to read it back.
+    pub fn forget_partition(&self, partition: i32, partitions: usize) {
         let here = |id: &String| crate::internal::partition_for(id, partitions) == partition;
         self.txns.borrow_mut().retain(|id, _| !here(id));
     }
