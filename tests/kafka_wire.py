@@ -71,9 +71,9 @@ def produce_v3(topic, partition, records, acks=1, transactional_id=None):
     return request(0, 3, body)
 
 
-def fetch_v4(topic, partition, offset, max_wait_ms=0, max_bytes=1 << 20):
+def fetch_v4(topic, partition, offset, max_wait_ms=0, max_bytes=1 << 20, isolation=0):
     body = (
-        struct.pack(">iiiib", -1, max_wait_ms, 1, max_bytes, 0)  # replica, wait, min, max bytes, isolation
+        struct.pack(">iiiib", -1, max_wait_ms, 1, max_bytes, isolation)  # replica, wait, min, max bytes, isolation
         + struct.pack(">i", 1)
         + string(topic)
         + struct.pack(">i", 1)
@@ -114,6 +114,28 @@ def parse_fetch_v4_partitions(body):
         partitions.append((p, error, hw, records))
     assert pos == len(body), "records end the response"
     return partitions
+
+
+def fetch_v4_aborted(body):
+    """[(producer id, first offset)] of the aborted transactions in a one-partition Fetch v4
+    response body."""
+    pos = 4 + 4
+    (name_len,) = struct.unpack_from(">h", body, pos)
+    pos += 2 + name_len + 4
+    _p, _error, _hw, _lso, n_aborted = struct.unpack_from(">ihqqi", body, pos)
+    pos += 4 + 2 + 8 + 8 + 4
+    return [struct.unpack_from(">qq", body, pos + 16 * i) for i in range(max(n_aborted, 0))]
+
+
+def control_batches(records):
+    """How many of the record batches in `records` (whole v2 batches) are control batches."""
+    pos, n = 0, 0
+    while pos + 23 <= len(records):
+        (length,) = struct.unpack_from(">i", records, pos + 8)
+        (attributes,) = struct.unpack_from(">h", records, pos + 21)
+        n += bool(attributes & 0x20)
+        pos += 12 + length
+    return n
 
 
 def parse_fetch_v4_sizes(body):

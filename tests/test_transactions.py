@@ -243,6 +243,56 @@ def test_sigkill_mid_transaction_then_restart(fresh_broker, topic_name, phase):
     assert ends == end_offsets(broker, topic_name, 2, "read_uncommitted")
 
 
+def test_compaction_drops_aborted_records_then_markers_of_empty_transactions(fresh_broker, topic_name):
+    """As Kafka's cleaner: aborted records go at once, a marker once its transaction has no
+    records left (and delete.retention.ms passed), with the aborted index entry; readers then
+    see exactly the committed records, later transactions of the same producer included."""
+    broker = fresh_broker("--retention-check-interval-ms", "200")
+    a = AdminClient({"bootstrap.servers": broker.bootstrap})
+    a.create_topics([NewTopic(topic_name, 1, 1, config={
+        "cleanup.policy": "compact", "segment.bytes": "1024", "delete.retention.ms": "0",
+        "min.cleanable.dirty.ratio": "0.01"})])[topic_name].result(30)
+    p = producer(broker, topic_name)
+    keys = [b"k-%d" % k for k in range(3)]
+    for i in range(10):
+        for commit in (False, True):
+            p.begin_transaction()
+            for k in keys:
+                p.produce(topic_name, key=k, value=b"%s-%d" % (b"committed" if commit else b"aborted", i), partition=0)
+            (p.commit_transaction if commit else p.abort_transaction)(30)
+    plain = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 1})
+    filler = 0
+
+    def fill():
+        # New distinct keys close the segments before them and make the log dirty again.
+        nonlocal filler
+        for _ in range(20):
+            plain.produce(topic_name, key=b"filler-%d" % filler, value=b"x" * 200, partition=0)
+            filler += 1
+        assert plain.flush(30) == 0
+
+    def fetched(isolation):
+        with kafka_wire.connect(broker.bootstrap) as s:
+            body = kafka_wire.roundtrip(s, kafka_wire.fetch_v4(topic_name, 0, 0, isolation=isolation))
+        return kafka_wire.fetch_v4_aborted(body), kafka_wire.parse_fetch_v4(body)[2]
+
+    def cleaned():
+        fill()
+        aborted, records = fetched(1)
+        # Only the last committed transaction still has records (the newest value per key).
+        return not aborted and kafka_wire.control_batches(records) == 1
+
+    wait_for(cleaned, timeout=60, what="markers of empty transactions removed")
+    # The same producer goes on: nothing left of the old aborts hides its new records.
+    p.begin_transaction()
+    p.produce(topic_name, key=b"after", value=b"after", partition=0)
+    p.commit_transaction(30)
+    values = {v for _, _, v in read(broker, topic_name, 1, "read_committed")}
+    expected = {b"committed-9", b"after"} | {b"x" * 200}
+    assert values == expected
+    assert {v for _, _, v in read(broker, topic_name, 1, "read_uncommitted")} == expected
+
+
 def test_kafka_python_transactional_producer(broker, topic_name):
     from kafka import KafkaConsumer, KafkaProducer
 

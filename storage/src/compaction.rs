@@ -2,9 +2,11 @@
 //! newest record of each key; tombstones (null values) go once older than
 //! `delete.retention.ms`. Offsets never change, and the active segment is never touched.
 //!
-//! Records of aborted transactions are dropped and never shadow an older record of their key;
-//! markers are kept. Compaction stays below the last stable offset, so no open transaction's
-//! records are touched.
+//! Records of aborted transactions are dropped and never shadow an older record of their key.
+//! A transaction marker stays while any record of its transaction does; once a round finds
+//! none left (earlier rounds removed them), the marker goes when older than
+//! `delete.retention.ms`, as Kafka's cleaner removes it. Compaction stays below the last
+//! stable offset, so no open transaction's records are touched.
 //!
 //! Each segment is rewritten to `<base>.cleaned`, synced, then renamed over the original, so a
 //! crash leaves either the old or the new segment, never a mix (left-over `.cleaned` files are
@@ -12,10 +14,11 @@
 
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::records::{RecordBatchEncoder, RecordEncodeOptions};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io;
 use tern_protocol::batch::{self, BatchHeader};
 use tern_protocol::compression::{codec, decode_records, invalid};
+use tern_protocol::markers;
 
 use crate::txn_index::AbortedTxn;
 
@@ -52,6 +55,16 @@ impl AbortedRanges {
                     .any(|&(first, last)| (first..=last).contains(&header.base_offset))
             })
     }
+}
+
+/// What a round has read of the log so far, in order, about transactions: the producers with
+/// a transaction whose records are still in the log (records read since the producer's last
+/// marker), and the abort markers the round removed.
+#[derive(Debug, Default)]
+pub struct Transactions {
+    with_records: HashSet<i64>,
+    /// Offsets of the abort markers removed (their aborted-index entries go with them).
+    pub removed_aborts: Vec<i64>,
 }
 
 /// Adds the keys of one batch's records to `map`; returns the bytes its new keys take.
@@ -91,18 +104,39 @@ pub struct Counts {
 /// nothing when none survive. A record survives unless `map` holds its key at a newer offset
 /// (keys `map` does not hold were indexed by an earlier compaction: their newest record
 /// survives) or it is a tombstone with a timestamp before `tombstone_horizon_ms`. Records
-/// without a key and control batches are kept; batches of aborted transactions are dropped.
+/// without a key are kept; batches of aborted transactions are dropped. Control batches are
+/// kept but for a transaction marker older than the horizon whose transaction has no records
+/// left in what `txns` saw (the batches are passed in log order, from the log start).
 pub fn clean_batch(
     original: &[u8],
     header: &BatchHeader,
     aborted: &AbortedRanges,
     map: &OffsetMap,
     tombstone_horizon_ms: i64,
+    txns: &mut Transactions,
     out: &mut Vec<u8>,
 ) -> io::Result<Counts> {
     if header.is_control() {
+        if let Some(commit) = markers::marker_kind(header, original) {
+            let had_records = txns.with_records.remove(&header.producer_id);
+            if !had_records && header.max_timestamp < tombstone_horizon_ms {
+                if !commit {
+                    txns.removed_aborts.push(header.base_offset);
+                }
+                return Ok(Counts {
+                    kept: 0,
+                    removed: 1,
+                });
+            }
+        }
         out.extend_from_slice(original);
         return Ok(Counts::default());
+    }
+    if header.is_transactional() {
+        // Present in the log this round, even if removed now: its marker stays until a
+        // round finds the transaction empty, so a crash between the rewrites of two segments
+        // never leaves records whose marker is gone.
+        txns.with_records.insert(header.producer_id);
     }
     if aborted.contains(header) {
         return Ok(Counts {
@@ -196,6 +230,7 @@ mod tests {
                 &AbortedRanges::default(),
                 map,
                 tombstone_horizon_ms,
+                &mut Transactions::default(),
                 &mut out,
             )?;
             kept += counts.kept;

@@ -1374,7 +1374,8 @@ impl PartitionLog {
     }
 
     /// Compacts the closed segments (cleanup.policy=compact): keeps the newest record per
-    /// key, drops tombstones older than delete.retention.ms. Returns records removed.
+    /// key, drops tombstones, and markers of transactions with no records left, older than
+    /// delete.retention.ms. Returns records removed.
     pub async fn compact(&self, now_ms: i64) -> Result<usize, LogError> {
         let config = self.config.borrow().clone();
         if !config.compact_enabled {
@@ -1444,9 +1445,12 @@ impl PartitionLog {
         let indexed_end = closed.last().map_or(0, |s| s.next_offset());
         let horizon = now_ms - config.delete_retention_ms.as_millis() as i64;
         let mut removed = 0;
+        let mut txns = crate::compaction::Transactions::default();
         for segment in closed {
-            let Some((replacement, counts)) =
-                self.clean_segment(segment, &aborted, &map, horizon).await?
+            txns.removed_aborts.clear();
+            let Some((replacement, counts)) = self
+                .clean_segment(segment, &aborted, &map, horizon, &mut txns)
+                .await?
             else {
                 continue;
             };
@@ -1461,6 +1465,16 @@ impl PartitionLog {
                 replacement.abandon().await?;
                 continue;
             }
+            if !txns.removed_aborts.is_empty() {
+                // The index first: the removed markers' transactions have no records left, so
+                // a crash before the swap leaves markers that end nothing, which readers skip.
+                let entries = self.state.borrow().aborted.to_bytes_without(
+                    segment.base_offset,
+                    segment.next_offset(),
+                    &txns.removed_aborts,
+                );
+                txn_index::write(segment.path(), &entries).await?;
+            }
             let replacement = segment
                 .replace(&self.dir, replacement, config.index_interval_bytes)
                 .await?;
@@ -1468,6 +1482,9 @@ impl PartitionLog {
                 let mut st = self.state.borrow_mut();
                 st.segments
                     .insert(segment.base_offset, Rc::new(replacement));
+                for &marker in &txns.removed_aborts {
+                    st.aborted.remove(marker);
+                }
                 removed += counts.removed;
             } else {
                 replacement.remove().await?;
@@ -1516,6 +1533,7 @@ impl PartitionLog {
         aborted: &crate::compaction::AbortedRanges,
         map: &crate::compaction::OffsetMap,
         horizon: i64,
+        txns: &mut crate::compaction::Transactions,
     ) -> Result<Option<(crate::segment::Replacement, crate::compaction::Counts)>, LogError> {
         let mut replacement = None;
         let mut counts = crate::compaction::Counts::default();
@@ -1528,7 +1546,7 @@ impl PartitionLog {
                     let one = &data[at..at + header.total_len()];
                     kept.clear();
                     let c = crate::compaction::clean_batch(
-                        one, &header, aborted, map, horizon, &mut kept,
+                        one, &header, aborted, map, horizon, txns, &mut kept,
                     )?;
                     counts.kept += c.kept;
                     counts.removed += c.removed;

@@ -18,11 +18,18 @@ fn marker(producer_id: i64, producer_epoch: i16, commit: bool) -> Marker {
 }
 
 fn run<F: std::future::Future<Output = ()> + 'static>(f: impl FnOnce() -> F + Send + 'static) {
+    run_with(f)
+}
+
+/// [`run`], returning what the future returns.
+fn run_with<T: Send + 'static, F: std::future::Future<Output = T> + 'static>(
+    f: impl FnOnce() -> F + Send + 'static,
+) -> T {
     glommio::LocalExecutorBuilder::default()
         .spawn(move || async move { f().await })
         .expect("executor")
         .join()
-        .expect("join");
+        .expect("join")
 }
 
 /// A client-encoded batch of `n` records with timestamps `ts0 + i`.
@@ -1643,5 +1650,78 @@ fn compaction_drops_aborted_records_and_stays_below_the_last_stable_offset() {
         assert!((0..5).all(|o| !offsets.contains(&o)), "{offsets:?}");
         assert!((open.base_offset..=open.last_offset).all(|o| !offsets.contains(&o)));
         assert!((again.base_offset..=again.last_offset).all(|o| offsets.contains(&o)));
+    });
+}
+
+#[test]
+fn compaction_removes_markers_once_their_transactions_have_no_records_left() {
+    let (_tmp, dir) = partition_dir();
+    let d = dir.clone();
+    let config = LogConfig {
+        compact_enabled: true,
+        delete_enabled: false,
+        min_cleanable_dirty_ratio: 0.0,
+        delete_retention_ms: std::time::Duration::from_secs(1),
+        ..small_segments()
+    };
+    let now = 10_000; // Markers written at 0 are past the 1 s horizon; at 9,500 not yet.
+    let c = config.clone();
+    let markers = run_with(move || async move {
+        let log = PartitionLog::open(&d, c).await.unwrap();
+        log.append(txn_batch(7, 0, 5).into(), 0).unwrap(); // k0..k4 at 0..4, aborted
+        let abort = log.append_marker(&marker(7, 0, false), 0).unwrap(); // 5
+        log.append(txn_batch(7, 5, 5).into(), 0).unwrap(); // k0..k4 at 6..10, committed
+        let commit = log.append_marker(&marker(7, 0, true), 0).unwrap(); // 11
+        log.append(txn_batch(8, 0, 5).into(), 0).unwrap(); // k0..k4 at 12..16, aborted late
+        let recent = log.append_marker(&marker(8, 0, false), 9_500).unwrap(); // 17
+        let shadow = log.append(client_batch(5, 1000, 100).into(), 0).unwrap(); // k0..k4
+        log.wait(&shadow, Durability::Synced).await.unwrap();
+        fill_unique(&log, 40).await;
+        let hw = log.high_watermark();
+        assert_eq!(log.aborted_transactions(0, hw).len(), 2);
+
+        // The first round removes the records; the markers stay while it saw them.
+        log.compact(now).await.unwrap();
+        let offsets = read_all(&log).await;
+        assert!((0..5)
+            .chain(6..11)
+            .chain(12..17)
+            .all(|o| !offsets.contains(&o)));
+        for m in [&abort, &commit, &recent] {
+            assert!(offsets.contains(&m.base_offset), "{offsets:?}");
+        }
+        // The next finds their transactions empty: the old markers go, the recent one stays.
+        fill_unique(&log, 40).await;
+        log.compact(now).await.unwrap();
+        let offsets = read_all(&log).await;
+        assert!(!offsets.contains(&abort.base_offset), "{offsets:?}");
+        assert!(!offsets.contains(&commit.base_offset), "{offsets:?}");
+        assert!(offsets.contains(&recent.base_offset), "{offsets:?}");
+        assert!((shadow.base_offset..=shadow.last_offset).all(|o| offsets.contains(&o)));
+        let hw = log.high_watermark();
+        let left: Vec<i64> = log
+            .aborted_transactions(0, hw)
+            .iter()
+            .map(|t| t.last_offset)
+            .collect();
+        assert_eq!(
+            left,
+            [recent.base_offset],
+            "the removed abort leaves the index"
+        );
+        log.close().await.unwrap();
+        (abort.base_offset, recent.base_offset)
+    });
+    // The segment's index file says the same after a restart.
+    run(move || async move {
+        let log = PartitionLog::open(&dir, config).await.unwrap();
+        let hw = log.high_watermark();
+        let left: Vec<i64> = log
+            .aborted_transactions(0, hw)
+            .iter()
+            .map(|t| t.last_offset)
+            .collect();
+        assert_eq!(left, [markers.1]);
+        assert!(!read_all(&log).await.contains(&markers.0));
     });
 }

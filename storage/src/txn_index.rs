@@ -51,6 +51,11 @@ impl TxnIndex {
         self.entries.insert(txn.last_offset, txn);
     }
 
+    /// Forgets the transaction whose abort marker is at `marker` (compaction removed it).
+    pub fn remove(&mut self, marker: i64) {
+        self.entries.remove(&marker);
+    }
+
     /// Forgets transactions whose marker is at or after `offset` (a cut).
     pub fn truncate_from(&mut self, offset: i64) {
         self.entries.split_off(&offset);
@@ -82,8 +87,17 @@ impl TxnIndex {
 
     /// Entries whose marker is in `[from, to)`, as a file's bytes.
     pub fn to_bytes(&self, from: i64, to: i64) -> Vec<u8> {
+        self.to_bytes_without(from, to, &[])
+    }
+
+    /// [`Self::to_bytes`] without the entries whose marker is at one of `markers`.
+    pub fn to_bytes_without(&self, from: i64, to: i64, markers: &[i64]) -> Vec<u8> {
         let mut out = Vec::new();
-        for t in self.entries.range(from..to).map(|(_, t)| t) {
+        let kept = self
+            .entries
+            .range(from..to)
+            .filter(|(m, _)| !markers.contains(m));
+        for t in kept.map(|(_, t)| t) {
             for v in [
                 t.producer_id,
                 t.first_offset,
