@@ -467,6 +467,43 @@ def read_values(cluster, topic, partitions, isolation):
     return sorted(v for _, _, v in read(cluster, topic, partitions, isolation, settle=3.0))
 
 
+def test_kafka_python_transactions_span_nodes(cluster, topic_name):
+    """kafka-python's transactional producer and read_committed consumer against a cluster:
+    partitions led by several nodes, a commit and an abort."""
+    from kafka import KafkaConsumer, KafkaProducer
+    from kafka import TopicPartition as KTopicPartition
+
+    create(cluster, topic_name, partitions=3, rf=3)
+    assert len(set(leaders(cluster, topic_name).values())) > 1
+    p = KafkaProducer(bootstrap_servers=cluster.bootstrap, transactional_id=topic_name + "-tx")
+    p.init_transactions()
+    p.begin_transaction()
+    for i in range(6):
+        p.send(topic_name, b"kept-%d" % i, partition=i % 3)
+    p.commit_transaction()
+    p.begin_transaction()
+    for i in range(3):
+        p.send(topic_name, b"dropped-%d" % i, partition=i % 3)
+    p.flush()
+    p.abort_transaction()
+    p.begin_transaction()
+    p.send(topic_name, b"last", partition=0)
+    p.commit_transaction()
+    p.close()
+
+    def read(isolation):
+        c = KafkaConsumer(bootstrap_servers=cluster.bootstrap, isolation_level=isolation,
+                          auto_offset_reset="earliest", consumer_timeout_ms=3000)
+        c.assign([KTopicPartition(topic_name, i) for i in range(3)])
+        values = sorted(m.value for m in c)
+        c.close()
+        return values
+
+    kept = sorted([b"kept-%d" % i for i in range(6)] + [b"last"])
+    assert read("read_committed") == kept
+    assert read("read_uncommitted") == sorted(kept + [b"dropped-%d" % i for i in range(3)])
+
+
 def test_transactions_span_nodes_and_survive_the_coordinator_dying(cluster, topic_name):
     out, src = topic_name, topic_name + "-in"
     create(cluster, out, partitions=3, rf=3)
@@ -1283,3 +1320,57 @@ def test_a_single_nodes_topics_move_into_a_cluster(workdir, topic_name):
         assert broker.read_log().count("moved the single node's topics into the cluster") == 1
     finally:
         broker.stop()
+
+
+def test_producer_ids_come_in_blocks_from_the_controller_and_never_repeat(cluster):
+    """As KRaft's AllocateProducerIds: each node hands out ids from a block of 1,000 the
+    controller committed; a restarted node, or one asking a new controller, gets a new block,
+    so no id is ever given twice."""
+    from kafka.protocol.producer import InitProducerIdRequest, InitProducerIdResponse
+
+    def init_producer_id(node):
+        def attempt():
+            req = InitProducerIdRequest[1](transactional_id=None, transaction_timeout_ms=-1)
+            resp = wire_call(cluster.port_of(node), req, InitProducerIdResponse, 1)
+            return resp.producer_id if resp.error_code == 0 else None
+        got = []
+        # COORDINATOR_LOAD_IN_PROGRESS while no controller is known or it cannot commit.
+        wait_for(lambda: got.append(attempt()) or got[-1] is not None, what=f"a producer id from node {node}")
+        return got[-1]
+
+    given = []
+    for node in (1, 2, 3):
+        ids = [init_producer_id(node) for _ in range(3)]
+        assert ids == list(range(ids[0], ids[0] + 3)), "consecutive ids of the node's block"
+        given += ids
+    blocks = {i // 1000 for i in given}
+    assert len(blocks) == 3, f"one block per node: {given}"
+    # A restarted node's unused ids are lost; it takes a new block.
+    controller = admin(cluster).list_topics(timeout=10).controller_id
+    other = next(n for n in (1, 2, 3) if n != controller)
+    cluster.run("kill", other)
+    cluster.run("restart", other)
+    fresh = init_producer_id(other)
+    assert fresh // 1000 not in blocks, (fresh, given)
+    blocks.add(fresh // 1000)
+    given.append(fresh)
+    # The controller dies: its successor goes on from the committed counter. A node restarted
+    # meanwhile, and the old controller coming back, both take new blocks.
+    cluster.run("kill", controller)
+    survivors = [n for n in (1, 2, 3) if n != controller]
+
+    def new_controller():
+        c = AdminClient({"bootstrap.servers": f"127.0.0.1:{cluster.port_of(survivors[0])}"})
+        return c.list_topics(timeout=10).controller_id not in (-1, controller)
+
+    wait_for(new_controller, what="a new controller")
+    cluster.run("kill", survivors[1])
+    cluster.run("restart", survivors[1])
+    cluster.run("restart", controller)
+    for node in (survivors[1], controller):
+        i = init_producer_id(node)
+        assert i // 1000 not in blocks, (i, given)
+        blocks.add(i // 1000)
+        given.append(i)
+    assert all(0 <= i < 1 << 40 for i in given)
+    assert len(set(given)) == len(given)

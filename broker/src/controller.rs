@@ -353,8 +353,8 @@ pub async fn set_broker_configs(
 /// Hands out a new producer id, persisted first so it is never given out twice.
 /// Must run on the controller shard.
 pub async fn allocate_producer_id(shard: &Rc<Shard>) -> Result<i64, ApiError> {
-    if shard.cluster().is_some() {
-        return allocate_node_producer_id(shard).await;
+    if let Some(cluster) = shard.cluster() {
+        return cluster.producer_ids.next(shard).await;
     }
     let (_lock, mut meta) = begin_change(shard).await?;
     let id = meta.next_producer_id;
@@ -364,26 +364,18 @@ pub async fn allocate_producer_id(shard: &Rc<Shard>) -> Result<i64, ApiError> {
     Ok(id)
 }
 
-/// Cluster mode: producer ids from this node's own range (node id × 2^40 on), counted in a
-/// file of the node, so nodes hand out ids without asking the controller and never clash.
-async fn allocate_node_producer_id(shard: &Rc<Shard>) -> Result<i64, ApiError> {
-    let _permit = shard
-        .controller_lock
-        .acquire_permit(1)
-        .await
-        .map_err(|_| ApiError::new(ResponseError::UnknownServerError, "shutting down"))?;
-    let path = shard.config.data_dir.join("producer-ids");
-    let base = i64::from(shard.config.node_id) << 40;
-    let stored = tern_storage::fs::read_file(&path)
-        .await
-        .map_err(|e| storage_error(e.into()))?
-        .and_then(|d| String::from_utf8(d).ok())
-        .and_then(|s| s.trim().parse::<i64>().ok());
-    let id = stored.unwrap_or(base).max(base);
-    tern_storage::fs::write_file_atomic(&path, (id + 1).to_string().as_bytes())
-        .await
-        .map_err(|e| storage_error(e.into()))?;
-    Ok(id)
+/// How many producer ids a node of a cluster takes from the controller at a time (Kafka's
+/// block size).
+pub const PRODUCER_ID_BLOCK: i32 = 1000;
+
+/// Cluster mode, on the controller: the first id of a block of [`PRODUCER_ID_BLOCK`] ids
+/// for a node to hand out, committed to the metadata log before it is given.
+pub async fn allocate_producer_id_block(shard: &Rc<Shard>) -> Result<i64, ApiError> {
+    let (_lock, mut meta) = begin_change(shard).await?;
+    let first = meta.next_producer_id;
+    meta.next_producer_id += i64::from(PRODUCER_ID_BLOCK);
+    persist_change(shard, &mut meta).await?;
+    Ok(first)
 }
 
 /// Cluster mode: replicas for a new topic's partitions, from explicit assignments (checked

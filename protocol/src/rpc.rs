@@ -115,6 +115,17 @@ pub enum NodeMessage {
     },
     /// The Kafka error code of the verification (0: verified).
     TxnVerified { call: Call, error: i16 },
+    /// A node to the controller: a block of producer ids for the node to hand out (KRaft's
+    /// AllocateProducerIds). Answered with [`NodeMessage::ProducerIds`].
+    AllocateProducerIds { call: Call },
+    /// The block, committed to the metadata log: ids `first..first + count`; or a Kafka error
+    /// code.
+    ProducerIds {
+        call: Call,
+        first: i64,
+        count: i32,
+        error: i16,
+    },
 }
 
 /// A request between nodes that expects an answer: the answer carries the same call, so it
@@ -864,6 +875,15 @@ mod tests {
             NodeMessage::TxnVerified {
                 call: Call { id: 10, shard: 0 },
                 error: 48,
+            },
+            NodeMessage::AllocateProducerIds {
+                call: Call { id: 11, shard: 0 },
+            },
+            NodeMessage::ProducerIds {
+                call: Call { id: 11, shard: 0 },
+                first: 5000,
+                count: 1000,
+                error: 0,
             },
         ] {
             let node = NodeFrame {

@@ -200,8 +200,28 @@ impl Cluster {
                     })
                     .detach();
                 }
+                NodeMessage::AllocateProducerIds { call } => {
+                    let (transport, shard) = (self.transport.clone(), shard.clone());
+                    glommio::spawn_local(async move {
+                        let block = crate::controller::allocate_producer_id_block(&shard).await;
+                        let (first, error) = match block {
+                            Ok(first) => (first, 0),
+                            Err(e) => (-1, e.code),
+                        };
+                        let count = crate::controller::PRODUCER_ID_BLOCK;
+                        let answer = NodeMessage::ProducerIds {
+                            call,
+                            first,
+                            count,
+                            error,
+                        };
+                        let _ = transport.send_message(from, answer);
+                    })
+                    .detach();
+                }
                 answer @ (NodeMessage::MarkersWritten { call, .. }
-                | NodeMessage::TxnVerified { call, .. }) => {
+                | NodeMessage::TxnVerified { call, .. }
+                | NodeMessage::ProducerIds { call, .. }) => {
                     let target = call.shard as usize;
                     if target >= shard.shard_count() {
                         tracing::debug!(node = from, shard = target, "an answer for no shard");

@@ -50,6 +50,8 @@ impl Cluster {
             return true;
         };
         let me = self.node_id();
+        // Ids the single node gave out are never given again.
+        meta.next_producer_id = meta.next_producer_id.max(old.next_producer_id);
         for (name, t) in &old.topics {
             let partitions = t.shards.len() as u64;
             let first_group = meta.next_group.max(1);

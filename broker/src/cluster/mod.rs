@@ -53,6 +53,7 @@ mod calls;
 mod leaders;
 mod log_start;
 mod migrate;
+mod producer_ids;
 pub mod replicas;
 
 pub use replicas::Replicas;
@@ -144,6 +145,8 @@ pub struct Cluster {
     /// Controller: when it first heard each node's hello (a node just registered is not
     /// fenced before it could be heard from).
     first_seen: RefCell<BTreeMap<i32, Instant>>,
+    /// The block of producer ids this node hands out.
+    pub producer_ids: producer_ids::ProducerIds,
 }
 
 impl Cluster {
@@ -206,6 +209,7 @@ impl Cluster {
             applied_event: Event::new(),
             told: RefCell::default(),
             first_seen: RefCell::default(),
+            producer_ids: Default::default(),
         });
         glommio::spawn_local(cluster.clone().route_loop(shard.clone(), inbound)).detach();
         glommio::spawn_local(cluster.clone().apply_loop(shard.clone())).detach();
