@@ -40,7 +40,7 @@ pub struct Shard {
     pub request_memory: Rc<glommio::sync::Semaphore>,
     /// Segment writes in flight at once on this shard (`--write-slots`), shared by its
     /// partitions.
-    pub write_slots: Rc<glommio::sync::Semaphore>,
+    pub write_slots: Rc<tern_storage::write_slots::WriteSlots>,
     /// Cluster mode, on shard 0: the node's metadata, controller and routing.
     cluster: RefCell<Option<Rc<crate::cluster::Cluster>>>,
     /// Cluster mode: the Raft groups of the partitions this shard owns.
@@ -357,9 +357,7 @@ impl ShardSeed {
             request_memory: Rc::new(glommio::sync::Semaphore::new(
                 self.config.request_memory() as u64
             )),
-            write_slots: Rc::new(glommio::sync::Semaphore::new(
-                self.config.write_slots as u64,
-            )),
+            write_slots: tern_storage::write_slots::WriteSlots::new(self.config.write_slots),
             cluster: RefCell::new(None),
             replicas: RefCell::new(None),
         });

@@ -11,6 +11,7 @@ pub mod producers;
 pub mod records;
 pub mod segment;
 pub mod txn_index;
+pub mod write_slots;
 
 pub use config::LogConfig;
 pub use log::{Appended, Durability, LogError, PartitionLog, Prepared};

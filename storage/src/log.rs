@@ -25,6 +25,7 @@ use crate::producers::{CompletedTxn, ProducerError, ProducerStates, SequenceChec
 use crate::records::{Chunk, Records, StoredBatch};
 use crate::segment::{parse_segment_name, OpenMode, PreparedWrite, Segment};
 use crate::txn_index::{self, AbortedTxn, TxnIndex};
+use crate::write_slots::{Slot, WriteSlots};
 
 /// Marker file saying the partition was closed cleanly, so its tail need not be scanned.
 const CLEAN_MARKER: &str = "clean-shutdown";
@@ -168,7 +169,7 @@ pub struct PartitionLog {
     sync_lock: Semaphore,
     /// Segment writes the shard lets run at once, shared by its partitions (see
     /// `share_write_slots`).
-    write_slots: RefCell<Rc<Semaphore>>,
+    write_slots: RefCell<Rc<WriteSlots>>,
     /// Fires when the high watermark moves (consumers' long polls wait on it).
     advanced: Event,
     /// Fires when a write in flight completes or fails.
@@ -262,7 +263,7 @@ struct Issued {
     /// Rollbacks that had happened when it was issued.
     generation: usize,
     /// The shard's write slot, held until the write is on the device.
-    slot: glommio::sync::StaticPermit,
+    slot: Slot,
 }
 
 /// A cut of the log's tail requested and not yet applied to its files.
@@ -554,7 +555,7 @@ impl PartitionLog {
             }),
             write_lock: Semaphore::new(1),
             sync_lock: Semaphore::new(1),
-            write_slots: RefCell::new(Rc::new(Semaphore::new(u64::MAX >> 1))),
+            write_slots: RefCell::new(WriteSlots::unlimited()),
             advanced: Event::new(),
             write_done: Event::new(),
             sealer: Rc::new(Sealer {
@@ -584,7 +585,7 @@ impl PartitionLog {
     /// partitions. While all slots are busy, appends gather: each partition then writes more at
     /// once, in fewer device requests (each costs a doorbell and an interrupt, the dominant
     /// per-write costs, most of all in virtual machines).
-    pub fn share_write_slots(&self, slots: Rc<Semaphore>) {
+    pub fn share_write_slots(&self, slots: Rc<WriteSlots>) {
         *self.write_slots.borrow_mut() = slots;
     }
 
@@ -993,10 +994,7 @@ impl PartitionLog {
             return Ok(None);
         }
         let slots = self.write_slots.borrow().clone();
-        let slot = slots
-            .acquire_static_permit(1)
-            .await
-            .map_err(|_| LogError::WriteFailed)?;
+        let slot = slots.acquire().await.map_err(|_| LogError::WriteFailed)?;
         // After a failure, the active segment is reset once no write is in flight (see
         // `complete`), and a truncation is applied to the files; nothing may be prepared on
         // the active segment before.
@@ -1056,7 +1054,8 @@ impl PartitionLog {
             from, generation, ..
         } = issued;
         let result = issued.segment.write(issued.write).await;
-        drop(issued.slot);
+        let bytes = issued.batches.iter().map(|b| b.len() as u64).sum();
+        issued.slot.done(bytes);
         loop {
             {
                 let st = self.state.borrow();

@@ -590,7 +590,7 @@ fn partitions_sharing_one_write_slot_all_complete() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().to_path_buf();
     run(move || async move {
-        let slots = std::rc::Rc::new(glommio::sync::Semaphore::new(1));
+        let slots = crate::write_slots::WriteSlots::new(1);
         let mut logs = Vec::new();
         for p in 0..3 {
             let log = PartitionLog::open(&root.join(format!("t-{p}")), small_segments())
@@ -762,7 +762,7 @@ fn a_failed_write_fails_the_writes_in_flight_after_it_and_none_of_them_comes_bac
     run(move || async move {
         let config = uncached();
         let log = PartitionLog::open(&dir, config.clone()).await.unwrap();
-        let slots = Rc::new(glommio::sync::Semaphore::new(100));
+        let slots = crate::write_slots::WriteSlots::new(100);
         log.share_write_slots(slots.clone());
         // Five writes of one batch each (they share pages), all in flight at once: the third
         // fails (after its data is written), so it and the two after it are rolled back.
