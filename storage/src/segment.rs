@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
-use tern_protocol::batch::{self, BatchError, BatchHeader};
+use tern_protocol::batch::{self, BatchHeader};
 
 use crate::fs;
 use crate::index::{OffsetIndex, TimeIndex};
@@ -386,43 +386,50 @@ impl Segment {
         verify: bool,
         mut visit: impl FnMut(u64, &BatchHeader, &[u8]) -> bool,
     ) -> io::Result<u64> {
-        let mut want = SCAN_CHUNK;
-        while pos < to {
-            let len = want.min((to - pos) as usize);
-            let data = self.file.read_at(pos, len).await?;
-            let mut at = 0;
-            while at < data.len() {
-                let rest = &data[at..];
-                let header = match BatchHeader::parse(rest) {
-                    Ok(h) => h,
-                    Err(BatchError::Truncated(..)) => break,
-                    Err(_) => return Ok(pos + at as u64),
-                };
-                if header.total_len() > rest.len() {
-                    break;
-                }
-                if verify && batch::validate(rest).is_err() {
+        while let Some(data) = self.whole_batches(pos, to, SCAN_CHUNK).await? {
+            for (at, header) in batch::headers(&data) {
+                let one = &data[at..at + header.total_len()];
+                if (verify && batch::validate(one).is_err())
+                    || !visit(pos + at as u64, &header, one)
+                {
                     return Ok(pos + at as u64);
                 }
-                if !visit(pos + at as u64, &header, &rest[..header.total_len()]) {
-                    return Ok(pos + at as u64);
-                }
-                at += header.total_len();
             }
-            if at == 0 {
-                // The next batch does not fit in what was read: read it whole, unless the file
-                // ends first (a torn write).
-                let header = match BatchHeader::parse(&data) {
-                    Ok(h) if pos + (h.total_len() as u64) <= to => h,
-                    _ => return Ok(pos),
-                };
-                want = header.total_len().max(SCAN_CHUNK);
-                continue;
-            }
-            pos += at as u64;
-            want = SCAN_CHUNK;
+            pos += data.len() as u64;
         }
         Ok(pos)
+    }
+
+    /// Whole batches from position `pos` (a batch start), none past `to`: as many as fit in
+    /// `chunk` bytes, or the one batch there, read whole, if it is larger. `None` at `to`, or
+    /// where no whole batch starts (a torn, corrupt or zero-padded region: the caller says
+    /// what that means).
+    async fn whole_batches(
+        &self,
+        pos: u64,
+        to: u64,
+        chunk: usize,
+    ) -> io::Result<Option<glommio::io::ReadResult>> {
+        let mut want = chunk;
+        loop {
+            let len = want.min(to.saturating_sub(pos) as usize);
+            if len == 0 {
+                return Ok(None);
+            }
+            let data = self.file.read_at(pos, len).await?;
+            let whole = batch::headers(&data)
+                .last()
+                .map_or(0, |(at, h)| at + h.total_len());
+            if whole > 0 {
+                return Ok(glommio::io::ReadResult::slice(&data, 0, whole));
+            }
+            match BatchHeader::parse(&data) {
+                Ok(h) if pos + h.total_len() as u64 <= to && h.total_len() > want => {
+                    want = h.total_len();
+                }
+                _ => return Ok(None),
+            }
+        }
     }
 
     /// Prepares the write of whole batches (already offset-assigned) at the end of the segment,
@@ -804,32 +811,12 @@ impl Segment {
         chunk: usize,
     ) -> io::Result<Option<glommio::io::ReadResult>> {
         let size = self.size.get();
-        let mut want = chunk;
-        loop {
-            let len = want.min(size.saturating_sub(pos) as usize);
-            if len == 0 {
-                return Ok(None);
-            }
-            let data = self.file.read_at(pos, len).await?;
-            let whole = batch::headers(&data)
-                .map(|(at, h)| at + h.total_len())
-                .take_while(|end| *end <= data.len())
-                .last()
-                .unwrap_or(0);
-            if whole > 0 {
-                return Ok(glommio::io::ReadResult::slice(&data, 0, whole));
-            }
-            match BatchHeader::parse(&data) {
-                Ok(h) if pos + h.total_len() as u64 <= size && h.total_len() > want => {
-                    want = h.total_len();
-                }
-                _ => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        format!("segment {}: no whole batch at {pos}", self.path.display()),
-                    ))
-                }
-            }
+        match self.whole_batches(pos, size, chunk).await? {
+            None if pos < size => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("segment {}: no whole batch at {pos}", self.path.display()),
+            )),
+            read => Ok(read),
         }
     }
 
