@@ -2,6 +2,7 @@
 topics, metadata, produce with acks=all through leader failures, consumers reading across
 Raft's control batches."""
 
+import json
 import os
 import random
 import re
@@ -1374,3 +1375,22 @@ def test_producer_ids_come_in_blocks_from_the_controller_and_never_repeat(cluste
         given.append(i)
     assert all(0 <= i < 1 << 40 for i in given)
     assert len(set(given)) == len(given)
+
+
+def test_tern_bench_sends_each_partition_to_its_leader(cluster, topic_name, tmp_path):
+    """tern-bench creates an RF=3 topic and produces and consumes through each partition's
+    leader: with partitions led by every node, a broker-blind client would be refused with
+    NOT_LEADER_OR_FOLLOWER (counted as errors)."""
+    bench = os.path.join(os.path.dirname(TERN_BIN), "tern-bench")
+    out = tmp_path / "summary.json"
+    subprocess.run(
+        [bench, "--brokers", f"127.0.0.1:{cluster.port_of(1)}", "--workload", "both", "--topic", topic_name,
+         "--partitions", "6", "--replication-factor", "3", "--acks", "-1", "--warmup", "1", "--duration", "10",
+         "--records", "6000", "--mb-rate", "2", "--record-size", "512", "--json", str(out)],
+        check=True, capture_output=True, timeout=90,
+    )
+    s = json.loads(out.read_text())
+    assert s["errors"] == 0 and s["produced_records_per_sec"] > 0 and s["consumed_records_per_sec"] > 0
+    assert len(set(leaders(cluster, topic_name).values())) > 1, "partitions led by several nodes"
+    md = admin(cluster).list_topics(topic_name, timeout=10).topics[topic_name]
+    assert all(len(p.replicas) == 3 for p in md.partitions.values())

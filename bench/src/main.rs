@@ -50,7 +50,8 @@ pub enum StartAt {
     about = "Kafka load generator (thread-per-core, open-loop)"
 )]
 pub struct Args {
-    /// Broker to connect to (HOST:PORT).
+    /// Broker to bootstrap from (HOST:PORT). Each partition's records go to, and are read
+    /// from, its leader, as the cluster's metadata names it.
     #[arg(long, default_value = "127.0.0.1:9092")]
     pub brokers: String,
     #[arg(long, value_enum, default_value = "produce")]
@@ -60,6 +61,9 @@ pub struct Args {
     /// Partitions; the topic is created with this many if missing.
     #[arg(long, default_value_t = 6)]
     pub partitions: i32,
+    /// Replication factor of the topic when it is created (-1: the broker's default).
+    #[arg(long, default_value_t = 1, allow_hyphen_values = true)]
+    pub replication_factor: i16,
     /// Value size in bytes.
     #[arg(long, default_value_t = 1024)]
     pub record_size: usize,

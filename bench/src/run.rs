@@ -17,7 +17,7 @@ use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::records::Compression;
 use serde::Serialize;
 use std::cell::RefCell;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -105,8 +105,9 @@ fn compression(c: Codec) -> Compression {
     }
 }
 
-/// Finds the topic's partition count, creating the topic if it is missing.
-async fn setup(args: &Args) -> Result<i32> {
+/// Each partition's leader's address, creating the topic if it is missing. Waits (up to 30 s)
+/// until every partition has a leader.
+async fn setup(args: &Args) -> Result<Vec<String>> {
     let (mut w, mut r) = client::connect(&args.brokers).await?;
     // Never let the metadata lookup auto-create the topic with the broker's default size.
     let req = MetadataRequest::default()
@@ -114,26 +115,63 @@ async fn setup(args: &Args) -> Result<i32> {
         .with_topics(Some(vec![
             MetadataRequestTopic::default().with_name(Some(topic_name(&args.topic)))
         ]));
-    let md = client::call(&mut w, &mut r, &req, 9).await?;
-    if let Some(t) = md
-        .topics
-        .iter()
-        .find(|t| t.error_code == 0 && !t.partitions.is_empty())
-    {
-        return Ok(t.partitions.len() as i32);
+    let mut created = false;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let md = client::call(&mut w, &mut r, &req, 9).await?;
+        let brokers: HashMap<i32, String> = md
+            .brokers
+            .iter()
+            .map(|b| (b.node_id.0, format!("{}:{}", b.host, b.port)))
+            .collect();
+        if let Some(t) = md.topics.iter().find(|t| t.error_code == 0) {
+            let mut leaders = vec![None; t.partitions.len()];
+            for p in &t.partitions {
+                if let Some(slot) = usize::try_from(p.partition_index)
+                    .ok()
+                    .and_then(|i| leaders.get_mut(i))
+                {
+                    *slot = brokers.get(&p.leader_id.0).cloned();
+                }
+            }
+            if !leaders.is_empty() && leaders.iter().all(Option::is_some) {
+                return Ok(leaders.into_iter().flatten().collect());
+            }
+        } else if !created {
+            // To the controller, as Kafka's admin clients send it.
+            let controller = brokers.get(&md.controller_id.0).unwrap_or(&args.brokers);
+            let (mut cw, mut cr) = client::connect(controller).await?;
+            let create = CreateTopicsRequest::default()
+                .with_timeout_ms(30_000)
+                .with_topics(vec![CreatableTopic::default()
+                    .with_name(topic_name(&args.topic))
+                    .with_num_partitions(args.partitions)
+                    .with_replication_factor(args.replication_factor)]);
+            let resp = client::call(&mut cw, &mut cr, &create, 5).await?;
+            let code = resp.topics.first().map_or(0, |t| t.error_code);
+            if code != 0 && code != 36 {
+                bail!("create topic {}: error {code}", args.topic);
+            }
+            created = true;
+        }
+        if Instant::now() > deadline {
+            bail!("topic {}: no leader for every partition", args.topic);
+        }
+        glommio::timer::sleep(Duration::from_millis(200)).await;
     }
-    let create = CreateTopicsRequest::default()
-        .with_timeout_ms(30_000)
-        .with_topics(vec![CreatableTopic::default()
-            .with_name(topic_name(&args.topic))
-            .with_num_partitions(args.partitions)
-            .with_replication_factor(1)]);
-    let resp = client::call(&mut w, &mut r, &create, 5).await?;
-    let code = resp.topics.first().map_or(0, |t| t.error_code);
-    if code != 0 && code != 36 {
-        bail!("create topic {}: error {code}", args.topic);
+}
+
+/// `partitions` grouped by their leader's address, in first-seen order.
+fn by_leader(partitions: &[i32], leaders: &[String]) -> Vec<(String, Vec<i32>)> {
+    let mut groups: Vec<(String, Vec<i32>)> = Vec::new();
+    for &p in partitions {
+        let leader = &leaders[p as usize];
+        match groups.iter_mut().find(|(l, _)| l == leader) {
+            Some((_, ps)) => ps.push(p),
+            None => groups.push((leader.clone(), vec![p])),
+        }
     }
-    Ok(args.partitions)
+    groups
 }
 
 /// What the reader of a producer connection needs to account for one produce request.
@@ -174,8 +212,8 @@ struct ProduceConnection {
 }
 
 impl ProduceConnection {
-    async fn open(args: &Args, stats: &Arc<Stats>) -> Result<(ProduceConnection, i16)> {
-        let (writer, mut r) = client::connect(&args.brokers).await?;
+    async fn open(args: &Args, addr: &str, stats: &Arc<Stats>) -> Result<(ProduceConnection, i16)> {
+        let (writer, mut r) = client::connect(addr).await?;
         let version = writer.version::<ProduceRequest>(*produce::VERSIONS.end())?;
         if !produce::VERSIONS.contains(&version) {
             bail!(
@@ -253,6 +291,7 @@ async fn request_slot(
 async fn producer(
     args: Arc<Args>,
     stats: Arc<Stats>,
+    addr: String,
     partitions: Vec<i32>,
     rate: Option<f64>,
     start: Instant,
@@ -261,7 +300,7 @@ async fn producer(
     let mut connections = Vec::new();
     let mut version = i16::MAX;
     for _ in 0..args.connections {
-        let (connection, v) = ProduceConnection::open(&args, &stats).await?;
+        let (connection, v) = ProduceConnection::open(&args, &addr, &stats).await?;
         // The same broker answers every connection; keep to one version regardless.
         version = version.min(v);
         connections.push(connection);
@@ -411,8 +450,13 @@ async fn list_offsets(
         .collect())
 }
 
-async fn consumer(args: Arc<Args>, stats: Arc<Stats>, partitions: Vec<i32>) -> Result<()> {
-    let (mut w, mut r) = client::connect(&args.brokers).await?;
+async fn consumer(
+    args: Arc<Args>,
+    stats: Arc<Stats>,
+    addr: String,
+    partitions: Vec<i32>,
+) -> Result<()> {
+    let (mut w, mut r) = client::connect(&addr).await?;
     let start_at = args.start_at.unwrap_or(if args.workload == Workload::Both {
         StartAt::Tail
     } else {
@@ -554,11 +598,13 @@ struct Summary {
 pub fn run(args: Args) -> Result<()> {
     let args = Arc::new(args);
     let setup_args = args.clone();
-    let partitions = glommio::LocalExecutorBuilder::new(glommio::Placement::Fixed(args.cpus[0]))
+    let leaders = glommio::LocalExecutorBuilder::new(glommio::Placement::Fixed(args.cpus[0]))
         .spawn(move || async move { setup(&setup_args).await })
         .map_err(|e| anyhow::anyhow!("start executor: {e}"))?
         .join()
         .map_err(|e| anyhow::anyhow!("setup thread: {e:?}"))??;
+    let leaders = Arc::new(leaders);
+    let partitions = leaders.len() as i32;
     let stats = Arc::new(Stats {
         measuring: AtomicBool::new(args.warmup == 0),
         stop: AtomicBool::new(false),
@@ -602,7 +648,7 @@ pub fn run(args: Args) -> Result<()> {
         if mine_p.is_empty() && mine_c.is_empty() {
             continue;
         }
-        let (args, stats) = (args.clone(), stats.clone());
+        let (args, stats, leaders) = (args.clone(), stats.clone(), leaders.clone());
         // Every producer writes to every partition (its own connection, as separate producer
         // processes would), starting at a different one; consumers split the partitions.
         let parts_p: Vec<Vec<i32>> = mine_p
@@ -622,23 +668,30 @@ pub fn run(args: Args) -> Result<()> {
             .name(&format!("bench-{e}"))
             .spin_before_park(Duration::from_micros(args.idle_poll_us))
             .spawn(move || async move {
+                // Each partition's records go to its leader: a producer or a consumer
+                // connection runs one task per leader of its partitions (a producer's rate
+                // shared among them by partition count).
                 let mut tasks = Vec::new();
                 for parts in parts_c {
-                    tasks.push(glommio::spawn_local(consumer(
-                        args.clone(),
-                        stats.clone(),
-                        parts,
-                    )));
+                    for (addr, parts) in by_leader(&parts, &leaders) {
+                        let task = consumer(args.clone(), stats.clone(), addr, parts);
+                        tasks.push(glommio::spawn_local(task));
+                    }
                 }
                 for parts in parts_p {
-                    tasks.push(glommio::spawn_local(producer(
-                        args.clone(),
-                        stats.clone(),
-                        parts,
-                        rate,
-                        start,
-                        wall_start_ms,
-                    )));
+                    let all = parts.len() as f64;
+                    for (addr, parts) in by_leader(&parts, &leaders) {
+                        let rate = rate.map(|r| r * parts.len() as f64 / all);
+                        tasks.push(glommio::spawn_local(producer(
+                            args.clone(),
+                            stats.clone(),
+                            addr,
+                            parts,
+                            rate,
+                            start,
+                            wall_start_ms,
+                        )));
+                    }
                 }
                 let mut result = Ok(());
                 for t in tasks {
@@ -755,6 +808,19 @@ fn print_summary(s: &Summary) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn partitions_go_to_their_leaders() {
+        let leaders: Vec<String> = ["a:1", "b:2", "a:1", "c:3"].map(String::from).to_vec();
+        assert_eq!(
+            by_leader(&[3, 0, 1, 2], &leaders),
+            vec![
+                ("c:3".to_string(), vec![3]),
+                ("a:1".to_string(), vec![0, 2]),
+                ("b:2".to_string(), vec![1]),
+            ]
+        );
+    }
 
     #[test]
     fn partitions_are_dealt_to_connections_in_turn() {
