@@ -143,11 +143,14 @@ impl WriteSlots {
 
     /// A write of `bytes` ended: counts it, and at the end of a period moves the limit.
     fn completed(&self, bytes: u64, took: Duration) {
+        self.completed_at(bytes, took, Instant::now());
+    }
+
+    fn completed_at(&self, bytes: u64, took: Duration, now: Instant) {
         let mut p = self.probe.borrow_mut();
         p.bytes += bytes;
         p.writes += 1;
         p.write_time += took;
-        let now = Instant::now();
         let elapsed = now - p.started;
         if elapsed < PERIOD {
             return;
@@ -229,6 +232,53 @@ impl Drop for Slot {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Runs `periods` periods against a model device that carries `carried(limit)` bytes per
+    /// period while appends always wait (backed up); returns the limits the periods ran at.
+    fn search(max: usize, periods: usize, carried: impl Fn(usize) -> u64) -> Vec<usize> {
+        let slots = WriteSlots::new(max);
+        let mut now = slots.probe.borrow().started;
+        let mut limits = Vec::new();
+        for _ in 0..periods {
+            let limit = slots.limit();
+            limits.push(limit);
+            now += PERIOD;
+            slots.probe.borrow_mut().waited = PERIOD;
+            slots.completed_at(carried(limit), Duration::from_millis(1), now);
+        }
+        limits
+    }
+
+    #[test]
+    fn a_device_with_a_cost_per_request_gets_one_write_at_a_time() {
+        // Throttled to a fixed number of requests: fewer, larger writes carry more.
+        let limits = search(8, 60, |limit| 100_000_000 / limit as u64);
+        let settled = &limits[20..];
+        let at_one = settled.iter().filter(|&&l| l == 1).count();
+        assert!(at_one * 10 >= settled.len() * 8, "{limits:?}");
+    }
+
+    #[test]
+    fn a_device_that_writes_in_parallel_keeps_its_slots() {
+        // More in flight carries more, up to 8.
+        let limits = search(8, 60, |limit| 10_000_000 * limit as u64);
+        let settled = &limits[20..];
+        let at_max = settled.iter().filter(|&&l| l == 8).count();
+        assert!(at_max * 10 >= settled.len() * 7, "{limits:?}");
+        // And a flat one (as much with any) stays at the top most of the time too.
+        let limits = search(8, 60, |_| 50_000_000);
+        let at_max = limits[20..].iter().filter(|&&l| l == 8).count();
+        assert!(at_max * 10 >= 40 * 7, "{limits:?}");
+    }
+
+    #[test]
+    fn writes_keeping_up_open_every_slot() {
+        let slots = WriteSlots::new(8);
+        slots.set_limit(2);
+        let now = slots.probe.borrow().started + PERIOD;
+        slots.completed_at(1000, Duration::from_millis(1), now);
+        assert_eq!(slots.limit(), 8);
+    }
 
     #[test]
     fn a_lower_limit_takes_slots_back_as_writes_end() {
