@@ -21,12 +21,12 @@ use std::time::{Duration, Instant};
 /// How long the rate is measured before the limit moves.
 const PERIOD: Duration = Duration::from_millis(100);
 /// Writes are backed up when appends waited for a slot this share of a period.
-const BACKED_UP: f64 = 0.5;
+const BACKED_UP: f64 = 1.0;
 /// A rate this much below the last one counts as worse (the rest is noise).
 const WORSE: f64 = 0.95;
 /// Periods the limit stays put after a move was undone, or at an end, before it moves again:
 /// most of the time goes to the best limit found, a little to probing.
-const HOLD: u32 = 5;
+const HOLD: u32 = 20;
 /// A backlog lasting this long is logged (at most once per this period, per shard).
 const BACKLOG_LOGGED_AFTER: Duration = Duration::from_secs(1);
 const BACKLOG_LOG_EVERY: Duration = Duration::from_secs(10);
