@@ -1653,6 +1653,15 @@ fn compaction_drops_aborted_records_and_stays_below_the_last_stable_offset() {
     });
 }
 
+/// The abort markers' offsets in the log's aborted-transaction index.
+fn abort_markers(log: &PartitionLog) -> Vec<i64> {
+    let hw = log.high_watermark();
+    log.aborted_transactions(0, hw)
+        .iter()
+        .map(|t| t.last_offset)
+        .collect()
+}
+
 #[test]
 fn compaction_removes_markers_once_their_transactions_have_no_records_left() {
     let (_tmp, dir) = partition_dir();
@@ -1698,14 +1707,8 @@ fn compaction_removes_markers_once_their_transactions_have_no_records_left() {
         assert!(!offsets.contains(&commit.base_offset), "{offsets:?}");
         assert!(offsets.contains(&recent.base_offset), "{offsets:?}");
         assert!((shadow.base_offset..=shadow.last_offset).all(|o| offsets.contains(&o)));
-        let hw = log.high_watermark();
-        let left: Vec<i64> = log
-            .aborted_transactions(0, hw)
-            .iter()
-            .map(|t| t.last_offset)
-            .collect();
         assert_eq!(
-            left,
+            abort_markers(&log),
             [recent.base_offset],
             "the removed abort leaves the index"
         );
@@ -1715,13 +1718,7 @@ fn compaction_removes_markers_once_their_transactions_have_no_records_left() {
     // The segment's index file says the same after a restart.
     run(move || async move {
         let log = PartitionLog::open(&dir, config).await.unwrap();
-        let hw = log.high_watermark();
-        let left: Vec<i64> = log
-            .aborted_transactions(0, hw)
-            .iter()
-            .map(|t| t.last_offset)
-            .collect();
-        assert_eq!(left, [markers.1]);
+        assert_eq!(abort_markers(&log), [markers.1]);
         assert!(!read_all(&log).await.contains(&markers.0));
     });
 }
