@@ -137,7 +137,7 @@ pub async fn create_topic(shard: &Rc<Shard>, topic: NewTopic) -> Result<(Uuid, i
         let name = topic.name.clone();
         let configs = configs.clone();
         shard.run_on(owner, move |s| async move {
-            s.open_partition(&name, p as i32, &configs)
+            s.open_partition(&name, id, p as i32, &configs)
                 .await
                 .map_err(|e| format!("{e:#}"))
         })
@@ -166,6 +166,7 @@ pub async fn create_partitions(
         return Err(unknown_topic(&name));
     };
     let current = topic.shards.len() as i32;
+    let id = topic.id;
     // Kafka's messages for the same refusals.
     if count < current {
         return Err(ApiError::new(
@@ -238,7 +239,7 @@ pub async fn create_partitions(
         let (name, configs) = (name.clone(), configs.clone());
         let partition = current + i as i32;
         shard.run_on(owner, move |s| async move {
-            s.open_partition(&name, partition, &configs)
+            s.open_partition(&name, id, partition, &configs)
                 .await
                 .map_err(|e| format!("{e:#}"))
         })

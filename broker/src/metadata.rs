@@ -11,6 +11,16 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use uuid::Uuid;
 
+/// A partition's owner shard as a request was routed to it, with the id of the topic it was
+/// routed for. The owner serves the request only from that topic's log: a request routed
+/// with metadata from before the topic was deleted and created again under the same name
+/// must not reach the new topic's log (or its Raft group).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Route {
+    pub owner: usize,
+    pub topic_id: Uuid,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct TopicMeta {
     pub id: Uuid,
@@ -198,6 +208,15 @@ impl ClusterMeta {
     /// Owner shard of a partition on this node, if the topic and partition exist.
     pub fn owner(&self, topic: &str, partition: i32) -> Option<usize> {
         self.owner_of(self.topics.get(topic)?, partition)
+    }
+
+    /// Where a request for a partition goes on this node, and which topic it was routed for.
+    pub fn route(&self, topic: &str, partition: i32) -> Option<Route> {
+        let t = self.topics.get(topic)?;
+        Some(Route {
+            owner: self.owner_of(t, partition)?,
+            topic_id: t.id,
+        })
     }
 
     /// Owner shard of partition `partition` of `t` on this node.

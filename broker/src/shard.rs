@@ -11,6 +11,7 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
 use tern_storage::{LogConfig, PartitionLog};
+use uuid::Uuid;
 
 use crate::config::BrokerConfig;
 use crate::metadata::MetaStore;
@@ -19,6 +20,12 @@ use crate::topic_config;
 /// Work sent to another shard: a closure run there with that shard's state.
 pub type Job = Box<dyn FnOnce(Rc<Shard>) -> Pin<Box<dyn Future<Output = ()>>> + Send>;
 
+/// A partition's log on its owner shard, and the id of the topic it is a partition of.
+struct OwnedLog {
+    topic_id: Uuid,
+    log: Rc<PartitionLog>,
+}
+
 /// Per-shard state. One exists on each shard's executor thread; it never leaves that thread.
 pub struct Shard {
     pub id: usize,
@@ -26,7 +33,7 @@ pub struct Shard {
     pub meta: Arc<MetaStore>,
     peers: Arc<Vec<mpsc::UnboundedSender<Job>>>,
     /// Partitions this shard owns, by (topic, partition).
-    partitions: RefCell<HashMap<(String, i32), Rc<PartitionLog>>>,
+    partitions: RefCell<HashMap<(String, i32), OwnedLog>>,
     /// Serializes metadata changes; used on shard 0 (the controller) only.
     pub controller_lock: glommio::sync::Semaphore,
     /// Consumer groups this shard coordinates.
@@ -150,7 +157,30 @@ impl Shard {
         self.partitions
             .borrow()
             .get(&(topic.to_string(), partition))
-            .cloned()
+            .map(|owned| owned.log.clone())
+    }
+
+    /// A partition a request was routed to (`Route`): its log and, in cluster mode, its Raft
+    /// group, if this shard holds it as a partition of the topic with id `topic_id`, which the
+    /// node's metadata still has. A request routed before the topic was deleted (and perhaps
+    /// created again under its name) gets None.
+    pub fn routed_partition(
+        &self,
+        topic: &str,
+        topic_id: Uuid,
+        partition: i32,
+    ) -> Option<(Rc<PartitionLog>, Option<u64>)> {
+        let log = {
+            let partitions = self.partitions.borrow();
+            let owned = partitions.get(&(topic.to_string(), partition))?;
+            if owned.topic_id != topic_id {
+                return None;
+            }
+            owned.log.clone()
+        };
+        let meta = self.meta.snapshot();
+        let t = meta.topics.get(topic).filter(|t| t.id == topic_id)?;
+        Some((log, t.group(partition)))
     }
 
     /// The Raft group of a replicated partition (cluster mode).
@@ -158,7 +188,8 @@ impl Shard {
         self.meta.snapshot().topics.get(topic)?.group(partition)
     }
 
-    /// A partition this node serves reads of, on its owner shard, and its leader epoch. In
+    /// A partition this node serves reads of, on its owner shard (as routed, see
+    /// `routed_partition`), its leader epoch and Raft group. In
     /// cluster mode only its leader does (NOT_LEADER_OR_FOLLOWER elsewhere), or with
     /// `any_replica` (a consumer reading from a follower, KIP-392) any replica it holds (reads
     /// stop at that replica's high watermark: committed records only). A client's
@@ -167,14 +198,17 @@ impl Shard {
     pub fn readable_partition(
         &self,
         topic: &str,
+        topic_id: Uuid,
         partition: i32,
         current_leader_epoch: i32,
         any_replica: bool,
-    ) -> Result<(Rc<PartitionLog>, i32), i16> {
+    ) -> Result<(Rc<PartitionLog>, i32, Option<u64>), i16> {
         use kafka_protocol::ResponseError;
         let not_leader = ResponseError::NotLeaderOrFollower.code();
-        let log = self.partition(topic, partition).ok_or(not_leader)?;
-        let epoch = match self.replica_group(topic, partition) {
+        let (log, group) = self
+            .routed_partition(topic, topic_id, partition)
+            .ok_or(not_leader)?;
+        let epoch = match group {
             None => 0,
             Some(group) => match self.replicas() {
                 Some(c) if c.leads(group) => c.leader_epoch(group).ok_or(not_leader)?,
@@ -185,7 +219,7 @@ impl Shard {
         match current_leader_epoch {
             e if e >= 0 && e < epoch => Err(ResponseError::FencedLeaderEpoch.code()),
             e if e > epoch => Err(ResponseError::UnknownLeaderEpoch.code()),
-            _ => Ok((log, epoch)),
+            _ => Ok((log, epoch, group)),
         }
     }
 
@@ -197,6 +231,7 @@ impl Shard {
     pub async fn open_partition(
         &self,
         topic: &str,
+        topic_id: Uuid,
         partition: i32,
         configs: &std::collections::BTreeMap<String, String>,
     ) -> Result<()> {
@@ -207,7 +242,7 @@ impl Shard {
         log.share_write_slots(self.write_slots.clone());
         self.partitions
             .borrow_mut()
-            .insert((topic.to_string(), partition), log);
+            .insert((topic.to_string(), partition), OwnedLog { topic_id, log });
         self.share_cache_budget();
         Ok(())
     }
@@ -239,8 +274,8 @@ impl Shard {
     /// Shares the shard's cache budget evenly among its partitions.
     fn share_cache_budget(&self) {
         let bytes = self.cache_bytes();
-        for log in self.partitions.borrow().values() {
-            log.set_cache_bytes(bytes);
+        for owned in self.partitions.borrow().values() {
+            owned.log.set_cache_bytes(bytes);
         }
     }
 
@@ -249,7 +284,8 @@ impl Shard {
         let log = self
             .partitions
             .borrow_mut()
-            .remove(&(topic.to_string(), partition));
+            .remove(&(topic.to_string(), partition))
+            .map(|owned| owned.log);
         self.share_cache_budget();
         match log {
             Some(log) => log
@@ -277,15 +313,16 @@ impl Shard {
         configs: &std::collections::BTreeMap<String, String>,
     ) {
         let log_config = self.log_config(configs);
-        for ((t, _), log) in self.partitions.borrow().iter() {
+        for ((t, _), owned) in self.partitions.borrow().iter() {
             if t == topic {
-                log.set_config(log_config.clone());
+                owned.log.set_config(log_config.clone());
             }
         }
     }
 
     fn logs(&self) -> Vec<Rc<PartitionLog>> {
-        self.partitions.borrow().values().cloned().collect()
+        let partitions = self.partitions.borrow();
+        partitions.values().map(|owned| owned.log.clone()).collect()
     }
 
     /// Background upkeep of this shard's logs: `flush.ms` syncs every 100 ms, retention and
@@ -321,8 +358,7 @@ impl Shard {
 
     /// Closes every partition cleanly (shutdown).
     pub async fn close_all(&self) {
-        let logs: Vec<_> = self.partitions.borrow().values().cloned().collect();
-        for log in logs {
+        for log in self.logs() {
             if let Err(e) = log.close().await {
                 tracing::error!(dir = %log.dir().display(), error = %e, "close partition");
             }
@@ -369,7 +405,9 @@ impl ShardSeed {
             for (p, &owner) in topic.shards.iter().enumerate() {
                 if owner == shard.id {
                     let configs = snapshot.topic_configs(&topic.configs, shard.config.node_id);
-                    shard.open_partition(name, p as i32, &configs).await?;
+                    shard
+                        .open_partition(name, topic.id, p as i32, &configs)
+                        .await?;
                 }
             }
         }
@@ -406,5 +444,116 @@ impl ShardSeed {
         })
         .detach();
         Ok(shard)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metadata::{Route, TopicMeta};
+    use kafka_protocol::ResponseError;
+    use std::time::Duration;
+
+    fn config(data_dir: &std::path::Path) -> BrokerConfig {
+        let ms = Duration::from_millis;
+        BrokerConfig {
+            node_id: 1,
+            data_dir: data_dir.to_path_buf(),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            advertised_host: "127.0.0.1".into(),
+            advertised_port: 9092,
+            auto_create_topics: false,
+            default_partitions: 1,
+            max_request_bytes: 100 << 20,
+            cache_bytes_per_partition: 1 << 20,
+            memory_per_shard: 64 << 20,
+            group: crate::group::state::GroupConfig {
+                min_session_timeout: ms(6_000),
+                max_session_timeout: ms(1_800_000),
+                initial_rebalance_delay: ms(0),
+                consumer_session_timeout: ms(45_000),
+                consumer_heartbeat_interval: ms(5_000),
+            },
+            offsets_partitions: 1,
+            transaction_partitions: 1,
+            retention_check_interval: ms(300_000),
+            producer_id_expiration: ms(86_400_000),
+            transaction_max_timeout_ms: 900_000,
+            transactional_id_expiration: ms(604_800_000),
+            write_slots: 4,
+            cluster: None,
+        }
+    }
+
+    /// A single shard on a fresh data dir.
+    async fn shard_with(dir: &std::path::Path) -> Rc<Shard> {
+        let meta = Arc::new(MetaStore::load(dir, 1).unwrap());
+        let (peer, inbox) = mpsc::unbounded();
+        let seed = ShardSeed {
+            id: 0,
+            config: Arc::new(config(dir)),
+            meta,
+            peers: Arc::new(vec![peer]),
+            inbox,
+        };
+        seed.start().await.unwrap()
+    }
+
+    /// Publishes the shard's metadata with topic `t` of one partition as the topic with id
+    /// `id` (None: no topic `t`).
+    fn publish_t(shard: &Shard, id: Option<Uuid>) {
+        let mut meta = (*shard.meta.snapshot()).clone();
+        meta.topics.remove("t");
+        if let Some(id) = id {
+            let t = TopicMeta::local(id, vec![0], Default::default());
+            meta.topics.insert("t".into(), t);
+        }
+        shard.meta.publish(meta);
+    }
+
+    #[test]
+    fn a_request_routed_before_its_topic_was_created_again_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
+        glommio::LocalExecutorBuilder::default()
+            .spawn(move || async move {
+                let shard = shard_with(&dir).await;
+                let (old, new) = (Uuid::new_v4(), Uuid::new_v4());
+                publish_t(&shard, Some(old));
+                let configs = Default::default();
+                shard.open_partition("t", old, 0, &configs).await.unwrap();
+                let route = shard.meta.snapshot().route("t", 0).unwrap();
+                assert_eq!(
+                    route,
+                    Route {
+                        owner: 0,
+                        topic_id: old
+                    }
+                );
+                assert!(shard.routed_partition("t", route.topic_id, 0).is_some());
+
+                // Created again under its name: the metadata has the new topic before the
+                // old one's log is gone, then both agree.
+                publish_t(&shard, Some(new));
+                assert!(shard.routed_partition("t", new, 0).is_none());
+                assert!(shard.routed_partition("t", route.topic_id, 0).is_none());
+                shard.remove_partition("t", 0).await.unwrap();
+                shard.open_partition("t", new, 0, &configs).await.unwrap();
+                assert!(shard.routed_partition("t", route.topic_id, 0).is_none());
+                let not_leader = ResponseError::NotLeaderOrFollower.code();
+                let read = shard.readable_partition("t", route.topic_id, 0, -1, false);
+                assert_eq!(read.err(), Some(not_leader));
+                let route = shard.meta.snapshot().route("t", 0).unwrap();
+                assert_eq!(route.topic_id, new);
+                assert!(shard.readable_partition("t", new, 0, -1, false).is_ok());
+
+                // Deleted from the metadata, its log not removed yet.
+                publish_t(&shard, None);
+                assert!(shard.routed_partition("t", new, 0).is_none());
+                shard.close_all().await;
+            })
+            .unwrap()
+            .join()
+            .unwrap();
     }
 }

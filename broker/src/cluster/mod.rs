@@ -591,11 +591,14 @@ impl Cluster {
         owner: usize,
         replicas: Vec<i32>,
     ) {
-        let configs = meta.topic_configs(&meta.topics[&name].configs, self.node_id());
-        // A new partition's first replica is its preferred leader: it stands first.
+        let topic = &meta.topics[&name];
+        let (configs, topic_id) = (meta.topic_configs(&topic.configs, self.node_id()), topic.id);
+        // A new partition's first replica is its preferred leader: it stands first. (A topic
+        // created again under an old name is new.)
         let new_partition = current
             .topics
             .get(&name)
+            .filter(|t| t.id == topic_id)
             .is_none_or(|t| p as usize >= t.replicas.len());
         let campaign = new_partition && replicas.first() == Some(&self.node_id());
         // Shard 0 holds the node's Raft state file: the owner starts from what it stored.
@@ -613,6 +616,7 @@ impl Cluster {
                 let Some(r) = s.replicas() else {
                     return Err("no replicas on this shard".to_string());
                 };
+                let topic = (topic, topic_id);
                 r.open_replica(&s, group, topic, p, configs, replicas, stored, campaign)
                     .await
                     .map_err(|e| format!("{e:#}"))

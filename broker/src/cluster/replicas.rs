@@ -217,14 +217,14 @@ impl Replicas {
         &self,
         shard: &Shard,
         group: GroupId,
-        name: String,
+        (name, topic_id): (String, uuid::Uuid),
         p: i32,
         configs: BTreeMap<String, String>,
         replicas: Vec<i32>,
         stored: Option<Persisted>,
         campaign: bool,
     ) -> Result<()> {
-        shard.open_partition(&name, p, &configs).await?;
+        shard.open_partition(&name, topic_id, p, &configs).await?;
         let log = shard.partition(&name, p).context("partition just opened")?;
         let members = Membership::new(replicas.iter().map(|&n| n as u64));
         self.replicator

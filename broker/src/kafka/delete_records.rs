@@ -16,18 +16,16 @@ use crate::shard::Shard;
 /// Moves one partition's log start on its owner shard: `(error, low watermark)`.
 async fn delete(
     s: Rc<Shard>,
-    topic: String,
+    (topic, topic_id): (String, uuid::Uuid),
     partition: i32,
     offset: i64,
     timeout: Duration,
 ) -> (i16, i64) {
     let not_leader = (ResponseError::NotLeaderOrFollower.code(), -1);
-    let Some(log) = s.partition(&topic, partition) else {
+    let Some((log, group)) = s.routed_partition(&topic, topic_id, partition) else {
         return not_leader;
     };
-    let replicated = s
-        .replica_group(&topic, partition)
-        .map(|g| (g, s.replicas()));
+    let replicated = group.map(|g| (g, s.replicas()));
     if let Some((group, replicas)) = &replicated {
         if !replicas.as_ref().is_some_and(|r| r.leads(*group)) {
             return not_leader;
@@ -56,8 +54,11 @@ pub async fn handle(shard: &Rc<Shard>, req: DeleteRecordsRequest) -> ResponseKin
         .topics
         .iter()
         .flat_map(|t| t.partitions.iter().map(move |p| (t.name.0.as_str(), p)))
-        .map(|(name, p)| match meta.owner(name, p.partition_index) {
-            Some(owner) => Ok((owner, (name.to_string(), p.partition_index, p.offset))),
+        .map(|(name, p)| match meta.route(name, p.partition_index) {
+            Some(route) => {
+                let topic = (name.to_string(), route.topic_id);
+                Ok((route.owner, (topic, p.partition_index, p.offset)))
+            }
             None => Err((ResponseError::UnknownTopicOrPartition.code(), -1)),
         })
         .collect();

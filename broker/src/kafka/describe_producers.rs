@@ -22,15 +22,15 @@ pub async fn handle(shard: &Rc<Shard>, req: DescribeProducersRequest) -> Respons
                 .iter()
                 .map(move |&p| (t.name.0.as_str(), p))
         })
-        .map(|(name, p)| match meta.owner(name, p) {
-            Some(owner) => Ok((owner, (name.to_string(), p))),
+        .map(|(name, p)| match meta.route(name, p) {
+            Some(route) => Ok((route.owner, (name.to_string(), route.topic_id, p))),
             None => Err(Err(ResponseError::UnknownTopicOrPartition.code())),
         })
         .collect();
     let answers = shard
-        .on_owners(asked, |s, (topic, p)| async move {
-            s.readable_partition(&topic, p, -1, false)
-                .map(|(log, _)| log.producers())
+        .on_owners(asked, |s, (topic, topic_id, p)| async move {
+            s.readable_partition(&topic, topic_id, p, -1, false)
+                .map(|(log, _, _)| log.producers())
         })
         .await;
     let mut answers = answers.into_iter();

@@ -18,7 +18,7 @@ use uuid::Uuid;
 
 use super::fetch_session::{self, Plan};
 use super::produce::log_error_code;
-use crate::metadata::ClusterMeta;
+use crate::metadata::{ClusterMeta, Route};
 use crate::server::Reply;
 use crate::shard::Shard;
 
@@ -30,7 +30,7 @@ struct Wanted {
     /// The leader epoch the client knows (-1: none).
     current_leader_epoch: i32,
     max_bytes: usize,
-    owner: Option<usize>,
+    route: Option<Route>,
     /// Set when the topic or partition is unknown.
     error: Option<i16>,
     /// The replica in the consumer's rack it should read from instead of this leader.
@@ -55,6 +55,7 @@ struct ShardRead {
     /// Its place in the request.
     index: usize,
     topic: String,
+    topic_id: Uuid,
     partition: i32,
     offset: i64,
     /// The client's limit for this partition; 0 when no records are wanted (the consumer is
@@ -100,10 +101,15 @@ async fn read_local(
     any_replica: bool,
     committed: bool,
 ) -> Read {
-    let readable =
-        shard.readable_partition(&p.topic, p.partition, p.current_leader_epoch, any_replica);
+    let readable = shard.readable_partition(
+        &p.topic,
+        p.topic_id,
+        p.partition,
+        p.current_leader_epoch,
+        any_replica,
+    );
     let log = match readable {
-        Ok((log, _)) => log,
+        Ok((log, _, _)) => log,
         Err(error) => {
             return Read {
                 error,
@@ -293,8 +299,8 @@ fn wanted(
     topic_error: Option<i16>,
     rack: &str,
 ) -> Wanted {
-    let owner = meta.owner(name, partition);
-    let error = topic_error.or(match owner {
+    let route = meta.route(name, partition);
+    let error = topic_error.or(match route {
         None => Some(ResponseError::UnknownTopicOrPartition.code()),
         Some(_) => None,
     });
@@ -305,7 +311,7 @@ fn wanted(
         offset,
         current_leader_epoch,
         max_bytes: max_bytes.max(0) as usize,
-        owner,
+        route,
         error,
         preferred: preferred_replica(shard, meta, name, partition, rack),
     }
@@ -335,10 +341,11 @@ async fn read_all(
         .collect();
     let mut by_owner: BTreeMap<usize, Vec<ShardRead>> = BTreeMap::new();
     for (index, w) in wanted.iter().enumerate() {
-        if let (Some(owner), None) = (w.owner, w.error) {
-            by_owner.entry(owner).or_default().push(ShardRead {
+        if let (Some(route), None) = (w.route, w.error) {
+            by_owner.entry(route.owner).or_default().push(ShardRead {
                 index,
                 topic: w.topic.clone(),
+                topic_id: route.topic_id,
                 partition: w.partition,
                 offset: w.offset,
                 max_bytes: if w.preferred.is_some() {
@@ -409,11 +416,12 @@ pub async fn handle(
         // Long-poll: wait on each owner shard for an append to one of its partitions.
         let mut by_owner: BTreeMap<usize, Vec<(String, i32, i64)>> = BTreeMap::new();
         for w in topics.iter().flat_map(|(_, _, parts)| parts) {
-            if let Some(owner) = w.owner {
-                by_owner
-                    .entry(owner)
-                    .or_default()
-                    .push((w.topic.clone(), w.partition, w.offset));
+            if let Some(route) = w.route {
+                by_owner.entry(route.owner).or_default().push((
+                    w.topic.clone(),
+                    w.partition,
+                    w.offset,
+                ));
             }
         }
         if by_owner.is_empty() {

@@ -20,14 +20,14 @@ const EARLIEST_LOCAL: i64 = -4;
 /// (read_committed) client is answered within the last stable offset.
 async fn lookup(
     shard: Rc<Shard>,
-    topic: String,
+    (topic, topic_id): (String, uuid::Uuid),
     partition: i32,
     timestamp: i64,
     current_leader_epoch: i32,
     committed: bool,
 ) -> (i16, i64, i64, i32) {
-    let (log, epoch) =
-        match shard.readable_partition(&topic, partition, current_leader_epoch, false) {
+    let (log, epoch, _) =
+        match shard.readable_partition(&topic, topic_id, partition, current_leader_epoch, false) {
             Ok(found) => found,
             Err(code) => return (code, -1, -1, -1),
         };
@@ -72,19 +72,19 @@ pub async fn handle(shard: &Rc<Shard>, req: ListOffsetsRequest, version: i16) ->
         for p in &t.partitions {
             let partition = p.partition_index;
             asked.push(
-                match (named[&(name, partition)] > 1, meta.owner(name, partition)) {
+                match (named[&(name, partition)] > 1, meta.route(name, partition)) {
                     (true, _) => Err((ResponseError::InvalidRequest.code(), -1, -1, -1)),
                     (false, None) => {
                         Err((ResponseError::UnknownTopicOrPartition.code(), -1, -1, -1))
                     }
-                    (false, Some(owner)) => {
+                    (false, Some(route)) => {
                         let item = (
-                            name.to_string(),
+                            (name.to_string(), route.topic_id),
                             partition,
                             p.timestamp,
                             p.current_leader_epoch,
                         );
-                        Ok((owner, item))
+                        Ok((route.owner, item))
                     }
                 },
             );

@@ -17,20 +17,21 @@ use crate::shard::Shard;
 /// one replica has epoch 0 throughout.
 async fn lookup(
     shard: Rc<Shard>,
-    topic: String,
+    (topic, topic_id): (String, uuid::Uuid),
     partition: i32,
     current_leader_epoch: i32,
     epoch: i32,
 ) -> (i16, i32, i64) {
-    let (log, leader_epoch) =
-        match shard.readable_partition(&topic, partition, current_leader_epoch, false) {
-            Ok(found) => found,
-            Err(code) => return (code, -1, -1),
-        };
+    let readable =
+        shard.readable_partition(&topic, topic_id, partition, current_leader_epoch, false);
+    let (log, leader_epoch, group) = match readable {
+        Ok(found) => found,
+        Err(code) => return (code, -1, -1),
+    };
     if epoch < 0 {
         return (0, -1, -1);
     }
-    match shard.replica_group(&topic, partition) {
+    match group {
         None => (0, leader_epoch, log.end_offset()),
         Some(group) => match shard.replicas().and_then(|r| r.epoch_end(group, epoch)) {
             Some((found, end)) => (0, found, end),
@@ -45,15 +46,15 @@ pub async fn handle(shard: &Rc<Shard>, req: OffsetForLeaderEpochRequest) -> Resp
         .topics
         .iter()
         .flat_map(|t| t.partitions.iter().map(move |p| (t.topic.0.as_str(), p)))
-        .map(|(name, p)| match meta.owner(name, p.partition) {
-            Some(owner) => {
+        .map(|(name, p)| match meta.route(name, p.partition) {
+            Some(route) => {
                 let item = (
-                    name.to_string(),
+                    (name.to_string(), route.topic_id),
                     p.partition,
                     p.current_leader_epoch,
                     p.leader_epoch,
                 );
-                Ok((owner, item))
+                Ok((route.owner, item))
             }
             None => Err((ResponseError::UnknownTopicOrPartition.code(), -1, -1)),
         })

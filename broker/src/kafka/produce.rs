@@ -10,6 +10,7 @@ use kafka_protocol::ResponseError;
 use std::rc::Rc;
 use tern_storage::producers::ProducerError;
 use tern_storage::{Durability, LogError};
+use uuid::Uuid;
 
 use super::{now_ms, str_bytes};
 use crate::controller;
@@ -65,17 +66,17 @@ pub fn log_error_code(e: &LogError) -> i16 {
     }
 }
 
-/// Appends on the owner shard and waits as `acks` asks.
-/// `group`: the partition's Raft group in cluster mode, looked up with its owner.
+/// Appends on the owner shard and waits as `acks` asks: replicated through the partition's
+/// Raft group in cluster mode.
 async fn produce_local(
     shard: Rc<Shard>,
     topic: String,
+    topic_id: Uuid,
     partition: i32,
-    group: Option<u64>,
     records: Bytes,
     acks: i16,
 ) -> Outcome {
-    let Some(log) = shard.partition(&topic, partition) else {
+    let Some((log, group)) = shard.routed_partition(&topic, topic_id, partition) else {
         return Outcome::error(
             ResponseError::NotLeaderOrFollower.code(),
             format!("{topic}-{partition} is not on this shard"),
@@ -244,8 +245,8 @@ async fn produce_replicated(
 /// A partition's batch, checked, for its owner shard.
 struct Routed {
     topic: String,
+    topic_id: Uuid,
     partition: i32,
-    group: Option<u64>,
     records: Bytes,
 }
 
@@ -261,9 +262,7 @@ async fn route_partition(
     produce_checks(shard, &topic, partition, records.as_ref(), transactional_id)
         .await
         .map_err(|(code, message)| Outcome::error(code, message))?;
-    let meta = shard.meta.snapshot();
-    let group = meta.topics.get(&topic).and_then(|t| t.group(partition));
-    let Some(owner) = meta.owner(&topic, partition) else {
+    let Some(route) = shard.meta.snapshot().route(&topic, partition) else {
         return Err(Outcome::error(
             ResponseError::UnknownTopicOrPartition.code(),
             format!("{topic} has no partition {partition}"),
@@ -277,11 +276,11 @@ async fn route_partition(
     };
     let routed = Routed {
         topic,
+        topic_id: route.topic_id,
         partition,
-        group,
         records,
     };
-    Ok((owner, routed))
+    Ok((route.owner, routed))
 }
 
 /// The topic exists (or is created), and a transactional batch belongs to its producer's open
@@ -366,7 +365,7 @@ pub async fn handle(shard: &Rc<Shard>, req: ProduceRequest) -> Option<ProduceRes
     let routed = futures::future::join_all(checks).await;
     let outcomes = shard
         .on_owners(routed, move |s, r: Routed| {
-            produce_local(s, r.topic, r.partition, r.group, r.records, acks)
+            produce_local(s, r.topic, r.topic_id, r.partition, r.records, acks)
         })
         .await;
     let mut outcomes = outcomes.into_iter();

@@ -28,6 +28,7 @@ use tern_protocol::rpc::NodeMessage;
 use tern_protocol::txn_records;
 use tern_raft::NodeId;
 use tern_storage::{Durability, LogError};
+use uuid::Uuid;
 
 use crate::controller::{self, CONTROLLER_SHARD};
 use crate::group::OFFSETS_TOPIC;
@@ -481,18 +482,23 @@ pub async fn write_local_markers(
     let meta = shard.meta.snapshot();
     let unknown = Err(ResponseError::UnknownTopicOrPartition.code());
     let mut results = Vec::new();
-    let mut by_owner: BTreeMap<usize, Vec<(String, i32)>> = BTreeMap::new();
+    let mut by_owner: BTreeMap<usize, Vec<(String, i32, Uuid)>> = BTreeMap::new();
     for (topic, p) in partitions {
-        match meta.owner(&topic, p) {
-            Some(owner) => by_owner.entry(owner).or_default().push((topic, p)),
+        match meta.route(&topic, p) {
+            Some(route) => {
+                by_owner
+                    .entry(route.owner)
+                    .or_default()
+                    .push((topic, p, route.topic_id))
+            }
             None => results.push(((topic, p), unknown)),
         }
     }
     let writes = by_owner.into_iter().map(|(owner, parts)| {
         shard.run_on(owner, move |s| async move {
             let mut out = Vec::new();
-            for (topic, p) in parts {
-                let result = write_marker(&s, &marker, &topic, p).await;
+            for (topic, p, topic_id) in parts {
+                let result = write_marker(&s, &marker, &topic, topic_id, p).await;
                 if result.is_ok() && topic == OFFSETS_TOPIC {
                     s.groups.complete_txn(marker.producer_id, p, marker.commit);
                 }
@@ -510,15 +516,19 @@ pub async fn write_local_markers(
     results
 }
 
-/// Writes `marker` to partition `p` of `topic`, owned by this shard.
-async fn write_marker(shard: &Rc<Shard>, marker: &Marker, topic: &str, p: i32) -> Result<(), i16> {
+/// Writes `marker` to partition `p` of `topic` (routed for the topic with id `topic_id`),
+/// owned by this shard.
+async fn write_marker(
+    shard: &Rc<Shard>,
+    marker: &Marker,
+    topic: &str,
+    topic_id: Uuid,
+    p: i32,
+) -> Result<(), i16> {
     let not_leader = ResponseError::NotLeaderOrFollower.code();
-    let Some(log) = shard.partition(topic, p) else {
-        // A replica elsewhere, or no such partition.
-        return match shard.replica_group(topic, p) {
-            Some(_) => Err(not_leader),
-            None => Err(ResponseError::UnknownTopicOrPartition.code()),
-        };
+    // Routed before the topic was deleted (or created again): no longer here.
+    let Some((log, group)) = shard.routed_partition(topic, topic_id, p) else {
+        return Err(not_leader);
     };
     let refused = |e: LogError| match e {
         LogError::Producer(_) => ResponseError::InvalidProducerEpoch.code(),
@@ -527,7 +537,7 @@ async fn write_marker(shard: &Rc<Shard>, marker: &Marker, topic: &str, p: i32) -
             crate::kafka::log_error_code(&e)
         }
     };
-    let Some(group) = shard.replica_group(topic, p) else {
+    let Some(group) = group else {
         let appended = log.append_marker(marker, now_ms()).map_err(refused)?;
         return log
             .wait(&appended, Durability::Synced)
