@@ -1,6 +1,8 @@
 //! The controller: the one writer of cluster metadata. It runs on shard 0; other shards send
-//! their topic changes here (`Shard::run_on(0, ..)`).
+//! their topic changes here (`ControllerCall`), and it changes the shards' partitions to match
+//! (`PartitionChange`).
 
+use futures::channel::oneshot;
 use kafka_protocol::ResponseError;
 use std::collections::BTreeMap;
 use std::rc::Rc;
@@ -134,13 +136,15 @@ pub async fn create_topic(shard: &Rc<Shard>, topic: NewTopic) -> Result<(Uuid, i
     }
     let configs = meta.topic_configs(&topic.configs, shard.config.node_id);
     let opens = shards.iter().enumerate().map(|(p, &owner)| {
-        let name = topic.name.clone();
-        let configs = configs.clone();
-        shard.run_on(owner, move |s| async move {
-            s.open_partition(&name, id, p as i32, &configs)
-                .await
-                .map_err(|e| format!("{e:#}"))
-        })
+        let (topic, configs) = (topic.name.clone(), configs.clone());
+        let open = move |answer| PartitionChange::Open {
+            topic,
+            topic_id: id,
+            partition: p as i32,
+            configs,
+            answer,
+        };
+        change_partitions(shard, owner, open)
     });
     for result in futures::future::join_all(opens).await {
         result.map_err(|e| ApiError::new(ResponseError::KafkaStorageError, e))?;
@@ -236,13 +240,15 @@ pub async fn create_partitions(
     }
     persist_change(shard, &mut meta).await?;
     let opens = added.iter().enumerate().map(|(i, &owner)| {
-        let (name, configs) = (name.clone(), configs.clone());
-        let partition = current + i as i32;
-        shard.run_on(owner, move |s| async move {
-            s.open_partition(&name, id, partition, &configs)
-                .await
-                .map_err(|e| format!("{e:#}"))
-        })
+        let (topic, configs) = (name.clone(), configs.clone());
+        let open = move |answer| PartitionChange::Open {
+            topic,
+            topic_id: id,
+            partition: current + i as i32,
+            configs,
+            answer,
+        };
+        change_partitions(shard, owner, open)
     });
     for result in futures::future::join_all(opens).await {
         result.map_err(|e| ApiError::new(ResponseError::KafkaStorageError, e))?;
@@ -265,12 +271,13 @@ pub async fn delete_topic(shard: &Rc<Shard>, name: String) -> Result<Uuid, ApiEr
     }
     shard.meta.publish(meta);
     let removals = topic.shards.iter().enumerate().map(|(p, &owner)| {
-        let name = name.clone();
-        shard.run_on(owner, move |s| async move {
-            s.remove_partition(&name, p as i32)
-                .await
-                .map_err(|e| format!("{e:#}"))
-        })
+        let topic = name.clone();
+        let remove = move |answer| PartitionChange::Remove {
+            topic,
+            partition: p as i32,
+            answer,
+        };
+        change_partitions(shard, owner, remove)
     });
     for result in futures::future::join_all(removals).await {
         if let Err(e) = result {
@@ -303,12 +310,11 @@ pub async fn set_topic_configs(
     let effective = meta.topic_configs(&configs, shard.config.node_id);
     shard.meta.publish(meta);
     for owner in owners {
-        let (name, configs) = (name.clone(), effective.clone());
-        shard
-            .run_on(owner, move |s| async move {
-                s.reconfigure_topic(&name, &configs)
-            })
-            .await;
+        let reconfigure = |answer| PartitionChange::Reconfigure {
+            topics: vec![(name.clone(), effective.clone())],
+            answer,
+        };
+        change_partitions(shard, owner, reconfigure).await;
     }
     tracing::info!(topic = %name, ?configs, "changed topic configs");
     Ok(())
@@ -343,10 +349,11 @@ pub async fn set_broker_configs(
     shard.meta.publish(meta);
     let meta = shard.meta.snapshot();
     for owner in 0..shard.shard_count() {
-        let meta = meta.clone();
-        shard
-            .run_on(owner, move |s| async move { s.reconfigure_all(&meta) })
-            .await;
+        let reconfigure = |answer| PartitionChange::ReconfigureAll {
+            meta: meta.clone(),
+            answer,
+        };
+        change_partitions(shard, owner, reconfigure).await;
     }
     Ok(())
 }
@@ -522,11 +529,11 @@ pub async fn ensure_topic(
         replication_factor: -1,
         assignments: None,
     };
-    match shard
-        .run_on(CONTROLLER_SHARD, move |s| async move {
-            create_topic(&s, topic).await
-        })
-        .await
+    match call(shard, |answer| ControllerCall::CreateTopic {
+        topic,
+        answer,
+    })
+    .await
     {
         Ok(_) => Ok(()),
         Err(e) if e.code == ResponseError::TopicAlreadyExists.code() => Ok(()),
@@ -629,6 +636,194 @@ pub async fn reassign_partitions(
         tracing::info!("partition reassignments recorded");
     }
     Ok(results)
+}
+
+/// A change to the partitions a shard owns, as the metadata changed.
+pub enum PartitionChange {
+    /// Open (creating if new) a partition of topic `topic_id`.
+    Open {
+        topic: String,
+        topic_id: Uuid,
+        partition: i32,
+        configs: BTreeMap<String, String>,
+        answer: oneshot::Sender<Result<(), String>>,
+    },
+    /// Remove a partition with its files.
+    Remove {
+        topic: String,
+        partition: i32,
+        answer: oneshot::Sender<Result<(), String>>,
+    },
+    /// Apply topics' changed configs (as they apply on this node).
+    Reconfigure {
+        topics: Vec<(String, BTreeMap<String, String>)>,
+        answer: oneshot::Sender<()>,
+    },
+    /// Apply every topic's configs as `meta` has them (the dynamic broker configs changed).
+    ReconfigureAll {
+        meta: std::sync::Arc<ClusterMeta>,
+        answer: oneshot::Sender<()>,
+    },
+}
+
+impl PartitionChange {
+    /// Makes the change on the shard and sends its answer.
+    pub async fn run(self, shard: Rc<Shard>) {
+        match self {
+            PartitionChange::Open {
+                topic,
+                topic_id,
+                partition,
+                configs,
+                answer,
+            } => {
+                let opened = shard.open_partition(&topic, topic_id, partition, &configs);
+                let _ = answer.send(opened.await.map_err(|e| format!("{e:#}")));
+            }
+            PartitionChange::Remove {
+                topic,
+                partition,
+                answer,
+            } => {
+                let removed = shard.remove_partition(&topic, partition);
+                let _ = answer.send(removed.await.map_err(|e| format!("{e:#}")));
+            }
+            PartitionChange::Reconfigure { topics, answer } => {
+                for (topic, configs) in &topics {
+                    shard.reconfigure_topic(topic, configs);
+                }
+                let _ = answer.send(());
+            }
+            PartitionChange::ReconfigureAll { meta, answer } => {
+                shard.reconfigure_all(&meta);
+                let _ = answer.send(());
+            }
+        }
+    }
+}
+
+/// Makes a change (made with the sender of its answer) to shard `owner`'s partitions.
+pub async fn change_partitions<T>(
+    shard: &Rc<Shard>,
+    owner: usize,
+    change: impl FnOnce(oneshot::Sender<T>) -> PartitionChange,
+) -> T {
+    shard
+        .call(owner, |answer| {
+            crate::shard::ShardCall::Partitions(change(answer))
+        })
+        .await
+}
+
+/// The answer to a controller call.
+type Answer<T> = oneshot::Sender<Result<T, ApiError>>;
+
+/// A call to the controller (on `CONTROLLER_SHARD`): a metadata change asked by a request.
+pub enum ControllerCall {
+    CreateTopic {
+        topic: NewTopic,
+        answer: Answer<(Uuid, i16)>,
+    },
+    CreatePartitions {
+        name: String,
+        count: i32,
+        assignments: Option<Vec<Vec<i32>>>,
+        validate_only: bool,
+        answer: Answer<()>,
+    },
+    DeleteTopic {
+        name: String,
+        answer: Answer<Uuid>,
+    },
+    /// A topic's or (`broker`) the dynamic broker configs' explicit configs.
+    SetConfigs {
+        broker: bool,
+        name: String,
+        configs: BTreeMap<String, String>,
+        answer: Answer<()>,
+    },
+    Reassign {
+        moves: Vec<Reassignment>,
+        allow_factor_change: bool,
+        answer: Answer<Vec<Result<(), ApiError>>>,
+    },
+    /// ElectLeaders: `asked` (None: every partition).
+    Elect {
+        election: i8,
+        asked: Option<Vec<(String, i32)>>,
+        answer: Answer<Vec<crate::kafka::ElectOutcome>>,
+    },
+    AllocateProducerId {
+        answer: Answer<i64>,
+    },
+}
+
+impl ControllerCall {
+    /// Runs the call on the controller shard and sends its answer.
+    pub async fn run(self, shard: Rc<Shard>) {
+        let shard = &shard;
+        match self {
+            ControllerCall::CreateTopic { topic, answer } => {
+                let _ = answer.send(create_topic(shard, topic).await);
+            }
+            ControllerCall::CreatePartitions {
+                name,
+                count,
+                assignments,
+                validate_only,
+                answer,
+            } => {
+                let created = create_partitions(shard, name, count, assignments, validate_only);
+                let _ = answer.send(created.await);
+            }
+            ControllerCall::DeleteTopic { name, answer } => {
+                let _ = answer.send(delete_topic(shard, name).await);
+            }
+            ControllerCall::SetConfigs {
+                broker,
+                name,
+                configs,
+                answer,
+            } => {
+                let set = match broker {
+                    true => set_broker_configs(shard, name, configs).await,
+                    false => set_topic_configs(shard, name, configs).await,
+                };
+                let _ = answer.send(set);
+            }
+            ControllerCall::Reassign {
+                moves,
+                allow_factor_change,
+                answer,
+            } => {
+                let moved = reassign_partitions(shard, moves, allow_factor_change);
+                let _ = answer.send(moved.await);
+            }
+            ControllerCall::Elect {
+                election,
+                asked,
+                answer,
+            } => {
+                let elected = crate::kafka::elect(shard, election, asked);
+                let _ = answer.send(elected.await);
+            }
+            ControllerCall::AllocateProducerId { answer } => {
+                let _ = answer.send(allocate_producer_id(shard).await);
+            }
+        }
+    }
+}
+
+/// Sends a call (made with the sender of its answer) to the controller shard.
+pub async fn call<T>(
+    shard: &Rc<Shard>,
+    call: impl FnOnce(Answer<T>) -> ControllerCall,
+) -> Result<T, ApiError> {
+    shard
+        .call(CONTROLLER_SHARD, |answer| {
+            crate::shard::ShardCall::Controller(call(answer))
+        })
+        .await
 }
 
 #[cfg(test)]

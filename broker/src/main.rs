@@ -2,7 +2,6 @@
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
-use futures::channel::mpsc;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -16,6 +15,7 @@ mod cpus;
 mod group;
 mod internal;
 mod kafka;
+mod mesh;
 mod metadata;
 mod replication;
 mod rpc;
@@ -27,7 +27,7 @@ mod txn;
 
 use config::BrokerConfig;
 use metadata::MetaStore;
-use shard::{Job, ShardSeed};
+use shard::{ShardMessage, ShardSeed};
 
 #[derive(Parser)]
 #[command(
@@ -364,18 +364,19 @@ fn start(args: StartArgs) -> Result<()> {
         )?;
     }
 
-    let (senders, inboxes): (Vec<_>, Vec<_>) =
-        cpus.iter().map(|_| mpsc::unbounded::<Job>()).unzip();
-    let peers = Arc::new(senders);
+    let meshes = mesh::mesh::<ShardMessage>(cpus.len(), mesh::QUEUE_CAPACITY);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<()>>();
     let mut executors = Vec::new();
-    for (id, (cpu, inbox)) in cpus.iter().copied().zip(inboxes).enumerate() {
+    let mut stops = Vec::new();
+    for (id, (cpu, mesh)) in cpus.iter().copied().zip(meshes).enumerate() {
+        let (stop_tx, stop) = futures::channel::oneshot::channel();
+        stops.push(stop_tx);
         let seed = ShardSeed {
             id,
             config: config.clone(),
             meta: meta.clone(),
-            peers: peers.clone(),
-            inbox,
+            mesh,
+            stop,
         };
         let ready = ready_tx.clone();
         let mut builder = glommio::LocalExecutorBuilder::new(glommio::Placement::Fixed(cpu))
@@ -421,15 +422,8 @@ fn start(args: StartArgs) -> Result<()> {
     signals.forever().next();
     tracing::info!("shutting down: closing partitions");
     let (done_tx, done_rx) = std::sync::mpsc::channel();
-    for sender in peers.iter() {
-        let done = done_tx.clone();
-        let job: Job = Box::new(move |shard| {
-            Box::pin(async move {
-                shard.close_all().await;
-                let _ = done.send(());
-            })
-        });
-        let _ = sender.unbounded_send(job);
+    for stop in stops {
+        let _ = stop.send(done_tx.clone());
     }
     for _ in 0..cpus.len() {
         let _ = done_rx.recv();

@@ -2,8 +2,8 @@
 //! message mesh shards use to run work on each other.
 
 use anyhow::{Context, Result};
-use futures::channel::{mpsc, oneshot};
-use futures::StreamExt;
+use futures::channel::oneshot;
+use glommio::channels::shared_channel::ConnectedSender;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::future::Future;
@@ -13,12 +13,52 @@ use std::sync::Arc;
 use tern_storage::{LogConfig, PartitionLog};
 use uuid::Uuid;
 
+use crate::cluster::ReplicaCall;
 use crate::config::BrokerConfig;
+use crate::controller::{ControllerCall, PartitionChange};
+use crate::kafka::{GroupCall, OwnerCall};
+use crate::mesh::{Connected, MeshEnds};
 use crate::metadata::MetaStore;
 use crate::topic_config;
+use crate::txn::TxnCall;
 
-/// Work sent to another shard: a closure run there with that shard's state.
-pub type Job = Box<dyn FnOnce(Rc<Shard>) -> Pin<Box<dyn Future<Output = ()>>> + Send>;
+/// What one shard sends another.
+pub enum ShardMessage {
+    /// A typed call; its answer comes back on a oneshot channel (`Shard::call`).
+    Call(ShardCall),
+    /// Cluster mode: what other nodes sent about a group the shard hosts.
+    Notice(crate::cluster::Notice),
+}
+
+/// A typed call from one shard to another.
+pub enum ShardCall {
+    /// A request's part on the shard owning its partitions.
+    Owner(OwnerCall),
+    /// A request's step on its consumer group's coordinator (boxed: a JoinGroup is large).
+    Group(Box<GroupCall>),
+    /// A request's step on its transactional id's coordinator.
+    Txn(TxnCall),
+    /// A metadata change, on the controller shard.
+    Controller(ControllerCall),
+    /// A step of the node's replication on a shard hosting replicas.
+    Replica(ReplicaCall),
+    /// A change to the shard's partitions (the metadata changed).
+    Partitions(PartitionChange),
+}
+
+impl ShardCall {
+    /// Runs the call on its target shard and sends its answer.
+    pub async fn run(self, shard: Rc<Shard>) {
+        match self {
+            ShardCall::Owner(call) => call.run(shard).await,
+            ShardCall::Group(call) => call.run(shard).await,
+            ShardCall::Txn(call) => call.run(shard).await,
+            ShardCall::Controller(call) => call.run(shard).await,
+            ShardCall::Replica(call) => call.run(shard).await,
+            ShardCall::Partitions(change) => change.run(shard).await,
+        }
+    }
+}
 
 /// A partition's log on its owner shard, and the id of the topic it is a partition of.
 struct OwnedLog {
@@ -31,7 +71,8 @@ pub struct Shard {
     pub id: usize,
     pub config: Arc<BrokerConfig>,
     pub meta: Arc<MetaStore>,
-    peers: Arc<Vec<mpsc::UnboundedSender<Job>>>,
+    /// Queues to the other shards, by shard id (None: this shard).
+    peers: Vec<Option<ConnectedSender<ShardMessage>>>,
     /// Partitions this shard owns, by (topic, partition).
     partitions: RefCell<HashMap<(String, i32), OwnedLog>>,
     /// Serializes metadata changes; used on shard 0 (the controller) only.
@@ -73,84 +114,47 @@ impl Shard {
         *self.replicas.borrow_mut() = Some(replicas);
     }
 
-    /// Answers the items of a request that touches partitions on several shards: each
-    /// `Ok((owner, item))` is given to `work` on its owner shard, with one job per owner shard
-    /// carrying all of its items (run there concurrently); an `Err(answer)` is answered
-    /// already. Returns the answers in the items' order.
-    pub async fn on_owners<I, R, F, Fut>(
-        self: &Rc<Self>,
-        items: Vec<Result<(usize, I), R>>,
-        work: F,
-    ) -> Vec<R>
-    where
-        I: Send + 'static,
-        R: Send + 'static,
-        F: Fn(Rc<Shard>, I) -> Fut + Clone + Send + 'static,
-        Fut: Future<Output = R> + 'static,
-    {
-        let mut out: Vec<Option<R>> = Vec::with_capacity(items.len());
-        let mut by_owner: std::collections::BTreeMap<usize, Vec<(usize, I)>> = Default::default();
-        for (i, item) in items.into_iter().enumerate() {
-            match item {
-                Ok((owner, item)) => {
-                    by_owner.entry(owner).or_default().push((i, item));
-                    out.push(None);
-                }
-                Err(answer) => out.push(Some(answer)),
-            }
-        }
-        let jobs = by_owner.into_iter().map(|(owner, items)| {
-            let work = work.clone();
-            self.run_on(owner, move |s| async move {
-                let (at, items): (Vec<usize>, Vec<I>) = items.into_iter().unzip();
-                let answers = items.into_iter().map(|item| work(s.clone(), item));
-                let answers = futures::future::join_all(answers).await;
-                at.into_iter().zip(answers).collect::<Vec<_>>()
-            })
-        });
-        for (i, answer) in futures::future::join_all(jobs).await.into_iter().flatten() {
-            out[i] = Some(answer);
-        }
-        out.into_iter()
-            .map(|a| a.expect("an owner shard answers every item it was given"))
-            .collect()
-    }
-
-    /// Runs `f` on shard `target` without waiting for it. Jobs posted to one shard run in the
-    /// order posted.
-    pub fn post<F>(&self, target: usize, f: F)
-    where
-        F: FnOnce(Rc<Shard>) + Send + 'static,
-    {
-        let job: Job = Box::new(move |shard| {
-            f(shard);
-            Box::pin(async {})
-        });
-        self.peers[target]
-            .unbounded_send(job)
-            .expect("shards live as long as the process");
-    }
-
-    /// Runs `f` on shard `target` and returns its result. Local calls run inline.
-    pub async fn run_on<F, Fut, T>(self: &Rc<Self>, target: usize, f: F) -> T
-    where
-        F: FnOnce(Rc<Shard>) -> Fut + Send + 'static,
-        Fut: Future<Output = T> + 'static,
-        T: Send + 'static,
-    {
+    /// Cluster mode: hands `notice` to shard `target` (waiting only, when its queue is full,
+    /// for room). Notices one task sends a shard are taken in the order sent.
+    pub async fn notify(self: &Rc<Self>, target: usize, notice: crate::cluster::Notice) {
         if target == self.id {
-            return f(self.clone()).await;
+            if let Some(r) = self.replicas() {
+                r.take(self, notice);
+            }
+            return;
         }
+        self.send(target, ShardMessage::Notice(notice)).await;
+    }
+
+    /// Sends a call (made with the sender of its answer) to shard `target` (run inline if that
+    /// is this shard) and returns its answer.
+    pub async fn call<T>(
+        self: &Rc<Self>,
+        target: usize,
+        call: impl FnOnce(oneshot::Sender<T>) -> ShardCall,
+    ) -> T {
         let (tx, rx) = oneshot::channel();
-        let job: Job = Box::new(move |shard| {
-            Box::pin(async move {
-                let _ = tx.send(f(shard).await);
-            })
-        });
-        self.peers[target]
-            .unbounded_send(job)
-            .expect("shards live as long as the process");
-        rx.await.expect("shards never drop a job")
+        let call = call(tx);
+        match target == self.id {
+            // Boxed: a call may make calls of its own (the async types would be recursive).
+            true => {
+                let run: Pin<Box<dyn Future<Output = ()>>> = Box::pin(call.run(self.clone()));
+                run.await
+            }
+            false => self.send(target, ShardMessage::Call(call)).await,
+        }
+        rx.await.expect("a shard answers every call")
+    }
+
+    /// Queues `message` for shard `target` (another shard), waiting for room.
+    async fn send(&self, target: usize, message: ShardMessage) {
+        let sent = match self.peers.get(target) {
+            Some(Some(queue)) => queue.send(message).await.is_ok(),
+            _ => false,
+        };
+        // Queues are never closed, and targets are shard ids taken from this node's own
+        // placement of partitions and coordinators.
+        assert!(sent, "shard {} has no queue to shard {target}", self.id);
     }
 
     pub fn partition(&self, topic: &str, partition: i32) -> Option<Rc<PartitionLog>> {
@@ -371,20 +375,24 @@ pub struct ShardSeed {
     pub id: usize,
     pub config: Arc<BrokerConfig>,
     pub meta: Arc<MetaStore>,
-    pub peers: Arc<Vec<mpsc::UnboundedSender<Job>>>,
-    pub inbox: mpsc::UnboundedReceiver<Job>,
+    /// Its ends of the queues between shards.
+    pub mesh: MeshEnds<ShardMessage>,
+    /// Fired by the main thread to stop the shard: it closes its partitions, then answers.
+    pub stop: oneshot::Receiver<std::sync::mpsc::Sender<()>>,
 }
 
 impl ShardSeed {
     /// Builds the shard on its own executor, opens the partitions it owns, and starts serving
     /// jobs from other shards.
     pub async fn start(self) -> Result<Rc<Shard>> {
-        let shards = self.peers.len();
+        // First, so that no shard waits for another's queues while it opens its partitions.
+        let Connected { senders, receivers } = self.mesh.connect().await;
+        let shards = senders.len();
         let shard = Rc::new(Shard {
             id: self.id,
             config: self.config.clone(),
             meta: self.meta,
-            peers: self.peers,
+            peers: senders,
             partitions: RefCell::new(HashMap::new()),
             controller_lock: glommio::sync::Semaphore::new(1),
             groups: crate::group::Coordinator::new(self.config.group),
@@ -435,11 +443,31 @@ impl ShardSeed {
             .context("load transaction state")?;
         glommio::spawn_local(crate::txn::tick_loop(shard.clone())).detach();
         glommio::spawn_local(shard.clone().maintenance_loop()).detach();
-        let runner = shard.clone();
-        let mut inbox = self.inbox;
+        for queue in receivers {
+            let runner = shard.clone();
+            // Only takes and spawns: never waits on anything else (see `mesh`).
+            glommio::spawn_local(async move {
+                while let Some(message) = queue.recv().await {
+                    match message {
+                        ShardMessage::Call(call) => {
+                            glommio::spawn_local(call.run(runner.clone())).detach();
+                        }
+                        ShardMessage::Notice(notice) => {
+                            if let Some(r) = runner.replicas() {
+                                r.take(&runner, notice);
+                            }
+                        }
+                    }
+                }
+            })
+            .detach();
+        }
+        let stopping = shard.clone();
+        let stop = self.stop;
         glommio::spawn_local(async move {
-            while let Some(job) = inbox.next().await {
-                glommio::spawn_local(job(runner.clone())).detach();
+            if let Ok(done) = stop.await {
+                stopping.close_all().await;
+                let _ = done.send(());
             }
         })
         .detach();
@@ -488,13 +516,13 @@ mod tests {
     /// A single shard on a fresh data dir.
     async fn shard_with(dir: &std::path::Path) -> Rc<Shard> {
         let meta = Arc::new(MetaStore::load(dir, 1).unwrap());
-        let (peer, inbox) = mpsc::unbounded();
+        let mesh = crate::mesh::mesh(1, 1).pop().unwrap();
         let seed = ShardSeed {
             id: 0,
             config: Arc::new(config(dir)),
             meta,
-            peers: Arc::new(vec![peer]),
-            inbox,
+            mesh,
+            stop: oneshot::channel().1,
         };
         seed.start().await.unwrap()
     }

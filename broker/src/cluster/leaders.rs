@@ -28,7 +28,7 @@ use tern_protocol::markers::Marker;
 use tern_protocol::rpc::{Leadership, NodeFrame, NodeMessage};
 use tern_raft::{GroupId, MembershipChange, NodeId, Role};
 
-use super::{Cluster, Replicas};
+use super::{Cluster, Notice, ReplicaCall, Replicas};
 use crate::controller::ApiError;
 use crate::metadata::ClusterMeta;
 use crate::shard::Shard;
@@ -68,15 +68,13 @@ impl Cluster {
             }
             let mut led = Vec::new();
             for target in 0..shard.shard_count() {
-                let meta = meta.clone();
-                let part = shard
-                    .run_on(target, move |s| async move {
-                        match s.replicas() {
-                            Some(r) => r.report_round(&s, &meta, full, rebalance),
-                            None => Vec::new(),
-                        }
-                    })
-                    .await;
+                let report = |answer| ReplicaCall::Report {
+                    meta: meta.clone(),
+                    full,
+                    rebalance,
+                    answer,
+                };
+                let part = shard.call_replicas(target, report).await;
                 led.extend(part);
             }
             let me = self.config.node_id;
@@ -125,29 +123,17 @@ impl Cluster {
                         }
                     }
                     for (owner, groups) in by_owner {
-                        shard.post(owner, move |s| {
-                            if let Some(r) = s.replicas() {
-                                glommio::spawn_local(async move {
-                                    r.follow_log_starts(&s, from, &groups).await
-                                })
-                                .detach();
-                            }
-                        });
+                        let notice = Notice::Leaders { from, groups };
+                        shard.notify(owner, notice).await;
                     }
                 }
                 NodeMessage::TransferLeader { group, to } => {
-                    shard.post(self.owner(group), move |s| {
-                        if let Some(r) = s.replicas() {
-                            r.transfer(group, to);
-                        }
-                    });
+                    let notice = Notice::TransferLeader { group, to };
+                    shard.notify(self.owner(group), notice).await;
                 }
                 NodeMessage::LogStart { group, start } => {
-                    shard.post(self.owner(group), move |s| {
-                        if let Some(r) = s.replicas() {
-                            r.replica_log_start(group, from, start);
-                        }
-                    });
+                    let notice = Notice::LogStart { group, from, start };
+                    shard.notify(self.owner(group), notice).await;
                 }
                 NodeMessage::WriteMarkers {
                     call,
@@ -227,11 +213,8 @@ impl Cluster {
                         tracing::debug!(node = from, shard = target, "an answer for no shard");
                         continue;
                     }
-                    shard.post(target, move |s| {
-                        if let Some(r) = s.replicas() {
-                            r.calls.answer(call, answer);
-                        }
-                    });
+                    let notice = Notice::Answer { call, answer };
+                    shard.notify(target, notice).await;
                 }
             }
         }
@@ -304,11 +287,11 @@ impl Cluster {
             to: preferred as NodeId,
         };
         if leader == self.node_id() {
-            shard.post(self.owner(group), move |s| {
-                if let Some(r) = s.replicas() {
-                    r.transfer(group, preferred as NodeId);
-                }
-            });
+            let notice = Notice::TransferLeader {
+                group,
+                to: preferred as NodeId,
+            };
+            shard.notify(self.owner(group), notice).await;
         } else if self
             .transport
             .send_message(leader as NodeId, message)
@@ -341,7 +324,7 @@ impl Replicas {
     /// One report round on this shard: the groups it leads (their log starts told to Raft on
     /// a `full` round), a reassignment step for each, and with `rebalance` leadership handed
     /// back to preferred replicas.
-    fn report_round(
+    pub(super) fn report_round(
         &self,
         shard: &Shard,
         meta: &ClusterMeta,

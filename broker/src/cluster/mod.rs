@@ -41,7 +41,7 @@ use tern_protocol::batch;
 use tern_raft::{Envelope, GroupId, Membership, NodeId, Role};
 use tern_storage::{LogConfig, PartitionLog};
 
-use crate::controller::ApiError;
+use crate::controller::{change_partitions, ApiError, PartitionChange};
 use crate::group::OFFSETS_TOPIC;
 use crate::metadata::{ClusterMeta, NodeInfo};
 use crate::replication::{Replicator, StateHome};
@@ -55,8 +55,55 @@ mod log_start;
 mod migrate;
 mod producer_ids;
 pub mod replicas;
+mod shard_calls;
 
 pub use replicas::Replicas;
+pub use shard_calls::ReplicaCall;
+
+/// What shard 0, which reads the messages other nodes send, hands the shard that hosts the
+/// group concerned (a `ShardMessage`).
+pub enum Notice {
+    /// Raft messages and heartbeats for groups the shard hosts, in the order they came.
+    Raft(Envelope),
+    /// Another node leads these groups (its periodic report): follow their log starts.
+    Leaders {
+        from: NodeId,
+        groups: Vec<tern_protocol::rpc::Leadership>,
+    },
+    /// Hand the leadership of `group` over to `to` (ElectLeaders, rebalancing).
+    TransferLeader { group: GroupId, to: NodeId },
+    /// `from`'s replica of `group` starts at `start` (DeleteRecords on followers).
+    LogStart {
+        group: GroupId,
+        from: NodeId,
+        start: i64,
+    },
+    /// The answer to a call a replica on the shard made to another node.
+    Answer {
+        call: tern_protocol::rpc::Call,
+        answer: tern_protocol::rpc::NodeMessage,
+    },
+}
+
+impl Replicas {
+    /// Acts on a notice for this shard. Never waits: the shard's queues are drained by a loop
+    /// that must not (see `mesh`).
+    pub fn take(self: &Rc<Self>, shard: &Rc<Shard>, notice: Notice) {
+        match notice {
+            Notice::Raft(envelope) => self.replicator.deliver(envelope),
+            Notice::Leaders { from, groups } => {
+                let (replicas, shard) = (self.clone(), shard.clone());
+                glommio::spawn_local(async move {
+                    replicas.follow_log_starts(&shard, from, &groups).await
+                })
+                .detach();
+            }
+            Notice::TransferLeader { group, to } => self.transfer(group, to),
+            Notice::LogStart { group, from, start } => self.replica_log_start(group, from, start),
+            Notice::Answer { call, answer } => self.calls.answer(call, answer),
+        }
+    }
+}
 
 /// The metadata log's Raft group.
 pub const METADATA_GROUP: GroupId = 0;
@@ -237,11 +284,7 @@ impl Cluster {
             for (owner, part) in split_envelope(envelope, |g| self.owner(g)) {
                 match owner {
                     0 => self.replicator.deliver(part),
-                    _ => shard.post(owner, move |s| {
-                        if let Some(r) = s.replicas() {
-                            r.replicator.deliver(part);
-                        }
-                    }),
+                    _ => shard.notify(owner, Notice::Raft(part)).await,
                 }
             }
         }
@@ -477,13 +520,7 @@ impl Cluster {
             for target in 0..shard.shard_count() {
                 let peers = peers.clone();
                 shard
-                    .run_on(target, move |s| async move {
-                        if let Some(r) = s.replicas() {
-                            for (id, addr) in peers {
-                                r.transport.add_peer(id, addr);
-                            }
-                        }
-                    })
+                    .call_replicas(target, |answer| ReplicaCall::AddPeers { peers, answer })
                     .await;
             }
         }
@@ -514,13 +551,10 @@ impl Cluster {
                 .get(&name)
                 .is_some_and(|t| t.groups.contains(&group));
             let removed = shard
-                .run_on(owner, move |s| async move {
-                    let Some(r) = s.replicas() else {
-                        return Err("no replicas on this shard".to_string());
-                    };
-                    r.remove_replica(&s, group, exists)
-                        .await
-                        .map_err(|e| format!("{e:#}"))
+                .call_replicas(owner, |answer| ReplicaCall::Remove {
+                    group,
+                    exists,
+                    answer,
                 })
                 .await;
             match removed {
@@ -558,14 +592,11 @@ impl Cluster {
             .collect();
         if !changed.is_empty() {
             for target in 0..shards {
-                let changed = changed.clone();
-                shard
-                    .run_on(target, move |s| async move {
-                        for (name, configs) in &changed {
-                            s.reconfigure_topic(name, configs);
-                        }
-                    })
-                    .await;
+                let reconfigure = |answer| PartitionChange::Reconfigure {
+                    topics: changed.clone(),
+                    answer,
+                };
+                change_partitions(shard, target, reconfigure).await;
             }
         }
         tracing::info!(
@@ -610,18 +641,17 @@ impl Cluster {
         self.hosted
             .borrow_mut()
             .insert(group, (name.clone(), p, owner));
-        let topic = name.clone();
-        let opened = shard
-            .run_on(owner, move |s| async move {
-                let Some(r) = s.replicas() else {
-                    return Err("no replicas on this shard".to_string());
-                };
-                let topic = (topic, topic_id);
-                r.open_replica(&s, group, topic, p, configs, replicas, stored, campaign)
-                    .await
-                    .map_err(|e| format!("{e:#}"))
-            })
-            .await;
+        let open = |answer| ReplicaCall::Open {
+            group,
+            topic: (name.clone(), topic_id),
+            partition: p,
+            configs,
+            replicas,
+            stored: stored.map(Box::new),
+            campaign,
+            answer,
+        };
+        let opened = shard.call_replicas(owner, open).await;
         if let Err(e) = opened {
             self.hosted.borrow_mut().remove(&group);
             tracing::error!(topic = %name, partition = p, error = %e, "open a replicated partition");

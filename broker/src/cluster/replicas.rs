@@ -102,16 +102,8 @@ impl Replicas {
                     let shard = writer
                         .upgrade()
                         .ok_or_else(|| std::io::Error::other("shutting down"))?;
-                    shard
-                        .run_on(0, move |s| async move {
-                            match s.replicas() {
-                                Some(r) => r.replicator.store_for_shard(states).await,
-                                None => {
-                                    Err(std::io::Error::other("shard 0 has no Raft state file"))
-                                }
-                            }
-                        })
-                        .await
+                    let store = |answer| super::ReplicaCall::StoreStates { states, answer };
+                    shard.call_replicas(0, store).await
                 })
             },
         ));

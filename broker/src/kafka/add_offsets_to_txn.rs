@@ -6,7 +6,7 @@ use std::rc::Rc;
 
 use crate::group::{self, OFFSETS_TOPIC};
 use crate::shard::Shard;
-use crate::txn;
+use crate::txn::{self, TxnOp};
 
 pub async fn handle(shard: &Rc<Shard>, req: AddOffsetsToTxnRequest) -> ResponseKind {
     let id = req.transactional_id.0.to_string();
@@ -14,10 +14,11 @@ pub async fn handle(shard: &Rc<Shard>, req: AddOffsetsToTxnRequest) -> ResponseK
         Err(code) => Err(code),
         Ok((_, offsets_partition)) => {
             let (pid, epoch) = (req.producer_id.0, req.producer_epoch);
-            let txn_id = id.clone();
-            txn::on_coordinator(shard, &id, move |s, partition| async move {
-                let added = vec![(OFFSETS_TOPIC.to_string(), offsets_partition)];
-                txn::add_partitions(&s, partition, &txn_id, pid, epoch, added).await
+            txn::on_coordinator(shard, &id, |answer| TxnOp::AddPartitions {
+                producer_id: pid,
+                epoch,
+                partitions: vec![(OFFSETS_TOPIC.to_string(), offsets_partition)],
+                answer,
             })
             .await
         }

@@ -11,7 +11,7 @@ use kafka_protocol::ResponseError;
 use std::rc::Rc;
 
 use crate::shard::Shard;
-use crate::txn;
+use crate::txn::{self, TxnOp};
 
 pub async fn handle(shard: &Rc<Shard>, req: AddPartitionsToTxnRequest) -> ResponseKind {
     let id = req.v3_and_below_transactional_id.0.to_string();
@@ -32,9 +32,11 @@ pub async fn handle(shard: &Rc<Shard>, req: AddPartitionsToTxnRequest) -> Respon
             req.v3_and_below_producer_id.0,
             req.v3_and_below_producer_epoch,
         );
-        let txn_id = id.clone();
-        txn::on_coordinator(shard, &id, move |s, partition| async move {
-            txn::add_partitions(&s, partition, &txn_id, pid, epoch, wanted).await
+        txn::on_coordinator(shard, &id, |answer| TxnOp::AddPartitions {
+            producer_id: pid,
+            epoch,
+            partitions: wanted,
+            answer,
         })
         .await
     };

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 
 use super::str_bytes;
-use crate::controller::{self, ApiError, CONTROLLER_SHARD};
+use crate::controller::{self, ApiError, ControllerCall};
 use crate::shard::Shard;
 use crate::topic_config::{self, ConfigDef, ConfigType};
 
@@ -46,14 +46,14 @@ async fn apply(
         return Ok(());
     }
     let name = name.to_string();
-    shard
-        .run_on(CONTROLLER_SHARD, move |s| async move {
-            match resource_type {
-                RESOURCE_TOPIC => controller::set_topic_configs(&s, name, configs).await,
-                _ => controller::set_broker_configs(&s, name, configs).await,
-            }
-        })
-        .await
+    let broker = resource_type != RESOURCE_TOPIC;
+    controller::call(shard, |answer| ControllerCall::SetConfigs {
+        broker,
+        name,
+        configs,
+        answer,
+    })
+    .await
 }
 
 /// The resource exists and its configs can be changed.

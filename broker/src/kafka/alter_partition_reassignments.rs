@@ -10,7 +10,7 @@ use kafka_protocol::messages::{
 use std::rc::Rc;
 
 use super::str_bytes;
-use crate::controller::{self, Reassignment, CONTROLLER_SHARD};
+use crate::controller::{self, ControllerCall, Reassignment};
 use crate::shard::Shard;
 
 pub async fn handle(
@@ -31,11 +31,12 @@ pub async fn handle(
         .collect();
     // v1 may forbid changing the replica count (KIP-860); v0 always allows it.
     let allow = version < 1 || req.allow_replication_factor_change;
-    let outcome = shard
-        .run_on(CONTROLLER_SHARD, move |s| async move {
-            controller::reassign_partitions(&s, moves, allow).await
-        })
-        .await;
+    let outcome = controller::call(shard, |answer| ControllerCall::Reassign {
+        moves,
+        allow_factor_change: allow,
+        answer,
+    })
+    .await;
     let mut resp =
         AlterPartitionReassignmentsResponse::default().with_allow_replication_factor_change(allow);
     let mut results = match outcome {

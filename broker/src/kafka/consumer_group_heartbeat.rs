@@ -11,6 +11,7 @@ use kafka_protocol::ResponseError;
 use std::rc::Rc;
 use std::time::Instant;
 
+use super::group_call::GroupCall;
 use super::str_bytes;
 use crate::group::consumer::{Assignment, Heartbeat, HeartbeatResult};
 use crate::group::records::GroupRecord;
@@ -58,58 +59,13 @@ pub async fn handle(
             assignment: None,
         },
         Ok((owner, partition)) => {
+            let call = Call {
+                partition,
+                group_id,
+                hb,
+            };
             shard
-                .run_on(owner, move |s| async move {
-                    if let Err(code) = s.groups.check_loaded(partition) {
-                        return HeartbeatResult {
-                            error: code,
-                            message: None,
-                            member_id: hb.member_id,
-                            member_epoch: -1,
-                            assignment: None,
-                        };
-                    }
-                    if s.groups.is_active_classic(&group_id) {
-                        return HeartbeatResult {
-                            error: ResponseError::GroupIdNotFound.code(),
-                            message: Some("the group uses the classic protocol".into()),
-                            member_id: hb.member_id,
-                            member_epoch: -1,
-                            assignment: None,
-                        };
-                    }
-                    let topics = group::topic_partition_counts(&s);
-                    let session = s.groups.config.consumer_session_timeout;
-                    let meta = s.meta.snapshot();
-                    let id_of = |t: &str| meta.topics.get(t).map(|t| t.id);
-                    let (result, records) = s.groups.with_consumer_group(&group_id, |g| {
-                        let result = g.heartbeat(hb, &topics, session, Instant::now());
-                        (result, g.changes(&id_of))
-                    });
-                    // The member hears of its new state once the group's records are stored
-                    // (committed, in a cluster), so a coordinator that takes over knows it.
-                    let stored: Vec<GroupRecord> = records
-                        .iter()
-                        .map(|record| GroupRecord::Consumer {
-                            group: group_id.clone(),
-                            record: record.clone(),
-                        })
-                        .collect();
-                    match group::store(&s, partition, stored).await {
-                        Ok(()) => result,
-                        Err(code) => {
-                            s.groups
-                                .with_existing_consumer_group(&group_id, |g| g.unstored(&records));
-                            HeartbeatResult {
-                                error: code,
-                                message: None,
-                                member_id: result.member_id,
-                                member_epoch: -1,
-                                assignment: None,
-                            }
-                        }
-                    }
-                })
+                .call_group(owner, |answer| GroupCall::ConsumerHeartbeat(call, answer))
                 .await
         }
     };
@@ -136,4 +92,72 @@ pub async fn handle(
             .with_heartbeat_interval_ms(interval)
             .with_assignment(assignment),
     )
+}
+
+/// ConsumerGroupHeartbeat (KIP-848) on the group's coordinator shard.
+pub struct Call {
+    partition: i32,
+    group_id: String,
+    hb: Heartbeat,
+}
+
+pub type Answer = HeartbeatResult;
+
+impl Call {
+    pub async fn run(self, s: Rc<Shard>) -> Answer {
+        let Call {
+            partition,
+            group_id,
+            hb,
+        } = self;
+        if let Err(code) = s.groups.check_loaded(partition) {
+            return HeartbeatResult {
+                error: code,
+                message: None,
+                member_id: hb.member_id,
+                member_epoch: -1,
+                assignment: None,
+            };
+        }
+        if s.groups.is_active_classic(&group_id) {
+            return HeartbeatResult {
+                error: ResponseError::GroupIdNotFound.code(),
+                message: Some("the group uses the classic protocol".into()),
+                member_id: hb.member_id,
+                member_epoch: -1,
+                assignment: None,
+            };
+        }
+        let topics = group::topic_partition_counts(&s);
+        let session = s.groups.config.consumer_session_timeout;
+        let meta = s.meta.snapshot();
+        let id_of = |t: &str| meta.topics.get(t).map(|t| t.id);
+        let (result, records) = s.groups.with_consumer_group(&group_id, |g| {
+            let result = g.heartbeat(hb, &topics, session, Instant::now());
+            (result, g.changes(&id_of))
+        });
+        // The member hears of its new state once the group's records are stored
+        // (committed, in a cluster), so a coordinator that takes over knows it.
+        let stored: Vec<GroupRecord> = records
+            .iter()
+            .map(|record| GroupRecord::Consumer {
+                group: group_id.clone(),
+                record: record.clone(),
+            })
+            .collect();
+        match group::store(&s, partition, stored).await {
+            Ok(()) => result,
+            Err(code) => {
+                s.groups
+                    .with_existing_consumer_group(&group_id, |g| g.unstored(&records));
+                HeartbeatResult {
+                    error: code,
+                    message: None,
+                    member_id: result.member_id,
+                    member_epoch: -1,
+                    assignment: None,
+                }
+            }
+        }
+    }
 }

@@ -9,7 +9,7 @@ use std::rc::Rc;
 
 use super::metadata::is_internal;
 use super::str_bytes;
-use crate::controller::{self, ApiError, CONTROLLER_SHARD};
+use crate::controller::{self, ApiError, ControllerCall};
 use crate::shard::Shard;
 
 /// What does not need the controller: internal topics keep their partition count (it decides
@@ -61,18 +61,14 @@ pub async fn handle(shard: &Rc<Shard>, req: CreatePartitionsRequest) -> Response
                             .map(|a| a.broker_ids.iter().map(|b| b.0).collect())
                             .collect()
                     });
-                    shard
-                        .run_on(CONTROLLER_SHARD, move |s| async move {
-                            controller::create_partitions(
-                                &s,
-                                name,
-                                count,
-                                assignments,
-                                validate_only,
-                            )
-                            .await
-                        })
-                        .await
+                    controller::call(shard, |answer| ControllerCall::CreatePartitions {
+                        name,
+                        count,
+                        assignments,
+                        validate_only,
+                        answer,
+                    })
+                    .await
                 }
             }
         };

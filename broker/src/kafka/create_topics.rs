@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 
 use super::str_bytes;
-use crate::controller::{self, ApiError, NewTopic, CONTROLLER_SHARD};
+use crate::controller::{self, ApiError, ControllerCall, NewTopic};
 use crate::metadata::ConfigSource;
 use crate::shard::Shard;
 use crate::topic_config::TOPIC_CONFIGS;
@@ -115,12 +115,12 @@ pub async fn handle(shard: &Rc<Shard>, req: CreateTopicsRequest, version: i16) -
             }
             Ok(topic) => {
                 let request = topic.clone();
-                shard
-                    .run_on(CONTROLLER_SHARD, move |s| async move {
-                        controller::create_topic(&s, request).await
-                    })
-                    .await
-                    .map(|created| (topic, created))
+                controller::call(shard, |answer| ControllerCall::CreateTopic {
+                    topic: request,
+                    answer,
+                })
+                .await
+                .map(|created| (topic, created))
             }
             Err(e) => Err(e),
         };

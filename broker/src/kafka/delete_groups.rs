@@ -6,6 +6,7 @@ use kafka_protocol::messages::{DeleteGroupsRequest, DeleteGroupsResponse, Respon
 use kafka_protocol::ResponseError;
 use std::rc::Rc;
 
+use super::group_call::GroupCall;
 use crate::group::records::GroupRecord;
 use crate::group::{self};
 use crate::shard::Shard;
@@ -17,51 +18,12 @@ pub async fn handle(shard: &Rc<Shard>, req: DeleteGroupsRequest) -> ResponseKind
         let error = match group::coordinator_of(shard, &group_id) {
             Err(code) => code,
             Ok((owner, partition)) => {
+                let call = Call {
+                    partition,
+                    group_id,
+                };
                 shard
-                    .run_on(owner, move |s| async move {
-                        if let Err(code) = s.groups.check_loaded(partition) {
-                            return code;
-                        }
-                        let members = s.groups.with_existing(&group_id, |g| g.members.len());
-                        let consumer = s.groups.with_existing_consumer_group(&group_id, |g| {
-                            (g.members.len(), g.tombstones())
-                        });
-                        let offsets = s.groups.committed(&group_id);
-                        if members.is_none() && consumer.is_none() && offsets.is_empty() {
-                            return ResponseError::GroupIdNotFound.code();
-                        }
-                        let consumer_members = consumer.as_ref().map_or(0, |(n, _)| *n);
-                        if members.unwrap_or(0) > 0 || consumer_members > 0 {
-                            return ResponseError::NonEmptyGroup.code();
-                        }
-                        let mut tombstones: Vec<GroupRecord> = offsets
-                            .into_keys()
-                            .map(|(topic, partition)| GroupRecord::Offset {
-                                group: group_id.clone(),
-                                topic,
-                                partition,
-                                value: None,
-                            })
-                            .collect();
-                        tombstones.push(GroupRecord::Group {
-                            group: group_id.clone(),
-                            value: None,
-                        });
-                        let consumer_records = consumer.map(|(_, t)| t).unwrap_or_default();
-                        tombstones.extend(consumer_records.into_iter().map(|record| {
-                            GroupRecord::Consumer {
-                                group: group_id.clone(),
-                                record,
-                            }
-                        }));
-                        match group::store(&s, partition, tombstones).await {
-                            Ok(()) => {
-                                s.groups.forget(&group_id);
-                                0
-                            }
-                            Err(code) => code,
-                        }
-                    })
+                    .call_group(owner, |answer| GroupCall::DeleteGroup(call, answer))
                     .await
             }
         };
@@ -72,4 +34,65 @@ pub async fn handle(shard: &Rc<Shard>, req: DeleteGroupsRequest) -> ResponseKind
         );
     }
     ResponseKind::DeleteGroups(DeleteGroupsResponse::default().with_results(results))
+}
+
+/// DeleteGroups on one group's coordinator shard.
+pub struct Call {
+    partition: i32,
+    group_id: String,
+}
+
+pub type Answer = i16;
+
+impl Call {
+    pub async fn run(self, s: Rc<Shard>) -> Answer {
+        let Call {
+            partition,
+            group_id,
+        } = self;
+        if let Err(code) = s.groups.check_loaded(partition) {
+            return code;
+        }
+        let members = s.groups.with_existing(&group_id, |g| g.members.len());
+        let consumer = s
+            .groups
+            .with_existing_consumer_group(&group_id, |g| (g.members.len(), g.tombstones()));
+        let offsets = s.groups.committed(&group_id);
+        if members.is_none() && consumer.is_none() && offsets.is_empty() {
+            return ResponseError::GroupIdNotFound.code();
+        }
+        let consumer_members = consumer.as_ref().map_or(0, |(n, _)| *n);
+        if members.unwrap_or(0) > 0 || consumer_members > 0 {
+            return ResponseError::NonEmptyGroup.code();
+        }
+        let mut tombstones: Vec<GroupRecord> = offsets
+            .into_keys()
+            .map(|(topic, partition)| GroupRecord::Offset {
+                group: group_id.clone(),
+                topic,
+                partition,
+                value: None,
+            })
+            .collect();
+        tombstones.push(GroupRecord::Group {
+            group: group_id.clone(),
+            value: None,
+        });
+        let consumer_records = consumer.map(|(_, t)| t).unwrap_or_default();
+        tombstones.extend(
+            consumer_records
+                .into_iter()
+                .map(|record| GroupRecord::Consumer {
+                    group: group_id.clone(),
+                    record,
+                }),
+        );
+        match group::store(&s, partition, tombstones).await {
+            Ok(()) => {
+                s.groups.forget(&group_id);
+                0
+            }
+            Err(code) => code,
+        }
+    }
 }

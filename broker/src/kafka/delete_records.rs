@@ -11,18 +11,18 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use super::produce::log_error_code;
+use super::{OwnerCall, RoutedPartition};
 use crate::shard::Shard;
 
 /// Moves one partition's log start on its owner shard: `(error, low watermark)`.
-async fn delete(
+pub async fn delete(
     s: Rc<Shard>,
-    (topic, topic_id): (String, uuid::Uuid),
-    partition: i32,
+    part: RoutedPartition,
     offset: i64,
     timeout: Duration,
 ) -> (i16, i64) {
     let not_leader = (ResponseError::NotLeaderOrFollower.code(), -1);
-    let Some((log, group)) = s.routed_partition(&topic, topic_id, partition) else {
+    let Some((log, group)) = s.routed_partition(&part.topic, part.topic_id, part.partition) else {
         return not_leader;
     };
     let replicated = group.map(|g| (g, s.replicas()));
@@ -56,15 +56,21 @@ pub async fn handle(shard: &Rc<Shard>, req: DeleteRecordsRequest) -> ResponseKin
         .flat_map(|t| t.partitions.iter().map(move |p| (t.name.0.as_str(), p)))
         .map(|(name, p)| match meta.route(name, p.partition_index) {
             Some(route) => {
-                let topic = (name.to_string(), route.topic_id);
-                Ok((route.owner, (topic, p.partition_index, p.offset)))
+                let part = RoutedPartition {
+                    topic: name.to_string(),
+                    topic_id: route.topic_id,
+                    partition: p.partition_index,
+                };
+                Ok((route.owner, (part, p.offset)))
             }
             None => Err((ResponseError::UnknownTopicOrPartition.code(), -1)),
         })
         .collect();
     let answers = shard
-        .on_owners(asked, move |s, (topic, partition, offset)| {
-            delete(s, topic, partition, offset, timeout)
+        .on_owners(asked, |parts, answers| OwnerCall::DeleteRecords {
+            parts,
+            timeout,
+            answers,
         })
         .await;
     let mut answers = answers.into_iter();

@@ -7,7 +7,7 @@ use std::rc::Rc;
 use uuid::Uuid;
 
 use super::{str_bytes, topic_name};
-use crate::controller::{self, CONTROLLER_SHARD};
+use crate::controller::{self, ControllerCall};
 use crate::shard::Shard;
 
 pub async fn handle(shard: &Rc<Shard>, req: DeleteTopicsRequest, version: i16) -> ResponseKind {
@@ -33,11 +33,7 @@ pub async fn handle(shard: &Rc<Shard>, req: DeleteTopicsRequest, version: i16) -
         });
         let result = match name.clone() {
             Some(name) => {
-                shard
-                    .run_on(CONTROLLER_SHARD, move |s| async move {
-                        controller::delete_topic(&s, name).await
-                    })
-                    .await
+                controller::call(shard, |answer| ControllerCall::DeleteTopic { name, answer }).await
             }
             None => Err(controller::ApiError::new(
                 ResponseError::UnknownTopicId,

@@ -5,6 +5,7 @@ use kafka_protocol::messages::{DescribeGroupsRequest, DescribeGroupsResponse, Re
 use kafka_protocol::ResponseError;
 use std::rc::Rc;
 
+use super::group_call::GroupCall;
 use super::{authorized, str_bytes};
 use crate::group;
 use crate::shard::Shard;
@@ -17,53 +18,13 @@ pub async fn handle(shard: &Rc<Shard>, req: DescribeGroupsRequest, version: i16)
         let described = match group::coordinator_of(shard, &group_id) {
             Err(code) => DescribedGroup::default().with_error_code(code),
             Ok((owner, partition)) => {
+                let call = Call {
+                    partition,
+                    group_id,
+                    version,
+                };
                 shard
-                    .run_on(owner, move |s| async move {
-                        if let Err(code) = s.groups.check_loaded(partition) {
-                            return DescribedGroup::default().with_error_code(code);
-                        }
-                        let has_offsets = s.groups.has_offsets(&group_id);
-                        s.groups
-                            .with_existing(&group_id, |g| {
-                                let protocol = g.protocol.clone().unwrap_or_default();
-                                DescribedGroup::default()
-                                    .with_group_state(str_bytes(g.state.name()))
-                                    .with_protocol_type(str_bytes(
-                                        g.protocol_type.as_deref().unwrap_or(""),
-                                    ))
-                                    .with_protocol_data(str_bytes(&protocol))
-                                    .with_members(
-                                        g.members
-                                            .values()
-                                            .map(|m| {
-                                                let d = DescribedGroupMember::default()
-                                                    .with_member_id(str_bytes(&m.id))
-                                                    .with_client_id(str_bytes(&m.client_id))
-                                                    .with_client_host(str_bytes(&m.client_host))
-                                                    .with_member_metadata(m.metadata(&protocol))
-                                                    .with_member_assignment(m.assignment.clone());
-                                                if version >= 4 {
-                                                    d.with_group_instance_id(
-                                                        m.instance_id.as_deref().map(str_bytes),
-                                                    )
-                                                } else {
-                                                    d
-                                                }
-                                            })
-                                            .collect(),
-                                    )
-                            })
-                            .unwrap_or_else(|| {
-                                let state = if has_offsets { "Empty" } else { "Dead" };
-                                let d =
-                                    DescribedGroup::default().with_group_state(str_bytes(state));
-                                if version >= 6 && !has_offsets {
-                                    d.with_error_code(ResponseError::GroupIdNotFound.code())
-                                } else {
-                                    d
-                                }
-                            })
-                    })
+                    .call_group(owner, |answer| GroupCall::Describe(call, answer))
                     .await
             }
         };
@@ -74,4 +35,64 @@ pub async fn handle(shard: &Rc<Shard>, req: DescribeGroupsRequest, version: i16)
         );
     }
     ResponseKind::DescribeGroups(DescribeGroupsResponse::default().with_groups(groups))
+}
+
+/// DescribeGroups on one group's coordinator shard.
+pub struct Call {
+    partition: i32,
+    group_id: String,
+    version: i16,
+}
+
+pub type Answer = DescribedGroup;
+
+impl Call {
+    pub async fn run(self, s: Rc<Shard>) -> Answer {
+        let Call {
+            partition,
+            group_id,
+            version,
+        } = self;
+        if let Err(code) = s.groups.check_loaded(partition) {
+            return DescribedGroup::default().with_error_code(code);
+        }
+        let has_offsets = s.groups.has_offsets(&group_id);
+        s.groups
+            .with_existing(&group_id, |g| {
+                let protocol = g.protocol.clone().unwrap_or_default();
+                DescribedGroup::default()
+                    .with_group_state(str_bytes(g.state.name()))
+                    .with_protocol_type(str_bytes(g.protocol_type.as_deref().unwrap_or("")))
+                    .with_protocol_data(str_bytes(&protocol))
+                    .with_members(
+                        g.members
+                            .values()
+                            .map(|m| {
+                                let d = DescribedGroupMember::default()
+                                    .with_member_id(str_bytes(&m.id))
+                                    .with_client_id(str_bytes(&m.client_id))
+                                    .with_client_host(str_bytes(&m.client_host))
+                                    .with_member_metadata(m.metadata(&protocol))
+                                    .with_member_assignment(m.assignment.clone());
+                                if version >= 4 {
+                                    d.with_group_instance_id(
+                                        m.instance_id.as_deref().map(str_bytes),
+                                    )
+                                } else {
+                                    d
+                                }
+                            })
+                            .collect(),
+                    )
+            })
+            .unwrap_or_else(|| {
+                let state = if has_offsets { "Empty" } else { "Dead" };
+                let d = DescribedGroup::default().with_group_state(str_bytes(state));
+                if version >= 6 && !has_offsets {
+                    d.with_error_code(ResponseError::GroupIdNotFound.code())
+                } else {
+                    d
+                }
+            })
+    }
 }

@@ -8,8 +8,25 @@ use kafka_protocol::messages::{DescribeLogDirsRequest, DescribeLogDirsResponse, 
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
+use super::OwnerCall;
 use super::{str_bytes, topic_name};
 use crate::shard::Shard;
+
+/// A partition this shard holds: its name, index, size in bytes, and how far its log end is
+/// behind what is committed (a follower that has not caught up).
+pub type Found = (String, i32, i64, i64);
+
+/// On the owner shard: the partitions of `parts` it holds.
+pub fn sizes(shard: &Shard, parts: Vec<(String, i32)>) -> Vec<Found> {
+    parts
+        .into_iter()
+        .filter_map(|(name, p)| {
+            let log = shard.partition(&name, p)?;
+            let lag = (log.high_watermark() - log.end_offset()).max(0);
+            Some((name, p, log.size_bytes() as i64, lag))
+        })
+        .collect()
+}
 
 pub async fn handle(shard: &Rc<Shard>, req: DescribeLogDirsRequest) -> ResponseKind {
     let meta = shard.meta.snapshot();
@@ -29,19 +46,8 @@ pub async fn handle(shard: &Rc<Shard>, req: DescribeLogDirsRequest) -> ResponseK
             }
         }
     }
-    let sizes = by_owner.into_iter().map(|(owner, partitions)| {
-        shard.run_on(owner, move |s| async move {
-            partitions
-                .into_iter()
-                .filter_map(|(name, p)| {
-                    let log = s.partition(&name, p)?;
-                    // How far this replica's log end is behind what is committed (a follower
-                    // that has not caught up).
-                    let lag = (log.high_watermark() - log.end_offset()).max(0);
-                    Some((name, p, log.size_bytes() as i64, lag))
-                })
-                .collect::<Vec<_>>()
-        })
+    let sizes = by_owner.into_iter().map(|(owner, parts)| {
+        shard.call_owner(owner, |answers| OwnerCall::LogDirs { parts, answers })
     });
     let mut topics: BTreeMap<String, Vec<DescribeLogDirsPartition>> = BTreeMap::new();
     for (name, p, size, lag) in futures::future::join_all(sizes).await.into_iter().flatten() {

@@ -10,7 +10,17 @@ use kafka_protocol::messages::{
 use kafka_protocol::ResponseError;
 use std::rc::Rc;
 
+use super::{OwnerCall, RoutedPartition};
 use crate::shard::Shard;
+
+/// The producers a partition's leader remembers, or an error.
+pub type Found = Result<Vec<tern_storage::producers::ProducerView>, i16>;
+
+/// On the owner shard: the producers of `part`.
+pub fn producers(shard: &Shard, part: RoutedPartition) -> Found {
+    let readable = shard.readable_partition(&part.topic, part.topic_id, part.partition, -1, false);
+    readable.map(|(log, _, _)| log.producers())
+}
 
 pub async fn handle(shard: &Rc<Shard>, req: DescribeProducersRequest) -> ResponseKind {
     let meta = shard.meta.snapshot();
@@ -23,14 +33,21 @@ pub async fn handle(shard: &Rc<Shard>, req: DescribeProducersRequest) -> Respons
                 .map(move |&p| (t.name.0.as_str(), p))
         })
         .map(|(name, p)| match meta.route(name, p) {
-            Some(route) => Ok((route.owner, (name.to_string(), route.topic_id, p))),
+            Some(route) => {
+                let part = RoutedPartition {
+                    topic: name.to_string(),
+                    topic_id: route.topic_id,
+                    partition: p,
+                };
+                Ok((route.owner, part))
+            }
             None => Err(Err(ResponseError::UnknownTopicOrPartition.code())),
         })
         .collect();
     let answers = shard
-        .on_owners(asked, |s, (topic, topic_id, p)| async move {
-            s.readable_partition(&topic, topic_id, p, -1, false)
-                .map(|(log, _, _)| log.producers())
+        .on_owners(asked, |parts, answers| OwnerCall::DescribeProducers {
+            parts,
+            answers,
         })
         .await;
     let mut answers = answers.into_iter();

@@ -4,25 +4,18 @@ use kafka_protocol::messages::describe_transactions_response::{TopicData, Transa
 use kafka_protocol::messages::{
     DescribeTransactionsRequest, DescribeTransactionsResponse, ProducerId, ResponseKind,
 };
-use kafka_protocol::ResponseError;
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
 use super::{str_bytes, topic_name};
 use crate::shard::Shard;
-use crate::txn;
+use crate::txn::{self, TxnOp};
 
 pub async fn handle(shard: &Rc<Shard>, req: DescribeTransactionsRequest) -> ResponseKind {
     let mut states = Vec::new();
     for id in req.transactional_ids {
         let name = id.0.to_string();
-        let lookup = name.clone();
-        let found = txn::on_coordinator(shard, &name, move |s, _| async move {
-            s.txns
-                .get(&lookup)
-                .ok_or(ResponseError::TransactionalIdNotFound.code())
-        })
-        .await;
+        let found = txn::on_coordinator(shard, &name, |answer| TxnOp::Describe { answer }).await;
         let state = TransactionState::default().with_transactional_id(id);
         states.push(match found {
             Err(code) => state.with_error_code(code),

@@ -9,14 +9,15 @@ use kafka_protocol::ResponseError;
 use std::rc::Rc;
 
 use super::{str_bytes, topic_name};
-use crate::controller::{ApiError, CONTROLLER_SHARD};
+use crate::controller::{self, ApiError, ControllerCall};
 use crate::shard::Shard;
 
 const PREFERRED: i8 = 0;
 const UNCLEAN: i8 = 1;
 
 /// (topic, partition, outcome)
-type Outcome = (String, i32, Result<(), ApiError>);
+/// A partition's election: its topic, index and result.
+pub type Outcome = (String, i32, Result<(), ApiError>);
 
 pub async fn handle(shard: &Rc<Shard>, req: ElectLeadersRequest, version: i16) -> ResponseKind {
     let all = req.topic_partitions.is_none();
@@ -27,11 +28,12 @@ pub async fn handle(shard: &Rc<Shard>, req: ElectLeadersRequest, version: i16) -
             .collect()
     });
     let election = req.election_type;
-    let outcome = shard
-        .run_on(CONTROLLER_SHARD, move |s| async move {
-            elect(&s, election, asked).await
-        })
-        .await;
+    let outcome = controller::call(shard, |answer| ControllerCall::Elect {
+        election,
+        asked,
+        answer,
+    })
+    .await;
     let mut resp = ElectLeadersResponse::default();
     let outcomes = match outcome {
         Ok(o) => o,
@@ -84,7 +86,7 @@ pub async fn handle(shard: &Rc<Shard>, req: ElectLeadersRequest, version: i16) -
 
 /// On the controller shard: the outcome for each partition asked (every partition when
 /// `None`).
-async fn elect(
+pub async fn elect(
     shard: &Rc<Shard>,
     election: i8,
     asked: Option<Vec<(String, i32)>>,

@@ -18,6 +18,7 @@ use uuid::Uuid;
 
 use super::fetch_session::{self, Plan};
 use super::produce::log_error_code;
+use super::OwnerCall;
 use crate::metadata::{ClusterMeta, Route};
 use crate::server::Reply;
 use crate::shard::Shard;
@@ -39,7 +40,7 @@ struct Wanted {
 
 /// What the owner shard read.
 #[derive(Default)]
-struct Read {
+pub struct Read {
     error: i16,
     high_watermark: i64,
     last_stable_offset: i64,
@@ -51,7 +52,7 @@ struct Read {
 }
 
 /// One partition of a Fetch as its owner shard reads it.
-struct ShardRead {
+pub struct ShardRead {
     /// Its place in the request.
     index: usize,
     topic: String,
@@ -68,7 +69,7 @@ struct ShardRead {
 /// other while `budget` (the response's limit) lasts, as Kafka fills a response in partition
 /// order. The first batch read is returned whole even past the limit, so a consumer always
 /// progresses; after it, a partition gets only what still fits.
-async fn read_owned(
+pub async fn read_owned(
     shard: Rc<Shard>,
     parts: Vec<ShardRead>,
     mut budget: usize,
@@ -155,7 +156,7 @@ async fn read_local(
 
 /// Waits on the owner shard until one of `parts` has data past its fetch offset (that a
 /// `committed` read may see), or `deadline`.
-async fn wait_local(
+pub async fn wait_local(
     shard: Rc<Shard>,
     parts: Vec<(String, i32, i64)>,
     deadline: Instant,
@@ -358,8 +359,12 @@ async fn read_all(
         }
     }
     let per_owner = by_owner.into_iter().map(|(owner, parts)| {
-        shard.run_on(owner, move |s| {
-            read_owned(s, parts, max_bytes, any_replica, committed)
+        shard.call_owner(owner, |answers| OwnerCall::Read {
+            parts,
+            budget: max_bytes,
+            any_replica,
+            committed,
+            answers,
         })
     });
     for (index, read) in futures::future::join_all(per_owner)
@@ -428,7 +433,12 @@ pub async fn handle(
             break reads;
         }
         let waits = by_owner.into_iter().map(|(owner, parts)| {
-            Box::pin(shard.run_on(owner, move |s| wait_local(s, parts, deadline, committed)))
+            Box::pin(shard.call_owner(owner, |answer| OwnerCall::Wait {
+                parts,
+                deadline,
+                committed,
+                answer,
+            }))
         });
         select_all(waits).await;
     };

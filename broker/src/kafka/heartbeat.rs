@@ -5,6 +5,7 @@ use kafka_protocol::ResponseError;
 use std::rc::Rc;
 use std::time::Instant;
 
+use super::group_call::GroupCall;
 use crate::group;
 use crate::shard::Shard;
 
@@ -16,24 +17,53 @@ pub async fn handle(shard: &Rc<Shard>, req: HeartbeatRequest) -> ResponseKind {
     let error = match group::coordinator_of(shard, &group_id) {
         Err(code) => code,
         Ok((owner, partition)) => {
+            let call = Call {
+                partition,
+                group_id,
+                member_id,
+                instance_id,
+                generation,
+            };
             shard
-                .run_on(owner, move |s| async move {
-                    if let Err(code) = s.groups.check_loaded(partition) {
-                        return code;
-                    }
-                    s.groups
-                        .with_existing(&group_id, |g| {
-                            g.heartbeat(
-                                &member_id,
-                                instance_id.as_deref(),
-                                generation,
-                                Instant::now(),
-                            )
-                        })
-                        .unwrap_or(ResponseError::UnknownMemberId.code())
-                })
+                .call_group(owner, |answer| GroupCall::Heartbeat(call, answer))
                 .await
         }
     };
     ResponseKind::Heartbeat(HeartbeatResponse::default().with_error_code(error))
+}
+
+/// Heartbeat on the group's coordinator shard.
+pub struct Call {
+    partition: i32,
+    group_id: String,
+    member_id: String,
+    instance_id: Option<String>,
+    generation: i32,
+}
+
+pub type Answer = i16;
+
+impl Call {
+    pub async fn run(self, s: Rc<Shard>) -> Answer {
+        let Call {
+            partition,
+            group_id,
+            member_id,
+            instance_id,
+            generation,
+        } = self;
+        if let Err(code) = s.groups.check_loaded(partition) {
+            return code;
+        }
+        s.groups
+            .with_existing(&group_id, |g| {
+                g.heartbeat(
+                    &member_id,
+                    instance_id.as_deref(),
+                    generation,
+                    Instant::now(),
+                )
+            })
+            .unwrap_or(ResponseError::UnknownMemberId.code())
+    }
 }

@@ -7,9 +7,9 @@ use kafka_protocol::messages::{
 use kafka_protocol::ResponseError;
 use std::rc::Rc;
 
-use crate::controller::{self, CONTROLLER_SHARD};
+use crate::controller::{self, ControllerCall};
 use crate::shard::Shard;
-use crate::txn;
+use crate::txn::{self, TxnOp};
 
 pub async fn handle(shard: &Rc<Shard>, req: InitProducerIdRequest) -> ResponseKind {
     let response = InitProducerIdResponse::default()
@@ -35,22 +35,20 @@ pub async fn handle(shard: &Rc<Shard>, req: InitProducerIdRequest) -> ResponseKi
         if timeout <= 0 || timeout > shard.config.transaction_max_timeout_ms {
             return answer(Err(ResponseError::InvalidTransactionTimeout.code()));
         }
-        let txn_id = id.clone();
-        return answer(
-            txn::on_coordinator(shard, &id, move |s, partition| async move {
-                txn::init_producer(&s, partition, &txn_id, timeout, expected).await
-            })
-            .await,
-        );
+        let init = txn::on_coordinator(shard, &id, |answer| TxnOp::Init {
+            timeout_ms: timeout,
+            expected,
+            answer,
+        });
+        return answer(init.await);
     }
     // A producer re-initialising after an error (KIP-360) keeps its id with the next epoch.
     if let Some((id, epoch)) = expected.filter(|&(_, e)| e < i16::MAX - 1) {
         return answer(Ok((id, epoch + 1)));
     }
-    let allocated = shard
-        .run_on(CONTROLLER_SHARD, |s| async move {
-            controller::allocate_producer_id(&s).await
-        })
-        .await;
+    let allocated = controller::call(shard, |answer| ControllerCall::AllocateProducerId {
+        answer,
+    })
+    .await;
     answer(allocated.map(|id| (id, 0)).map_err(|e| e.code))
 }

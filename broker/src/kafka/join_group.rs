@@ -7,6 +7,7 @@ use kafka_protocol::ResponseError;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use super::group_call::GroupCall;
 use super::str_bytes;
 use crate::group::state::{Join, JoinResult};
 use crate::group::{self};
@@ -48,25 +49,14 @@ pub async fn handle(
             ..JoinResult::error(ResponseError::CoordinatorNotAvailable, &member_id)
         },
         Ok((owner, partition)) => {
+            let call = Call {
+                partition,
+                group_id,
+                join,
+                member_id,
+            };
             shard
-                .run_on(owner, move |s| async move {
-                    if let Err(code) = s.groups.check_loaded(partition) {
-                        return JoinResult {
-                            error: code,
-                            ..JoinResult::error(
-                                ResponseError::CoordinatorLoadInProgress,
-                                &join.member_id,
-                            )
-                        };
-                    }
-                    let (tx, rx) = oneshot::channel();
-                    let config = s.groups.config;
-                    s.groups
-                        .with_group(&group_id, |g| g.join(join, &config, Instant::now(), tx));
-                    rx.await.unwrap_or_else(|_| {
-                        JoinResult::error(ResponseError::UnknownMemberId, &member_id)
-                    })
-                })
+                .call_group(owner, |answer| GroupCall::Join(call, answer))
                 .await
         }
     };
@@ -98,4 +88,37 @@ pub async fn handle(
         resp = resp.with_skip_assignment(result.skip_assignment);
     }
     ResponseKind::JoinGroup(resp)
+}
+
+/// JoinGroup on the group's coordinator shard: answered when the rebalance completes.
+pub struct Call {
+    partition: i32,
+    group_id: String,
+    join: Join,
+    member_id: String,
+}
+
+pub type Answer = JoinResult;
+
+impl Call {
+    pub async fn run(self, s: Rc<Shard>) -> Answer {
+        let Call {
+            partition,
+            group_id,
+            join,
+            member_id,
+        } = self;
+        if let Err(code) = s.groups.check_loaded(partition) {
+            return JoinResult {
+                error: code,
+                ..JoinResult::error(ResponseError::CoordinatorLoadInProgress, &join.member_id)
+            };
+        }
+        let (tx, rx) = oneshot::channel();
+        let config = s.groups.config;
+        s.groups
+            .with_group(&group_id, |g| g.join(join, &config, Instant::now(), tx));
+        rx.await
+            .unwrap_or_else(|_| JoinResult::error(ResponseError::UnknownMemberId, &member_id))
+    }
 }

@@ -4,12 +4,24 @@ use kafka_protocol::messages::list_groups_response::ListedGroup;
 use kafka_protocol::messages::{GroupId, ListGroupsRequest, ListGroupsResponse, ResponseKind};
 use std::rc::Rc;
 
+use super::group_call::GroupCall;
 use super::str_bytes;
 use crate::group::state::GroupState;
 use crate::shard::Shard;
 
-/// `(group, protocol type, state, type)` of every group a shard coordinates.
-pub async fn groups_on(shard: Rc<Shard>) -> Vec<(String, String, &'static str, &'static str)> {
+/// ListGroups on one shard: the groups it coordinates.
+pub struct Call;
+
+/// `(group, protocol type, state, type)` of each group.
+pub type Answer = Vec<(String, String, &'static str, &'static str)>;
+
+impl Call {
+    pub async fn run(self, shard: Rc<Shard>) -> Answer {
+        groups_on(&shard)
+    }
+}
+
+fn groups_on(shard: &Shard) -> Answer {
     shard
         .groups
         .group_ids()
@@ -40,7 +52,11 @@ pub async fn groups_on(shard: Rc<Shard>) -> Vec<(String, String, &'static str, &
 pub async fn handle(shard: &Rc<Shard>, req: ListGroupsRequest, version: i16) -> ResponseKind {
     let mut all = Vec::new();
     for target in 0..shard.shard_count() {
-        all.extend(shard.run_on(target, groups_on).await);
+        all.extend(
+            shard
+                .call_group(target, |answer| GroupCall::List(Call, answer))
+                .await,
+        );
     }
     let states: Vec<String> = req.states_filter.iter().map(|s| s.to_lowercase()).collect();
     let types: Vec<String> = req.types_filter.iter().map(|s| s.to_lowercase()).collect();

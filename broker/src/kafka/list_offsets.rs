@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::rc::Rc;
 
 use super::produce::log_error_code;
+use super::{OwnerCall, RoutedPartition};
 use crate::shard::Shard;
 
 const LATEST: i64 = -1;
@@ -16,21 +17,36 @@ const EARLIEST: i64 = -2;
 const MAX_TIMESTAMP: i64 = -3;
 const EARLIEST_LOCAL: i64 = -4;
 
-/// `(error, timestamp, offset, leader epoch)` computed on the owner shard. A `committed`
-/// (read_committed) client is answered within the last stable offset.
-async fn lookup(
-    shard: Rc<Shard>,
-    (topic, topic_id): (String, uuid::Uuid),
-    partition: i32,
+/// A partition's offset asked for: at `timestamp` (or a special one: latest, earliest, ...),
+/// by a client that knows `current_leader_epoch`.
+pub struct Asked {
+    part: RoutedPartition,
     timestamp: i64,
     current_leader_epoch: i32,
-    committed: bool,
-) -> (i16, i64, i64, i32) {
-    let (log, epoch, _) =
-        match shard.readable_partition(&topic, topic_id, partition, current_leader_epoch, false) {
-            Ok(found) => found,
-            Err(code) => return (code, -1, -1, -1),
-        };
+}
+
+/// `(error, timestamp, offset, leader epoch)`.
+pub type Found = (i16, i64, i64, i32);
+
+/// Looks an offset up on the owner shard. A `committed` (read_committed) client is answered
+/// within the last stable offset.
+pub async fn lookup(shard: Rc<Shard>, asked: Asked, committed: bool) -> Found {
+    let Asked {
+        part,
+        timestamp,
+        current_leader_epoch,
+    } = asked;
+    let readable = shard.readable_partition(
+        &part.topic,
+        part.topic_id,
+        part.partition,
+        current_leader_epoch,
+        false,
+    );
+    let (log, epoch, _) = match readable {
+        Ok(found) => found,
+        Err(code) => return (code, -1, -1, -1),
+    };
     let readable = match committed {
         true => log.last_stable_offset(),
         false => log.high_watermark(),
@@ -78,21 +94,27 @@ pub async fn handle(shard: &Rc<Shard>, req: ListOffsetsRequest, version: i16) ->
                         Err((ResponseError::UnknownTopicOrPartition.code(), -1, -1, -1))
                     }
                     (false, Some(route)) => {
-                        let item = (
-                            (name.to_string(), route.topic_id),
+                        let part = RoutedPartition {
+                            topic: name.to_string(),
+                            topic_id: route.topic_id,
                             partition,
-                            p.timestamp,
-                            p.current_leader_epoch,
-                        );
-                        Ok((route.owner, item))
+                        };
+                        let asked = Asked {
+                            part,
+                            timestamp: p.timestamp,
+                            current_leader_epoch: p.current_leader_epoch,
+                        };
+                        Ok((route.owner, asked))
                     }
                 },
             );
         }
     }
     let answers = shard
-        .on_owners(asked, move |s, (topic, partition, timestamp, epoch)| {
-            lookup(s, topic, partition, timestamp, epoch, committed)
+        .on_owners(asked, |parts, answers| OwnerCall::ListOffsets {
+            parts,
+            committed,
+            answers,
         })
         .await;
     let mut answers = answers.into_iter();

@@ -9,7 +9,8 @@ use std::rc::Rc;
 use tern_protocol::txn_records::TxnStatus;
 
 use super::{now_ms, str_bytes};
-use crate::shard::Shard;
+use crate::shard::{Shard, ShardCall};
+use crate::txn::{ListFilter, TxnCall};
 
 /// Every state a filter may name.
 const STATES: [TxnStatus; 8] = [
@@ -37,19 +38,14 @@ pub async fn handle(shard: &Rc<Shard>, req: ListTransactionsRequest) -> Response
     let min_duration = req.duration_filter;
     let now = now_ms();
     let per_shard = (0..shard.shard_count()).map(|target| {
-        let (states, producers) = (states.clone(), producers.clone());
-        shard.run_on(target, move |s| async move {
-            s.txns
-                .all()
-                .into_iter()
-                .filter(|(_, m)| states.is_empty() || states.iter().any(|f| f == m.status.name()))
-                .filter(|(_, m)| producers.is_empty() || producers.contains(&m.producer_id))
-                .filter(|(_, m)| {
-                    min_duration < 0
-                        || (m.status == TxnStatus::Ongoing && now - m.start_ms > min_duration)
-                })
-                .map(|(id, m)| (id, m.producer_id, m.status.name()))
-                .collect::<Vec<_>>()
+        let filter = ListFilter {
+            states: states.clone(),
+            producers: producers.clone(),
+            min_duration_ms: min_duration,
+            now_ms: now,
+        };
+        shard.call(target, |answer| {
+            ShardCall::Txn(TxnCall::List { filter, answer })
         })
     });
     let mut listed: Vec<_> = futures::future::join_all(per_shard)

@@ -8,6 +8,7 @@ use kafka_protocol::messages::{OffsetCommitRequest, OffsetCommitResponse, Respon
 use kafka_protocol::ResponseError;
 use std::rc::Rc;
 
+use super::group_call::GroupCall;
 use super::now_ms;
 use crate::group::records::{Committed, GroupRecord};
 use crate::group::state::GroupState;
@@ -152,12 +153,16 @@ pub async fn handle(shard: &Rc<Shard>, req: OffsetCommitRequest) -> ResponseKind
     let stored: Result<(), i16> = match group::coordinator_of(shard, &group_id) {
         Err(code) => Err(code),
         Ok((owner, partition)) => {
+            let call = Call {
+                partition,
+                group,
+                member,
+                instance,
+                generation,
+                records,
+            };
             shard
-                .run_on(owner, move |s| async move {
-                    s.groups.check_loaded(partition)?;
-                    check_generation(&s, &group, &member, instance.as_deref(), generation)?;
-                    group::store(&s, partition, records).await
-                })
+                .call_group(owner, |answer| GroupCall::OffsetCommit(call, answer))
                 .await
         }
     };
@@ -182,4 +187,32 @@ pub async fn handle(shard: &Rc<Shard>, req: OffsetCommitRequest) -> ResponseKind
         })
         .collect();
     ResponseKind::OffsetCommit(OffsetCommitResponse::default().with_topics(topics))
+}
+
+/// OffsetCommit on the group's coordinator shard: stores `records` once the member is checked.
+pub struct Call {
+    partition: i32,
+    group: String,
+    member: String,
+    instance: Option<String>,
+    generation: i32,
+    records: Vec<GroupRecord>,
+}
+
+pub type Answer = Result<(), i16>;
+
+impl Call {
+    pub async fn run(self, s: Rc<Shard>) -> Answer {
+        let Call {
+            partition,
+            group,
+            member,
+            instance,
+            generation,
+            records,
+        } = self;
+        s.groups.check_loaded(partition)?;
+        check_generation(&s, &group, &member, instance.as_deref(), generation)?;
+        group::store(&s, partition, records).await
+    }
 }

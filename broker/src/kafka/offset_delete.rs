@@ -10,6 +10,7 @@ use kafka_protocol::protocol::Decodable;
 use kafka_protocol::ResponseError;
 use std::rc::Rc;
 
+use super::group_call::GroupCall;
 use crate::group::records::GroupRecord;
 use crate::group::{self};
 use crate::shard::Shard;
@@ -41,54 +42,13 @@ pub async fn handle(shard: &Rc<Shard>, req: OffsetDeleteRequest) -> ResponseKind
     let outcome: Result<Vec<Vec<i16>>, i16> = match group::coordinator_of(shard, &group_id) {
         Err(code) => Err(code),
         Ok((owner, partition)) => {
+            let call = Call {
+                partition,
+                group_id,
+                request,
+            };
             shard
-                .run_on(owner, move |s| async move {
-                    s.groups.check_loaded(partition)?;
-                    let committed = s.groups.committed(&group_id);
-                    let group = s.groups.with_existing(&group_id, |g| {
-                        let protocol = g.protocol.clone().unwrap_or_default();
-                        let topics: Vec<String> = g
-                            .members
-                            .values()
-                            .flat_map(|m| subscribed_topics(m.metadata(&protocol)))
-                            .collect();
-                        (g.members.is_empty(), g.protocol_type.clone(), topics)
-                    });
-                    if group.is_none() && committed.is_empty() {
-                        return Err(ResponseError::GroupIdNotFound.code());
-                    }
-                    if let Some((false, Some(t), _)) = &group {
-                        if t != "consumer" {
-                            return Err(ResponseError::NonEmptyGroup.code());
-                        }
-                    }
-                    let subscribed = group.map(|(_, _, topics)| topics).unwrap_or_default();
-                    let mut tombstones = Vec::new();
-                    let errors = request
-                        .iter()
-                        .map(|(topic, partitions)| {
-                            partitions
-                                .iter()
-                                .map(|&p| {
-                                    if subscribed.contains(topic) {
-                                        return ResponseError::GroupSubscribedToTopic.code();
-                                    }
-                                    if committed.contains_key(&(topic.clone(), p)) {
-                                        tombstones.push(GroupRecord::Offset {
-                                            group: group_id.clone(),
-                                            topic: topic.clone(),
-                                            partition: p,
-                                            value: None,
-                                        });
-                                    }
-                                    0
-                                })
-                                .collect()
-                        })
-                        .collect();
-                    group::store(&s, partition, tombstones).await?;
-                    Ok(errors)
-                })
+                .call_group(owner, |answer| GroupCall::OffsetDelete(call, answer))
                 .await
         }
     };
@@ -117,4 +77,68 @@ pub async fn handle(shard: &Rc<Shard>, req: OffsetDeleteRequest) -> ResponseKind
         ),
     };
     ResponseKind::OffsetDelete(resp)
+}
+
+/// OffsetDelete on the group's coordinator shard: per topic, per partition, an error.
+pub struct Call {
+    partition: i32,
+    group_id: String,
+    request: Vec<(String, Vec<i32>)>,
+}
+
+pub type Answer = Result<Vec<Vec<i16>>, i16>;
+
+impl Call {
+    pub async fn run(self, s: Rc<Shard>) -> Answer {
+        let Call {
+            partition,
+            group_id,
+            request,
+        } = self;
+        s.groups.check_loaded(partition)?;
+        let committed = s.groups.committed(&group_id);
+        let group = s.groups.with_existing(&group_id, |g| {
+            let protocol = g.protocol.clone().unwrap_or_default();
+            let topics: Vec<String> = g
+                .members
+                .values()
+                .flat_map(|m| subscribed_topics(m.metadata(&protocol)))
+                .collect();
+            (g.members.is_empty(), g.protocol_type.clone(), topics)
+        });
+        if group.is_none() && committed.is_empty() {
+            return Err(ResponseError::GroupIdNotFound.code());
+        }
+        if let Some((false, Some(t), _)) = &group {
+            if t != "consumer" {
+                return Err(ResponseError::NonEmptyGroup.code());
+            }
+        }
+        let subscribed = group.map(|(_, _, topics)| topics).unwrap_or_default();
+        let mut tombstones = Vec::new();
+        let errors = request
+            .iter()
+            .map(|(topic, partitions)| {
+                partitions
+                    .iter()
+                    .map(|&p| {
+                        if subscribed.contains(topic) {
+                            return ResponseError::GroupSubscribedToTopic.code();
+                        }
+                        if committed.contains_key(&(topic.clone(), p)) {
+                            tombstones.push(GroupRecord::Offset {
+                                group: group_id.clone(),
+                                topic: topic.clone(),
+                                partition: p,
+                                value: None,
+                            });
+                        }
+                        0
+                    })
+                    .collect()
+            })
+            .collect();
+        group::store(&s, partition, tombstones).await?;
+        Ok(errors)
+    }
 }

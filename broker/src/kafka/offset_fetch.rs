@@ -12,6 +12,7 @@ use kafka_protocol::ResponseError;
 use std::collections::{BTreeMap, HashSet};
 use std::rc::Rc;
 
+use super::group_call::GroupCall;
 use super::{str_bytes, topic_name};
 use crate::group::records::Committed;
 use crate::group::{self};
@@ -28,42 +29,14 @@ async fn fetch_group(
     require_stable: bool,
 ) -> Result<Fetched, i16> {
     let (owner, partition) = group::coordinator_of(shard, &group_id)?;
+    let call = Call {
+        partition,
+        group_id,
+        wanted,
+        require_stable,
+    };
     shard
-        .run_on(owner, move |s| async move {
-            s.groups.check_loaded(partition)?;
-            let committed = s.groups.committed(&group_id);
-            let unstable = match require_stable {
-                true => s.groups.pending_txn_partitions(&group_id),
-                false => HashSet::new(),
-            };
-            let answer = |topic: &str, p: i32, c: Option<Committed>| match unstable
-                .contains(&(topic.to_string(), p))
-            {
-                true => (p, None, ResponseError::UnstableOffsetCommit.code()),
-                false => (p, c, 0),
-            };
-            Ok(match wanted {
-                Some(topics) => topics
-                    .into_iter()
-                    .map(|(topic, partitions)| {
-                        let found = partitions
-                            .into_iter()
-                            .map(|p| answer(&topic, p, committed.get(&(topic.clone(), p)).cloned()))
-                            .collect();
-                        (topic, found)
-                    })
-                    .collect(),
-                None => {
-                    let mut by_topic: BTreeMap<String, Vec<(i32, Option<Committed>, i16)>> =
-                        BTreeMap::new();
-                    for ((topic, p), c) in committed {
-                        let found = answer(&topic, p, Some(c));
-                        by_topic.entry(topic).or_default().push(found);
-                    }
-                    by_topic.into_iter().collect()
-                }
-            })
-        })
+        .call_group(owner, |answer| GroupCall::OffsetFetch(call, answer))
         .await
 }
 
@@ -158,4 +131,58 @@ pub async fn handle(shard: &Rc<Shard>, req: OffsetFetchRequest, version: i16) ->
         Err(_) => {}
     }
     ResponseKind::OffsetFetch(resp)
+}
+
+/// OffsetFetch of one group on its coordinator shard: `wanted` (None: everything committed).
+pub struct Call {
+    partition: i32,
+    group_id: String,
+    wanted: Option<Vec<(String, Vec<i32>)>>,
+    require_stable: bool,
+}
+
+pub type Answer = Result<Fetched, i16>;
+
+impl Call {
+    pub async fn run(self, s: Rc<Shard>) -> Answer {
+        let Call {
+            partition,
+            group_id,
+            wanted,
+            require_stable,
+        } = self;
+        s.groups.check_loaded(partition)?;
+        let committed = s.groups.committed(&group_id);
+        let unstable = match require_stable {
+            true => s.groups.pending_txn_partitions(&group_id),
+            false => HashSet::new(),
+        };
+        let answer = |topic: &str, p: i32, c: Option<Committed>| match unstable
+            .contains(&(topic.to_string(), p))
+        {
+            true => (p, None, ResponseError::UnstableOffsetCommit.code()),
+            false => (p, c, 0),
+        };
+        Ok(match wanted {
+            Some(topics) => topics
+                .into_iter()
+                .map(|(topic, partitions)| {
+                    let found = partitions
+                        .into_iter()
+                        .map(|p| answer(&topic, p, committed.get(&(topic.clone(), p)).cloned()))
+                        .collect();
+                    (topic, found)
+                })
+                .collect(),
+            None => {
+                let mut by_topic: BTreeMap<String, Vec<(i32, Option<Committed>, i16)>> =
+                    BTreeMap::new();
+                for ((topic, p), c) in committed {
+                    let found = answer(&topic, p, Some(c));
+                    by_topic.entry(topic).or_default().push(found);
+                }
+                by_topic.into_iter().collect()
+            }
+        })
+    }
 }

@@ -10,20 +10,36 @@ use kafka_protocol::messages::{
 use kafka_protocol::ResponseError;
 use std::rc::Rc;
 
+use super::{OwnerCall, RoutedPartition};
 use crate::shard::Shard;
 
-/// `(error, epoch, end offset)` on the owner shard: the largest epoch not above `epoch` in
-/// the leader's log and the offset where it ends (the log end for the current epoch). A log of
-/// one replica has epoch 0 throughout.
-async fn lookup(
-    shard: Rc<Shard>,
-    (topic, topic_id): (String, uuid::Uuid),
-    partition: i32,
+/// Where a partition's leader epoch `epoch` ends, asked by a client that knows
+/// `current_leader_epoch`.
+pub struct Asked {
+    part: RoutedPartition,
     current_leader_epoch: i32,
     epoch: i32,
-) -> (i16, i32, i64) {
-    let readable =
-        shard.readable_partition(&topic, topic_id, partition, current_leader_epoch, false);
+}
+
+/// `(error, epoch, end offset)`.
+pub type Found = (i16, i32, i64);
+
+/// On the owner shard: the largest epoch not above the one asked in the leader's log and the
+/// offset where it ends (the log end for the current epoch). A log of one replica has epoch 0
+/// throughout.
+pub async fn lookup(shard: Rc<Shard>, asked: Asked) -> Found {
+    let Asked {
+        part,
+        current_leader_epoch,
+        epoch,
+    } = asked;
+    let readable = shard.readable_partition(
+        &part.topic,
+        part.topic_id,
+        part.partition,
+        current_leader_epoch,
+        false,
+    );
     let (log, leader_epoch, group) = match readable {
         Ok(found) => found,
         Err(code) => return (code, -1, -1),
@@ -48,20 +64,25 @@ pub async fn handle(shard: &Rc<Shard>, req: OffsetForLeaderEpochRequest) -> Resp
         .flat_map(|t| t.partitions.iter().map(move |p| (t.topic.0.as_str(), p)))
         .map(|(name, p)| match meta.route(name, p.partition) {
             Some(route) => {
-                let item = (
-                    (name.to_string(), route.topic_id),
-                    p.partition,
-                    p.current_leader_epoch,
-                    p.leader_epoch,
-                );
-                Ok((route.owner, item))
+                let part = RoutedPartition {
+                    topic: name.to_string(),
+                    topic_id: route.topic_id,
+                    partition: p.partition,
+                };
+                let asked = Asked {
+                    part,
+                    current_leader_epoch: p.current_leader_epoch,
+                    epoch: p.leader_epoch,
+                };
+                Ok((route.owner, asked))
             }
             None => Err((ResponseError::UnknownTopicOrPartition.code(), -1, -1)),
         })
         .collect();
     let answers = shard
-        .on_owners(asked, |s, (topic, partition, current, epoch)| {
-            lookup(s, topic, partition, current, epoch)
+        .on_owners(asked, |parts, answers| OwnerCall::OffsetForLeaderEpoch {
+            parts,
+            answers,
         })
         .await;
     let mut answers = answers.into_iter();

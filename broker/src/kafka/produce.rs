@@ -12,13 +12,14 @@ use tern_storage::producers::ProducerError;
 use tern_storage::{Durability, LogError};
 use uuid::Uuid;
 
+use super::OwnerCall;
 use super::{now_ms, str_bytes};
 use crate::controller;
 use crate::replication::ReplicateError;
 use crate::shard::Shard;
 
 /// What a partition's owner shard reports back.
-struct Outcome {
+pub struct Outcome {
     error: i16,
     message: Option<String>,
     base_offset: i64,
@@ -68,14 +69,13 @@ pub fn log_error_code(e: &LogError) -> i16 {
 
 /// Appends on the owner shard and waits as `acks` asks: replicated through the partition's
 /// Raft group in cluster mode.
-async fn produce_local(
-    shard: Rc<Shard>,
-    topic: String,
-    topic_id: Uuid,
-    partition: i32,
-    records: Bytes,
-    acks: i16,
-) -> Outcome {
+pub async fn produce_local(shard: Rc<Shard>, routed: Routed, acks: i16) -> Outcome {
+    let Routed {
+        topic,
+        topic_id,
+        partition,
+        records,
+    } = routed;
     let Some((log, group)) = shard.routed_partition(&topic, topic_id, partition) else {
         return Outcome::error(
             ResponseError::NotLeaderOrFollower.code(),
@@ -243,7 +243,7 @@ async fn produce_replicated(
 }
 
 /// A partition's batch, checked, for its owner shard.
-struct Routed {
+pub struct Routed {
     topic: String,
     topic_id: Uuid,
     partition: i32,
@@ -364,8 +364,10 @@ pub async fn handle(shard: &Rc<Shard>, req: ProduceRequest) -> Option<ProduceRes
     }
     let routed = futures::future::join_all(checks).await;
     let outcomes = shard
-        .on_owners(routed, move |s, r: Routed| {
-            produce_local(s, r.topic, r.topic_id, r.partition, r.records, acks)
+        .on_owners(routed, |parts, answers| OwnerCall::Produce {
+            parts,
+            acks,
+            answers,
         })
         .await;
     let mut outcomes = outcomes.into_iter();

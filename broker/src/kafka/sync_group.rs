@@ -7,6 +7,7 @@ use kafka_protocol::ResponseError;
 use std::rc::Rc;
 use std::time::Instant;
 
+use super::group_call::GroupCall;
 use super::str_bytes;
 use crate::group;
 use crate::shard::Shard;
@@ -24,51 +25,19 @@ pub async fn handle(shard: &Rc<Shard>, req: SyncGroupRequest, version: i16) -> R
     let (error, assignment, protocol_type, protocol) = match group::coordinator_of(shard, &group_id)
     {
         Err(code) => (code, Bytes::new(), None, None),
-        Ok((owner, partition)) => shard
-            .run_on(owner, move |s| async move {
-                if let Err(code) = s.groups.check_loaded(partition) {
-                    return (code, Bytes::new(), None, None);
-                }
-                let (tx, rx) = oneshot::channel();
-                let completed = s.groups.with_existing(&group_id, |g| {
-                    let done = g.sync(
-                        &member_id,
-                        instance_id.as_deref(),
-                        generation,
-                        assignments,
-                        Instant::now(),
-                        tx,
-                    );
-                    (
-                        done.then(|| group::group_record(g)),
-                        g.protocol_type.clone(),
-                        g.protocol.clone(),
-                    )
-                });
-                let Some((record, protocol_type, protocol)) = completed else {
-                    return (
-                        ResponseError::UnknownMemberId.code(),
-                        Bytes::new(),
-                        None,
-                        None,
-                    );
-                };
-                if let Some(record) = record {
-                    if let Err(code) = group::store(&s, partition, vec![record]).await {
-                        tracing::warn!(group = %group_id, code, "could not store group metadata");
-                    }
-                }
-                match rx.await {
-                    Ok((error, assignment)) => (error, assignment, protocol_type, protocol),
-                    Err(_) => (
-                        ResponseError::RebalanceInProgress.code(),
-                        Bytes::new(),
-                        None,
-                        None,
-                    ),
-                }
-            })
-            .await,
+        Ok((owner, partition)) => {
+            let call = Call {
+                partition,
+                group_id,
+                member_id,
+                instance_id,
+                generation,
+                assignments,
+            };
+            shard
+                .call_group(owner, |answer| GroupCall::Sync(call, answer))
+                .await
+        }
     };
     let mut resp = SyncGroupResponse::default()
         .with_error_code(error)
@@ -79,4 +48,70 @@ pub async fn handle(shard: &Rc<Shard>, req: SyncGroupRequest, version: i16) -> R
             .with_protocol_name(protocol.as_deref().map(str_bytes));
     }
     ResponseKind::SyncGroup(resp)
+}
+
+/// SyncGroup on the group's coordinator shard: the member's assignment, with the protocol type and name.
+pub struct Call {
+    partition: i32,
+    group_id: String,
+    member_id: String,
+    instance_id: Option<String>,
+    generation: i32,
+    assignments: Vec<(String, Bytes)>,
+}
+
+pub type Answer = (i16, Bytes, Option<String>, Option<String>);
+
+impl Call {
+    pub async fn run(self, s: Rc<Shard>) -> Answer {
+        let Call {
+            partition,
+            group_id,
+            member_id,
+            instance_id,
+            generation,
+            assignments,
+        } = self;
+        if let Err(code) = s.groups.check_loaded(partition) {
+            return (code, Bytes::new(), None, None);
+        }
+        let (tx, rx) = oneshot::channel();
+        let completed = s.groups.with_existing(&group_id, |g| {
+            let done = g.sync(
+                &member_id,
+                instance_id.as_deref(),
+                generation,
+                assignments,
+                Instant::now(),
+                tx,
+            );
+            (
+                done.then(|| group::group_record(g)),
+                g.protocol_type.clone(),
+                g.protocol.clone(),
+            )
+        });
+        let Some((record, protocol_type, protocol)) = completed else {
+            return (
+                ResponseError::UnknownMemberId.code(),
+                Bytes::new(),
+                None,
+                None,
+            );
+        };
+        if let Some(record) = record {
+            if let Err(code) = group::store(&s, partition, vec![record]).await {
+                tracing::warn!(group = %group_id, code, "could not store group metadata");
+            }
+        }
+        match rx.await {
+            Ok((error, assignment)) => (error, assignment, protocol_type, protocol),
+            Err(_) => (
+                ResponseError::RebalanceInProgress.code(),
+                Bytes::new(),
+                None,
+                None,
+            ),
+        }
+    }
 }

@@ -8,6 +8,7 @@ use kafka_protocol::messages::txn_offset_commit_response::{
 use kafka_protocol::messages::{ResponseKind, TxnOffsetCommitRequest, TxnOffsetCommitResponse};
 use std::rc::Rc;
 
+use super::group_call::GroupCall;
 use super::offset_commit::{
     check_generation, offset_record, partition_error, records_to_store, CommitPart,
 };
@@ -54,25 +55,18 @@ pub async fn handle(shard: &Rc<Shard>, req: TxnOffsetCommitRequest) -> ResponseK
             match txn::verify_produce(shard, &txn_id, pid, epoch, offsets, partition).await {
                 Err(code) => Err(code),
                 Ok(()) => {
+                    let call = Call {
+                        partition,
+                        group,
+                        member,
+                        instance,
+                        generation,
+                        pid,
+                        epoch,
+                        records,
+                    };
                     shard
-                        .run_on(owner, move |s| async move {
-                            s.groups.check_loaded(partition)?;
-                            // Producers before KIP-447 send no member: only the transaction
-                            // binds them.
-                            if generation >= 0 || !member.is_empty() {
-                                check_generation(
-                                    &s,
-                                    &group,
-                                    &member,
-                                    instance.as_deref(),
-                                    generation,
-                                )?;
-                            }
-                            if records.is_empty() {
-                                return Ok(());
-                            }
-                            group::store_transactional(&s, partition, pid, epoch, records).await
-                        })
+                        .call_group(owner, |answer| GroupCall::TxnOffsetCommit(call, answer))
                         .await
                 }
             }
@@ -100,4 +94,43 @@ pub async fn handle(shard: &Rc<Shard>, req: TxnOffsetCommitRequest) -> ResponseK
         })
         .collect();
     ResponseKind::TxnOffsetCommit(TxnOffsetCommitResponse::default().with_topics(topics))
+}
+
+/// TxnOffsetCommit on the group's coordinator shard: stores `records` as pending in producer `pid`'s transaction.
+pub struct Call {
+    partition: i32,
+    group: String,
+    member: String,
+    instance: Option<String>,
+    generation: i32,
+    pid: i64,
+    epoch: i16,
+    records: Vec<GroupRecord>,
+}
+
+pub type Answer = Result<(), i16>;
+
+impl Call {
+    pub async fn run(self, s: Rc<Shard>) -> Answer {
+        let Call {
+            partition,
+            group,
+            member,
+            instance,
+            generation,
+            pid,
+            epoch,
+            records,
+        } = self;
+        s.groups.check_loaded(partition)?;
+        // Producers before KIP-447 send no member: only the transaction
+        // binds them.
+        if generation >= 0 || !member.is_empty() {
+            check_generation(&s, &group, &member, instance.as_deref(), generation)?;
+        }
+        if records.is_empty() {
+            return Ok(());
+        }
+        group::store_transactional(&s, partition, pid, epoch, records).await
+    }
 }

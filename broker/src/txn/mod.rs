@@ -28,16 +28,17 @@ use tern_protocol::rpc::NodeMessage;
 use tern_protocol::txn_records;
 use tern_raft::NodeId;
 use tern_storage::{Durability, LogError};
-use uuid::Uuid;
 
-use crate::controller::{self, CONTROLLER_SHARD};
+use crate::controller::{self, ControllerCall};
 use crate::group::OFFSETS_TOPIC;
-use crate::kafka::now_ms;
+use crate::kafka::{now_ms, OwnerCall, RoutedPartition};
 use crate::replication::ReplicateError;
 use crate::shard::Shard;
+pub use calls::{on_coordinator, ListFilter, TxnCall, TxnOp};
 pub use machine::TxnMeta;
 use machine::{EndStep, InitStep, TickStep};
 
+mod calls;
 mod machine;
 #[cfg(test)]
 mod sim;
@@ -129,22 +130,6 @@ pub fn coordinator_of(shard: &Shard, id: &str) -> Result<(usize, i32), i16> {
     ))
 }
 
-/// Runs `f` on the shard coordinating `id` once its state is loaded there.
-pub async fn on_coordinator<F, Fut, T>(shard: &Rc<Shard>, id: &str, f: F) -> Result<T, i16>
-where
-    F: FnOnce(Rc<Shard>, i32) -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = Result<T, i16>> + 'static,
-    T: Send + 'static,
-{
-    let (owner, partition) = coordinator_of(shard, id)?;
-    shard
-        .run_on(owner, move |s| async move {
-            s.txns.check_loaded(partition)?;
-            f(s, partition).await
-        })
-        .await
-}
-
 /// Cluster mode: the node leading partition `partition` of `topic`, if one is known.
 fn leader_node(shard: &Shard, topic: &str, partition: i32) -> Option<i32> {
     let meta = shard.meta.snapshot();
@@ -212,10 +197,8 @@ pub async fn init_producer(
         )?;
         match step {
             InitStep::NewProducerId => {
-                let allocated = shard
-                    .run_on(CONTROLLER_SHARD, |s| async move {
-                        controller::allocate_producer_id(&s).await
-                    })
+                let allocate = |answer| ControllerCall::AllocateProducerId { answer };
+                let allocated = controller::call(shard, allocate)
                     .await
                     .map_err(|e| e.code)?;
                 new_id = Some(allocated);
@@ -284,15 +267,12 @@ pub async fn verify_here(
     topic: String,
     partition: i32,
 ) -> Result<(), i16> {
-    let txn_id = id.to_string();
-    on_coordinator(shard, id, move |s, _| async move {
-        machine::verify(
-            s.txns.get(&txn_id).as_ref(),
-            producer_id,
-            epoch,
-            &topic,
-            partition,
-        )
+    on_coordinator(shard, id, |answer| TxnOp::Verify {
+        producer_id,
+        epoch,
+        topic,
+        partition,
+        answer,
     })
     .await
 }
@@ -480,54 +460,56 @@ pub async fn write_local_markers(
     partitions: Vec<(String, i32)>,
 ) -> Vec<((String, i32), Result<(), i16>)> {
     let meta = shard.meta.snapshot();
-    let unknown = Err(ResponseError::UnknownTopicOrPartition.code());
-    let mut results = Vec::new();
-    let mut by_owner: BTreeMap<usize, Vec<(String, i32, Uuid)>> = BTreeMap::new();
-    for (topic, p) in partitions {
-        match meta.route(&topic, p) {
+    let routed = partitions
+        .iter()
+        .map(|(topic, p)| match meta.route(topic, *p) {
             Some(route) => {
-                by_owner
-                    .entry(route.owner)
-                    .or_default()
-                    .push((topic, p, route.topic_id))
+                let part = RoutedPartition {
+                    topic: topic.clone(),
+                    topic_id: route.topic_id,
+                    partition: *p,
+                };
+                Ok((route.owner, part))
             }
-            None => results.push(((topic, p), unknown)),
-        }
-    }
-    let writes = by_owner.into_iter().map(|(owner, parts)| {
-        shard.run_on(owner, move |s| async move {
-            let mut out = Vec::new();
-            for (topic, p, topic_id) in parts {
-                let result = write_marker(&s, &marker, &topic, topic_id, p).await;
-                if result.is_ok() && topic == OFFSETS_TOPIC {
-                    s.groups.complete_txn(marker.producer_id, p, marker.commit);
-                }
-                out.push(((topic, p), result));
-            }
-            out
+            None => Err(Err(ResponseError::UnknownTopicOrPartition.code())),
         })
-    });
-    results.extend(
-        futures::future::join_all(writes)
-            .await
-            .into_iter()
-            .flatten(),
-    );
-    results
+        .collect();
+    let results = shard
+        .on_owners(routed, |parts, answers| OwnerCall::WriteMarkers {
+            marker,
+            parts,
+            answers,
+        })
+        .await;
+    partitions.into_iter().zip(results).collect()
 }
 
-/// Writes `marker` to partition `p` of `topic` (routed for the topic with id `topic_id`),
-/// owned by this shard.
+/// On the owner shard: writes `marker` to `part`; offsets the transaction committed to a
+/// group (on a `__consumer_offsets` partition) take effect or are dropped with it.
+pub async fn write_owned_marker(
+    shard: Rc<Shard>,
+    marker: Marker,
+    part: RoutedPartition,
+) -> Result<(), i16> {
+    let written = write_marker(&shard, &marker, &part).await;
+    if written.is_ok() && part.topic == OFFSETS_TOPIC {
+        shard
+            .groups
+            .complete_txn(marker.producer_id, part.partition, marker.commit);
+    }
+    written
+}
+
+/// Writes `marker` to `part`, owned by this shard.
 async fn write_marker(
     shard: &Rc<Shard>,
     marker: &Marker,
-    topic: &str,
-    topic_id: Uuid,
-    p: i32,
+    part: &RoutedPartition,
 ) -> Result<(), i16> {
+    let (topic, p) = (part.topic.as_str(), part.partition);
     let not_leader = ResponseError::NotLeaderOrFollower.code();
     // Routed before the topic was deleted (or created again): no longer here.
-    let Some((log, group)) = shard.routed_partition(topic, topic_id, p) else {
+    let Some((log, group)) = shard.routed_partition(topic, part.topic_id, p) else {
         return Err(not_leader);
     };
     let refused = |e: LogError| match e {
