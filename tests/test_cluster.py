@@ -1384,7 +1384,8 @@ def test_tern_bench_sends_each_partition_to_its_leader(cluster, topic_name, tmp_
     bench = os.path.join(os.path.dirname(TERN_BIN), "tern-bench")
     out = tmp_path / "summary.json"
     subprocess.run(
-        [bench, "--brokers", f"127.0.0.1:{cluster.port_of(1)}", "--workload", "both", "--topic", topic_name,
+        # A bootstrap list whose first broker does not answer, as clients are given.
+        [bench, "--brokers", f"127.0.0.1:1,127.0.0.1:{cluster.port_of(1)}", "--workload", "both", "--topic", topic_name,
          "--partitions", "6", "--replication-factor", "3", "--acks", "-1", "--warmup", "1", "--duration", "10",
          "--records", "6000", "--mb-rate", "2", "--record-size", "512", "--json", str(out)],
         check=True, capture_output=True, timeout=90,

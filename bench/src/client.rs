@@ -23,6 +23,19 @@ pub struct Reader {
 }
 
 /// Connects and learns the broker's API versions.
+/// Connects to the first broker of `brokers` (a comma-separated bootstrap list, as Kafka
+/// clients take) that answers; returns its address too.
+pub async fn connect_bootstrap(brokers: &str) -> Result<(Writer, Reader, String)> {
+    let mut failed = None;
+    for addr in brokers.split(',').map(str::trim).filter(|a| !a.is_empty()) {
+        match connect(addr).await {
+            Ok((w, r)) => return Ok((w, r, addr.to_string())),
+            Err(e) => failed = Some(e),
+        }
+    }
+    Err(failed.unwrap_or_else(|| anyhow::anyhow!("no broker in --brokers {brokers:?}")))
+}
+
 pub async fn connect(addr: &str) -> Result<(Writer, Reader)> {
     let stream = TcpStream::connect(addr)
         .await

@@ -50,8 +50,9 @@ pub enum StartAt {
     about = "Kafka load generator (thread-per-core, open-loop)"
 )]
 pub struct Args {
-    /// Broker to bootstrap from (HOST:PORT). Each partition's records go to, and are read
-    /// from, its leader, as the cluster's metadata names it.
+    /// Brokers to bootstrap from (HOST:PORT, comma-separated: the first that answers). Each
+    /// partition's records go to, and are read from, its leader, as the cluster's metadata
+    /// names it.
     #[arg(long, default_value = "127.0.0.1:9092")]
     pub brokers: String,
     #[arg(long, value_enum, default_value = "produce")]

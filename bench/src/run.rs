@@ -108,7 +108,7 @@ fn compression(c: Codec) -> Compression {
 /// Each partition's leader's address, creating the topic if it is missing. Waits (up to 30 s)
 /// until every partition has a leader.
 async fn setup(args: &Args) -> Result<Vec<String>> {
-    let (mut w, mut r) = client::connect(&args.brokers).await?;
+    let (mut w, mut r, bootstrap) = client::connect_bootstrap(&args.brokers).await?;
     // Never let the metadata lookup auto-create the topic with the broker's default size.
     let req = MetadataRequest::default()
         .with_allow_auto_topic_creation(false)
@@ -139,7 +139,7 @@ async fn setup(args: &Args) -> Result<Vec<String>> {
             }
         } else if !created {
             // To the controller, as Kafka's admin clients send it.
-            let controller = brokers.get(&md.controller_id.0).unwrap_or(&args.brokers);
+            let controller = brokers.get(&md.controller_id.0).unwrap_or(&bootstrap);
             let (mut cw, mut cr) = client::connect(controller).await?;
             let create = CreateTopicsRequest::default()
                 .with_timeout_ms(30_000)
