@@ -112,6 +112,9 @@ pub type StateSender =
     Box<dyn Fn(Vec<(GroupId, Option<Persisted>)>) -> LocalBoxFuture<'static, std::io::Result<()>>>;
 
 /// A shard's replicated partitions.
+/// How often dropped messages for groups a driver does not host are logged, at most.
+const UNKNOWN_GROUP_LOG_EVERY: Duration = Duration::from_secs(10);
+
 pub struct Replicator {
     node: NodeId,
     timing: Timing,
@@ -127,6 +130,8 @@ pub struct Replicator {
     /// When each node was last heard from (any envelope: heartbeat answers come at least
     /// every heartbeat interval from a live follower).
     heard: RefCell<BTreeMap<NodeId, Instant>>,
+    /// Messages for groups this driver does not host (dropped) as last logged, and when.
+    unknown_logged: Cell<(u64, Option<Instant>)>,
     /// The node's Raft state file (`None`: another shard's driver writes it, through
     /// `send_state`), and the state of every group it holds but this driver does not host:
     /// read at start for groups not added yet, or sent by other shards (kept in every write
@@ -173,6 +178,7 @@ impl Replicator {
             paused: Cell::new(false),
             role_listener: RefCell::new(None),
             heard: RefCell::new(BTreeMap::new()),
+            unknown_logged: Cell::new((0, None)),
             state_path,
             send_state,
             stored: RefCell::new(stored),
@@ -198,11 +204,26 @@ impl Replicator {
         if self.paused.get() {
             return; // lost, as on a cut link
         }
-        self.heard
-            .borrow_mut()
-            .insert(envelope.from, Instant::now());
-        self.multi.borrow_mut().step(envelope);
+        let from = envelope.from;
+        self.heard.borrow_mut().insert(from, Instant::now());
+        let dropped = {
+            let mut multi = self.multi.borrow_mut();
+            multi.step(envelope);
+            multi.unknown_group_messages()
+        };
         self.work.notify(1);
+        // A group removed here, or not opened yet, while its peers still talk to it: said
+        // once in a while, not per message.
+        let (logged, at) = self.unknown_logged.get();
+        if dropped > logged && at.is_none_or(|t| t.elapsed() >= UNKNOWN_GROUP_LOG_EVERY) {
+            let count = dropped - logged;
+            tracing::info!(
+                from,
+                count,
+                "dropped messages for Raft groups not hosted here"
+            );
+            self.unknown_logged.set((dropped, Some(Instant::now())));
+        }
     }
 
     /// Makes the state of `groups` durable: in the node's file, or through the driver that

@@ -268,3 +268,40 @@ fn a_follower_cut_off_catches_up_from_the_files_and_a_diverged_leader_is_truncat
             .all(|b| b[b.len() - 2] != 200 || batch::BatchHeader::parse(b).unwrap().is_control()));
     });
 }
+
+#[test]
+fn messages_for_a_group_not_hosted_are_dropped_and_logged() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
+    run(move || async move {
+        let nodes = cluster(&dir, 3, LogConfig::default()).await;
+        let first = leader(&nodes, &[0, 1, 2]).await;
+        let gone = (first + 1) % 3;
+        nodes[gone].replicator.remove_group(GROUP).await.unwrap();
+        // The leader still sends it the group's heartbeats: dropped, counted, logged.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while nodes[gone].replicator.unknown_logged.get().0 == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "no message for the removed group"
+            );
+            glommio::timer::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(
+            nodes[gone]
+                .replicator
+                .multi
+                .borrow()
+                .unknown_group_messages()
+                > 0
+        );
+        // Nothing is applied there, and the other two still commit.
+        let (hw, end) = (
+            nodes[gone].log.high_watermark(),
+            nodes[gone].log.end_offset(),
+        );
+        produce(&nodes[first], 1).await.unwrap();
+        assert_eq!(nodes[gone].log.high_watermark(), hw);
+        assert_eq!(nodes[gone].log.end_offset(), end);
+    });
+}
