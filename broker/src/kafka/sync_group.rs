@@ -50,7 +50,8 @@ pub async fn handle(shard: &Rc<Shard>, req: SyncGroupRequest, version: i16) -> R
     ResponseKind::SyncGroup(resp)
 }
 
-/// SyncGroup on the group's coordinator shard: the member's assignment, with the protocol type and name.
+/// SyncGroup on the group's coordinator shard: the member's assignment, with the protocol
+/// type and name.
 pub struct Call {
     partition: i32,
     group_id: String,

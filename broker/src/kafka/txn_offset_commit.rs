@@ -96,7 +96,8 @@ pub async fn handle(shard: &Rc<Shard>, req: TxnOffsetCommitRequest) -> ResponseK
     ResponseKind::TxnOffsetCommit(TxnOffsetCommitResponse::default().with_topics(topics))
 }
 
-/// TxnOffsetCommit on the group's coordinator shard: stores `records` as pending in producer `pid`'s transaction.
+/// TxnOffsetCommit on the group's coordinator shard: stores `records` as pending in
+/// producer `pid`'s transaction.
 pub struct Call {
     partition: i32,
     group: String,
